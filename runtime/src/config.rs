@@ -1,0 +1,223 @@
+//! Configuration: where the lock sessions connect, how many there are, and
+//! the global registry of named entries that annotated functions use.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use crate::{Error, Locker};
+
+/// The registry entry that `#[advisory_locked]` uses without `pool = "…"`.
+pub const DEFAULT_POOL: &str = "default";
+
+/// The lock sessions per registry entry unless set with [`LockConfig::sessions`].
+pub const DEFAULT_SESSIONS: usize = 2;
+
+/// The connect timeout unless set with [`LockConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+static REGISTRY: LazyLock<Mutex<HashMap<String, Locker>>> = LazyLock::new(Default::default);
+
+/// Settings of one registry entry, fixed once it is installed.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) name: String,
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) sessions: usize,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Settings {
+    /// `host:port/dbname`, for messages. Never contains the password.
+    pub(crate) fn target(&self) -> String {
+        use tokio_postgres::config::Host;
+        let host = match self.pg.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = self.pg.get_ports().first().copied().unwrap_or(5432);
+        let db = self
+            .pg
+            .get_dbname()
+            .or(self.pg.get_user())
+            .unwrap_or("postgres");
+        format!("{host}:{port}/{db}")
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("name", &self.name)
+            .field("target", &self.target())
+            .field("sessions", &self.sessions)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// How to connect one registry entry; build it, then [`install`](Self::install) it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use advisory_locked::LockConfig;
+///
+/// # async fn setup() -> Result<(), advisory_locked::Error> {
+/// // The default entry, used by `#[advisory_locked(key = "…")]`:
+/// LockConfig::from_url("postgres://app@db.internal/app")?
+///     .sessions(2)
+///     .connect_timeout(Duration::from_secs(3))
+///     .install()
+///     .await?;
+///
+/// // A second database, used by `#[advisory_locked(key = "…", pool = "billing")]`:
+/// LockConfig::from_env()?.name("billing").install().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LockConfig {
+    settings: Settings,
+}
+
+impl LockConfig {
+    /// From a `tokio_postgres::Config`.
+    pub fn new(pg: tokio_postgres::Config) -> Self {
+        let mut pg = pg;
+        if pg.get_application_name().is_none() {
+            pg.application_name("advisory-locked");
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        LockConfig {
+            settings: Settings {
+                name: DEFAULT_POOL.to_owned(),
+                pg,
+                sessions: DEFAULT_SESSIONS,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            },
+        }
+    }
+
+    /// From a connection URL or key-value string
+    /// (`postgres://user:password@host:port/dbname`, `host=… user=…`).
+    ///
+    /// A string that can't be parsed is [`Error::InvalidConfig`]; the message
+    /// never repeats the string, which may hold a password.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let pg = url.parse::<tokio_postgres::Config>().map_err(|e| Error::InvalidConfig {
+            reason: format!("cannot parse the connection string: {e}"),
+        })?;
+        Ok(Self::new(pg))
+    }
+
+    /// From the `DATABASE_URL` environment variable.
+    pub fn from_env() -> Result<Self, Error> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) => Self::from_url(&url),
+            Err(_) => Err(Error::InvalidConfig {
+                reason: "the DATABASE_URL environment variable is not set (or not unicode)".to_owned(),
+            }),
+        }
+    }
+
+    /// The registry entry's name (default [`DEFAULT_POOL`]), chosen in the
+    /// attribute with `pool = "name"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = name.into();
+        self
+    }
+
+    /// How many long-lived lock sessions (connections) this entry opens at
+    /// most; each serves many locks at once. Default [`DEFAULT_SESSIONS`].
+    pub fn sessions(mut self, n: usize) -> Self {
+        self.settings.sessions = n;
+        self
+    }
+
+    /// How long a connection attempt may take, start-up query included.
+    /// Default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self.settings.pg.connect_timeout(timeout);
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: &str| {
+            Err(Error::InvalidConfig {
+                reason: reason.to_owned(),
+            })
+        };
+        if self.settings.name.is_empty() {
+            return invalid("the registry entry's name is empty");
+        }
+        if self.settings.sessions == 0 {
+            return invalid("sessions must be at least 1");
+        }
+        if self.settings.connect_timeout.is_zero() {
+            return invalid("connect_timeout must be greater than zero");
+        }
+        Ok(())
+    }
+
+    /// Connects a [`Locker`] that is not put in the registry (for manual use
+    /// and tests). One session is connected now so that a bad URL, wrong
+    /// credentials, an unreachable server or a standby fail here.
+    pub async fn connect(self) -> Result<Locker, Error> {
+        self.validate()?;
+        Locker::connect(self.settings).await
+    }
+
+    /// Connects (as [`connect`](Self::connect)) and installs the entry in the
+    /// global registry under its name, for annotated functions to use.
+    ///
+    /// Installing a name twice is [`Error::AlreadyConfigured`].
+    pub async fn install(self) -> Result<Locker, Error> {
+        let name = self.settings.name.clone();
+        if registry().contains_key(&name) {
+            return Err(Error::AlreadyConfigured { pool: name });
+        }
+        let locker = self.connect().await?;
+        let mut reg = registry();
+        if reg.contains_key(&name) {
+            return Err(Error::AlreadyConfigured { pool: name });
+        }
+        reg.insert(name.clone(), locker.clone());
+        tracing::info!(pool = %name, target = %locker.settings().target(), "advisory-locked: registry entry configured");
+        Ok(locker)
+    }
+}
+
+fn registry() -> std::sync::MutexGuard<'static, HashMap<String, Locker>> {
+    // A panic while holding this lock can't leave the map half-changed.
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Configures the default registry entry from a connection URL.
+///
+/// ```no_run
+/// # async fn setup() -> Result<(), advisory_locked::Error> {
+/// advisory_locked::configure("postgres://postgres@127.0.0.1:5432/postgres").await?;
+/// # Ok(()) }
+/// ```
+pub async fn configure(url: &str) -> Result<(), Error> {
+    LockConfig::from_url(url)?.install().await.map(drop)
+}
+
+/// Configures the default registry entry from the `DATABASE_URL` environment variable.
+pub async fn configure_from_env() -> Result<(), Error> {
+    LockConfig::from_env()?.install().await.map(drop)
+}
+
+/// The [`Locker`] installed under `name`, or [`Error::NotConfigured`].
+pub fn locker(name: &str) -> Result<Locker, Error> {
+    registry()
+        .get(name)
+        .cloned()
+        .ok_or_else(|| Error::NotConfigured {
+            pool: name.to_owned(),
+        })
+}

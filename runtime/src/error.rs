@@ -1,0 +1,109 @@
+//! The errors of the lock machinery.
+
+use std::time::Duration;
+
+/// A failure of the lock machinery (never of the annotated body: the body's
+/// own result is passed through untouched).
+///
+/// Every infrastructure problem is one of these values; none is a panic and
+/// none is ever treated as "acquired".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No registry entry of this name was configured before the call.
+    #[error("advisory-locked: no lock registry named {pool:?} is configured; call advisory_locked::configure(...) (or LockConfig::install) at startup")]
+    NotConfigured {
+        /// The registry entry that was asked for.
+        pool: String,
+    },
+
+    /// A registry entry of this name was already configured.
+    #[error("advisory-locked: a lock registry named {pool:?} is already configured")]
+    AlreadyConfigured {
+        /// The registry entry that was configured twice.
+        pool: String,
+    },
+
+    /// The connection settings could not be read (a bad URL, a missing
+    /// environment variable, a zero session count, ...).
+    #[error("advisory-locked: invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong, without any password.
+        reason: String,
+    },
+
+    /// The server could not be reached or refused the connection (wrong
+    /// credentials, unknown database, refused, ...).
+    #[error("advisory-locked: cannot connect to {target}: {source}")]
+    Connect {
+        /// `host:port/dbname` of the server, without any password.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// Connecting took longer than the configured connect timeout.
+    #[error("advisory-locked: connecting to {target} timed out after {after:?}")]
+    ConnectTimeout {
+        /// `host:port/dbname` of the server, without any password.
+        target: String,
+        /// The connect timeout that expired.
+        after: Duration,
+    },
+
+    /// The server is a hot standby (`pg_is_in_recovery()` is true): it grants
+    /// advisory locks that coordinate nothing with the primary, so it is refused.
+    #[error("advisory-locked: {target} is a standby server (pg_is_in_recovery() = true); its advisory locks coordinate nothing with the primary")]
+    Standby {
+        /// `host:port/dbname` of the server.
+        target: String,
+    },
+
+    /// A wait-mode call did not get the lock within its timeout.
+    #[error("advisory-locked: gave up waiting for lock {key:?} after {waited:?}")]
+    WaitTimeout {
+        /// The key's name.
+        key: String,
+        /// How long the call waited.
+        waited: Duration,
+    },
+
+    /// The session that held the lock died while the body ran (server
+    /// restart, `pg_terminate_backend`, network failure): PostgreSQL has
+    /// released the lock, so the body was stopped at its next await point.
+    #[error("advisory-locked: lock {key:?} was lost: its session to the server ended while the body ran")]
+    LockLost {
+        /// The key's name.
+        key: String,
+    },
+
+    /// A statement on a lock session failed (the session died, a server
+    /// timeout, out of lock memory, ...).
+    #[error("advisory-locked: lock statement for {key:?} failed: {source}")]
+    Query {
+        /// The key's name.
+        key: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl Error {
+    /// True for errors that may go away by themselves (connection problems,
+    /// timeouts, a lost session); false for configuration mistakes.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::WaitTimeout { .. }
+                | Error::LockLost { .. }
+                | Error::Query { .. }
+        )
+    }
+}
+
+/// `Result<T, advisory_locked::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

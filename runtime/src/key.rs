@@ -1,0 +1,238 @@
+//! Lock keys: the names users write and the numbers PostgreSQL locks.
+//!
+//! A string key is hashed with [`key_hash`], a port of PostgreSQL's
+//! `hashtextextended(text, 0)`, so the number this crate locks is the one an
+//! operator gets from `SELECT hashtextextended('report:daily', 0)` in psql.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Hashes a key name exactly as PostgreSQL's `hashtextextended(name, 0)` does.
+///
+/// This is Bob Jenkins' lookup3 hash as in PostgreSQL's `hash_bytes_extended`
+/// (little-endian word reads, result `(b << 32) | c`), over the UTF-8 bytes of
+/// `name`. It is a `const fn`, so keys can be computed at compile time:
+///
+/// ```
+/// use advisory_locked::key_hash;
+///
+/// const DAILY: i64 = key_hash("report:daily");
+/// assert_eq!(DAILY, 754907581750802352);
+/// ```
+///
+/// The same number from psql: `SELECT hashtextextended('report:daily', 0);`
+/// (for a database whose default collation is deterministic, as it is unless
+/// created with a nondeterministic ICU collation).
+pub const fn key_hash(name: &str) -> i64 {
+    hash_bytes_extended(name.as_bytes(), 0) as i64
+}
+
+const fn rot(x: u32, k: u32) -> u32 {
+    x.rotate_left(k)
+}
+
+const fn mix(mut a: u32, mut b: u32, mut c: u32) -> (u32, u32, u32) {
+    a = a.wrapping_sub(c);
+    a ^= rot(c, 4);
+    c = c.wrapping_add(b);
+    b = b.wrapping_sub(a);
+    b ^= rot(a, 6);
+    a = a.wrapping_add(c);
+    c = c.wrapping_sub(b);
+    c ^= rot(b, 8);
+    b = b.wrapping_add(a);
+    a = a.wrapping_sub(c);
+    a ^= rot(c, 16);
+    c = c.wrapping_add(b);
+    b = b.wrapping_sub(a);
+    b ^= rot(a, 19);
+    a = a.wrapping_add(c);
+    c = c.wrapping_sub(b);
+    c ^= rot(b, 4);
+    b = b.wrapping_add(a);
+    (a, b, c)
+}
+
+const fn final_mix(mut a: u32, mut b: u32, mut c: u32) -> (u32, u32, u32) {
+    c ^= b;
+    c = c.wrapping_sub(rot(b, 14));
+    a ^= c;
+    a = a.wrapping_sub(rot(c, 11));
+    b ^= a;
+    b = b.wrapping_sub(rot(a, 25));
+    c ^= b;
+    c = c.wrapping_sub(rot(b, 16));
+    a ^= c;
+    a = a.wrapping_sub(rot(c, 4));
+    b ^= a;
+    b = b.wrapping_sub(rot(a, 14));
+    c ^= b;
+    c = c.wrapping_sub(rot(b, 24));
+    (a, b, c)
+}
+
+/// Reads `n` bytes (0..=4) starting at `at` as a little-endian word.
+const fn word(k: &[u8], at: usize, n: usize) -> u32 {
+    let mut w = 0u32;
+    let mut i = 0;
+    while i < n {
+        w |= (k[at + i] as u32) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
+/// PostgreSQL's `hash_bytes_extended` (src/common/hashfn.c) on a
+/// little-endian machine.
+const fn hash_bytes_extended(k: &[u8], seed: u64) -> u64 {
+    let mut len = k.len();
+    // PostgreSQL computes this in uint32 arithmetic from an `int` length.
+    let init = 0x9e37_79b9u32
+        .wrapping_add(len as u32)
+        .wrapping_add(3_923_095);
+    let (mut a, mut b, mut c) = (init, init, init);
+    if seed != 0 {
+        a = a.wrapping_add((seed >> 32) as u32);
+        b = b.wrapping_add(seed as u32);
+        (a, b, c) = mix(a, b, c);
+    }
+    let mut at = 0;
+    while len >= 12 {
+        a = a.wrapping_add(word(k, at, 4));
+        b = b.wrapping_add(word(k, at + 4, 4));
+        c = c.wrapping_add(word(k, at + 8, 4));
+        (a, b, c) = mix(a, b, c);
+        at += 12;
+        len -= 12;
+    }
+    // The tail: up to 11 bytes. The lowest byte of `c` is left for the
+    // length, so the bytes for `c` are shifted up by 8 bits.
+    if len >= 9 {
+        c = c.wrapping_add(word(k, at + 8, len - 8) << 8);
+    }
+    if len >= 5 {
+        b = b.wrapping_add(word(k, at + 4, if len > 8 { 4 } else { len - 4 }));
+    }
+    if len >= 1 {
+        a = a.wrapping_add(word(k, at, if len > 4 { 4 } else { len }));
+    }
+    let (_, b, c) = final_mix(a, b, c);
+    ((b as u64) << 32) | c as u64
+}
+
+/// The number PostgreSQL locks: one 64-bit key, or a pair of 32-bit keys.
+///
+/// The two key spaces are separate in PostgreSQL: `Int(5)` and `Pair(0, 5)`
+/// are different locks. In `pg_locks`, an `Int` key shows as `classid` = high
+/// 32 bits, `objid` = low 32 bits, `objsubid` = 1; a `Pair(a, b)` as
+/// `classid` = a, `objid` = b, `objsubid` = 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyId {
+    /// `pg_advisory_lock(bigint)`.
+    Int(i64),
+    /// `pg_advisory_lock(int, int)`.
+    Pair(i32, i32),
+}
+
+impl KeyId {
+    /// A number used to spread keys over the lock sessions.
+    pub(crate) fn spread(self) -> u64 {
+        match self {
+            KeyId::Int(k) => k as u64,
+            KeyId::Pair(a, b) => ((a as u32 as u64) << 32 | b as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyId::Int(k) => write!(f, "{k}"),
+            KeyId::Pair(a, b) => write!(f, "({a}, {b})"),
+        }
+    }
+}
+
+/// A lock key: its human name (for logs and errors) and the number locked.
+///
+/// ```
+/// use advisory_locked::{key_hash, KeyId, LockKey};
+///
+/// let k = LockKey::named("report:daily");
+/// assert_eq!(k.id(), KeyId::Int(key_hash("report:daily")));
+/// assert_eq!(k.name(), "report:daily");
+///
+/// let legacy = LockKey::pair(7, 42);
+/// assert_eq!(legacy.id(), KeyId::Pair(7, 42));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LockKey {
+    name: Cow<'static, str>,
+    id: KeyId,
+}
+
+impl LockKey {
+    /// A key from a name, hashed with [`key_hash`].
+    pub fn named(name: impl Into<Cow<'static, str>>) -> Self {
+        let name = name.into();
+        let id = KeyId::Int(key_hash(&name));
+        LockKey { name, id }
+    }
+
+    /// A key with a name and a number computed beforehand (used by the
+    /// attribute, which hashes literal names at compile time).
+    pub const fn with_id(name: &'static str, id: KeyId) -> Self {
+        LockKey {
+            name: Cow::Borrowed(name),
+            id,
+        }
+    }
+
+    /// A raw 64-bit key, for interop with existing lock ids.
+    pub fn int(id: i64) -> Self {
+        LockKey {
+            name: Cow::Owned(id.to_string()),
+            id: KeyId::Int(id),
+        }
+    }
+
+    /// A key in the two-int4 key space, `pg_advisory_lock(a, b)`.
+    pub fn pair(a: i32, b: i32) -> Self {
+        LockKey {
+            name: Cow::Owned(format!("({a}, {b})")),
+            id: KeyId::Pair(a, b),
+        }
+    }
+
+    /// The human name of the key.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The number PostgreSQL locks.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+}
+
+impl fmt::Display for LockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} ({})", self.name, self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values_from_the_server() {
+        assert_eq!(key_hash("report:daily"), 754907581750802352);
+    }
+
+    #[test]
+    fn const_evaluation() {
+        const K: i64 = key_hash("report:daily");
+        assert_eq!(K, key_hash("report:daily"));
+    }
+}

@@ -1,0 +1,62 @@
+//! PostgreSQL advisory locks as a one-line attribute, for fleets of
+//! application instances that share one database.
+//!
+//! ```no_run
+//! use advisory_locked::{advisory_locked, Outcome};
+//!
+//! // Skip when another instance holds the lock:
+//! #[advisory_locked(key = "report:daily")]
+//! async fn daily_report() -> Result<(), std::io::Error> {
+//!     Ok(())
+//! }
+//!
+//! // One tenant at a time across the fleet; wait up to 30 s for it:
+//! #[advisory_locked(key = "tenant:{tenant_id}", wait = "30s")]
+//! async fn rebuild(tenant_id: u64) -> u64 {
+//!     tenant_id
+//! }
+//!
+//! # async fn demo() -> Result<(), advisory_locked::Error> {
+//! advisory_locked::configure_from_env().await?; // once, at startup
+//!
+//! match daily_report().await? {
+//!     Outcome::Ran(result) => println!("ran: {result:?}"),
+//!     Outcome::Skipped => println!("busy elsewhere; skipped"),
+//! }
+//! let rebuilt: u64 = rebuild(7).await?; // Err(Error::WaitTimeout { .. }) after 30 s
+//! # let _ = rebuilt;
+//! # Ok(()) }
+//! ```
+//!
+//! The repository's README is the contract: every option, the signatures the
+//! attribute produces, and the guarantees and non-guarantees (advisory locks
+//! coordinate processes of **one database**, not independent servers).
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod key;
+mod locker;
+mod outcome;
+mod run;
+mod session;
+mod table;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+/// Rewrites an `async fn` so that its body runs under a PostgreSQL advisory
+/// lock; see the crate documentation for the options and signatures.
+pub use advisory_locked_macros::advisory_locked;
+
+pub use config::{configure, configure_from_env, locker, LockConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL, DEFAULT_SESSIONS};
+pub use error::{Error, Result};
+pub use key::{key_hash, KeyId, LockKey};
+pub use locker::{LockGuard, Locker, Mode};
+pub use outcome::Outcome;
+
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,425 @@
+//! A registry entry's lock machinery: its lock sessions, its in-process
+//! table, and the guards of held locks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, Mutex as AsyncMutex};
+
+use crate::config::Settings;
+use crate::session::{backoff, Session};
+use crate::table::{Begin, Table};
+use crate::{Error, KeyId, LockKey};
+
+/// Exclusive (writer) or shared (reader) mode.
+///
+/// Shared holders exclude exclusive holders and not each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// `pg_advisory_lock`: one holder at a time.
+    #[default]
+    Exclusive,
+    /// `pg_advisory_lock_shared`: many shared holders, no exclusive one.
+    Shared,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+/// The lock machinery of one registry entry: a few long-lived lock sessions
+/// serving many locks, and an in-process table so that tasks of this process
+/// exclude each other. Cheap to clone.
+///
+/// Annotated functions use the entry installed in the registry; a `Locker`
+/// can also be used directly, for locks that span more than one function:
+///
+/// ```no_run
+/// use advisory_locked::{LockConfig, LockKey, Mode};
+///
+/// # async fn demo() -> Result<(), advisory_locked::Error> {
+/// let locker = LockConfig::from_env()?.connect().await?;
+/// if let Some(guard) = locker.try_lock(LockKey::named("report:daily"), Mode::Exclusive).await? {
+///     // ... the work ...
+///     guard.release().await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Locker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    /// Keys are spread over the sessions by their number, so every request
+    /// for one key goes through the same session while it lives.
+    slots: Vec<AsyncMutex<Option<Arc<Session>>>>,
+    table: Table,
+}
+
+impl std::fmt::Debug for Locker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Locker")
+            .field("settings", &self.inner.settings)
+            .field("local_keys", &self.inner.table.len())
+            .finish()
+    }
+}
+
+impl Locker {
+    pub(crate) async fn connect(settings: Settings) -> Result<Locker, Error> {
+        let first = Session::connect(&settings).await?;
+        let slots = (0..settings.sessions)
+            .map(|i| AsyncMutex::new((i == 0).then(|| first.clone())))
+            .collect();
+        Ok(Locker {
+            inner: Arc::new(Inner {
+                settings,
+                slots,
+                table: Table::default(),
+            }),
+        })
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The registry entry's name.
+    pub fn name(&self) -> &str {
+        &self.inner.settings.name
+    }
+
+    /// The live session for a key, connecting a fresh one if the last died.
+    async fn session_for(&self, id: KeyId) -> Result<Arc<Session>, Error> {
+        let slots = &self.inner.slots;
+        let slot = &slots[(id.spread() % slots.len() as u64) as usize];
+        let mut current = slot.lock().await;
+        if let Some(s) = current.as_ref() {
+            if !s.is_dead() {
+                return Ok(s.clone());
+            }
+            tracing::info!(pool = %self.name(), session = s.id, "advisory-locked: replacing a dead lock session");
+        }
+        *current = None;
+        let fresh = Session::connect(&self.inner.settings).await?;
+        *current = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Takes the lock if it is free; `Ok(None)` if it is busy, here or in
+    /// another process. A key busy in this process costs no round trip.
+    pub async fn try_lock(&self, key: LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
+        loop {
+            match self.inner.table.begin(key.id(), mode) {
+                Begin::Reserved => {
+                    let got = self.ask_server(&key, mode).await?;
+                    if got.is_none() {
+                        tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in another session)");
+                    }
+                    return Ok(got);
+                }
+                Begin::Joined(session) => return Ok(Some(self.guard(key, mode, session))),
+                Begin::Busy(_) => {
+                    tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in this process)");
+                    return Ok(None);
+                }
+                // Shared behind an in-flight shared try-lock: one round trip.
+                Begin::Pending(changed) => changed.await,
+            }
+        }
+    }
+
+    /// Waits for the lock, at most `timeout` (`None`: as long as it takes).
+    ///
+    /// Waiting never blocks a lock session: a key busy in this process is
+    /// awaited in memory; a key held elsewhere is tried again with backoff
+    /// (2 ms doubling to 250 ms, with jitter). An expired wait is
+    /// [`Error::WaitTimeout`].
+    pub async fn lock(&self, key: LockKey, mode: Mode, timeout: Option<Duration>) -> Result<LockGuard, Error> {
+        let start = Instant::now();
+        let deadline = timeout.map(|t| tokio::time::Instant::from_std(start) + t);
+        let timed_out = || Error::WaitTimeout {
+            key: key.name().to_owned(),
+            waited: start.elapsed(),
+        };
+        let mut attempt = 0;
+        loop {
+            match self.inner.table.begin(key.id(), mode) {
+                Begin::Reserved => {
+                    if let Some(guard) = self.ask_server(&key, mode).await? {
+                        if attempt > 0 {
+                            tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
+                        }
+                        return Ok(guard);
+                    }
+                    let pause = tokio::time::Instant::now() + backoff(attempt);
+                    attempt += 1;
+                    match deadline {
+                        Some(d) if d <= pause => {
+                            tokio::time::sleep_until(d).await;
+                            // One last try at the deadline.
+                            if let Begin::Reserved = self.inner.table.begin(key.id(), mode) {
+                                if let Some(guard) = self.ask_server(&key, mode).await? {
+                                    return Ok(guard);
+                                }
+                            }
+                            return Err(timed_out());
+                        }
+                        _ => tokio::time::sleep_until(pause).await,
+                    }
+                }
+                Begin::Joined(session) => return Ok(self.guard(key, mode, session)),
+                Begin::Busy(changed) | Begin::Pending(changed) => {
+                    attempt = attempt.max(1);
+                    match deadline {
+                        Some(d) => {
+                            if tokio::time::timeout_at(d, changed).await.is_err() {
+                                return Err(timed_out());
+                            }
+                        }
+                        None => changed.await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one try-lock for a key reserved in the table.
+    ///
+    /// The request runs in its own task, so that a caller dropped at any
+    /// point can't lose a grant: if nobody takes the guard, dropping it
+    /// unlocks the key on the session that got it.
+    async fn ask_server(&self, key: &LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
+        let reservation = Reservation {
+            locker: self.clone(),
+            id: key.id(),
+            armed: true,
+        };
+        let (tx, rx) = oneshot::channel();
+        let locker = self.clone();
+        let task_key = key.clone();
+        tokio::spawn(async move {
+            let result = locker.try_on_server(task_key, mode, reservation).await;
+            if let Err(e) = &result {
+                tracing::warn!(pool = %locker.name(), error = %e, "advisory-locked: lock failed");
+            }
+            // If the caller is gone, `result` is dropped here: a guard in it
+            // releases the lock.
+            let _ = tx.send(result);
+        });
+        match rx.await {
+            Ok(result) => result,
+            // The task can only vanish if the runtime is shutting down.
+            Err(_) => Err(Error::LockLost {
+                key: key.name().to_owned(),
+            }),
+        }
+    }
+
+    async fn try_on_server(&self, key: LockKey, mode: Mode, mut reservation: Reservation) -> Result<Option<LockGuard>, Error> {
+        // A session that died unnoticed fails the request: then one more try
+        // on a fresh session.
+        let mut retried = false;
+        loop {
+            let session = self.session_for(key.id()).await?;
+            match session.try_lock(key.id(), mode).await {
+                Ok(true) => {
+                    reservation.armed = false;
+                    self.inner.table.granted(key.id(), session.clone());
+                    return Ok(Some(self.guard(key, mode, session)));
+                }
+                Ok(false) => return Ok(None),
+                Err(source) if !retried && (session.is_dead() || crate::session::ends_session(&source)) => {
+                    // The error may arrive before the connection task has
+                    // ended: mark the session dead so that it is replaced.
+                    session.kill();
+                    tracing::info!(pool = %self.name(), key = %key.name(), session = session.id, error = %source, "advisory-locked: lock session died during a try-lock; retrying on a fresh one");
+                    retried = true;
+                }
+                Err(source) => {
+                    return Err(Error::Query {
+                        key: key.name().to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>) -> LockGuard {
+        tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id, "advisory-locked: acquired");
+        LockGuard {
+            locker: self.clone(),
+            key,
+            mode,
+            session,
+            done: false,
+        }
+    }
+}
+
+/// A key reserved in the table while its try-lock is in flight; dropping it
+/// without a grant frees the key for other tasks.
+struct Reservation {
+    locker: Locker,
+    id: KeyId,
+    armed: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            self.locker.inner.table.abandon(self.id);
+        }
+    }
+}
+
+/// A held lock. Dropping it releases the lock (the unlock is sent in the
+/// background); [`release`](Self::release) does the same and waits for the
+/// server's answer.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard {
+    locker: Locker,
+    key: LockKey,
+    mode: Mode,
+    session: Arc<Session>,
+    done: bool,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("pool", &self.locker.name())
+            .field("key", &self.key)
+            .field("mode", &self.mode)
+            .field("held", &self.is_held())
+            .finish()
+    }
+}
+
+impl LockGuard {
+    /// The key held.
+    pub fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    /// The mode held.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The server's process id of the session holding the lock (as in
+    /// `pg_locks.pid`).
+    pub fn backend_pid(&self) -> i32 {
+        self.session.backend_pid
+    }
+
+    /// False once the session holding the lock is known to have ended: the
+    /// server has then released the lock, and another process may hold it.
+    pub fn is_held(&self) -> bool {
+        !self.session.is_dead()
+    }
+
+    /// Resolves when the session holding the lock ends (the lock is gone).
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.session.closed()
+    }
+
+    /// Releases the lock and waits for the server to confirm.
+    ///
+    /// [`Error::LockLost`] if the session had ended (the server released the
+    /// lock already). If the server says the session did not hold the lock,
+    /// the session's lock state can't be trusted: it is closed (freeing
+    /// whatever it held) and this is [`Error::LockLost`] too.
+    pub async fn release(mut self) -> Result<(), Error> {
+        self.done = true;
+        let Some(session) = self.locker.inner.table.release(self.key.id()) else {
+            // Other holders of a shared lock in this process keep it.
+            return if self.is_held() {
+                Ok(())
+            } else {
+                Err(self.lost_error())
+            };
+        };
+        let ok = unlock(&self.locker, &self.key, self.mode, &session).await;
+        if ok {
+            Ok(())
+        } else {
+            Err(self.lost_error())
+        }
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::LockLost {
+            key: self.key.name().to_owned(),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Some(session) = self.locker.inner.table.release(self.key.id()) else {
+            return;
+        };
+        if session.is_dead() {
+            // The server released everything the session held.
+            tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), "advisory-locked: released (session already ended)");
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let locker = self.locker.clone();
+                let key = self.key.clone();
+                let mode = self.mode;
+                rt.spawn(async move {
+                    unlock(&locker, &key, mode, &session).await;
+                });
+            }
+            Err(_) => {
+                // No runtime to send the unlock on: close the session, which
+                // makes the server free its locks.
+                tracing::warn!(pool = %self.locker.name(), key = %self.key.name(), "advisory-locked: guard dropped outside a tokio runtime; closing its session to release the lock");
+                session.kill();
+            }
+        }
+    }
+}
+
+/// Sends the unlock; true if the server confirms it. Any doubt closes the
+/// session, so that no lock is ever left behind on a session that keeps
+/// serving.
+async fn unlock(locker: &Locker, key: &LockKey, mode: Mode, session: &Arc<Session>) -> bool {
+    let pool = locker.name();
+    match session.unlock(key.id(), mode).await {
+        Ok(true) => {
+            tracing::debug!(pool = %pool, key = %key.name(), mode = mode.as_str(), "advisory-locked: released");
+            true
+        }
+        Ok(false) => {
+            tracing::error!(pool = %pool, key = %key.name(), id = %key.id(), session = session.id,
+                "advisory-locked: BROKEN INVARIANT: the server says this session did not hold the lock it was releasing; closing the session");
+            session.kill();
+            false
+        }
+        Err(e) if session.is_dead() => {
+            tracing::warn!(pool = %pool, key = %key.name(), error = %e, "advisory-locked: lock was lost: its session ended before the release");
+            false
+        }
+        Err(e) => {
+            tracing::error!(pool = %pool, key = %key.name(), error = %e, session = session.id,
+                "advisory-locked: unlock failed; closing the session so that the server frees the lock");
+            session.kill();
+            false
+        }
+    }
+}

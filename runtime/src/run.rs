@@ -1,0 +1,51 @@
+//! Running a body under a lock: what `#[advisory_locked]` expands into.
+
+use std::future::Future;
+
+use crate::__private::{Spec, Wait};
+use crate::{Error, LockGuard, LockKey, Outcome};
+
+/// Skip mode: take the lock if free, run `body`, release.
+pub(crate) async fn run_skip<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<Outcome<F::Output>, Error> {
+    let locker = crate::locker(spec.pool)?;
+    match locker.try_lock(key, spec.mode).await? {
+        Some(guard) => hold(guard, body).await.map(Outcome::Ran),
+        None => Ok(Outcome::Skipped),
+    }
+}
+
+/// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`, release.
+pub(crate) async fn run_wait<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<F::Output, Error> {
+    let locker = crate::locker(spec.pool)?;
+    let timeout = match spec.wait {
+        Wait::Timeout(t) => Some(t),
+        Wait::Forever | Wait::Skip => None,
+    };
+    let guard = locker.lock(key, spec.mode, timeout).await?;
+    hold(guard, body).await
+}
+
+/// Runs `body` while `guard` holds the lock, then releases it.
+///
+/// If the lock's session ends while the body runs, the body is dropped at
+/// its next await point and the call returns [`Error::LockLost`]: the server
+/// has freed the lock, so the body must not go on believing it holds it.
+/// If the body panics, the guard's drop releases the lock and the panic goes on.
+async fn hold<F: Future>(guard: LockGuard, body: F) -> Result<F::Output, Error> {
+    let lost = guard.lost();
+    let value = tokio::select! {
+        biased;
+        () = lost => {
+            let e = Error::LockLost { key: guard.key().name().to_owned() };
+            tracing::error!(key = %guard.key().name(), "advisory-locked: lock lost while the body ran; the body was stopped");
+            return Err(e);
+        }
+        value = body => value,
+    };
+    if let Err(e) = guard.release().await {
+        // The body ran to its end under the lock; the release's trouble is
+        // reported (loudly, in release) but does not hide its result.
+        tracing::warn!(error = %e, "advisory-locked: release after the body failed");
+    }
+    Ok(value)
+}

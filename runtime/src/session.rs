@@ -1,0 +1,237 @@
+//! One lock session: a long-lived connection that serves many locks.
+//!
+//! Requests from many tasks are pipelined over the one connection by
+//! tokio-postgres. The session's statements are prepared once at connect.
+//! The connection task reports the session's death through a watch channel,
+//! so holders can learn that their locks are gone.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::config::Settings;
+use crate::{Error, KeyId, Mode};
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The SQL of the eight lock statements, indexed by [`stmt_index`].
+const STATEMENTS: [&str; 8] = [
+    "SELECT pg_try_advisory_lock($1::int8)",
+    "SELECT pg_try_advisory_lock_shared($1::int8)",
+    "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
+    "SELECT pg_try_advisory_lock_shared($1::int4, $2::int4)",
+    "SELECT pg_advisory_unlock($1::int8)",
+    "SELECT pg_advisory_unlock_shared($1::int8)",
+    "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+    "SELECT pg_advisory_unlock_shared($1::int4, $2::int4)",
+];
+
+fn stmt_index(unlock: bool, id: KeyId, mode: Mode) -> usize {
+    let mut i = 0;
+    if mode == Mode::Shared {
+        i += 1;
+    }
+    if matches!(id, KeyId::Pair(..)) {
+        i += 2;
+    }
+    if unlock {
+        i += 4;
+    }
+    i
+}
+
+pub(crate) struct Session {
+    /// A number for logs, unique in this process.
+    pub(crate) id: u64,
+    /// The server's process id for this session (`pg_backend_pid()`).
+    pub(crate) backend_pid: i32,
+    client: Client,
+    statements: Vec<Statement>,
+    /// Becomes true (or its sender is dropped) when the connection ends.
+    dead: watch::Receiver<bool>,
+    /// Set by [`Session::kill`]: dead from that moment, before the aborted
+    /// connection task has actually gone.
+    killed: AtomicBool,
+    connection: AbortHandle,
+}
+
+impl Session {
+    /// Connects, prepares the lock statements and refuses standby servers,
+    /// all within the configured connect timeout.
+    pub(crate) async fn connect(settings: &Settings) -> Result<Arc<Session>, Error> {
+        let target = settings.target();
+        let after = settings.connect_timeout;
+        match tokio::time::timeout(after, Self::connect_inner(settings, &target)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::ConnectTimeout { target, after }),
+        }
+    }
+
+    async fn connect_inner(settings: &Settings, target: &str) -> Result<Arc<Session>, Error> {
+        let connect_err = |source| Error::Connect {
+            target: target.to_owned(),
+            source,
+        };
+        let (client, connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
+        let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+        let (dead_tx, dead) = watch::channel(false);
+        let pool = settings.name.clone();
+        let task = tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed"),
+                Err(e) => tracing::warn!(pool = %pool, session = id, error = %e, "advisory-locked: lock session ended"),
+            }
+            let _ = dead_tx.send(true);
+        });
+        let connection = task.abort_handle();
+        // From here on, a failure must not leave the connection open.
+        let mut abort_on_error = AbortOnDrop(Some(connection.clone()));
+
+        let (probe, statements) = tokio::join!(
+            client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
+            prepare_all(&client),
+        );
+        let probe = probe.map_err(connect_err)?;
+        let statements = statements.map_err(connect_err)?;
+        if probe.get::<_, bool>(0) {
+            return Err(Error::Standby {
+                target: target.to_owned(),
+            });
+        }
+        let backend_pid: i32 = probe.get(1);
+        abort_on_error.0 = None;
+        tracing::debug!(pool = %settings.name, session = id, backend_pid, "advisory-locked: lock session connected");
+        Ok(Arc::new(Session {
+            id,
+            backend_pid,
+            client,
+            statements,
+            dead,
+            killed: AtomicBool::new(false),
+            connection,
+        }))
+    }
+
+    /// True once the connection has ended (or is known to be unusable).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+            || *self.dead.borrow()
+            || self.dead.has_changed().is_err()
+            || self.client.is_closed()
+    }
+
+    /// Resolves when the connection ends.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut dead = self.dead.clone();
+        async move {
+            // An error means the connection task is gone: dead as well.
+            let _ = dead.wait_for(|d| *d).await;
+        }
+    }
+
+    /// `pg_try_advisory_lock[_shared]`: true if granted.
+    pub(crate) async fn try_lock(&self, id: KeyId, mode: Mode) -> Result<bool, tokio_postgres::Error> {
+        self.call(stmt_index(false, id, mode), id).await
+    }
+
+    /// `pg_advisory_unlock[_shared]`: true if this session held the lock.
+    pub(crate) async fn unlock(&self, id: KeyId, mode: Mode) -> Result<bool, tokio_postgres::Error> {
+        self.call(stmt_index(true, id, mode), id).await
+    }
+
+    async fn call(&self, stmt: usize, id: KeyId) -> Result<bool, tokio_postgres::Error> {
+        let stmt = &self.statements[stmt];
+        let row = match id {
+            KeyId::Int(k) => self.client.query_one(stmt, &[&k]).await?,
+            KeyId::Pair(a, b) => self.client.query_one(stmt, &[&a, &b]).await?,
+        };
+        row.try_get(0)
+    }
+
+    /// Closes the connection at once: the server then frees every lock the
+    /// session held. Used when the session's lock state can't be trusted.
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.connection.abort();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Dropping the client ends the connection by itself; aborting makes
+        // sure of it even if a request is still queued.
+        self.connection.abort();
+    }
+}
+
+async fn prepare_all(client: &Client) -> Result<Vec<Statement>, tokio_postgres::Error> {
+    let [a, b, c, d, e, f, g, h] = STATEMENTS;
+    let (a, b, c, d, e, f, g, h) = tokio::join!(
+        client.prepare(a),
+        client.prepare(b),
+        client.prepare(c),
+        client.prepare(d),
+        client.prepare(e),
+        client.prepare(f),
+        client.prepare(g),
+        client.prepare(h),
+    );
+    Ok(vec![a?, b?, c?, d?, e?, f?, g?, h?])
+}
+
+/// True if `e` means the session is gone even though its connection task
+/// may not have noticed yet: the connection is closed, or the server sent a
+/// FATAL/PANIC error (e.g. `pg_terminate_backend`), after which it always
+/// ends the connection.
+pub(crate) fn ends_session(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::Severity;
+    e.is_closed()
+        || e
+            .as_db_error()
+            .is_some_and(|db| matches!(db.parsed_severity(), Some(Severity::Fatal | Severity::Panic)))
+}
+
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+/// How long [`crate::Locker::lock`] sleeps between tries on a key held by
+/// another process: doubling from 2 ms to 250 ms, with jitter.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let base = 2u64.saturating_mul(1 << attempt.min(7)).min(250);
+    Duration::from_micros(base * 1000 / 2 + jitter(base * 1000 / 2))
+}
+
+fn jitter(max: u64) -> u64 {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = Cell::new(0));
+    STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            x = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x2545_F491_4F6C_DD1D)
+                | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        if max == 0 {
+            0
+        } else {
+            x % max
+        }
+    })
+}

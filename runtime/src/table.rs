@@ -1,0 +1,143 @@
+//! The in-process lock table.
+//!
+//! PostgreSQL session locks are re-entrant per session, so two tasks of this
+//! process that share a lock session would both be "granted" the same key.
+//! This table makes them exclude each other first, without a round trip: a
+//! key is at most once in flight to the server and at most once held on it
+//! by this process; shared holders of this process share one server lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
+
+use crate::session::Session;
+use crate::{KeyId, Mode};
+
+enum Entry {
+    /// A try-lock for this key is in flight to the server.
+    Acquiring { mode: Mode, changed: Arc<Notify> },
+    /// This process holds the key on `session`, for `holders` guards.
+    Held {
+        mode: Mode,
+        holders: usize,
+        session: Arc<Session>,
+        changed: Arc<Notify>,
+    },
+}
+
+/// What [`Table::begin`] decided.
+pub(crate) enum Begin {
+    /// The caller reserved the key and must ask the server.
+    Reserved,
+    /// The caller joined a shared lock this process already holds.
+    Joined(Arc<Session>),
+    /// Busy in this process; the future resolves when that changes.
+    Busy(OwnedNotified),
+    /// A shared try-lock is in flight; wait for its outcome, then try again.
+    Pending(OwnedNotified),
+}
+
+#[derive(Default)]
+pub(crate) struct Table {
+    entries: Mutex<HashMap<KeyId, Entry>>,
+}
+
+fn enabled(n: &Arc<Notify>) -> OwnedNotified {
+    // Created under the table's mutex: it receives every notify_waiters()
+    // that happens after this point, even before it is first polled.
+    n.clone().notified_owned()
+}
+
+impl Table {
+    fn lock(&self) -> MutexGuard<'_, HashMap<KeyId, Entry>> {
+        // Every change below is a single insert/remove/assignment: a panic
+        // elsewhere can't leave the map inconsistent.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn begin(&self, id: KeyId, mode: Mode) -> Begin {
+        let mut t = self.lock();
+        match t.get_mut(&id) {
+            None => {
+                t.insert(
+                    id,
+                    Entry::Acquiring {
+                        mode,
+                        changed: Arc::new(Notify::new()),
+                    },
+                );
+                Begin::Reserved
+            }
+            Some(Entry::Acquiring {
+                mode: Mode::Shared,
+                changed,
+            }) if mode == Mode::Shared => Begin::Pending(enabled(changed)),
+            Some(Entry::Acquiring { changed, .. }) => Begin::Busy(enabled(changed)),
+            Some(Entry::Held {
+                mode: Mode::Shared,
+                holders,
+                session,
+                ..
+            }) if mode == Mode::Shared && !session.is_dead() => {
+                *holders += 1;
+                Begin::Joined(session.clone())
+            }
+            Some(Entry::Held { changed, .. }) => Begin::Busy(enabled(changed)),
+        }
+    }
+
+    /// The server granted a reserved key.
+    pub(crate) fn granted(&self, id: KeyId, session: Arc<Session>) {
+        let mut t = self.lock();
+        if let Some(entry) = t.get_mut(&id) {
+            if let Entry::Acquiring { mode, changed } = entry {
+                let changed = changed.clone();
+                *entry = Entry::Held {
+                    mode: *mode,
+                    holders: 1,
+                    session,
+                    changed: changed.clone(),
+                };
+                changed.notify_waiters();
+            }
+        }
+    }
+
+    /// A reservation ended without a grant.
+    pub(crate) fn abandon(&self, id: KeyId) {
+        let mut t = self.lock();
+        if let Some(Entry::Acquiring { changed, .. }) = t.get(&id) {
+            changed.notify_waiters();
+            t.remove(&id);
+        }
+    }
+
+    /// One holder let go. Returns the session to unlock the key on when it
+    /// was the last holder in this process.
+    pub(crate) fn release(&self, id: KeyId) -> Option<Arc<Session>> {
+        let mut t = self.lock();
+        match t.get_mut(&id) {
+            Some(Entry::Held { holders, .. }) if *holders > 1 => {
+                *holders -= 1;
+                None
+            }
+            Some(Entry::Held { .. }) => match t.remove(&id) {
+                Some(Entry::Held {
+                    session, changed, ..
+                }) => {
+                    changed.notify_waiters();
+                    Some(session)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// How many keys this process holds or is acquiring.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
