@@ -33,6 +33,10 @@
 //! coordinate processes of **one database**, not independent servers).
 #![warn(missing_docs)]
 
+// The attribute's expansion names the crate `::advisory_locked`; this makes
+// that path work inside this crate too (its unit tests).
+extern crate self as advisory_locked;
+
 mod config;
 mod error;
 mod key;

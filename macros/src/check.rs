@@ -1,0 +1,300 @@
+//! The annotated item, and the checks of the options against it.
+
+use proc_macro2::{Span, TokenStream};
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::{braced, Attribute, FnArg, Pat, ReturnType, Signature, Stmt, Token, Type, Visibility};
+
+use crate::attr::{closest, Args, Errors, Key};
+use crate::template::Root;
+
+/// A fn item, with or without a body (a trait method declaration has none).
+pub struct LockedFn {
+    pub attrs: Vec<Attribute>,
+    pub vis: Visibility,
+    pub sig: Signature,
+    pub body: Option<FnBody>,
+    pub semi: Option<Token![;]>,
+}
+
+pub struct FnBody {
+    pub inner_attrs: Vec<Attribute>,
+    pub stmts: Vec<Stmt>,
+}
+
+impl Parse for LockedFn {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let sig: Signature = input.parse()?;
+        let (body, semi) = if input.peek(Token![;]) {
+            (None, Some(input.parse()?))
+        } else {
+            let content;
+            braced!(content in input);
+            let inner_attrs = content.call(Attribute::parse_inner)?;
+            let stmts = content.call(syn::Block::parse_within)?;
+            (Some(FnBody { inner_attrs, stmts }), None)
+        };
+        Ok(LockedFn {
+            attrs,
+            vis,
+            sig,
+            body,
+            semi,
+        })
+    }
+}
+
+/// The error for an item that is not a fn: spanned at its first token after
+/// attributes and visibility (`struct`, `impl`, `mod`, ...).
+pub fn not_a_fn(item: TokenStream) -> syn::Error {
+    let span = syn::parse::Parser::parse2(
+        |input: ParseStream| {
+            input.call(Attribute::parse_outer)?;
+            input.parse::<Visibility>()?;
+            let span = input.cursor().token_tree().map(|(tt, _)| tt.span());
+            input.parse::<TokenStream>()?;
+            Ok(span)
+        },
+        item,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(Span::call_site);
+    syn::Error::new(
+        span,
+        "#[advisory_locked] can only be applied to an `async fn`: it takes the lock around the function's body",
+    )
+}
+
+/// Checks the fn and the options against each other.
+pub fn check(args: &Args, f: &LockedFn) -> Option<syn::Error> {
+    let mut errors = Errors::default();
+    let sig = &f.sig;
+
+    // The key's names first: they are in the attribute, above the fn.
+    if let Some(Key::Template { template, lit }) = &args.key {
+        let names = argument_names(sig);
+        let has_receiver = sig.receiver().is_some();
+        for ph in template.placeholders() {
+            match &ph.root {
+                Root::SelfValue if !has_receiver => errors.add(
+                    lit.span(),
+                    format!(
+                        "`{{{}}}` in the key template needs a method with a `self` receiver, and this fn has none; {}",
+                        ph.text,
+                        available(&names)
+                    ),
+                ),
+                Root::SelfValue => {}
+                Root::Arg(ident) => {
+                    let name = ident.unraw().to_string();
+                    if !names.contains(&name) {
+                        let mut msg = format!(
+                            "unknown argument `{name}` in the key template placeholder `{{{}}}`",
+                            ph.text
+                        );
+                        match closest(&name, names.iter().map(String::as_str)) {
+                            Some(best) => msg.push_str(&format!(
+                                ": did you mean `{best}`? ({})",
+                                available(&names)
+                            )),
+                            None => msg.push_str(&format!("; {}", available(&names))),
+                        }
+                        errors.add(lit.span(), msg);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(c) = &sig.constness {
+        errors.add(
+            c.span,
+            "a `const fn` cannot be #[advisory_locked]: the lock is taken at run time; remove `const` and write `async fn`",
+        );
+    } else if sig.asyncness.is_none() && sig.abi.is_none() {
+        errors.add(
+            sig.fn_token.span,
+            "#[advisory_locked] needs an `async fn`: taking the lock awaits; write `async fn`",
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "an `extern` fn cannot be #[advisory_locked]: remove the ABI and write a plain `async fn`",
+        ));
+    }
+    if let Some(semi) = &f.semi {
+        errors.add(
+            semi.span,
+            "#[advisory_locked] needs a function body: put it on the method of the `impl` block, not on the trait's declaration (the trait declares the rewritten return type, see the docs)",
+        );
+    }
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if let Some(impl_trait) = find_impl_trait(ty) {
+            errors.push(syn::Error::new_spanned(
+                impl_trait,
+                "#[advisory_locked] cannot wrap an `impl Trait` return type: the type must be nameable; name the concrete type, or return a boxed trait object (e.g. `Box<dyn Trait>`)",
+            ));
+        }
+    }
+    errors.finish()
+}
+
+/// "the arguments a key template can use are `a`, `b`".
+fn available(names: &[String]) -> String {
+    if names.is_empty() {
+        "this fn has no arguments a key template can use (only arguments bound to a plain name can be used)".to_string()
+    } else {
+        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        format!(
+            "the arguments a key template can use are {}",
+            list.join(", ")
+        )
+    }
+}
+
+/// `self` (if a receiver) and the arguments bound to a plain name.
+fn argument_names(sig: &Signature) -> Vec<String> {
+    sig.inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Receiver(_) => Some("self".to_string()),
+            FnArg::Typed(pt) => match &*pt.pat {
+                Pat::Ident(pi) if pi.subpat.is_none() => Some(pi.ident.unraw().to_string()),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+/// The first `impl Trait` anywhere in a type.
+fn find_impl_trait(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::ImplTrait(_) => Some(ty),
+        Type::Array(a) => find_impl_trait(&a.elem),
+        Type::Group(g) => find_impl_trait(&g.elem),
+        Type::Paren(p) => find_impl_trait(&p.elem),
+        Type::Ptr(p) => find_impl_trait(&p.elem),
+        Type::Reference(r) => find_impl_trait(&r.elem),
+        Type::Slice(s) => find_impl_trait(&s.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(find_impl_trait),
+        Type::Path(p) => {
+            if let Some(q) = &p.qself {
+                if let Some(found) = find_impl_trait(&q.ty) {
+                    return Some(found);
+                }
+            }
+            p.path.segments.iter().find_map(|seg| match &seg.arguments {
+                syn::PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
+                    syn::GenericArgument::Type(t) => find_impl_trait(t),
+                    syn::GenericArgument::AssocType(a) => find_impl_trait(&a.ty),
+                    _ => None,
+                }),
+                syn::PathArguments::Parenthesized(p) => p
+                    .inputs
+                    .iter()
+                    .find_map(find_impl_trait)
+                    .or(match &p.output {
+                        ReturnType::Type(_, t) => find_impl_trait(t),
+                        ReturnType::Default => None,
+                    }),
+                syn::PathArguments::None => None,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn errors_for(args: TokenStream, item: TokenStream) -> Vec<String> {
+        let (args, err) = crate::attr::parse(args);
+        assert!(err.is_none());
+        let f: LockedFn = syn::parse2(item).unwrap();
+        check(&args, &f)
+            .map(|e| e.into_iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn fine() {
+        assert!(errors_for(
+            quote!(key = "t:{tenant_id}:{self.id}:{p.0}:{r#type}"),
+            quote!(
+                async fn f(&self, tenant_id: u64, mut p: (u8, u8), r#type: u8) {}
+            )
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn not_async_and_friends() {
+        let e = errors_for(
+            quote!(key = "k"),
+            quote!(
+                fn f() {}
+            ),
+        );
+        assert!(e[0].starts_with("#[advisory_locked] needs an `async fn`"));
+        let e = errors_for(
+            quote!(key = "k"),
+            quote!(
+                const fn f() {}
+            ),
+        );
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("a `const fn`"));
+        let e = errors_for(
+            quote!(key = "k"),
+            quote!(
+                async fn f(&self);
+            ),
+        );
+        assert!(e[0].starts_with("#[advisory_locked] needs a function body"));
+        let e = errors_for(
+            quote!(key = "k"),
+            quote!(
+                async fn f() -> Vec<impl Sized> {}
+            ),
+        );
+        assert!(e[0].contains("`impl Trait`"));
+    }
+
+    #[test]
+    fn template_names() {
+        let e = errors_for(
+            quote!(key = "{tenant}"),
+            quote!(
+                async fn f(tenant_id: u64, (a, b): (u8, u8)) {}
+            ),
+        );
+        assert_eq!(
+            e,
+            ["unknown argument `tenant` in the key template placeholder `{tenant}`: did you mean `tenant_id`? (the arguments a key template can use are `tenant_id`)"]
+        );
+        let e = errors_for(
+            quote!(key = "{self.id}"),
+            quote!(
+                async fn f() {}
+            ),
+        );
+        assert!(e[0]
+            .starts_with("`{self.id}` in the key template needs a method with a `self` receiver"));
+    }
+
+    #[test]
+    fn non_fn_items_point_at_their_keyword() {
+        let err = not_a_fn(quote!(
+            #[derive(Debug)]
+            pub struct S;
+        ));
+        assert!(err
+            .to_string()
+            .starts_with("#[advisory_locked] can only be applied"));
+    }
+}

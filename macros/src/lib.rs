@@ -1,0 +1,252 @@
+//! The `#[advisory_locked]` attribute. Use it through the `advisory-locked`
+//! crate, which re-exports it: `use advisory_locked::advisory_locked;`.
+//!
+//! This crate only parses, checks and rewrites; everything the expansion does
+//! at run time lives in `advisory_locked::__private`.
+
+mod attr;
+mod check;
+mod duration;
+mod expand;
+mod template;
+
+use proc_macro::TokenStream;
+
+/// Runs an `async fn`'s body while holding a PostgreSQL advisory lock.
+///
+/// ```rust,ignore
+/// use advisory_locked::{advisory_locked, Outcome};
+///
+/// // Skip mode (the default): if another holder has the lock, the body does
+/// // not run and the call returns `Ok(Outcome::Skipped)`.
+/// #[advisory_locked(key = "report:daily")]
+/// async fn daily_report() -> anyhow::Result<()> { /* ... */ }
+/// // daily_report(): Result<Outcome<anyhow::Result<()>>, advisory_locked::Error>
+///
+/// // Wait mode: wait (here at most 30 s) for the lock, then run the body.
+/// #[advisory_locked(key = "tenant:{tenant_id}", wait = "30s")]
+/// async fn rebuild(tenant_id: u64) -> Result<(), MyError> { /* ... */ }
+/// // rebuild(7): Result<Result<(), MyError>, advisory_locked::Error>
+/// ```
+///
+/// # Options
+///
+/// Comma separated, in any order, trailing comma allowed:
+///
+/// | option | meaning |
+/// |---|---|
+/// | `key = "name"` | required. A string is hashed at compile time exactly as PostgreSQL's `hashtextextended(name, 0)`. |
+/// | `key = "tenant:{tenant_id}"` | a template, formatted at run time with `Display` and hashed. Placeholders name an argument bound to a plain name, or `self`, optionally followed by fields or tuple indexes: `{self.id}`, `{job.tenant.id}`, `{pair.0}`. `{{` and `}}` are literal braces. No format specs, no `{}` or `{0}`. |
+/// | `key = 42`, `key = -5` | a raw 64-bit key (`pg_advisory_lock(bigint)`). |
+/// | `key = (7, 42)` | a key in the two-int4 key space (`pg_advisory_lock(int, int)`). |
+/// | `skip` | the default: when the lock is busy, do not run the body. |
+/// | `wait` | wait for the lock without a limit. |
+/// | `wait = "30s"` | wait at most this long, then fail with `Error::WaitTimeout`. Units `ms`, `s`, `m`, `h`; decimals and sums allowed (`"1.5s"`, `"1m30s"`); whole milliseconds, more than zero, at most 365 days. |
+/// | `shared` | take the lock in shared mode (many shared holders, no exclusive one). |
+/// | `exclusive` | the default mode, may be written explicitly. |
+/// | `pool = "name"` | the configured lock registry to use; `"default"` if left out. |
+///
+/// # What the function becomes
+///
+/// The signature is kept (attributes, docs, visibility, generics, arguments,
+/// where clause) except the return type `T` (`()` if none is written):
+///
+/// - skip mode: `Result<advisory_locked::Outcome<T>, advisory_locked::Error>`;
+/// - wait mode: `Result<T, advisory_locked::Error>`.
+///
+/// `return` and `?` in the body keep their meaning: they return `T` from the
+/// body. The key is computed from the arguments before the body runs.
+///
+/// Methods (`&self`, `&mut self`, `self`, `self: Arc<Self>`), generic fns
+/// and async fns of trait impls work; in a trait impl, the trait must declare
+/// the rewritten return type. The fn must be an `async fn` with a body,
+/// and its return type cannot contain `impl Trait`.
+#[proc_macro_attribute]
+pub fn advisory_locked(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    match advisory_locked_impl(args.into(), item.clone()) {
+        Ok(tokens) => tokens.into(),
+        // Emit the item unchanged next to the errors, so that the rest of the
+        // crate (and IDEs) still see the fn and report nothing else about it.
+        Err(err) => {
+            let mut out = item;
+            out.extend(err.into_compile_error());
+            out.into()
+        }
+    }
+}
+
+fn advisory_locked_impl(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let mut errors = attr::Errors::default();
+    let (args, arg_errors) = attr::parse(args);
+    errors.extend(arg_errors);
+
+    let f: check::LockedFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            errors.push(check::not_a_fn(item));
+            return Err(errors.finish().expect("an error was pushed"));
+        }
+    };
+    errors.extend(check::check(&args, &f));
+
+    match errors.finish() {
+        Some(err) => Err(err),
+        None => Ok(expand::expand(&args, f)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn expand(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
+        super::advisory_locked_impl(args, item)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string()
+    }
+
+    #[test]
+    fn skip_mode_expansion() {
+        let got = expand(
+            quote!(key = "report:daily"),
+            quote! {
+                /// docs
+                #[other_attr]
+                pub async fn f<T: X>(&self, tenant_id: u64, mut n: T) -> R where T: Y { body(); tail }
+            },
+        );
+        let want = quote! {
+            /// docs
+            #[other_attr]
+            pub async fn f<T: X>(&self, tenant_id: u64, mut n: T)
+                -> ::core::result::Result<::advisory_locked::Outcome<R>, ::advisory_locked::Error>
+            where T: Y
+            {
+                let __advisory_locked_key = {
+                    const __ADVISORY_LOCKED_ID: i64 = ::advisory_locked::key_hash("report:daily");
+                    ::advisory_locked::LockKey::with_id("report:daily", ::advisory_locked::KeyId::Int(__ADVISORY_LOCKED_ID))
+                };
+                ::advisory_locked::__private::run_skip(
+                    ::advisory_locked::__private::Spec {
+                        pool: "default",
+                        mode: ::advisory_locked::Mode::Exclusive,
+                        wait: ::advisory_locked::__private::Wait::Skip,
+                    },
+                    __advisory_locked_key,
+                    async move {
+                        #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+                        if let ::core::option::Option::Some(__advisory_locked_ret) = ::core::option::Option::None::<R> {
+                            return __advisory_locked_ret;
+                        }
+                        body();
+                        tail
+                    },
+                )
+                .await
+            }
+        };
+        assert_eq!(got, want.to_string());
+    }
+
+    #[test]
+    fn wait_mode_template_expansion() {
+        let got = expand(
+            quote!(
+                key = "t:{{{tenant_id}}}:{self.id}:{p.0}",
+                wait = "1m30s",
+                shared,
+                pool = "jobs"
+            ),
+            quote!(
+                async fn g(&self, tenant_id: u64, p: (u8, u8)) {}
+            ),
+        );
+        let want = quote! {
+            async fn g(&self, tenant_id: u64, p: (u8, u8))
+                -> ::core::result::Result<(), ::advisory_locked::Error>
+            {
+                let __advisory_locked_key = {
+                    let __advisory_locked_value_0 = &tenant_id;
+                    let __advisory_locked_value_1 = &self.id;
+                    let __advisory_locked_value_2 = &p.0;
+                    ::advisory_locked::LockKey::named(::std::format!(
+                        "t:{{{}}}:{}:{}",
+                        __advisory_locked_value_0,
+                        __advisory_locked_value_1,
+                        __advisory_locked_value_2
+                    ))
+                };
+                ::advisory_locked::__private::run_wait(
+                    ::advisory_locked::__private::Spec {
+                        pool: "jobs",
+                        mode: ::advisory_locked::Mode::Shared,
+                        wait: ::advisory_locked::__private::Wait::Timeout(::core::time::Duration::from_millis(90000u64)),
+                    },
+                    __advisory_locked_key,
+                    async move {
+                        #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+                        if let ::core::option::Option::Some(__advisory_locked_ret) = ::core::option::Option::None::<()> {
+                            return __advisory_locked_ret;
+                        }
+                    },
+                )
+                .await
+            }
+        };
+        assert_eq!(got, want.to_string());
+    }
+
+    #[test]
+    fn integer_keys_and_wait_forever() {
+        let got = expand(
+            quote!(key = -5, wait),
+            quote!(
+                async fn h() {}
+            ),
+        );
+        assert!(
+            got.contains(
+                &quote!(::advisory_locked::LockKey::with_id(
+                    "-5",
+                    ::advisory_locked::KeyId::Int(-5i64)
+                ))
+                .to_string()
+            ),
+            "{got}"
+        );
+        assert!(got.contains(&quote!(::advisory_locked::__private::Wait::Forever).to_string()));
+
+        let got = expand(
+            quote!(key = (7, -42)),
+            quote!(
+                async fn h() {}
+            ),
+        );
+        assert!(
+            got.contains(
+                &quote!(::advisory_locked::LockKey::with_id(
+                    "(7, -42)",
+                    ::advisory_locked::KeyId::Pair(7i32, -42i32)
+                ))
+                .to_string()
+            ),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn all_errors_are_returned() {
+        let err = super::advisory_locked_impl(
+            quote!(key = "k", wiat),
+            quote!(
+                fn f() {}
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(err.into_iter().count(), 2);
+    }
+}

@@ -1,0 +1,1 @@
+//! Compile-time tests of `#[advisory_locked]`: see `tests/ui.rs` and the `ui/` folder.

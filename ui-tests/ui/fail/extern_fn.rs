@@ -1,0 +1,10 @@
+use advisory_locked::advisory_locked;
+
+#[advisory_locked(key = "report:daily")]
+extern "C" fn daily_report() -> u32 {
+    1
+}
+
+fn main() {
+    let _ = daily_report();
+}

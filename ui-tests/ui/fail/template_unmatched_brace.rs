@@ -1,0 +1,8 @@
+use advisory_locked::advisory_locked;
+
+#[advisory_locked(key = "tenant:tenant_id}")]
+async fn rebuild(tenant_id: u64) {
+    let _ = tenant_id;
+}
+
+fn main() {}
