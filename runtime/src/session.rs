@@ -214,7 +214,7 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 
 fn jitter(max: u64) -> u64 {
     use std::cell::Cell;
-    thread_local!(static STATE: Cell<u64> = Cell::new(0));
+    thread_local!(static STATE: Cell<u64> = const { Cell::new(0) });
     STATE.with(|s| {
         let mut x = s.get();
         if x == 0 {
