@@ -107,9 +107,11 @@ impl LockConfig {
     /// A string that can't be parsed is [`Error::InvalidConfig`]; the message
     /// never repeats the string, which may hold a password.
     pub fn from_url(url: &str) -> Result<Self, Error> {
-        let pg = url.parse::<tokio_postgres::Config>().map_err(|e| Error::InvalidConfig {
-            reason: format!("cannot parse the connection string: {e}"),
-        })?;
+        let pg = url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| Error::InvalidConfig {
+                reason: crate::error::cause(&e),
+            })?;
         Ok(Self::new(pg))
     }
 
@@ -118,7 +120,8 @@ impl LockConfig {
         match std::env::var("DATABASE_URL") {
             Ok(url) => Self::from_url(&url),
             Err(_) => Err(Error::InvalidConfig {
-                reason: "the DATABASE_URL environment variable is not set (or not unicode)".to_owned(),
+                reason: "the DATABASE_URL environment variable is not set (or not unicode)"
+                    .to_owned(),
             }),
         }
     }

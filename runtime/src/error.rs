@@ -34,7 +34,7 @@ pub enum Error {
 
     /// The server could not be reached or refused the connection (wrong
     /// credentials, unknown database, refused, ...).
-    #[error("advisory-locked: cannot connect to {target}: {source}")]
+    #[error("advisory-locked: cannot connect to {target}: {}", cause(.source))]
     Connect {
         /// `host:port/dbname` of the server, without any password.
         target: String,
@@ -80,7 +80,7 @@ pub enum Error {
 
     /// A statement on a lock session failed (the session died, a server
     /// timeout, out of lock memory, ...).
-    #[error("advisory-locked: lock statement for {key:?} failed: {source}")]
+    #[error("advisory-locked: lock statement for {key:?} failed: {}", cause(.source))]
     Query {
         /// The key's name.
         key: String,
@@ -107,3 +107,20 @@ impl Error {
 
 /// `Result<T, advisory_locked::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The most telling text of a driver error: the server's own message (with
+/// its SQLSTATE) for a server error, else the error and its causes. Neither
+/// the driver nor the server repeats a password in these.
+pub(crate) fn cause(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

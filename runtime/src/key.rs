@@ -139,7 +139,9 @@ impl KeyId {
     pub(crate) fn spread(self) -> u64 {
         match self {
             KeyId::Int(k) => k as u64,
-            KeyId::Pair(a, b) => ((a as u32 as u64) << 32 | b as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            KeyId::Pair(a, b) => {
+                ((a as u32 as u64) << 32 | b as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            }
         }
     }
 }

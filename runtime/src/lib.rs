@@ -54,7 +54,10 @@ pub mod __private;
 /// lock; see the crate documentation for the options and signatures.
 pub use advisory_locked_macros::advisory_locked;
 
-pub use config::{configure, configure_from_env, locker, LockConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL, DEFAULT_SESSIONS};
+pub use config::{
+    configure, configure_from_env, locker, LockConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL,
+    DEFAULT_SESSIONS,
+};
 pub use error::{Error, Result};
 pub use key::{key_hash, KeyId, LockKey};
 pub use locker::{LockGuard, Locker, Mode};

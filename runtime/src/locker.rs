@@ -142,7 +142,12 @@ impl Locker {
     /// awaited in memory; a key held elsewhere is tried again with backoff
     /// (2 ms doubling to 250 ms, with jitter). An expired wait is
     /// [`Error::WaitTimeout`].
-    pub async fn lock(&self, key: LockKey, mode: Mode, timeout: Option<Duration>) -> Result<LockGuard, Error> {
+    pub async fn lock(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        timeout: Option<Duration>,
+    ) -> Result<LockGuard, Error> {
         let start = Instant::now();
         let deadline = timeout.map(|t| tokio::time::Instant::from_std(start) + t);
         let timed_out = || Error::WaitTimeout {
@@ -223,7 +228,12 @@ impl Locker {
         }
     }
 
-    async fn try_on_server(&self, key: LockKey, mode: Mode, mut reservation: Reservation) -> Result<Option<LockGuard>, Error> {
+    async fn try_on_server(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        mut reservation: Reservation,
+    ) -> Result<Option<LockGuard>, Error> {
         // A session that died unnoticed fails the request: then one more try
         // on a fresh session.
         let mut retried = false;
@@ -236,7 +246,9 @@ impl Locker {
                     return Ok(Some(self.guard(key, mode, session)));
                 }
                 Ok(false) => return Ok(None),
-                Err(source) if !retried && (session.is_dead() || crate::session::ends_session(&source)) => {
+                Err(source)
+                    if !retried && (session.is_dead() || crate::session::ends_session(&source)) =>
+                {
                     // The error may arrive before the connection task has
                     // ended: mark the session dead so that it is replaced.
                     session.kill();

@@ -32,7 +32,11 @@ pub enum Wait {
 }
 
 /// Skip mode: take the lock if free, run `body`, release.
-pub async fn run_skip<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<Outcome<F::Output>, Error> {
+pub async fn run_skip<F: Future>(
+    spec: Spec,
+    key: LockKey,
+    body: F,
+) -> Result<Outcome<F::Output>, Error> {
     crate::run::run_skip(spec, key, body).await
 }
 

@@ -6,7 +6,11 @@ use crate::__private::{Spec, Wait};
 use crate::{Error, LockGuard, LockKey, Outcome};
 
 /// Skip mode: take the lock if free, run `body`, release.
-pub(crate) async fn run_skip<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<Outcome<F::Output>, Error> {
+pub(crate) async fn run_skip<F: Future>(
+    spec: Spec,
+    key: LockKey,
+    body: F,
+) -> Result<Outcome<F::Output>, Error> {
     let locker = crate::locker(spec.pool)?;
     match locker.try_lock(key, spec.mode).await? {
         Some(guard) => hold(guard, body).await.map(Outcome::Ran),
@@ -15,7 +19,11 @@ pub(crate) async fn run_skip<F: Future>(spec: Spec, key: LockKey, body: F) -> Re
 }
 
 /// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`, release.
-pub(crate) async fn run_wait<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<F::Output, Error> {
+pub(crate) async fn run_wait<F: Future>(
+    spec: Spec,
+    key: LockKey,
+    body: F,
+) -> Result<F::Output, Error> {
     let locker = crate::locker(spec.pool)?;
     let timeout = match spec.wait {
         Wait::Timeout(t) => Some(t),

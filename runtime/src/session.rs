@@ -82,8 +82,12 @@ impl Session {
         let pool = settings.name.clone();
         let task = tokio::spawn(async move {
             match connection.await {
-                Ok(()) => tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed"),
-                Err(e) => tracing::warn!(pool = %pool, session = id, error = %e, "advisory-locked: lock session ended"),
+                Ok(()) => {
+                    tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed")
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %pool, session = id, error = %e, "advisory-locked: lock session ended")
+                }
             }
             let _ = dead_tx.send(true);
         });
@@ -134,12 +138,20 @@ impl Session {
     }
 
     /// `pg_try_advisory_lock[_shared]`: true if granted.
-    pub(crate) async fn try_lock(&self, id: KeyId, mode: Mode) -> Result<bool, tokio_postgres::Error> {
+    pub(crate) async fn try_lock(
+        &self,
+        id: KeyId,
+        mode: Mode,
+    ) -> Result<bool, tokio_postgres::Error> {
         self.call(stmt_index(false, id, mode), id).await
     }
 
     /// `pg_advisory_unlock[_shared]`: true if this session held the lock.
-    pub(crate) async fn unlock(&self, id: KeyId, mode: Mode) -> Result<bool, tokio_postgres::Error> {
+    pub(crate) async fn unlock(
+        &self,
+        id: KeyId,
+        mode: Mode,
+    ) -> Result<bool, tokio_postgres::Error> {
         self.call(stmt_index(true, id, mode), id).await
     }
 
@@ -190,9 +202,12 @@ async fn prepare_all(client: &Client) -> Result<Vec<Statement>, tokio_postgres::
 pub(crate) fn ends_session(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::Severity;
     e.is_closed()
-        || e
-            .as_db_error()
-            .is_some_and(|db| matches!(db.parsed_severity(), Some(Severity::Fatal | Severity::Panic)))
+        || e.as_db_error().is_some_and(|db| {
+            matches!(
+                db.parsed_severity(),
+                Some(Severity::Fatal | Severity::Panic)
+            )
+        })
 }
 
 struct AbortOnDrop(Option<AbortHandle>);

@@ -1,0 +1,619 @@
+//! Helpers shared by the integration tests of `advisory-locked`.
+//!
+//! - [`db_url`]: the server every test uses (`DATABASE_URL`, else the local default);
+//! - [`unique`]: names (keys, registry entries, tables) unique to this test
+//!   run, because tests run in parallel threads of one process and parallel
+//!   processes against one server;
+//! - [`raw_connect`]: a plain tokio-postgres connection, outside the crate;
+//! - [`advisory_locks`] / [`wait_until_unlocked`]: what `pg_locks` says about
+//!   given keys, decoded back into [`KeyId`]s;
+//! - [`ThrowawayServer`]: an independent PostgreSQL server in a temporary
+//!   directory, for the tests that need a second server or a standby;
+//! - [`Prng`]: a small seeded random generator (no `rand` dependency).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use advisory_locked::KeyId;
+use tokio_postgres::{Client, NoTls};
+
+/// The server under test: `DATABASE_URL` when set, else the local default.
+pub fn db_url() -> String {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A name unique to this process and call: `{prefix}-{pid}-{n}`. Use it for
+/// keys, registry entry names and tables.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A name usable as an SQL identifier (`[a-z0-9_]`), unique as [`unique`].
+pub fn unique_ident(prefix: &str) -> String {
+    unique(prefix)
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        .to_lowercase()
+}
+
+/// A plain tokio-postgres connection (its connection task runs on the
+/// current runtime).
+pub async fn raw_connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test server: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// One advisory lock as `pg_locks` shows it, with its key decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvisoryLock {
+    /// The server process (session) that holds or awaits it.
+    pub pid: i32,
+    /// The key: `objsubid` = 1 is a 64-bit key (`classid` high 32 bits,
+    /// `objid` low 32 bits), `objsubid` = 2 is a pair (`classid`, `objid`).
+    pub key: KeyId,
+    /// `ExclusiveLock` or `ShareLock`.
+    pub mode: String,
+    /// False while a session waits for it.
+    pub granted: bool,
+    /// The raw columns, for layout checks: (`classid`, `objid`, `objsubid`).
+    pub raw: (u32, u32, i16),
+}
+
+/// Decodes `pg_locks` columns of an advisory lock into a key.
+pub fn decode_key(classid: u32, objid: u32, objsubid: i16) -> KeyId {
+    match objsubid {
+        1 => KeyId::Int(((u64::from(classid) << 32) | u64::from(objid)) as i64),
+        2 => KeyId::Pair(classid as i32, objid as i32),
+        other => panic!("unexpected objsubid {other} for an advisory lock"),
+    }
+}
+
+/// The advisory locks of the client's current database whose keys are in
+/// `keys` (granted or awaited).
+pub async fn advisory_locks(client: &Client, keys: &[KeyId]) -> Vec<AdvisoryLock> {
+    let rows = client
+        .query(
+            "SELECT pid, classid::oid::int8, objid::oid::int8, objsubid::int2, mode, granted \
+             FROM pg_locks \
+             WHERE locktype = 'advisory' \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .expect("pg_locks query failed");
+    rows.iter()
+        .map(|r| {
+            let classid = r.get::<_, i64>(1) as u32;
+            let objid = r.get::<_, i64>(2) as u32;
+            let objsubid: i16 = r.get(3);
+            AdvisoryLock {
+                pid: r.get(0),
+                key: decode_key(classid, objid, objsubid),
+                mode: r.get(4),
+                granted: r.get(5),
+                raw: (classid, objid, objsubid),
+            }
+        })
+        .filter(|l| keys.contains(&l.key))
+        .collect()
+}
+
+/// Polls `pg_locks` (every 20 ms, at most `limit`) until none of `keys` is
+/// held or awaited; returns what was still there at the end (empty on success).
+pub async fn wait_until_unlocked(
+    client: &Client,
+    keys: &[KeyId],
+    limit: Duration,
+) -> Vec<AdvisoryLock> {
+    let start = Instant::now();
+    loop {
+        let left = advisory_locks(client, keys).await;
+        if left.is_empty() || start.elapsed() >= limit {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `pg_locks` until `keys` are all held (granted) by some session, at
+/// most `limit`; returns the locks seen last.
+pub async fn wait_until_locked(
+    client: &Client,
+    keys: &[KeyId],
+    limit: Duration,
+) -> Vec<AdvisoryLock> {
+    let start = Instant::now();
+    loop {
+        let held = advisory_locks(client, keys).await;
+        let all = keys
+            .iter()
+            .all(|k| held.iter().any(|l| l.key == *k && l.granted));
+        if all || start.elapsed() >= limit {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind a free port")
+        .port()
+}
+
+/// A small deterministic random generator (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Prng(u64);
+
+impl Prng {
+    /// Seeded with `seed`, silently.
+    pub fn new(seed: u64) -> Prng {
+        Prng(seed)
+    }
+
+    /// Seeded with `seed`, or with `ADVISORY_TEST_SEED` when that is set
+    /// (to replay a failure); prints the seed it uses.
+    pub fn seeded(what: &str, seed: u64) -> Prng {
+        let seed = std::env::var("ADVISORY_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(seed);
+        println!("{what}: PRNG seed {seed} (set ADVISORY_TEST_SEED to replay)");
+        Prng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.below(den) < num
+    }
+}
+
+/// An independent PostgreSQL server: a fresh cluster in a temporary
+/// directory (trust auth, loopback only, its unix socket in that directory),
+/// on a free port, stopped and deleted on drop.
+///
+/// Runs the installed binaries (`/usr/lib/postgresql/*/bin`) as the
+/// `postgres` user through `runuser` when this process is root (initdb
+/// refuses to run as root).
+#[derive(Debug)]
+pub struct ThrowawayServer {
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    running: bool,
+}
+
+/// How long starting a throwaway server may take before the test fails.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+impl ThrowawayServer {
+    /// Creates and starts a fresh cluster. Panics (failing the test) with the
+    /// server's log if that does not work within a bounded time.
+    pub fn start() -> ThrowawayServer {
+        let mut server = Self::empty("primary");
+        let data = server.data.display().to_string();
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        server.launch();
+        server
+    }
+
+    /// A hot standby of `primary`, made with `pg_basebackup -R` and started
+    /// on its own port. Returns once it accepts connections.
+    pub fn standby_of(primary: &ThrowawayServer) -> ThrowawayServer {
+        let mut server = Self::empty("standby");
+        let data = server.data.display().to_string();
+        let port = primary.port.to_string();
+        server.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
+        server.launch();
+        server
+    }
+
+    fn empty(what: &str) -> ThrowawayServer {
+        let bin = pg_bin_dir();
+        let dir = std::env::temp_dir().join(unique(&format!("advisory-locked-{what}")));
+        std::fs::create_dir_all(&dir).expect("cannot create the server's temp dir");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("cannot run chown");
+            assert!(status.success(), "chown of {} failed", dir.display());
+        }
+        let data = dir.join("data");
+        ThrowawayServer {
+            dir,
+            data,
+            port: free_port(),
+            bin,
+            running: false,
+        }
+    }
+
+    /// Runs one of the server's binaries as the server's user; panics with
+    /// its output if it fails.
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        cmd.args(args).current_dir(&self.dir).stdin(Stdio::null());
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+        assert!(
+            out.status.success(),
+            "{tool} failed ({}):\n{}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
+    fn launch(&mut self) {
+        let data = self.data.display().to_string();
+        let log = self.dir.join("server.log").display().to_string();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40 -c shared_buffers=16MB",
+            self.port,
+            self.dir.display()
+        );
+        let timeout = START_LIMIT.as_secs().to_string();
+        self.running = true;
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", &timeout, "start",
+            ],
+        );
+        // Bounded wait until it answers on TCP.
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < START_LIMIT,
+                "server did not listen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for database `db` as user `postgres`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+impl Drop for ThrowawayServer {
+    fn drop(&mut self) {
+        if self.running {
+            let exe = self.bin.join("pg_ctl");
+            let mut cmd = if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&exe);
+                c
+            } else {
+                Command::new(&exe)
+            };
+            let _ = cmd
+                .args(["-D"])
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    // No libc dependency: ask `id -u`.
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false)
+    })
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` (or `PG_BIN_DIR`).
+pub fn pg_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("no /usr/lib/postgresql: install the PostgreSQL server binaries")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .expect("no /usr/lib/postgresql/*/bin/initdb found")
+}
+
+/// A table created for one test run and dropped (best effort) on drop.
+#[derive(Debug)]
+pub struct ScratchTable {
+    /// The table's name (an identifier unique to this run).
+    pub name: String,
+    url: String,
+}
+
+impl ScratchTable {
+    /// Creates `{prefix}_{pid}_{n}` with the given column list, e.g.
+    /// `"(id bigserial primary key, key text)"`.
+    pub async fn create(client: &Client, prefix: &str, columns: &str) -> ScratchTable {
+        let name = unique_ident(prefix);
+        client
+            .batch_execute(&format!("CREATE UNLOGGED TABLE {name} {columns}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create table {name}: {e}"));
+        ScratchTable {
+            name,
+            url: db_url(),
+        }
+    }
+}
+
+impl Drop for ScratchTable {
+    fn drop(&mut self) {
+        let sql = format!("DROP TABLE IF EXISTS {}", self.name);
+        let url = self.url.clone();
+        // Drop can't await, and may run inside a runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&url, NoTls).await.ok()?;
+                tokio::spawn(conn);
+                client.batch_execute(&sql).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// The columns of the tables that record lock holds: one row per body run,
+/// `entered`/`exited` stamped with the server's `clock_timestamp()`.
+pub const HOLDS_COLUMNS: &str = "(id bigserial PRIMARY KEY, key text NOT NULL, pid int NOT NULL, \
+     round int NOT NULL, shared bool NOT NULL DEFAULT false, \
+     entered timestamptz NOT NULL DEFAULT clock_timestamp(), exited timestamptz)";
+
+/// Counts in a holds table ([`HOLDS_COLUMNS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldStats {
+    /// All rows.
+    pub rows: i64,
+    /// Rows whose body never recorded its exit.
+    pub unfinished: i64,
+    /// Pairs of rows of one key whose `[entered, exited)` intervals overlap
+    /// and at least one of which was exclusive: must be 0.
+    pub conflicting_overlaps: i64,
+    /// Pairs of shared rows of one key that overlapped (allowed).
+    pub shared_overlaps: i64,
+}
+
+/// Checks a holds table with SQL: a self-join on overlapping intervals of one key.
+pub async fn hold_stats(client: &Client, table: &str) -> HoldStats {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM {table}), \
+                        (SELECT count(*) FROM {table} WHERE exited IS NULL), \
+                        count(*) FILTER (WHERE NOT (a.shared AND b.shared)), \
+                        count(*) FILTER (WHERE a.shared AND b.shared) \
+                 FROM {table} a JOIN {table} b \
+                   ON a.key = b.key AND a.id < b.id \
+                  AND tstzrange(a.entered, a.exited, '[)') && tstzrange(b.entered, b.exited, '[)')"
+            ),
+            &[],
+        )
+        .await
+        .expect("overlap query failed");
+    HoldStats {
+        rows: row.get(0),
+        unfinished: row.get(1),
+        conflicting_overlaps: row.get(2),
+        shared_overlaps: row.get(3),
+    }
+}
+
+/// Installs a registry entry named `pool` for the test server (2 sessions).
+/// Call it inside the test that uses it: its sessions live on that test's runtime.
+pub async fn install(pool: &str) -> advisory_locked::Locker {
+    advisory_locked::LockConfig::from_url(&db_url())
+        .expect("DATABASE_URL")
+        .name(pool)
+        .sessions(2)
+        .install()
+        .await
+        .unwrap_or_else(|e| panic!("cannot install registry entry {pool:?}: {e}"))
+}
+
+/// Takes `key` on a plain connection, outside the crate, waiting for it
+/// (`pg_advisory_lock[_shared]`).
+pub async fn pg_lock(client: &Client, key: KeyId, mode: advisory_locked::Mode) {
+    let shared = mode == advisory_locked::Mode::Shared;
+    let result = match (key, shared) {
+        (KeyId::Int(k), false) => {
+            client
+                .execute("SELECT pg_advisory_lock($1::int8)", &[&k])
+                .await
+        }
+        (KeyId::Int(k), true) => {
+            client
+                .execute("SELECT pg_advisory_lock_shared($1::int8)", &[&k])
+                .await
+        }
+        (KeyId::Pair(a, b), false) => {
+            client
+                .execute("SELECT pg_advisory_lock($1::int4, $2::int4)", &[&a, &b])
+                .await
+        }
+        (KeyId::Pair(a, b), true) => {
+            client
+                .execute(
+                    "SELECT pg_advisory_lock_shared($1::int4, $2::int4)",
+                    &[&a, &b],
+                )
+                .await
+        }
+    };
+    result.expect("pg_advisory_lock failed");
+}
+
+/// Releases `key` on a plain connection; true if the session held it.
+pub async fn pg_unlock(client: &Client, key: KeyId, mode: advisory_locked::Mode) -> bool {
+    let shared = mode == advisory_locked::Mode::Shared;
+    let row = match (key, shared) {
+        (KeyId::Int(k), false) => {
+            client
+                .query_one("SELECT pg_advisory_unlock($1::int8)", &[&k])
+                .await
+        }
+        (KeyId::Int(k), true) => {
+            client
+                .query_one("SELECT pg_advisory_unlock_shared($1::int8)", &[&k])
+                .await
+        }
+        (KeyId::Pair(a, b), false) => {
+            client
+                .query_one("SELECT pg_advisory_unlock($1::int4, $2::int4)", &[&a, &b])
+                .await
+        }
+        (KeyId::Pair(a, b), true) => {
+            client
+                .query_one(
+                    "SELECT pg_advisory_unlock_shared($1::int4, $2::int4)",
+                    &[&a, &b],
+                )
+                .await
+        }
+    };
+    row.expect("pg_advisory_unlock failed").get(0)
+}
+
+/// The key id a template key such as `"tenant:{t}"` formats to.
+pub fn named(name: &str) -> KeyId {
+    KeyId::Int(advisory_locked::key_hash(name))
+}
+
+/// `db_url()` with `application_name` set to `app`, so that a test can
+/// count its own sessions in `pg_stat_activity`.
+pub fn db_url_with_app(app: &str) -> String {
+    let url = db_url();
+    if url.contains("://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}application_name={app}")
+    } else {
+        format!("{url} application_name={app}")
+    }
+}
+
+/// How many sessions with this `application_name` are connected now.
+pub async fn sessions_named(client: &Client, app: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("pg_stat_activity query failed")
+        .get(0)
+}
