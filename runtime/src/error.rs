@@ -84,9 +84,17 @@ pub enum Error {
     Query {
         /// The key's name.
         key: String,
-        /// The driver's error.
+        /// The driver's error (shared by the requests of one statement).
         #[source]
-        source: tokio_postgres::Error,
+        source: std::sync::Arc<tokio_postgres::Error>,
+    },
+
+    /// The lock session ended before the server answered a request, twice
+    /// in a row (the first time, the request is retried on a fresh session).
+    #[error("advisory-locked: the lock session ended before the server answered for {key:?}")]
+    SessionEnded {
+        /// The key's name.
+        key: String,
     },
 }
 
@@ -101,6 +109,7 @@ impl Error {
                 | Error::WaitTimeout { .. }
                 | Error::LockLost { .. }
                 | Error::Query { .. }
+                | Error::SessionEnded { .. }
         )
     }
 }

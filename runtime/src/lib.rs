@@ -38,12 +38,14 @@
 extern crate self as advisory_locked;
 
 mod config;
+mod dispatch;
 mod error;
 mod key;
 mod locker;
 mod outcome;
 mod run;
 mod session;
+mod stats;
 mod table;
 
 #[doc(hidden)]
@@ -62,6 +64,7 @@ pub use error::{Error, Result};
 pub use key::{key_hash, KeyId, LockKey};
 pub use locker::{LockGuard, Locker, Mode};
 pub use outcome::Outcome;
+pub use stats::Stats;
 
 /// The README's code blocks, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, Mutex as AsyncMutex};
+use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::Settings;
+use crate::dispatch::{Answer, RequestError};
 use crate::session::{backoff, Session};
+use crate::stats::{Counters, Stats};
 use crate::table::{Begin, Table};
 use crate::{Error, KeyId, LockKey};
 
@@ -61,6 +63,7 @@ struct Inner {
     /// for one key goes through the same session while it lives.
     slots: Vec<AsyncMutex<Option<Arc<Session>>>>,
     table: Table,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Locker {
@@ -74,7 +77,8 @@ impl std::fmt::Debug for Locker {
 
 impl Locker {
     pub(crate) async fn connect(settings: Settings) -> Result<Locker, Error> {
-        let first = Session::connect(&settings).await?;
+        let counters = Arc::new(Counters::default());
+        let first = Session::connect(&settings, &counters).await?;
         let slots = (0..settings.sessions)
             .map(|i| AsyncMutex::new((i == 0).then(|| first.clone())))
             .collect();
@@ -83,12 +87,18 @@ impl Locker {
                 settings,
                 slots,
                 table: Table::default(),
+                counters,
             }),
         })
     }
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// Counters of this entry since it was configured.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot(self.inner.table.len())
     }
 
     /// The registry entry's name.
@@ -105,10 +115,10 @@ impl Locker {
             if !s.is_dead() {
                 return Ok(s.clone());
             }
-            tracing::info!(pool = %self.name(), session = s.id, "advisory-locked: replacing a dead lock session");
+            tracing::info!(pool = %self.name(), session = s.id(), "advisory-locked: replacing a dead lock session");
         }
         *current = None;
-        let fresh = Session::connect(&self.inner.settings).await?;
+        let fresh = Session::connect(&self.inner.settings, &self.inner.counters).await?;
         *current = Some(fresh.clone());
         Ok(fresh)
     }
@@ -125,8 +135,12 @@ impl Locker {
                     }
                     return Ok(got);
                 }
-                Begin::Joined(session) => return Ok(Some(self.guard(key, mode, session))),
+                Begin::Joined(session) => {
+                    Counters::add(&self.inner.counters.local_joined, 1);
+                    return Ok(Some(self.guard(key, mode, session)));
+                }
                 Begin::Busy(_) => {
+                    Counters::add(&self.inner.counters.local_busy, 1);
                     tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in this process)");
                     return Ok(None);
                 }
@@ -180,8 +194,12 @@ impl Locker {
                         _ => tokio::time::sleep_until(pause).await,
                     }
                 }
-                Begin::Joined(session) => return Ok(self.guard(key, mode, session)),
+                Begin::Joined(session) => {
+                    Counters::add(&self.inner.counters.local_joined, 1);
+                    return Ok(self.guard(key, mode, session));
+                }
                 Begin::Busy(changed) | Begin::Pending(changed) => {
+                    Counters::add(&self.inner.counters.local_busy, 1);
                     attempt = attempt.max(1);
                     match deadline {
                         Some(d) => {
@@ -198,75 +216,70 @@ impl Locker {
 
     /// Sends one try-lock for a key reserved in the table.
     ///
-    /// The request runs in its own task, so that a caller dropped at any
-    /// point can't lose a grant: if nobody takes the guard, dropping it
-    /// unlocks the key on the session that got it.
+    /// If the caller is dropped while the request is on the wire, the
+    /// reservation is dropped with it and the session's dispatcher gives a
+    /// grant that nobody takes back to the server.
     async fn ask_server(&self, key: &LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
-        let reservation = Reservation {
+        let mut reservation = Reservation {
             locker: self.clone(),
             id: key.id(),
             armed: true,
         };
-        let (tx, rx) = oneshot::channel();
-        let locker = self.clone();
-        let task_key = key.clone();
-        tokio::spawn(async move {
-            let result = locker.try_on_server(task_key, mode, reservation).await;
-            if let Err(e) = &result {
-                tracing::warn!(pool = %locker.name(), error = %e, "advisory-locked: lock failed");
+        let result = self.try_on_server(key, mode).await;
+        match result {
+            Ok(Some(session)) => {
+                reservation.armed = false;
+                self.inner.table.granted(key.id(), session.clone());
+                Ok(Some(self.guard(key.clone(), mode, session)))
             }
-            // If the caller is gone, `result` is dropped here: a guard in it
-            // releases the lock.
-            let _ = tx.send(result);
-        });
-        match rx.await {
-            Ok(result) => result,
-            // The task can only vanish if the runtime is shutting down.
-            Err(_) => Err(Error::LockLost {
-                key: key.name().to_owned(),
-            }),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(pool = %self.name(), key = %key.name(), error = %e, "advisory-locked: lock failed");
+                Err(e)
+            }
         }
     }
 
+    /// The session that granted the lock, or `None` if it is busy.
     async fn try_on_server(
         &self,
-        key: LockKey,
+        key: &LockKey,
         mode: Mode,
-        mut reservation: Reservation,
-    ) -> Result<Option<LockGuard>, Error> {
+    ) -> Result<Option<Arc<Session>>, Error> {
         // A session that died unnoticed fails the request: then one more try
         // on a fresh session.
         let mut retried = false;
         loop {
             let session = self.session_for(key.id()).await?;
-            match session.try_lock(key.id(), mode).await {
-                Ok(true) => {
-                    reservation.armed = false;
-                    self.inner.table.granted(key.id(), session.clone());
-                    return Ok(Some(self.guard(key, mode, session)));
+            let error = match session.try_lock(key.id(), mode).await {
+                Ok(Answer::Granted(grant)) => {
+                    grant.keep();
+                    return Ok(Some(session));
                 }
-                Ok(false) => return Ok(None),
-                Err(source)
-                    if !retried && (session.is_dead() || crate::session::ends_session(&source)) =>
-                {
-                    // The error may arrive before the connection task has
-                    // ended: mark the session dead so that it is replaced.
-                    session.kill();
-                    tracing::info!(pool = %self.name(), key = %key.name(), session = session.id, error = %source, "advisory-locked: lock session died during a try-lock; retrying on a fresh one");
-                    retried = true;
-                }
-                Err(source) => {
+                Ok(Answer::Busy | Answer::Unlocked(_)) => return Ok(None),
+                Err(RequestError::Db(source)) => {
                     return Err(Error::Query {
                         key: key.name().to_owned(),
                         source,
                     })
                 }
+                Err(RequestError::Ended) => Error::SessionEnded {
+                    key: key.name().to_owned(),
+                },
+            };
+            if retried {
+                return Err(error);
             }
+            // The error may arrive before the connection task has ended:
+            // mark the session dead so that it is replaced.
+            session.kill();
+            tracing::info!(pool = %self.name(), key = %key.name(), session = session.id(), "advisory-locked: lock session ended during a try-lock; retrying on a fresh one");
+            retried = true;
         }
     }
 
     fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>) -> LockGuard {
-        tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id, "advisory-locked: acquired");
+        tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id(), "advisory-locked: acquired");
         LockGuard {
             locker: self.clone(),
             key,
@@ -360,11 +373,14 @@ impl LockGuard {
                 Err(self.lost_error())
             };
         };
-        let ok = unlock(&self.locker, &self.key, self.mode, &session).await;
-        if ok {
-            Ok(())
-        } else {
-            Err(self.lost_error())
+        // The dispatcher logs and closes the session on a false or failed
+        // unlock; here it only decides the answer.
+        match session.unlock(self.key.id(), self.mode).await {
+            Ok(Answer::Unlocked(true)) => {
+                tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
+                Ok(())
+            }
+            Ok(_) | Err(_) => Err(self.lost_error()),
         }
     }
 
@@ -388,50 +404,11 @@ impl Drop for LockGuard {
             tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), "advisory-locked: released (session already ended)");
             return;
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let locker = self.locker.clone();
-                let key = self.key.clone();
-                let mode = self.mode;
-                rt.spawn(async move {
-                    unlock(&locker, &key, mode, &session).await;
-                });
-            }
-            Err(_) => {
-                // No runtime to send the unlock on: close the session, which
-                // makes the server free its locks.
-                tracing::warn!(pool = %self.locker.name(), key = %self.key.name(), "advisory-locked: guard dropped outside a tokio runtime; closing its session to release the lock");
-                session.kill();
-            }
-        }
-    }
-}
-
-/// Sends the unlock; true if the server confirms it. Any doubt closes the
-/// session, so that no lock is ever left behind on a session that keeps
-/// serving.
-async fn unlock(locker: &Locker, key: &LockKey, mode: Mode, session: &Arc<Session>) -> bool {
-    let pool = locker.name();
-    match session.unlock(key.id(), mode).await {
-        Ok(true) => {
-            tracing::debug!(pool = %pool, key = %key.name(), mode = mode.as_str(), "advisory-locked: released");
-            true
-        }
-        Ok(false) => {
-            tracing::error!(pool = %pool, key = %key.name(), id = %key.id(), session = session.id,
-                "advisory-locked: BROKEN INVARIANT: the server says this session did not hold the lock it was releasing; closing the session");
-            session.kill();
-            false
-        }
-        Err(e) if session.is_dead() => {
-            tracing::warn!(pool = %pool, key = %key.name(), error = %e, "advisory-locked: lock was lost: its session ended before the release");
-            false
-        }
-        Err(e) => {
-            tracing::error!(pool = %pool, key = %key.name(), error = %e, session = session.id,
-                "advisory-locked: unlock failed; closing the session so that the server frees the lock");
-            session.kill();
-            false
-        }
+        // Queued, not awaited: the dispatcher sends it at once (or with the
+        // next statement) and checks the answer. Requests for one key always
+        // go through one session, in order, so a new lock of this key from
+        // this process can't overtake it to another session.
+        session.unlock_later(self.key.id(), self.mode);
+        tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
     }
 }

@@ -50,10 +50,8 @@ async fn hold<F: Future>(guard: LockGuard, body: F) -> Result<F::Output, Error> 
         }
         value = body => value,
     };
-    if let Err(e) = guard.release().await {
-        // The body ran to its end under the lock; the release's trouble is
-        // reported (loudly, in release) but does not hide its result.
-        tracing::warn!(error = %e, "advisory-locked: release after the body failed");
-    }
+    // Released without waiting for the server's answer: the unlock is
+    // queued on the lock's session, ahead of any later request for this key.
+    drop(guard);
     Ok(value)
 }

@@ -1,77 +1,83 @@
 //! One lock session: a long-lived connection that serves many locks.
 //!
-//! Requests from many tasks are pipelined over the one connection by
-//! tokio-postgres. The session's statements are prepared once at connect.
-//! The connection task reports the session's death through a watch channel,
-//! so holders can learn that their locks are gone.
+//! A session is a connection plus its dispatcher ([`crate::dispatch`]),
+//! which coalesces the requests of many tasks into few statements. The
+//! connection task reports the session's death through a watch channel, so
+//! holders can learn that their locks are gone.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls};
 
 use crate::config::Settings;
+use crate::dispatch::{Op, Reply, RequestError, Statements, BATCH, SINGLE};
+use crate::stats::Counters;
 use crate::{Error, KeyId, Mode};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The SQL of the eight lock statements, indexed by [`stmt_index`].
-const STATEMENTS: [&str; 8] = [
-    "SELECT pg_try_advisory_lock($1::int8)",
-    "SELECT pg_try_advisory_lock_shared($1::int8)",
-    "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
-    "SELECT pg_try_advisory_lock_shared($1::int4, $2::int4)",
-    "SELECT pg_advisory_unlock($1::int8)",
-    "SELECT pg_advisory_unlock_shared($1::int8)",
-    "SELECT pg_advisory_unlock($1::int4, $2::int4)",
-    "SELECT pg_advisory_unlock_shared($1::int4, $2::int4)",
-];
-
-fn stmt_index(unlock: bool, id: KeyId, mode: Mode) -> usize {
-    let mut i = 0;
-    if mode == Mode::Shared {
-        i += 1;
-    }
-    if matches!(id, KeyId::Pair(..)) {
-        i += 2;
-    }
-    if unlock {
-        i += 4;
-    }
-    i
-}
-
-pub(crate) struct Session {
+/// What the session handle and its dispatcher share.
+pub(crate) struct Shared {
     /// A number for logs, unique in this process.
     pub(crate) id: u64,
-    /// The server's process id for this session (`pg_backend_pid()`).
-    pub(crate) backend_pid: i32,
-    client: Client,
-    statements: Vec<Statement>,
     /// Becomes true (or its sender is dropped) when the connection ends.
     dead: watch::Receiver<bool>,
-    /// Set by [`Session::kill`]: dead from that moment, before the aborted
+    /// Set by [`Shared::kill`]: dead from that moment, before the aborted
     /// connection task has actually gone.
     killed: AtomicBool,
     connection: AbortHandle,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Shared {
+    /// True once the connection has ended (or is known to be unusable).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+            || *self.dead.borrow()
+            || self.dead.has_changed().is_err()
+    }
+
+    /// Closes the connection at once: the server then frees every lock the
+    /// session held. Used when the session's lock state can't be trusted.
+    pub(crate) fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.connection.abort();
+    }
+}
+
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    /// The server's process id for this session (`pg_backend_pid()`).
+    pub(crate) backend_pid: i32,
+    ops: mpsc::UnboundedSender<Op>,
 }
 
 impl Session {
     /// Connects, prepares the lock statements and refuses standby servers,
     /// all within the configured connect timeout.
-    pub(crate) async fn connect(settings: &Settings) -> Result<Arc<Session>, Error> {
+    pub(crate) async fn connect(
+        settings: &Settings,
+        counters: &Arc<Counters>,
+    ) -> Result<Arc<Session>, Error> {
         let target = settings.target();
         let after = settings.connect_timeout;
-        match tokio::time::timeout(after, Self::connect_inner(settings, &target)).await {
+        let connecting = Self::connect_inner(settings, counters, &target);
+        match tokio::time::timeout(after, connecting).await {
             Ok(result) => result,
             Err(_) => Err(Error::ConnectTimeout { target, after }),
         }
     }
 
-    async fn connect_inner(settings: &Settings, target: &str) -> Result<Arc<Session>, Error> {
+    async fn connect_inner(
+        settings: &Settings,
+        counters: &Arc<Counters>,
+        target: &str,
+    ) -> Result<Arc<Session>, Error> {
         let connect_err = |source| Error::Connect {
             target: target.to_owned(),
             source,
@@ -109,80 +115,100 @@ impl Session {
         let backend_pid: i32 = probe.get(1);
         abort_on_error.0 = None;
         tracing::debug!(pool = %settings.name, session = id, backend_pid, "advisory-locked: lock session connected");
-        Ok(Arc::new(Session {
+        Counters::add(&counters.sessions_opened, 1);
+        let shared = Arc::new(Shared {
             id,
-            backend_pid,
-            client,
-            statements,
             dead,
             killed: AtomicBool::new(false),
             connection,
+            counters: counters.clone(),
+        });
+        let (ops, rx) = mpsc::unbounded_channel();
+        let weak = ops.downgrade();
+        tokio::spawn(crate::dispatch::run(
+            client,
+            statements,
+            rx,
+            weak,
+            shared.clone(),
+        ));
+        Ok(Arc::new(Session {
+            shared,
+            backend_pid,
+            ops,
         }))
+    }
+
+    /// A number for logs, unique in this process.
+    pub(crate) fn id(&self) -> u64 {
+        self.shared.id
     }
 
     /// True once the connection has ended (or is known to be unusable).
     pub(crate) fn is_dead(&self) -> bool {
-        self.killed.load(Ordering::Acquire)
-            || *self.dead.borrow()
-            || self.dead.has_changed().is_err()
-            || self.client.is_closed()
+        self.shared.is_dead() || self.ops.is_closed()
     }
 
     /// Resolves when the connection ends.
-    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut dead = self.dead.clone();
+    pub(crate) fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut dead = self.shared.dead.clone();
         async move {
             // An error means the connection task is gone: dead as well.
             let _ = dead.wait_for(|d| *d).await;
         }
     }
 
-    /// `pg_try_advisory_lock[_shared]`: true if granted.
-    pub(crate) async fn try_lock(
+    /// `pg_try_advisory_lock[_shared]`: true if granted. The request is
+    /// queued at once; if the returned future is dropped before the answer,
+    /// a grant is given back by the dispatcher.
+    pub(crate) fn try_lock(
         &self,
-        id: KeyId,
+        key: KeyId,
         mode: Mode,
-    ) -> Result<bool, tokio_postgres::Error> {
-        self.call(stmt_index(false, id, mode), id).await
+    ) -> impl Future<Output = Reply> + Send + 'static {
+        self.request(false, key, mode)
     }
 
-    /// `pg_advisory_unlock[_shared]`: true if this session held the lock.
-    pub(crate) async fn unlock(
+    /// `pg_advisory_unlock[_shared]`, answered: true if this session held the lock.
+    pub(crate) fn unlock(
         &self,
-        id: KeyId,
+        key: KeyId,
         mode: Mode,
-    ) -> Result<bool, tokio_postgres::Error> {
-        self.call(stmt_index(true, id, mode), id).await
+    ) -> impl Future<Output = Reply> + Send + 'static {
+        self.request(true, key, mode)
     }
 
-    async fn call(&self, stmt: usize, id: KeyId) -> Result<bool, tokio_postgres::Error> {
-        let stmt = &self.statements[stmt];
-        let row = match id {
-            KeyId::Int(k) => self.client.query_one(stmt, &[&k]).await?,
-            KeyId::Pair(a, b) => self.client.query_one(stmt, &[&a, &b]).await?,
-        };
-        row.try_get(0)
+    /// `pg_advisory_unlock[_shared]` without waiting: the dispatcher checks
+    /// the answer (and closes the session if the lock was not held).
+    pub(crate) fn unlock_later(&self, key: KeyId, mode: Mode) {
+        let _ = self.ops.send(Op::new(true, key, mode, None));
     }
 
-    /// Closes the connection at once: the server then frees every lock the
-    /// session held. Used when the session's lock state can't be trusted.
+    fn request(
+        &self,
+        unlock: bool,
+        key: KeyId,
+        mode: Mode,
+    ) -> impl Future<Output = Reply> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.ops.send(Op::new(unlock, key, mode, Some(tx))).is_ok();
+        async move {
+            if !queued {
+                return Err(RequestError::Ended);
+            }
+            rx.await.unwrap_or(Err(RequestError::Ended))
+        }
+    }
+
+    /// See [`Shared::kill`].
     pub(crate) fn kill(&self) {
-        self.killed.store(true, Ordering::Release);
-        self.connection.abort();
+        self.shared.kill();
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        // Dropping the client ends the connection by itself; aborting makes
-        // sure of it even if a request is still queued.
-        self.connection.abort();
-    }
-}
-
-async fn prepare_all(client: &Client) -> Result<Vec<Statement>, tokio_postgres::Error> {
-    let [a, b, c, d, e, f, g, h] = STATEMENTS;
-    let (a, b, c, d, e, f, g, h) = tokio::join!(
+async fn prepare_all(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+    let [a, b, c, d, e, f, g, h] = SINGLE;
+    let (a, b, c, d, e, f, g, h, batch) = tokio::join!(
         client.prepare(a),
         client.prepare(b),
         client.prepare(c),
@@ -191,8 +217,12 @@ async fn prepare_all(client: &Client) -> Result<Vec<Statement>, tokio_postgres::
         client.prepare(f),
         client.prepare(g),
         client.prepare(h),
+        client.prepare(BATCH),
     );
-    Ok(vec![a?, b?, c?, d?, e?, f?, g?, h?])
+    Ok(Statements {
+        single: vec![a?, b?, c?, d?, e?, f?, g?, h?],
+        batch: batch?,
+    })
 }
 
 /// True if `e` means the session is gone even though its connection task

@@ -1,0 +1,333 @@
+//! The dispatcher of one lock session: it turns the lock and unlock
+//! requests of many tasks into as few statements as possible.
+//!
+//! Requests queue on a channel. The dispatcher sends what is queued at once:
+//! one request as its own prepared statement, several as one statement that
+//! takes or releases all of them in order (`unnest` over arrays: "group
+//! commit" for locks). While up to [`MAX_IN_FLIGHT`] statements are on the
+//! wire, new requests gather for the next one, so under load each round trip
+//! carries many requests; when idle, a request goes out at once.
+//!
+//! Unlocks need no answer on the caller's path: the dispatcher checks the
+//! answer itself, and a session whose lock state can't be trusted (an unlock
+//! the server says was not held, a failed statement that carried several
+//! requests) is closed, which makes the server free everything it held.
+//! A grant whose caller is gone is unlocked by the dispatcher.
+
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, Statement};
+
+use crate::session::Shared;
+use crate::stats::Counters;
+use crate::{KeyId, Mode};
+
+/// Statements on the wire at once, per session.
+const MAX_IN_FLIGHT: usize = 2;
+/// Requests in one statement at most.
+const MAX_BATCH: usize = 512;
+
+/// What a request may fail with.
+#[derive(Debug, Clone)]
+pub(crate) enum RequestError {
+    /// The statement failed on the server (or the driver).
+    Db(Arc<tokio_postgres::Error>),
+    /// The session ended before the request was answered.
+    Ended,
+}
+
+/// The server's answer to one request.
+pub(crate) enum Answer {
+    /// A try-lock was granted. Dropping the grant without
+    /// [`Grant::keep`] gives the lock back.
+    Granted(Grant),
+    /// A try-lock found the key held by another session.
+    Busy,
+    /// An unlock: true if the session held the lock.
+    Unlocked(bool),
+}
+
+pub(crate) type Reply = Result<Answer, RequestError>;
+
+/// A granted lock in transit from the dispatcher to its caller. If the
+/// caller is gone by the time it arrives (dropped at any point, even with
+/// the answer already in its channel), dropping the grant queues the unlock.
+pub(crate) struct Grant {
+    undo: Option<Op>,
+    ops: mpsc::WeakUnboundedSender<Op>,
+}
+
+impl Grant {
+    /// The caller took the lock: nothing to give back.
+    pub(crate) fn keep(mut self) {
+        self.undo = None;
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let (Some(undo), Some(ops)) = (self.undo.take(), self.ops.upgrade()) {
+            tracing::debug!(key = %undo.key, "advisory-locked: caller gone; releasing its grant");
+            let _ = ops.send(undo);
+        }
+        // With no sender left, the session is gone, and so are its locks.
+    }
+}
+
+/// One request: `code` is the index of its statement in [`SINGLE`].
+pub(crate) struct Op {
+    code: u8,
+    key: KeyId,
+    reply: Option<oneshot::Sender<Reply>>,
+}
+
+impl Op {
+    pub(crate) fn new(
+        unlock: bool,
+        key: KeyId,
+        mode: Mode,
+        reply: Option<oneshot::Sender<Reply>>,
+    ) -> Op {
+        let mut code = 0;
+        if mode == Mode::Shared {
+            code += 1;
+        }
+        if matches!(key, KeyId::Pair(..)) {
+            code += 2;
+        }
+        if unlock {
+            code += 4;
+        }
+        Op { code, key, reply }
+    }
+
+    fn is_unlock(&self) -> bool {
+        self.code >= 4
+    }
+
+    /// The unlock that undoes this (granted) lock request.
+    fn undo(&self) -> Op {
+        Op {
+            code: self.code + 4,
+            key: self.key,
+            reply: None,
+        }
+    }
+}
+
+/// The single-request statements, indexed by [`Op::code`].
+pub(crate) const SINGLE: [&str; 8] = [
+    "SELECT pg_try_advisory_lock($1::int8)",
+    "SELECT pg_try_advisory_lock_shared($1::int8)",
+    "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
+    "SELECT pg_try_advisory_lock_shared($1::int4, $2::int4)",
+    "SELECT pg_advisory_unlock($1::int8)",
+    "SELECT pg_advisory_unlock_shared($1::int8)",
+    "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+    "SELECT pg_advisory_unlock_shared($1::int4, $2::int4)",
+];
+
+/// Many requests in one statement, answered in order.
+pub(crate) const BATCH: &str = "\
+SELECT CASE t.op \
+ WHEN 0 THEN pg_try_advisory_lock(t.k) \
+ WHEN 1 THEN pg_try_advisory_lock_shared(t.k) \
+ WHEN 2 THEN pg_try_advisory_lock(t.a, t.b) \
+ WHEN 3 THEN pg_try_advisory_lock_shared(t.a, t.b) \
+ WHEN 4 THEN pg_advisory_unlock(t.k) \
+ WHEN 5 THEN pg_advisory_unlock_shared(t.k) \
+ WHEN 6 THEN pg_advisory_unlock(t.a, t.b) \
+ WHEN 7 THEN pg_advisory_unlock_shared(t.a, t.b) END \
+FROM unnest($1::int2[], $2::int8[], $3::int4[], $4::int4[]) WITH ORDINALITY AS t(op, k, a, b, n) \
+ORDER BY t.n";
+
+/// The prepared statements a dispatcher uses.
+pub(crate) struct Statements {
+    pub(crate) single: Vec<Statement>,
+    pub(crate) batch: Statement,
+}
+
+/// Runs until every sender of `ops` is gone (the session was dropped) or
+/// the connection has ended.
+pub(crate) async fn run(
+    client: Client,
+    statements: Statements,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+    weak: mpsc::WeakUnboundedSender<Op>,
+    shared: Arc<Shared>,
+) {
+    let client = &client;
+    let statements = &statements;
+    let shared = &shared;
+    let mut in_flight = FuturesOrdered::new();
+    // Unlocks of grants whose callers were gone, for the next statement.
+    let mut backlog: Vec<Op> = Vec::new();
+    let mut closed = false;
+    loop {
+        if closed && in_flight.is_empty() && backlog.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                finish(done, shared, &weak, &mut backlog);
+                if shared.is_dead() {
+                    break;
+                }
+            }
+            op = ops.recv(), if !closed && in_flight.len() < MAX_IN_FLIGHT => {
+                match op {
+                    Some(op) => {
+                        let mut batch = std::mem::take(&mut backlog);
+                        batch.push(op);
+                        while batch.len() < MAX_BATCH {
+                            match ops.try_recv() {
+                                Ok(op) => batch.push(op),
+                                Err(_) => break,
+                            }
+                        }
+                        in_flight.push_back(send(client, statements, shared, batch));
+                    }
+                    None => closed = true,
+                }
+            }
+            () = std::future::ready(()), if !backlog.is_empty() && in_flight.len() < MAX_IN_FLIGHT => {
+                let batch = std::mem::take(&mut backlog);
+                in_flight.push_back(send(client, statements, shared, batch));
+            }
+        }
+    }
+    // Anything still queued is answered "ended" by dropping its sender.
+}
+
+/// Sends one statement for `batch`; resolves to the batch and its answers.
+async fn send(
+    client: &Client,
+    statements: &Statements,
+    shared: &Shared,
+    batch: Vec<Op>,
+) -> (Vec<Op>, Result<Vec<bool>, tokio_postgres::Error>) {
+    let counters = &shared.counters;
+    Counters::add(&counters.statements, 1);
+    let unlocks = batch.iter().filter(|op| op.is_unlock()).count() as u64;
+    Counters::add(&counters.unlock_requests, unlocks);
+    Counters::add(&counters.lock_requests, batch.len() as u64 - unlocks);
+    let result = if let [op] = batch.as_slice() {
+        let stmt = &statements.single[op.code as usize];
+        let row = match op.key {
+            KeyId::Int(k) => client.query_one(stmt, &[&k]).await,
+            KeyId::Pair(a, b) => client.query_one(stmt, &[&a, &b]).await,
+        };
+        row.and_then(|row| row.try_get::<_, bool>(0))
+            .map(|b| vec![b])
+    } else {
+        let mut codes = Vec::with_capacity(batch.len());
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut a = Vec::with_capacity(batch.len());
+        let mut b = Vec::with_capacity(batch.len());
+        for op in &batch {
+            codes.push(op.code as i16);
+            let (k, x, y) = match op.key {
+                KeyId::Int(k) => (k, 0, 0),
+                KeyId::Pair(x, y) => (0, x, y),
+            };
+            keys.push(k);
+            a.push(x);
+            b.push(y);
+        }
+        match client
+            .query(&statements.batch, &[&codes, &keys, &a, &b])
+            .await
+        {
+            Ok(rows) => rows.iter().map(|row| row.try_get::<_, bool>(0)).collect(),
+            Err(e) => Err(e),
+        }
+    };
+    (batch, result)
+}
+
+/// Hands the answers of one statement to the requests' callers.
+fn finish(
+    done: (Vec<Op>, Result<Vec<bool>, tokio_postgres::Error>),
+    shared: &Shared,
+    weak: &mpsc::WeakUnboundedSender<Op>,
+    backlog: &mut Vec<Op>,
+) {
+    let (batch, result) = done;
+    match result {
+        Ok(answers) if answers.len() == batch.len() => {
+            for (op, yes) in batch.into_iter().zip(answers) {
+                let answer = if op.is_unlock() {
+                    if yes {
+                        Counters::add(&shared.counters.released, 1);
+                    } else {
+                        tracing::error!(session = shared.id, key = %op.key,
+                            "advisory-locked: BROKEN INVARIANT: the server says this session did not hold the lock it was releasing; closing the session");
+                        shared.kill();
+                    }
+                    Answer::Unlocked(yes)
+                } else if yes {
+                    Counters::add(&shared.counters.granted, 1);
+                    Answer::Granted(Grant {
+                        undo: Some(op.undo()),
+                        ops: weak.clone(),
+                    })
+                } else {
+                    Counters::add(&shared.counters.busy, 1);
+                    Answer::Busy
+                };
+                match (op.reply, answer) {
+                    (Some(reply), answer) => {
+                        if let Err(Ok(Answer::Granted(mut grant))) = reply.send(Ok(answer)) {
+                            // The caller is gone: give the grant back with
+                            // the next statement.
+                            if let Some(undo) = grant.undo.take() {
+                                backlog.push(undo);
+                            }
+                        }
+                    }
+                    (None, Answer::Granted(mut grant)) => {
+                        if let Some(undo) = grant.undo.take() {
+                            backlog.push(undo);
+                        }
+                    }
+                    (None, _) => {}
+                }
+            }
+        }
+        Ok(answers) => {
+            tracing::error!(session = shared.id, sent = batch.len(), answered = answers.len(),
+                "advisory-locked: a lock statement answered the wrong number of rows; closing the session");
+            shared.kill();
+            fail(batch, RequestError::Ended);
+        }
+        Err(e) => {
+            let single_lock = batch.len() == 1 && !batch[0].is_unlock();
+            if !single_lock && !shared.is_dead() {
+                // Session locks ignore transactions: a failed statement may
+                // have taken or released some of its locks. Only closing the
+                // session makes the server's state known again (nothing held).
+                tracing::error!(session = shared.id, requests = batch.len(), error = %e,
+                    "advisory-locked: a lock statement failed; closing the session so that the server frees its locks");
+                shared.kill();
+            }
+            let e = if crate::session::ends_session(&e) {
+                shared.kill();
+                RequestError::Ended
+            } else {
+                RequestError::Db(Arc::new(e))
+            };
+            fail(batch, e);
+        }
+    }
+}
+
+fn fail(batch: Vec<Op>, e: RequestError) {
+    for op in batch {
+        if let Some(reply) = op.reply {
+            let _ = reply.send(Err(e.clone()));
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Counters of a registry entry, for metrics and for benchmarks that must
+//! show how many statements a lock costs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What one registry entry has done since it was configured. Read it with
+/// [`Locker::stats`](crate::Locker::stats).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), advisory_locked::Error> {
+/// let stats = advisory_locked::locker("default")?.stats();
+/// println!("{} statements for {} grants", stats.statements, stats.granted);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Statements sent to the server on lock sessions (one statement may
+    /// carry many lock requests).
+    pub statements: u64,
+    /// Try-lock requests sent to the server.
+    pub lock_requests: u64,
+    /// Unlock requests sent to the server.
+    pub unlock_requests: u64,
+    /// Locks granted by the server.
+    pub granted: u64,
+    /// Try-locks the server answered "busy" (held by another session).
+    pub busy: u64,
+    /// Unlocks the server confirmed.
+    pub released: u64,
+    /// Requests answered "busy" in this process, without a round trip.
+    pub local_busy: u64,
+    /// Shared requests that joined a shared lock this process already
+    /// held, without a round trip.
+    pub local_joined: u64,
+    /// Lock sessions (connections) opened, the first included.
+    pub sessions_opened: u64,
+    /// Keys this process holds or is acquiring right now.
+    pub keys: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) statements: AtomicU64,
+    pub(crate) lock_requests: AtomicU64,
+    pub(crate) unlock_requests: AtomicU64,
+    pub(crate) granted: AtomicU64,
+    pub(crate) busy: AtomicU64,
+    pub(crate) released: AtomicU64,
+    pub(crate) local_busy: AtomicU64,
+    pub(crate) local_joined: AtomicU64,
+    pub(crate) sessions_opened: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, keys: usize) -> Stats {
+        Stats {
+            statements: self.statements.load(Relaxed),
+            lock_requests: self.lock_requests.load(Relaxed),
+            unlock_requests: self.unlock_requests.load(Relaxed),
+            granted: self.granted.load(Relaxed),
+            busy: self.busy.load(Relaxed),
+            released: self.released.load(Relaxed),
+            local_busy: self.local_busy.load(Relaxed),
+            local_joined: self.local_joined.load(Relaxed),
+            sessions_opened: self.sessions_opened.load(Relaxed),
+            keys: keys as u64,
+        }
+    }
+}
