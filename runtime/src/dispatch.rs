@@ -83,22 +83,36 @@ pub(crate) struct Op {
     reply: Option<oneshot::Sender<Reply>>,
 }
 
+/// What a request asks of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Try to take the lock.
+    Lock,
+    /// Release the lock.
+    Unlock,
+    /// Release the lock and, if it was held, wake waiters in other
+    /// processes (`pg_notify` on [`CHANNEL`](crate::wakeup::CHANNEL), in
+    /// the same statement).
+    UnlockNotify,
+}
+
 impl Op {
     pub(crate) fn new(
-        unlock: bool,
+        kind: Kind,
         key: KeyId,
         mode: Mode,
         reply: Option<oneshot::Sender<Reply>>,
     ) -> Op {
-        let mut code = 0;
+        let mut code = match kind {
+            Kind::Lock => 0,
+            Kind::Unlock => 4,
+            Kind::UnlockNotify => 8,
+        };
         if mode == Mode::Shared {
             code += 1;
         }
         if matches!(key, KeyId::Pair(..)) {
             code += 2;
-        }
-        if unlock {
-            code += 4;
         }
         Op { code, key, reply }
     }
@@ -118,7 +132,7 @@ impl Op {
 }
 
 /// The single-request statements, indexed by [`Op::code`].
-pub(crate) const SINGLE: [&str; 8] = [
+pub(crate) const SINGLE: [&str; 12] = [
     "SELECT pg_try_advisory_lock($1::int8)",
     "SELECT pg_try_advisory_lock_shared($1::int8)",
     "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
@@ -127,6 +141,15 @@ pub(crate) const SINGLE: [&str; 8] = [
     "SELECT pg_advisory_unlock_shared($1::int8)",
     "SELECT pg_advisory_unlock($1::int4, $2::int4)",
     "SELECT pg_advisory_unlock_shared($1::int4, $2::int4)",
+    // pg_notify returns void: num_nulls(..) = 0 only makes it a boolean.
+    "SELECT CASE WHEN pg_advisory_unlock($1::int8) \
+     THEN num_nulls(pg_notify('advisory_locked', $1::int8::text)) = 0 ELSE false END",
+    "SELECT CASE WHEN pg_advisory_unlock_shared($1::int8) \
+     THEN num_nulls(pg_notify('advisory_locked', $1::int8::text)) = 0 ELSE false END",
+    "SELECT CASE WHEN pg_advisory_unlock($1::int4, $2::int4) \
+     THEN num_nulls(pg_notify('advisory_locked', $1::int4::text || ':' || $2::int4::text)) = 0 ELSE false END",
+    "SELECT CASE WHEN pg_advisory_unlock_shared($1::int4, $2::int4) \
+     THEN num_nulls(pg_notify('advisory_locked', $1::int4::text || ':' || $2::int4::text)) = 0 ELSE false END",
 ];
 
 /// Many requests in one statement, answered in order.
@@ -139,7 +162,16 @@ SELECT CASE t.op \
  WHEN 4 THEN pg_advisory_unlock(t.k) \
  WHEN 5 THEN pg_advisory_unlock_shared(t.k) \
  WHEN 6 THEN pg_advisory_unlock(t.a, t.b) \
- WHEN 7 THEN pg_advisory_unlock_shared(t.a, t.b) END \
+ WHEN 7 THEN pg_advisory_unlock_shared(t.a, t.b) \
+ WHEN 8 THEN CASE WHEN pg_advisory_unlock(t.k) \
+   THEN num_nulls(pg_notify('advisory_locked', t.k::text)) = 0 ELSE false END \
+ WHEN 9 THEN CASE WHEN pg_advisory_unlock_shared(t.k) \
+   THEN num_nulls(pg_notify('advisory_locked', t.k::text)) = 0 ELSE false END \
+ WHEN 10 THEN CASE WHEN pg_advisory_unlock(t.a, t.b) \
+   THEN num_nulls(pg_notify('advisory_locked', t.a::text || ':' || t.b::text)) = 0 ELSE false END \
+ WHEN 11 THEN CASE WHEN pg_advisory_unlock_shared(t.a, t.b) \
+   THEN num_nulls(pg_notify('advisory_locked', t.a::text || ':' || t.b::text)) = 0 ELSE false END \
+ END \
 FROM unnest($1::int2[], $2::int8[], $3::int4[], $4::int4[]) WITH ORDINALITY AS t(op, k, a, b, n) \
 ORDER BY t.n";
 

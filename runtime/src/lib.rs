@@ -47,6 +47,7 @@ mod run;
 mod session;
 mod stats;
 mod table;
+mod wakeup;
 
 #[doc(hidden)]
 #[path = "private.rs"]

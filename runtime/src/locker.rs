@@ -11,6 +11,7 @@ use crate::dispatch::{Answer, RequestError};
 use crate::session::{backoff, Session};
 use crate::stats::{Counters, Stats};
 use crate::table::{Begin, Table};
+use crate::wakeup::Waiters;
 use crate::{Error, KeyId, LockKey};
 
 /// Exclusive (writer) or shared (reader) mode.
@@ -64,6 +65,7 @@ struct Inner {
     slots: Vec<AsyncMutex<Option<Arc<Session>>>>,
     table: Table,
     counters: Arc<Counters>,
+    waiters: Arc<Waiters>,
 }
 
 impl std::fmt::Debug for Locker {
@@ -78,7 +80,8 @@ impl std::fmt::Debug for Locker {
 impl Locker {
     pub(crate) async fn connect(settings: Settings) -> Result<Locker, Error> {
         let counters = Arc::new(Counters::default());
-        let first = Session::connect(&settings, &counters).await?;
+        let waiters = Arc::new(Waiters::default());
+        let first = Session::connect(&settings, &counters, &waiters).await?;
         let slots = (0..settings.sessions)
             .map(|i| AsyncMutex::new((i == 0).then(|| first.clone())))
             .collect();
@@ -88,6 +91,7 @@ impl Locker {
                 slots,
                 table: Table::default(),
                 counters,
+                waiters,
             }),
         })
     }
@@ -118,7 +122,12 @@ impl Locker {
             tracing::info!(pool = %self.name(), session = s.id(), "advisory-locked: replacing a dead lock session");
         }
         *current = None;
-        let fresh = Session::connect(&self.inner.settings, &self.inner.counters).await?;
+        let fresh = Session::connect(
+            &self.inner.settings,
+            &self.inner.counters,
+            &self.inner.waiters,
+        )
+        .await?;
         *current = Some(fresh.clone());
         Ok(fresh)
     }
@@ -129,7 +138,7 @@ impl Locker {
         loop {
             match self.inner.table.begin(key.id(), mode) {
                 Begin::Reserved => {
-                    let got = self.ask_server(&key, mode).await?;
+                    let got = self.ask_server(&key, mode, false).await?;
                     if got.is_none() {
                         tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in another session)");
                     }
@@ -137,7 +146,7 @@ impl Locker {
                 }
                 Begin::Joined(session) => {
                     Counters::add(&self.inner.counters.local_joined, 1);
-                    return Ok(Some(self.guard(key, mode, session)));
+                    return Ok(Some(self.guard(key, mode, session, false)));
                 }
                 Begin::Busy(_) => {
                     Counters::add(&self.inner.counters.local_busy, 1);
@@ -152,9 +161,13 @@ impl Locker {
 
     /// Waits for the lock, at most `timeout` (`None`: as long as it takes).
     ///
-    /// Waiting never blocks a lock session: a key busy in this process is
-    /// awaited in memory; a key held elsewhere is tried again with backoff
-    /// (2 ms doubling to 250 ms, with jitter). An expired wait is
+    /// Waiting never blocks a lock session. A key busy in this process is
+    /// awaited in memory. A key held by another process is tried again when
+    /// its holder's release notifies (a lock taken with `lock` notifies
+    /// waiters in other processes when it is released, in the same
+    /// statement as the unlock), and in any case with backoff (2 ms doubling
+    /// to 250 ms, with jitter), which covers releases that notify nobody (a
+    /// crashed holder, a skip-mode holder). An expired wait is
     /// [`Error::WaitTimeout`].
     pub async fn lock(
         &self,
@@ -168,11 +181,16 @@ impl Locker {
             key: key.name().to_owned(),
             waited: start.elapsed(),
         };
+        let id = key.id();
+        let _forget = ForgetWaiter(&self.inner.waiters, id);
         let mut attempt = 0;
         loop {
-            match self.inner.table.begin(key.id(), mode) {
+            match self.inner.table.begin(id, mode) {
                 Begin::Reserved => {
-                    if let Some(guard) = self.ask_server(&key, mode).await? {
+                    // Subscribed before the try-lock: a release right after
+                    // it wakes this waiter.
+                    let woken = self.inner.waiters.subscribe(id);
+                    if let Some(guard) = self.ask_server(&key, mode, true).await? {
                         if attempt > 0 {
                             tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
                         }
@@ -180,23 +198,27 @@ impl Locker {
                     }
                     let pause = tokio::time::Instant::now() + backoff(attempt);
                     attempt += 1;
-                    match deadline {
-                        Some(d) if d <= pause => {
-                            tokio::time::sleep_until(d).await;
-                            // One last try at the deadline.
-                            if let Begin::Reserved = self.inner.table.begin(key.id(), mode) {
-                                if let Some(guard) = self.ask_server(&key, mode).await? {
-                                    return Ok(guard);
-                                }
+                    let until = match deadline {
+                        Some(d) if d <= pause => d,
+                        _ => pause,
+                    };
+                    tokio::select! {
+                        () = woken => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        // One last try at the deadline.
+                        if let Begin::Reserved = self.inner.table.begin(id, mode) {
+                            if let Some(guard) = self.ask_server(&key, mode, true).await? {
+                                return Ok(guard);
                             }
-                            return Err(timed_out());
                         }
-                        _ => tokio::time::sleep_until(pause).await,
+                        return Err(timed_out());
                     }
                 }
                 Begin::Joined(session) => {
                     Counters::add(&self.inner.counters.local_joined, 1);
-                    return Ok(self.guard(key, mode, session));
+                    return Ok(self.guard(key, mode, session, true));
                 }
                 Begin::Busy(changed) | Begin::Pending(changed) => {
                     Counters::add(&self.inner.counters.local_busy, 1);
@@ -219,7 +241,12 @@ impl Locker {
     /// If the caller is dropped while the request is on the wire, the
     /// reservation is dropped with it and the session's dispatcher gives a
     /// grant that nobody takes back to the server.
-    async fn ask_server(&self, key: &LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
+    async fn ask_server(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        notify: bool,
+    ) -> Result<Option<LockGuard>, Error> {
         let mut reservation = Reservation {
             locker: self.clone(),
             id: key.id(),
@@ -230,7 +257,7 @@ impl Locker {
             Ok(Some(session)) => {
                 reservation.armed = false;
                 self.inner.table.granted(key.id(), session.clone());
-                Ok(Some(self.guard(key.clone(), mode, session)))
+                Ok(Some(self.guard(key.clone(), mode, session, notify)))
             }
             Ok(None) => Ok(None),
             Err(e) => {
@@ -278,15 +305,25 @@ impl Locker {
         }
     }
 
-    fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>) -> LockGuard {
+    fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> LockGuard {
         tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id(), "advisory-locked: acquired");
         LockGuard {
             locker: self.clone(),
             key,
             mode,
             session,
+            notify,
             done: false,
         }
+    }
+}
+
+/// Forgets a key's waiter entry when a wait ends, if no other waiter is left.
+struct ForgetWaiter<'a>(&'a Waiters, KeyId);
+
+impl Drop for ForgetWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
     }
 }
 
@@ -315,6 +352,8 @@ pub struct LockGuard {
     key: LockKey,
     mode: Mode,
     session: Arc<Session>,
+    /// Taken in wait mode: its release wakes waiters in other processes.
+    notify: bool,
     done: bool,
 }
 
@@ -375,7 +414,7 @@ impl LockGuard {
         };
         // The dispatcher logs and closes the session on a false or failed
         // unlock; here it only decides the answer.
-        match session.unlock(self.key.id(), self.mode).await {
+        match session.unlock(self.key.id(), self.mode, self.notify).await {
             Ok(Answer::Unlocked(true)) => {
                 tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
                 Ok(())
@@ -408,7 +447,7 @@ impl Drop for LockGuard {
         // next statement) and checks the answer. Requests for one key always
         // go through one session, in order, so a new lock of this key from
         // this process can't overtake it to another session.
-        session.unlock_later(self.key.id(), self.mode);
+        session.unlock_later(self.key.id(), self.mode, self.notify);
         tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
     }
 }

@@ -12,10 +12,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::config::Settings;
-use crate::dispatch::{Op, Reply, RequestError, Statements, BATCH, SINGLE};
+use crate::dispatch::{Kind, Op, Reply, RequestError, Statements, BATCH, SINGLE};
+use crate::wakeup::{parse_payload, Waiters, CHANNEL};
+
+/// Every session listens for releases that wake waiters (see [`crate::wakeup`]).
+const LISTEN: &str = "LISTEN advisory_locked";
 use crate::stats::Counters;
 use crate::{Error, KeyId, Mode};
 
@@ -63,10 +67,11 @@ impl Session {
     pub(crate) async fn connect(
         settings: &Settings,
         counters: &Arc<Counters>,
+        waiters: &Arc<Waiters>,
     ) -> Result<Arc<Session>, Error> {
         let target = settings.target();
         let after = settings.connect_timeout;
-        let connecting = Self::connect_inner(settings, counters, &target);
+        let connecting = Self::connect_inner(settings, counters, waiters, &target);
         match tokio::time::timeout(after, connecting).await {
             Ok(result) => result,
             Err(_) => Err(Error::ConnectTimeout { target, after }),
@@ -76,6 +81,7 @@ impl Session {
     async fn connect_inner(
         settings: &Settings,
         counters: &Arc<Counters>,
+        waiters: &Arc<Waiters>,
         target: &str,
     ) -> Result<Arc<Session>, Error> {
         let connect_err = |source| Error::Connect {
@@ -86,8 +92,26 @@ impl Session {
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
         let (dead_tx, dead) = watch::channel(false);
         let pool = settings.name.clone();
+        let waiters = waiters.clone();
         let task = tokio::spawn(async move {
-            match connection.await {
+            let mut connection = connection;
+            // Drive the connection, taking the notifications that wake
+            // waiters (a plain `.await` would drop them).
+            let end = loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if n.channel() == CHANNEL {
+                            if let Some(key) = parse_payload(n.payload()) {
+                                waiters.wake(key);
+                            }
+                        }
+                    }
+                    Some(Ok(_notice)) => {}
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(()),
+                }
+            };
+            match end {
                 Ok(()) => {
                     tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed")
                 }
@@ -101,17 +125,20 @@ impl Session {
         // From here on, a failure must not leave the connection open.
         let mut abort_on_error = AbortOnDrop(Some(connection.clone()));
 
-        let (probe, statements) = tokio::join!(
+        let (probe, statements, listen) = tokio::join!(
             client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
             prepare_all(&client),
+            client.batch_execute(LISTEN),
         );
         let probe = probe.map_err(connect_err)?;
-        let statements = statements.map_err(connect_err)?;
         if probe.get::<_, bool>(0) {
+            // (LISTEN fails there too; the standby is the reason.)
             return Err(Error::Standby {
                 target: target.to_owned(),
             });
         }
+        let statements = statements.map_err(connect_err)?;
+        listen.map_err(connect_err)?;
         let backend_pid: i32 = probe.get(1);
         abort_on_error.0 = None;
         tracing::debug!(pool = %settings.name, session = id, backend_pid, "advisory-locked: lock session connected");
@@ -158,40 +185,41 @@ impl Session {
         }
     }
 
-    /// `pg_try_advisory_lock[_shared]`: true if granted. The request is
-    /// queued at once; if the returned future is dropped before the answer,
-    /// a grant is given back by the dispatcher.
+    /// `pg_try_advisory_lock[_shared]`. The request is queued at once; if
+    /// the returned future is dropped before the answer, a grant is given
+    /// back (see [`crate::dispatch::Grant`]).
     pub(crate) fn try_lock(
         &self,
         key: KeyId,
         mode: Mode,
     ) -> impl Future<Output = Reply> + Send + 'static {
-        self.request(false, key, mode)
+        self.request(Kind::Lock, key, mode)
     }
 
-    /// `pg_advisory_unlock[_shared]`, answered: true if this session held the lock.
+    /// `pg_advisory_unlock[_shared]`, answered.
     pub(crate) fn unlock(
         &self,
         key: KeyId,
         mode: Mode,
+        notify: bool,
     ) -> impl Future<Output = Reply> + Send + 'static {
-        self.request(true, key, mode)
+        self.request(unlock_kind(notify), key, mode)
     }
 
     /// `pg_advisory_unlock[_shared]` without waiting: the dispatcher checks
     /// the answer (and closes the session if the lock was not held).
-    pub(crate) fn unlock_later(&self, key: KeyId, mode: Mode) {
-        let _ = self.ops.send(Op::new(true, key, mode, None));
+    pub(crate) fn unlock_later(&self, key: KeyId, mode: Mode, notify: bool) {
+        let _ = self.ops.send(Op::new(unlock_kind(notify), key, mode, None));
     }
 
     fn request(
         &self,
-        unlock: bool,
+        kind: Kind,
         key: KeyId,
         mode: Mode,
     ) -> impl Future<Output = Reply> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let queued = self.ops.send(Op::new(unlock, key, mode, Some(tx))).is_ok();
+        let queued = self.ops.send(Op::new(kind, key, mode, Some(tx))).is_ok();
         async move {
             if !queued {
                 return Err(RequestError::Ended);
@@ -206,21 +234,19 @@ impl Session {
     }
 }
 
+fn unlock_kind(notify: bool) -> Kind {
+    if notify {
+        Kind::UnlockNotify
+    } else {
+        Kind::Unlock
+    }
+}
+
 async fn prepare_all(client: &Client) -> Result<Statements, tokio_postgres::Error> {
-    let [a, b, c, d, e, f, g, h] = SINGLE;
-    let (a, b, c, d, e, f, g, h, batch) = tokio::join!(
-        client.prepare(a),
-        client.prepare(b),
-        client.prepare(c),
-        client.prepare(d),
-        client.prepare(e),
-        client.prepare(f),
-        client.prepare(g),
-        client.prepare(h),
-        client.prepare(BATCH),
-    );
+    let single = futures_util::future::try_join_all(SINGLE.iter().map(|sql| client.prepare(sql)));
+    let (single, batch) = tokio::join!(single, client.prepare(BATCH));
     Ok(Statements {
-        single: vec![a?, b?, c?, d?, e?, f?, g?, h?],
+        single: single?,
         batch: batch?,
     })
 }

@@ -137,58 +137,68 @@ async fn calls_dropped_at_random_points_leave_no_lock_behind() {
     let counters = Arc::new(Counters::default());
     let mut seeds = Prng::seeded("cancellation", 0xC0FF_EE00);
 
+    // Rounds of 50 tasks x 100 calls, until the run has really dropped calls
+    // both inside bodies and before them (at most 6 rounds).
     let (tasks, calls_per_task) = (50, 100);
-    let start = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..tasks {
-        let (keys, counters) = (keys.clone(), counters.clone());
-        let mut rng = Prng::new(seeds.next_u64());
-        handles.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
-            for _ in 0..calls_per_task {
-                let key = &keys[rng.below(keys.len() as u64) as usize];
-                let pause_us = if rng.chance(1, 4) {
-                    0
-                } else {
-                    rng.below(2_000)
-                };
-                let yields = rng.below(4) as u32;
-                // Drop it after a random time (0-3 ms) or after a random number of polls (1-12).
-                let cut = if rng.chance(1, 2) {
-                    Cut::After(Duration::from_micros(rng.below(3_000)))
-                } else {
-                    Cut::Polls(1 + rng.below(12) as u32)
-                };
-                let result = match rng.below(10) {
-                    0..=4 => cut.run(skip_call(&counters, key, pause_us, yields)).await,
-                    5..=8 => cut
-                        .run(wait_call(&counters, key, pause_us, yields))
-                        .await
-                        .map(|r| r.map(Outcome::Ran)),
-                    _ => cut.run(shared_call(&counters, key, pause_us, yields)).await,
-                };
-                match result {
-                    None => tally.dropped += 1,
-                    Some(Ok(Outcome::Ran(()))) => tally.ran += 1,
-                    Some(Ok(Outcome::Skipped)) => tally.skipped += 1,
-                    Some(Err(e)) => tally.errors.push(e.to_string()),
-                }
-            }
-            tally
-        }));
-    }
+    let mut calls = 0;
     let mut total = Tally::default();
-    for h in handles {
-        let t = tokio::time::timeout(Duration::from_secs(60), h)
-            .await
-            .expect("a task hung")
-            .expect("a task panicked");
-        total.ran += t.ran;
-        total.skipped += t.skipped;
-        total.dropped += t.dropped;
-        total.errors.extend(t.errors);
+    let start = Instant::now();
+    for _round in 0..6 {
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
+            let (keys, counters) = (keys.clone(), counters.clone());
+            let mut rng = Prng::new(seeds.next_u64());
+            handles.push(tokio::spawn(async move {
+                let mut tally = Tally::default();
+                for _ in 0..calls_per_task {
+                    let key = &keys[rng.below(keys.len() as u64) as usize];
+                    let pause_us = if rng.chance(1, 4) {
+                        0
+                    } else {
+                        rng.below(2_000)
+                    };
+                    let yields = rng.below(4) as u32;
+                    // Drop it after a random time (0-3 ms) or after a random number of polls (1-12).
+                    let cut = if rng.chance(1, 2) {
+                        Cut::After(Duration::from_micros(rng.below(3_000)))
+                    } else {
+                        Cut::Polls(1 + rng.below(12) as u32)
+                    };
+                    let result = match rng.below(10) {
+                        0..=4 => cut.run(skip_call(&counters, key, pause_us, yields)).await,
+                        5..=8 => cut
+                            .run(wait_call(&counters, key, pause_us, yields))
+                            .await
+                            .map(|r| r.map(Outcome::Ran)),
+                        _ => cut.run(shared_call(&counters, key, pause_us, yields)).await,
+                    };
+                    match result {
+                        None => tally.dropped += 1,
+                        Some(Ok(Outcome::Ran(()))) => tally.ran += 1,
+                        Some(Ok(Outcome::Skipped)) => tally.skipped += 1,
+                        Some(Err(e)) => tally.errors.push(e.to_string()),
+                    }
+                }
+                tally
+            }));
+        }
+        for h in handles {
+            let t = tokio::time::timeout(Duration::from_secs(60), h)
+                .await
+                .expect("a task hung")
+                .expect("a task panicked");
+            total.ran += t.ran;
+            total.skipped += t.skipped;
+            total.dropped += t.dropped;
+            total.errors.extend(t.errors);
+        }
+        calls += tasks * calls_per_task;
+        let mid_body =
+            counters.entered.load(Ordering::SeqCst) - counters.finished.load(Ordering::SeqCst);
+        if mid_body > 20 && total.dropped > mid_body + 200 {
+            break;
+        }
     }
-    let calls = tasks * calls_per_task;
     let entered = counters.entered.load(Ordering::SeqCst);
     let finished = counters.finished.load(Ordering::SeqCst);
     let mid_body = entered - finished;

@@ -1,0 +1,76 @@
+//! Waking waiters in other processes: LISTEN/NOTIFY.
+//!
+//! Every lock session listens on [`CHANNEL`]. Releasing a lock that was
+//! taken in wait mode sends `pg_notify(CHANNEL, key)` in the same statement
+//! as the unlock; each session that receives it wakes this process's waiters
+//! for that key, which then try again at once instead of at their next
+//! backoff tick. Polling with backoff stays as the fallback for releases
+//! that notify nobody (a crashed holder, a skip-mode holder, psql).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
+
+use crate::KeyId;
+
+/// The notification channel of every lock session.
+pub(crate) const CHANNEL: &str = "advisory_locked";
+
+/// The payload of a key: `"<i64>"` or `"<i32>:<i32>"`, as the unlock
+/// statements build it.
+pub(crate) fn parse_payload(payload: &str) -> Option<KeyId> {
+    match payload.split_once(':') {
+        Some((a, b)) => Some(KeyId::Pair(a.parse().ok()?, b.parse().ok()?)),
+        None => Some(KeyId::Int(payload.parse().ok()?)),
+    }
+}
+
+/// This process's waiters for keys held in other sessions, per registry entry.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    keys: Mutex<HashMap<KeyId, Arc<Notify>>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, HashMap<KeyId, Arc<Notify>>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A future that resolves at the next notification for `id`. Created
+    /// before the try-lock it follows, so a release right after that
+    /// try-lock can't be missed.
+    pub(crate) fn subscribe(&self, id: KeyId) -> OwnedNotified {
+        let notify = self.lock().entry(id).or_default().clone();
+        notify.notified_owned()
+    }
+
+    /// Wakes every waiter for `id`.
+    pub(crate) fn wake(&self, id: KeyId) {
+        if let Some(notify) = self.lock().remove(&id) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Forgets `id` if no waiter is left for it.
+    pub(crate) fn forget(&self, id: KeyId) {
+        let mut keys = self.lock();
+        if keys.get(&id).is_some_and(|n| Arc::strong_count(n) == 1) {
+            keys.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        assert_eq!(parse_payload("-42"), Some(KeyId::Int(-42)));
+        assert_eq!(parse_payload("7:-1"), Some(KeyId::Pair(7, -1)));
+        assert_eq!(parse_payload("x"), None);
+        assert_eq!(parse_payload("1:2:3"), None);
+    }
+}

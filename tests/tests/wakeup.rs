@@ -1,0 +1,133 @@
+//! Waiters in other processes are woken by the release itself (LISTEN /
+//! NOTIFY), not by their next backoff tick; releases that notify nobody are
+//! still found by polling.
+//!
+//! Two `Locker`s connected separately have separate sessions and separate
+//! waiter tables: to the server and to each other they are two processes.
+
+use std::time::{Duration, Instant};
+
+use advisory_locked::{LockConfig, LockKey, Locker, Mode};
+use advisory_locked_tests::{db_url, named, pg_lock, pg_unlock, raw_connect, unique};
+
+async fn locker() -> Locker {
+    LockConfig::from_url(&db_url())
+        .unwrap()
+        .sessions(2)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Holds `key` on `holder` for `hold`, while `waiter` waits for it; returns
+/// how long after the release the waiter got the lock.
+async fn handover(holder: &Locker, waiter: &Locker, key: &str, hold: Duration) -> Duration {
+    let guard = holder
+        .lock(LockKey::named(key.to_owned()), Mode::Exclusive, None)
+        .await
+        .unwrap();
+    let waiter = waiter.clone();
+    let wkey = LockKey::named(key.to_owned());
+    let waiting = tokio::spawn(async move {
+        let g = waiter
+            .lock(wkey, Mode::Exclusive, Some(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        let got = Instant::now();
+        drop(g);
+        got
+    });
+    // Long enough for the waiter's backoff to reach its 125-250 ms steps.
+    tokio::time::sleep(hold).await;
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the waiter never got the lock")
+        .unwrap();
+    got.saturating_duration_since(released)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_mode_release_wakes_waiters_in_other_processes_at_once() {
+    let (a, b) = (locker().await, locker().await);
+    // Four handovers at once, on four keys. Polling alone, after 700 ms of
+    // waiting, finds a release 0-250 ms late (uniformly): all four within
+    // 40 ms would happen by chance about once in 600 runs.
+    let keys: Vec<String> = (0..4).map(|i| unique(&format!("wakeup:{i}"))).collect();
+    let runs = keys
+        .iter()
+        .map(|k| handover(&a, &b, k, Duration::from_millis(700)));
+    let delays = futures_join_all(runs).await;
+    println!("handover delays after a notified release: {delays:?}");
+    for d in &delays {
+        assert!(
+            *d < Duration::from_millis(40),
+            "a waiter was not woken by the release: {delays:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_notifies_nobody_is_found_by_polling() {
+    // The holder is psql-like: a plain connection, no notification.
+    let b = locker().await;
+    let client = raw_connect(&db_url()).await;
+    let key = unique("wakeup:silent");
+    pg_lock(&client, named(&key), Mode::Exclusive).await;
+    let waiter = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let g = b
+                .lock(LockKey::named(key), Mode::Exclusive, Some(Duration::from_secs(10)))
+                .await
+                .unwrap();
+            drop(g);
+            start.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(pg_unlock(&client, named(&key), Mode::Exclusive).await);
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("polling never found the release")
+        .unwrap();
+    println!("found a silent release after waiting {waited:?}");
+    // Held for 300 ms; the backoff steps are at most 250 ms.
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_millis(800));
+}
+
+/// `join_all` without a futures dependency in the tests.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let mut out = Vec::new();
+    let futs: Vec<_> = futs.map(Box::pin).collect();
+    // Poll them together: each handover must overlap the others.
+    let mut pending: Vec<_> = futs.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (slot, res) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *res = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().map(|r| r.expect("finished")));
+    out
+}
