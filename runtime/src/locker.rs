@@ -62,7 +62,7 @@ struct Inner {
     settings: Settings,
     /// Keys are spread over the sessions by their number, so every request
     /// for one key goes through the same session while it lives.
-    slots: Vec<AsyncMutex<Option<Arc<Session>>>>,
+    slots: Vec<Slot>,
     table: Table,
     counters: Arc<Counters>,
     waiters: Arc<Waiters>,
@@ -83,7 +83,10 @@ impl Locker {
         let waiters = Arc::new(Waiters::default());
         let first = Session::connect(&settings, &counters, &waiters).await?;
         let slots = (0..settings.sessions)
-            .map(|i| AsyncMutex::new((i == 0).then(|| first.clone())))
+            .map(|i| Slot {
+                current: std::sync::Mutex::new((i == 0).then(|| first.clone())),
+                connecting: AsyncMutex::new(()),
+            })
             .collect();
         Ok(Locker {
             inner: Arc::new(Inner {
@@ -114,21 +117,24 @@ impl Locker {
     async fn session_for(&self, id: KeyId) -> Result<Arc<Session>, Error> {
         let slots = &self.inner.slots;
         let slot = &slots[(id.spread() % slots.len() as u64) as usize];
-        let mut current = slot.lock().await;
-        if let Some(s) = current.as_ref() {
-            if !s.is_dead() {
-                return Ok(s.clone());
-            }
-            tracing::info!(pool = %self.name(), session = s.id(), "advisory-locked: replacing a dead lock session");
+        if let Some(s) = slot.live() {
+            return Ok(s);
         }
-        *current = None;
+        // One connect at a time per slot; who waited here finds it done.
+        let _connecting = slot.connecting.lock().await;
+        if let Some(s) = slot.live() {
+            return Ok(s);
+        }
+        if let Some(dead) = slot.take() {
+            tracing::info!(pool = %self.name(), session = dead.id(), "advisory-locked: replacing a dead lock session");
+        }
         let fresh = Session::connect(
             &self.inner.settings,
             &self.inner.counters,
             &self.inner.waiters,
         )
         .await?;
-        *current = Some(fresh.clone());
+        slot.set(fresh.clone());
         Ok(fresh)
     }
 
@@ -315,6 +321,30 @@ impl Locker {
             notify,
             done: false,
         }
+    }
+}
+
+/// One of an entry's lock sessions, replaced when it dies.
+struct Slot {
+    current: std::sync::Mutex<Option<Arc<Session>>>,
+    connecting: AsyncMutex<()>,
+}
+
+impl Slot {
+    fn guard(&self) -> std::sync::MutexGuard<'_, Option<Arc<Session>>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> Option<Arc<Session>> {
+        self.guard().as_ref().filter(|s| !s.is_dead()).cloned()
+    }
+
+    fn take(&self) -> Option<Arc<Session>> {
+        self.guard().take()
+    }
+
+    fn set(&self, session: Arc<Session>) {
+        *self.guard() = Some(session);
     }
 }
 

@@ -1,0 +1,289 @@
+//! P3: cross-process handover. The parent re-executes this binary twice as
+//! `bench handover-child KIND URL KEY ACQUISITIONS HOLD_US PAUSE_US`; both
+//! children alternate on one key in wait mode and print what happened when
+//! (realtime-clock nanoseconds, comparable between processes); the parent
+//! merges the two logs.
+//!
+//! Each child: connect, warm up, print `ready`, wait for `go` on stdin, then
+//! up to ACQUISITIONS times: stamp `c` (campaign), wait for the lock, stamp
+//! `a` (acquired), hold HOLD_US, stamp `r`, release, pause PAUSE_US. With
+//! PAUSE < HOLD the other child is already waiting when one releases. The
+//! events are printed at the end (`c|a|r NANOS`), then `done`.
+
+use std::io::{BufRead, Write};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use advisory_locked::{LockConfig, LockKey, Mode};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgAdvisoryLock, PgAdvisoryLockKey, PgConnection};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::util::{now_ns, BoxErr, Lat};
+
+/// Longest a child runs its loop; every wait inside is bounded too.
+const CHILD_DEADLINE: Duration = Duration::from_secs(40);
+const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn main(args: &[String]) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("handover-child: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("handover-child: {e}");
+            println!("error {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &[String]) -> Result<(), BoxErr> {
+    let [kind, url, key, acquisitions, hold_us, pause_us] = args else {
+        return Err(
+            "usage: bench handover-child ours|sqlx URL KEY ACQUISITIONS HOLD_US PAUSE_US".into(),
+        );
+    };
+    let key: i64 = key.parse()?;
+    let acquisitions: usize = acquisitions.parse()?;
+    let hold = Duration::from_micros(hold_us.parse()?);
+    let pause = Duration::from_micros(pause_us.parse()?);
+    let mut events: Vec<(char, u64)> = Vec::with_capacity(acquisitions * 3);
+
+    match kind.as_str() {
+        "ours" => {
+            let locker = LockConfig::from_url(url)?
+                .name("bench-handover")
+                .sessions(1)
+                .connect()
+                .await?;
+            let lock_key = LockKey::int(key);
+            // Warm up: the session and its statements.
+            if let Some(g) = locker.try_lock(lock_key.clone(), Mode::Exclusive).await? {
+                g.release().await?;
+            }
+            ready_then_go()?;
+            let deadline = Instant::now() + CHILD_DEADLINE;
+            for _ in 0..acquisitions {
+                if Instant::now() > deadline {
+                    break;
+                }
+                events.push(('c', now_ns()));
+                let g = locker
+                    .lock(lock_key.clone(), Mode::Exclusive, Some(WAIT_TIMEOUT))
+                    .await?;
+                events.push(('a', now_ns()));
+                tokio::time::sleep(hold).await;
+                events.push(('r', now_ns()));
+                g.release().await?;
+                tokio::time::sleep(pause).await;
+            }
+        }
+        "sqlx" => {
+            let mut conn = PgConnection::connect(url).await?;
+            // Bound the server-side wait of pg_advisory_lock.
+            sqlx::query("SET lock_timeout = '10s'")
+                .execute(&mut conn)
+                .await?;
+            let lock = PgAdvisoryLock::with_key(PgAdvisoryLockKey::BigInt(key));
+            // Warm up: the statements (sqlx caches prepared statements).
+            lock.acquire(&mut conn).await?.release_now().await?;
+            ready_then_go()?;
+            let deadline = Instant::now() + CHILD_DEADLINE;
+            for _ in 0..acquisitions {
+                if Instant::now() > deadline {
+                    break;
+                }
+                events.push(('c', now_ns()));
+                let g = lock.acquire(&mut conn).await?;
+                events.push(('a', now_ns()));
+                tokio::time::sleep(hold).await;
+                events.push(('r', now_ns()));
+                g.release_now().await?;
+                tokio::time::sleep(pause).await;
+            }
+        }
+        other => return Err(format!("unknown kind {other:?}").into()),
+    }
+
+    let mut out = std::io::stdout().lock();
+    for (what, t) in events {
+        writeln!(out, "{what} {t}")?;
+    }
+    writeln!(out, "done")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn ready_then_go() -> Result<(), BoxErr> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "go" {
+        return Err(format!("expected `go` on stdin, got {line:?}").into());
+    }
+    Ok(())
+}
+
+/// What the parent makes of the two children's logs.
+pub struct Handover {
+    pub lat: Lat,
+    /// Releases after which the releaser itself got the lock again although
+    /// the other process was waiting (not handovers).
+    pub reacquired_by_releaser: usize,
+    /// Releases after which the other process got the lock but had not been
+    /// waiting at the release (not counted).
+    pub not_waiting: usize,
+    pub acquisitions: [usize; 2],
+}
+
+impl Handover {
+    pub fn json(&self) -> Value {
+        json!({
+            "latency": self.lat.json(),
+            "handovers": self.lat.n,
+            "reacquired_by_releaser": self.reacquired_by_releaser,
+            "other_not_waiting": self.not_waiting,
+            "acquisitions_per_process": self.acquisitions,
+        })
+    }
+}
+
+/// Runs the two children on `key` and measures the handovers between them.
+pub async fn handover(
+    kind: &str,
+    url: &str,
+    key: i64,
+    handovers: usize,
+) -> Result<Handover, BoxErr> {
+    let exe = std::env::current_exe()?;
+    let acquisitions = handovers / 2 + 6;
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let child = tokio::process::Command::new(&exe)
+            .args([
+                "handover-child",
+                kind,
+                url,
+                &key.to_string(),
+                &acquisitions.to_string(),
+                "3000",
+                "1000",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        children.push(child);
+    }
+    let mut outs = Vec::new();
+    for child in &mut children {
+        let stdout = child.stdout.take().ok_or("no child stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .map_err(|_| "handover child not ready within 20 s")??;
+        if first.as_deref() != Some("ready") {
+            return Err(format!("handover child said {first:?} instead of ready").into());
+        }
+        outs.push(lines);
+    }
+    for child in &mut children {
+        let mut stdin = child.stdin.take().ok_or("no child stdin")?;
+        stdin.write_all(b"go\n").await?;
+        stdin.flush().await?;
+    }
+    // (time, process, event)
+    let mut all: Vec<(u64, usize, char)> = Vec::new();
+    let mut acq = [0usize; 2];
+    for (p, lines) in outs.iter_mut().enumerate() {
+        let limit = tokio::time::Instant::now() + CHILD_DEADLINE + Duration::from_secs(20);
+        let mut done = false;
+        while let Some(line) = tokio::time::timeout_at(limit, lines.next_line())
+            .await
+            .map_err(|_| "handover child did not finish in time")??
+        {
+            if line == "done" {
+                done = true;
+                break;
+            }
+            if let Some(msg) = line.strip_prefix("error ") {
+                return Err(format!("handover child: {msg}").into());
+            }
+            let mut it = line.split_whitespace();
+            let (Some(what), Some(t)) = (it.next(), it.next()) else {
+                continue;
+            };
+            let what = what.chars().next().unwrap_or('?');
+            if what == 'a' {
+                acq[p] += 1;
+            }
+            all.push((t.parse()?, p, what));
+        }
+        if !done {
+            return Err("handover child ended without `done`".into());
+        }
+    }
+    for mut child in children {
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .map_err(|_| "handover child did not exit")??;
+        if !status.success() {
+            return Err(format!("handover child exited with {status}").into());
+        }
+    }
+    all.sort_unstable();
+
+    let mut samples = Vec::new();
+    let mut reacquired_by_releaser = 0;
+    let mut not_waiting = 0;
+    let mut last_campaign = [None::<u64>; 2];
+    for (i, &(t0, x, what)) in all.iter().enumerate() {
+        if what == 'c' {
+            last_campaign[x] = Some(t0);
+        }
+        if what != 'r' {
+            continue;
+        }
+        let other = 1 - x;
+        let waiting_since = last_campaign[other];
+        // The next acquisition by anyone after this release.
+        let Some(&(t1, y, _)) = all[i + 1..].iter().find(|e| e.2 == 'a') else {
+            continue;
+        };
+        // Was the other process campaigning (not yet holding) at t0?
+        let other_waiting = waiting_since.is_some_and(|c| {
+            c < t0
+                && !all[..i]
+                    .iter()
+                    .any(|e| e.1 == other && e.2 == 'a' && e.0 > c)
+        });
+        if y == x {
+            if other_waiting {
+                reacquired_by_releaser += 1;
+            }
+        } else if other_waiting {
+            samples.push(t1 - t0);
+        } else {
+            not_waiting += 1;
+        }
+    }
+    Ok(Handover {
+        lat: Lat::from_nanos(samples),
+        reacquired_by_releaser,
+        not_waiting,
+        acquisitions: acq,
+    })
+}
