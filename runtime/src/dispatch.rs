@@ -17,11 +17,13 @@
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, Connection, Statement};
 
 use crate::session::Shared;
 use crate::stats::Counters;
+use crate::wakeup::Waiters;
 use crate::{KeyId, Mode};
 
 /// Statements on the wire at once, per session.
@@ -175,63 +177,130 @@ SELECT CASE t.op \
 FROM unnest($1::int2[], $2::int8[], $3::int4[], $4::int4[]) WITH ORDINALITY AS t(op, k, a, b, n) \
 ORDER BY t.n";
 
+/// Two requests in one statement, without `unnest` (as cheap for the server
+/// as a single request): what a sequence of calls sends most, the previous
+/// call's unlock and the next call's lock. Parameters per request: code,
+/// int8 key, int4 pair.
+pub(crate) fn two_requests() -> String {
+    let one = |c: usize| {
+        let (k, a, b) = (c + 1, c + 2, c + 3);
+        let notify_k = format!("num_nulls(pg_notify('advisory_locked', ${k}::int8::text)) = 0");
+        let notify_ab = format!(
+            "num_nulls(pg_notify('advisory_locked', ${a}::int4::text || ':' || ${b}::int4::text)) = 0"
+        );
+        format!(
+            "CASE ${c}::int2 \
+             WHEN 0 THEN pg_try_advisory_lock(${k}::int8) \
+             WHEN 1 THEN pg_try_advisory_lock_shared(${k}::int8) \
+             WHEN 2 THEN pg_try_advisory_lock(${a}::int4, ${b}::int4) \
+             WHEN 3 THEN pg_try_advisory_lock_shared(${a}::int4, ${b}::int4) \
+             WHEN 4 THEN pg_advisory_unlock(${k}::int8) \
+             WHEN 5 THEN pg_advisory_unlock_shared(${k}::int8) \
+             WHEN 6 THEN pg_advisory_unlock(${a}::int4, ${b}::int4) \
+             WHEN 7 THEN pg_advisory_unlock_shared(${a}::int4, ${b}::int4) \
+             WHEN 8 THEN CASE WHEN pg_advisory_unlock(${k}::int8) THEN {notify_k} ELSE false END \
+             WHEN 9 THEN CASE WHEN pg_advisory_unlock_shared(${k}::int8) THEN {notify_k} ELSE false END \
+             WHEN 10 THEN CASE WHEN pg_advisory_unlock(${a}::int4, ${b}::int4) THEN {notify_ab} ELSE false END \
+             WHEN 11 THEN CASE WHEN pg_advisory_unlock_shared(${a}::int4, ${b}::int4) THEN {notify_ab} ELSE false END \
+             END"
+        )
+    };
+    // Select-list items are evaluated left to right.
+    format!("SELECT {}, {}", one(1), one(5))
+}
+
 /// The prepared statements a dispatcher uses.
 pub(crate) struct Statements {
     pub(crate) single: Vec<Statement>,
+    pub(crate) two: Statement,
     pub(crate) batch: Statement,
 }
 
-/// Runs until every sender of `ops` is gone (the session was dropped) or
-/// the connection has ended.
-pub(crate) async fn run(
-    client: Client,
-    statements: Statements,
-    mut ops: mpsc::UnboundedReceiver<Op>,
-    weak: mpsc::WeakUnboundedSender<Op>,
-    shared: Arc<Shared>,
-) {
-    let client = &client;
-    let statements = &statements;
-    let shared = &shared;
-    let mut in_flight = FuturesOrdered::new();
-    // Unlocks of grants whose callers were gone, for the next statement.
-    let mut backlog: Vec<Op> = Vec::new();
-    let mut closed = false;
-    loop {
-        if closed && in_flight.is_empty() && backlog.is_empty() {
-            break;
-        }
-        tokio::select! {
-            biased;
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                finish(done, shared, &weak, &mut backlog);
-                if shared.is_dead() {
-                    break;
-                }
+/// A session's dispatcher, run by the session's one task.
+pub(crate) struct Dispatcher {
+    pub(crate) client: Client,
+    pub(crate) statements: Statements,
+    pub(crate) ops: mpsc::UnboundedReceiver<Op>,
+    /// For grants in transit, to queue their undo (see [`Grant`]).
+    pub(crate) weak: mpsc::WeakUnboundedSender<Op>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) waiters: Arc<Waiters>,
+}
+
+impl Dispatcher {
+    /// Drives the connection and serves requests until the connection ends,
+    /// the session is killed, or every sender of `ops` is gone (the session
+    /// was dropped) and nothing is left in flight.
+    pub(crate) async fn run<S, T>(
+        self,
+        mut connection: Connection<S, T>,
+    ) -> Result<(), tokio_postgres::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Dispatcher {
+            client,
+            statements,
+            mut ops,
+            weak,
+            shared,
+            waiters,
+        } = self;
+        let (client, statements, shared) = (&client, &statements, &shared);
+        let mut in_flight = FuturesOrdered::new();
+        // Unlocks of grants whose callers were gone, for the next statement.
+        let mut backlog: Vec<Op> = Vec::new();
+        let mut closed = false;
+        loop {
+            if closed && in_flight.is_empty() && backlog.is_empty() {
+                return Ok(());
             }
-            op = ops.recv(), if !closed && in_flight.len() < MAX_IN_FLIGHT => {
-                match op {
-                    Some(op) => {
-                        let mut batch = std::mem::take(&mut backlog);
-                        batch.push(op);
-                        while batch.len() < MAX_BATCH {
-                            match ops.try_recv() {
-                                Ok(op) => batch.push(op),
-                                Err(_) => break,
-                            }
-                        }
-                        in_flight.push_back(send(client, statements, shared, batch));
+            tokio::select! {
+                biased;
+                () = shared.killer.notified() => return Ok(()),
+                // Answers first, then the connection: a statement pushed in
+                // the last turn is polled (queued on the client) here and
+                // written to the socket just below, in the same turn.
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    finish(done, shared, &weak, &mut backlog);
+                    if shared.is_dead() {
+                        return Ok(());
                     }
-                    None => closed = true,
+                }
+                msg = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
+                    match crate::session::on_message(msg, &waiters) {
+                        None => {}
+                        Some(Some(e)) => return Err(e),
+                        Some(None) => return Ok(()),
+                    }
+                }
+                op = ops.recv(), if !closed && in_flight.len() < MAX_IN_FLIGHT => {
+                    match op {
+                        Some(op) => {
+                            let mut batch = std::mem::take(&mut backlog);
+                            batch.push(op);
+                            while batch.len() < MAX_BATCH {
+                                match ops.try_recv() {
+                                    Ok(op) => batch.push(op),
+                                    Err(_) => break,
+                                }
+                            }
+                            in_flight.push_back(send(client, statements, shared, batch));
+                        }
+                        None => closed = true,
+                    }
+                }
+                () = std::future::ready(()), if !backlog.is_empty() && in_flight.len() < MAX_IN_FLIGHT => {
+                    let batch = std::mem::take(&mut backlog);
+                    in_flight.push_back(send(client, statements, shared, batch));
                 }
             }
-            () = std::future::ready(()), if !backlog.is_empty() && in_flight.len() < MAX_IN_FLIGHT => {
-                let batch = std::mem::take(&mut backlog);
-                in_flight.push_back(send(client, statements, shared, batch));
-            }
         }
+        // Returning drops the connection (the server frees the session's
+        // locks) and every request still queued or in flight, whose callers
+        // then hear "ended".
     }
-    // Anything still queued is answered "ended" by dropping its sender.
 }
 
 /// Sends one statement for `batch`; resolves to the batch and its answers.
@@ -254,6 +323,16 @@ async fn send(
         };
         row.and_then(|row| row.try_get::<_, bool>(0))
             .map(|b| vec![b])
+    } else if let [x, y] = batch.as_slice() {
+        let (xk, xa, xb) = x.key.parts();
+        let (yk, ya, yb) = y.key.parts();
+        let (xc, yc) = (x.code as i16, y.code as i16);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
+            [&xc, &xk, &xa, &xb, &yc, &yk, &ya, &yb];
+        client
+            .query_one(&statements.two, &params)
+            .await
+            .and_then(|row| Ok(vec![row.try_get::<_, bool>(0)?, row.try_get::<_, bool>(1)?]))
     } else {
         let mut codes = Vec::with_capacity(batch.len());
         let mut keys = Vec::with_capacity(batch.len());
@@ -261,10 +340,7 @@ async fn send(
         let mut b = Vec::with_capacity(batch.len());
         for op in &batch {
             codes.push(op.code as i16);
-            let (k, x, y) = match op.key {
-                KeyId::Int(k) => (k, 0, 0),
-                KeyId::Pair(x, y) => (0, x, y),
-            };
+            let (k, x, y) = op.key.parts();
             keys.push(k);
             a.push(x);
             b.push(y);

@@ -135,6 +135,15 @@ pub enum KeyId {
 }
 
 impl KeyId {
+    /// The statement parameters of a key: `(int8 key, int4 a, int4 b)`, the
+    /// unused ones zero.
+    pub(crate) fn parts(self) -> (i64, i32, i32) {
+        match self {
+            KeyId::Int(k) => (k, 0, 0),
+            KeyId::Pair(a, b) => (0, a, b),
+        }
+    }
+
     /// A number used to spread keys over the lock sessions.
     pub(crate) fn spread(self) -> u64 {
         match self {

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::AbortHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 
 use crate::config::Settings;
 use crate::dispatch::{Kind, Op, Reply, RequestError, Statements, BATCH, SINGLE};
@@ -34,7 +34,8 @@ pub(crate) struct Shared {
     /// Set by [`Shared::kill`]: dead from that moment, before the aborted
     /// connection task has actually gone.
     killed: AtomicBool,
-    connection: AbortHandle,
+    /// Wakes the session's task to close the connection.
+    pub(crate) killer: Notify,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -50,7 +51,8 @@ impl Shared {
     /// session held. Used when the session's lock state can't be trusted.
     pub(crate) fn kill(&self) {
         self.killed.store(true, Ordering::Release);
-        self.connection.abort();
+        // A stored permit if the task is busy: it stops at its next turn.
+        self.killer.notify_one();
     }
 }
 
@@ -88,48 +90,20 @@ impl Session {
             target: target.to_owned(),
             source,
         };
-        let (client, connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
+        let (client, mut connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
-        let (dead_tx, dead) = watch::channel(false);
-        let pool = settings.name.clone();
-        let waiters = waiters.clone();
-        let task = tokio::spawn(async move {
-            let mut connection = connection;
-            // Drive the connection, taking the notifications that wake
-            // waiters (a plain `.await` would drop them).
-            let end = loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(n))) => {
-                        if n.channel() == CHANNEL {
-                            if let Some(key) = parse_payload(n.payload()) {
-                                waiters.wake(key);
-                            }
-                        }
-                    }
-                    Some(Ok(_notice)) => {}
-                    Some(Err(e)) => break Err(e),
-                    None => break Ok(()),
-                }
-            };
-            match end {
-                Ok(()) => {
-                    tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed")
-                }
-                Err(e) => {
-                    tracing::warn!(pool = %pool, session = id, error = %e, "advisory-locked: lock session ended")
-                }
-            }
-            let _ = dead_tx.send(true);
-        });
-        let connection = task.abort_handle();
-        // From here on, a failure must not leave the connection open.
-        let mut abort_on_error = AbortOnDrop(Some(connection.clone()));
 
-        let (probe, statements, listen) = tokio::join!(
-            client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
-            prepare_all(&client),
-            client.batch_execute(LISTEN),
-        );
+        // Set-up, all pipelined, with the connection driven alongside.
+        let setup = async {
+            tokio::join!(
+                client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
+                prepare_all(&client),
+                client.batch_execute(LISTEN),
+            )
+        };
+        let (probe, statements, listen) = drive_until(&mut connection, waiters, setup)
+            .await
+            .map_err(connect_err)?;
         let probe = probe.map_err(connect_err)?;
         if probe.get::<_, bool>(0) {
             // (LISTEN fails there too; the standby is the reason.)
@@ -140,25 +114,41 @@ impl Session {
         let statements = statements.map_err(connect_err)?;
         listen.map_err(connect_err)?;
         let backend_pid: i32 = probe.get(1);
-        abort_on_error.0 = None;
         tracing::debug!(pool = %settings.name, session = id, backend_pid, "advisory-locked: lock session connected");
         Counters::add(&counters.sessions_opened, 1);
+
+        let (dead_tx, dead) = watch::channel(false);
         let shared = Arc::new(Shared {
             id,
             dead,
             killed: AtomicBool::new(false),
-            connection,
+            killer: Notify::new(),
             counters: counters.clone(),
         });
         let (ops, rx) = mpsc::unbounded_channel();
-        let weak = ops.downgrade();
-        tokio::spawn(crate::dispatch::run(
+        let session = crate::dispatch::Dispatcher {
             client,
             statements,
-            rx,
-            weak,
-            shared.clone(),
-        ));
+            ops: rx,
+            weak: ops.downgrade(),
+            shared: shared.clone(),
+            waiters: waiters.clone(),
+        };
+        let pool = settings.name.clone();
+        // One task drives both the dispatcher and the connection: a request
+        // goes from its caller to the socket, and its answer back, with no
+        // other task in between.
+        tokio::spawn(async move {
+            match session.run(connection).await {
+                Ok(()) => {
+                    tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed")
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %pool, session = id, error = %e, "advisory-locked: lock session ended")
+                }
+            }
+            let _ = dead_tx.send(true);
+        });
         Ok(Arc::new(Session {
             shared,
             backend_pid,
@@ -244,9 +234,11 @@ fn unlock_kind(notify: bool) -> Kind {
 
 async fn prepare_all(client: &Client) -> Result<Statements, tokio_postgres::Error> {
     let single = futures_util::future::try_join_all(SINGLE.iter().map(|sql| client.prepare(sql)));
-    let (single, batch) = tokio::join!(single, client.prepare(BATCH));
+    let two = crate::dispatch::two_requests();
+    let (single, two, batch) = tokio::join!(single, client.prepare(&two), client.prepare(BATCH));
     Ok(Statements {
         single: single?,
+        two: two?,
         batch: batch?,
     })
 }
@@ -266,13 +258,52 @@ pub(crate) fn ends_session(e: &tokio_postgres::Error) -> bool {
         })
 }
 
-struct AbortOnDrop(Option<AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
+/// Awaits `work` while driving `connection` (which makes the requests of
+/// `work` go out and their answers come in); fails if the connection ends first.
+async fn drive_until<S, T, F>(
+    connection: &mut Connection<S, T>,
+    waiters: &Waiters,
+    work: F,
+) -> Result<F::Output, tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: Future,
+{
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            msg = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
+                match on_message(msg, waiters) {
+                    None => {}
+                    Some(Some(e)) => return Err(e),
+                    // Closed: the work's own requests fail with that.
+                    Some(None) => return Ok(work.await),
+                }
+            }
         }
+    }
+}
+
+/// Handles one message of a connection. `Some` when the connection ended:
+/// with its error, or `None` for a clean end.
+pub(crate) fn on_message(
+    msg: Option<Result<AsyncMessage, tokio_postgres::Error>>,
+    waiters: &Waiters,
+) -> Option<Option<tokio_postgres::Error>> {
+    match msg {
+        Some(Ok(AsyncMessage::Notification(n))) => {
+            if n.channel() == CHANNEL {
+                if let Some(key) = parse_payload(n.payload()) {
+                    waiters.wake(key);
+                }
+            }
+            None
+        }
+        Some(Ok(_notice)) => None,
+        Some(Err(e)) => Some(Some(e)),
+        None => Some(None),
     }
 }
 

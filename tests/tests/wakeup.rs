@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use advisory_locked::{LockConfig, LockKey, Locker, Mode};
-use advisory_locked_tests::{db_url, named, pg_lock, pg_unlock, raw_connect, unique};
+use advisory_locked_tests::{db_url, join_all, named, pg_lock, pg_unlock, raw_connect, unique};
 
 async fn locker() -> Locker {
     LockConfig::from_url(&db_url())
@@ -58,7 +58,7 @@ async fn a_wait_mode_release_wakes_waiters_in_other_processes_at_once() {
     let runs = keys
         .iter()
         .map(|k| handover(&a, &b, k, Duration::from_millis(700)));
-    let delays = futures_join_all(runs).await;
+    let delays = join_all(runs.collect()).await;
     println!("handover delays after a notified release: {delays:?}");
     for d in &delays {
         assert!(
@@ -80,7 +80,11 @@ async fn a_release_that_notifies_nobody_is_found_by_polling() {
         tokio::spawn(async move {
             let start = Instant::now();
             let g = b
-                .lock(LockKey::named(key), Mode::Exclusive, Some(Duration::from_secs(10)))
+                .lock(
+                    LockKey::named(key),
+                    Mode::Exclusive,
+                    Some(Duration::from_secs(10)),
+                )
                 .await
                 .unwrap();
             drop(g);
@@ -96,38 +100,4 @@ async fn a_release_that_notifies_nobody_is_found_by_polling() {
     println!("found a silent release after waiting {waited:?}");
     // Held for 300 ms; the backoff steps are at most 250 ms.
     assert!(waited >= Duration::from_millis(300) && waited < Duration::from_millis(800));
-}
-
-/// `join_all` without a futures dependency in the tests.
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F::Output: Send,
-{
-    let mut out = Vec::new();
-    let futs: Vec<_> = futs.map(Box::pin).collect();
-    // Poll them together: each handover must overlap the others.
-    let mut pending: Vec<_> = futs.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (slot, res) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *res = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.extend(results.into_iter().map(|r| r.expect("finished")));
-    out
 }
