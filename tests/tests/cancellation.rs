@@ -413,3 +413,59 @@ async fn a_panicking_body_releases_its_lock_and_the_panic_propagates() {
     );
     assert_eq!(after_panic(&key).await.unwrap(), "ran");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_try_lock_dropped_on_the_wire_is_given_back() {
+    // One session; each try-lock is polled once (queued, sent) and dropped.
+    let locker = advisory_locked::LockConfig::from_url(&db_url())
+        .unwrap()
+        .sessions(1)
+        .connect()
+        .await
+        .unwrap();
+    let client = raw_connect(&db_url()).await;
+    for round in 0..20 {
+        let key = advisory_locked::LockKey::named(unique(&format!("cancel:wire:{round}")));
+        let before = locker.stats();
+        {
+            // Poll once (the request goes out), then drop it.
+            let mut fut = pin!(locker.try_lock(key.clone(), advisory_locked::Mode::Exclusive));
+            let first = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+            assert!(first.is_pending(), "answered without a round trip");
+        }
+        // The grant that nobody takes is unlocked by the dispatcher.
+        let left = wait_until_unlocked(&client, &[key.id()], SETTLE).await;
+        assert!(left.is_empty(), "round {round}: left behind: {left:?}");
+        let deadline = Instant::now() + SETTLE;
+        let guard = loop {
+            if let Some(g) = locker
+                .try_lock(key.clone(), advisory_locked::Mode::Exclusive)
+                .await
+                .unwrap()
+            {
+                break g;
+            }
+            assert!(Instant::now() < deadline, "round {round}: never free again");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        guard.release().await.unwrap();
+        let after = locker.stats();
+        // The dropped request was granted (its answer never read) and given
+        // back: two unlocks, and the server says both released a held lock.
+        assert_eq!(
+            after.lock_requests - before.lock_requests,
+            2,
+            "round {round}: {after:?}"
+        );
+        assert_eq!(
+            after.unlock_requests - before.unlock_requests,
+            2,
+            "round {round}: {after:?}"
+        );
+        assert_eq!(
+            after.released - before.released,
+            2,
+            "round {round}: {after:?}"
+        );
+    }
+}
