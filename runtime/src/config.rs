@@ -16,6 +16,10 @@ pub const DEFAULT_SESSIONS: usize = 2;
 /// The connect timeout unless set with [`LockConfig::connect_timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How soon a lost lock session is noticed unless set with
+/// [`LockConfig::loss_detection`].
+pub const DEFAULT_LOSS_DETECTION: Duration = Duration::from_secs(1);
+
 static REGISTRY: LazyLock<Mutex<HashMap<String, Locker>>> = LazyLock::new(Default::default);
 
 /// Settings of one registry entry, fixed once it is installed.
@@ -25,6 +29,7 @@ pub(crate) struct Settings {
     pub(crate) pg: tokio_postgres::Config,
     pub(crate) sessions: usize,
     pub(crate) connect_timeout: Duration,
+    pub(crate) loss_detection: Duration,
 }
 
 impl Settings {
@@ -54,6 +59,7 @@ impl std::fmt::Debug for Settings {
             .field("target", &self.target())
             .field("sessions", &self.sessions)
             .field("connect_timeout", &self.connect_timeout)
+            .field("loss_detection", &self.loss_detection)
             .finish()
     }
 }
@@ -97,6 +103,7 @@ impl LockConfig {
                 pg,
                 sessions: DEFAULT_SESSIONS,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                loss_detection: DEFAULT_LOSS_DETECTION,
             },
         }
     }
@@ -148,6 +155,16 @@ impl LockConfig {
         self
     }
 
+    /// How soon the loss of a lock session must be noticed (default
+    /// [`DEFAULT_LOSS_DETECTION`], 1 s). Every session sends a trivial
+    /// statement when idle for a quarter of this, and is declared lost when
+    /// any statement stays unanswered for three quarters of it; holders of
+    /// its locks are then told (see the loss policy). At least 20 ms.
+    pub fn loss_detection(mut self, bound: Duration) -> Self {
+        self.settings.loss_detection = bound;
+        self
+    }
+
     fn validate(&self) -> Result<(), Error> {
         let invalid = |reason: &str| {
             Err(Error::InvalidConfig {
@@ -162,6 +179,9 @@ impl LockConfig {
         }
         if self.settings.connect_timeout.is_zero() {
             return invalid("connect_timeout must be greater than zero");
+        }
+        if self.settings.loss_detection < Duration::from_millis(20) {
+            return invalid("loss_detection must be at least 20 ms");
         }
         Ok(())
     }

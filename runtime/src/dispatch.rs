@@ -15,6 +15,9 @@
 //! A grant whose caller is gone is unlocked by the dispatcher.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -211,6 +214,8 @@ pub(crate) fn two_requests() -> String {
 
 /// The prepared statements a dispatcher uses.
 pub(crate) struct Statements {
+    /// The heartbeat: `SELECT true`.
+    pub(crate) ping: Statement,
     pub(crate) single: Vec<Statement>,
     pub(crate) two: Statement,
     pub(crate) batch: Statement,
@@ -225,6 +230,30 @@ pub(crate) struct Dispatcher {
     pub(crate) weak: mpsc::WeakUnboundedSender<Op>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) waiters: Arc<Waiters>,
+    /// How often an idle session is checked, and how long an answer may take.
+    pub(crate) liveness: Liveness,
+}
+
+/// The heartbeat of a session: every `interval`, an idle session sends a
+/// trivial statement; a session that leaves any statement unanswered for
+/// `timeout` is declared dead and closed. A lost session is so noticed
+/// within `interval + timeout` (plus scheduling), even when the network
+/// drops traffic without closing the connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Liveness {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl Liveness {
+    /// Splits a detection bound: checks at a quarter of it, gives an answer
+    /// three quarters.
+    pub(crate) fn within(bound: Duration) -> Liveness {
+        Liveness {
+            interval: bound / 4,
+            timeout: bound * 3 / 4,
+        }
+    }
 }
 
 impl Dispatcher {
@@ -246,23 +275,48 @@ impl Dispatcher {
             weak,
             shared,
             waiters,
+            liveness,
         } = self;
         let (client, statements, shared) = (&client, &statements, &shared);
         let mut in_flight = FuturesOrdered::new();
         // Unlocks of grants whose callers were gone, for the next statement.
         let mut backlog: Vec<Op> = Vec::new();
         let mut closed = false;
+        // Liveness: since when a statement has waited for its answer, and
+        // when the server was last heard from.
+        let mut waiting_since: Option<Instant> = None;
+        let mut last_heard = Instant::now();
+        let mut tick = tokio::time::interval(liveness.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if closed && in_flight.is_empty() && backlog.is_empty() {
                 return Ok(());
             }
+            if waiting_since.is_none() && !in_flight.is_empty() {
+                waiting_since = Some(Instant::now());
+            }
             tokio::select! {
                 biased;
                 () = shared.killer.notified() => return Ok(()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if let Some(since) = waiting_since {
+                        if now.duration_since(since) > liveness.timeout {
+                            tracing::error!(session = shared.id, waited_ms = now.duration_since(since).as_millis() as u64,
+                                "advisory-locked: the server has not answered in time; closing the session, its locks are lost");
+                            shared.kill();
+                            return Ok(());
+                        }
+                    } else if now.duration_since(last_heard) >= liveness.interval {
+                        in_flight.push_back(send(client, statements, shared, Vec::new()));
+                    }
+                }
                 // Answers first, then the connection: a statement pushed in
                 // the last turn is polled (queued on the client) here and
                 // written to the socket just below, in the same turn.
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    last_heard = Instant::now();
+                    waiting_since = (!in_flight.is_empty()).then_some(last_heard);
                     finish(done, shared, &weak, &mut backlog);
                     if shared.is_dead() {
                         return Ok(());
@@ -311,6 +365,12 @@ async fn send(
     batch: Vec<Op>,
 ) -> (Vec<Op>, Result<Vec<bool>, tokio_postgres::Error>) {
     let counters = &shared.counters;
+    if batch.is_empty() {
+        // A heartbeat.
+        Counters::add(&counters.heartbeats, 1);
+        let answer = client.query_one(&statements.ping, &[]).await;
+        return (batch, answer.map(|_| Vec::new()));
+    }
     Counters::add(&counters.statements, 1);
     let unlocks = batch.iter().filter(|op| op.is_unlock()).count() as u64;
     Counters::add(&counters.unlock_requests, unlocks);

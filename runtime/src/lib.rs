@@ -58,8 +58,8 @@ pub mod __private;
 pub use advisory_locked_macros::advisory_locked;
 
 pub use config::{
-    configure, configure_from_env, locker, LockConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL,
-    DEFAULT_SESSIONS,
+    configure, configure_from_env, locker, LockConfig, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOSS_DETECTION, DEFAULT_POOL, DEFAULT_SESSIONS,
 };
 pub use error::{Error, Result};
 pub use key::{key_hash, KeyId, LockKey};

@@ -18,8 +18,15 @@ use crate::config::Settings;
 use crate::dispatch::{Kind, Op, Reply, RequestError, Statements, BATCH, SINGLE};
 use crate::wakeup::{parse_payload, Waiters, CHANNEL};
 
-/// Every session listens for releases that wake waiters (see [`crate::wakeup`]).
-const LISTEN: &str = "LISTEN advisory_locked";
+/// Run once per session: listen for releases that wake waiters (see
+/// [`crate::wakeup`]), and make the server notice a vanished client soon, so
+/// that it frees the session's locks: TCP keepalive after 1 s idle, then
+/// every 1 s, 3 probes (about 4 s in all), and, from PostgreSQL 14,
+/// `client_connection_check_interval` while a statement runs.
+const SESSION_SETUP: &str = "LISTEN advisory_locked; \
+SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; \
+DO $$ BEGIN IF current_setting('server_version_num')::int >= 140000 THEN \
+PERFORM set_config('client_connection_check_interval', '1000', false); END IF; END $$";
 use crate::stats::Counters;
 use crate::{Error, KeyId, Mode};
 
@@ -98,7 +105,7 @@ impl Session {
             tokio::join!(
                 client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
                 prepare_all(&client),
-                client.batch_execute(LISTEN),
+                client.batch_execute(SESSION_SETUP),
             )
         };
         let (probe, statements, listen) = drive_until(&mut connection, waiters, setup)
@@ -133,6 +140,7 @@ impl Session {
             weak: ops.downgrade(),
             shared: shared.clone(),
             waiters: waiters.clone(),
+            liveness: crate::dispatch::Liveness::within(settings.loss_detection),
         };
         let pool = settings.name.clone();
         // One task drives both the dispatcher and the connection: a request
@@ -235,8 +243,14 @@ fn unlock_kind(notify: bool) -> Kind {
 async fn prepare_all(client: &Client) -> Result<Statements, tokio_postgres::Error> {
     let single = futures_util::future::try_join_all(SINGLE.iter().map(|sql| client.prepare(sql)));
     let two = crate::dispatch::two_requests();
-    let (single, two, batch) = tokio::join!(single, client.prepare(&two), client.prepare(BATCH));
+    let (ping, single, two, batch) = tokio::join!(
+        client.prepare("SELECT true"),
+        single,
+        client.prepare(&two),
+        client.prepare(BATCH)
+    );
     Ok(Statements {
+        ping: ping?,
         single: single?,
         two: two?,
         batch: batch?,

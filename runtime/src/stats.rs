@@ -35,6 +35,8 @@ pub struct Stats {
     pub local_joined: u64,
     /// Lock sessions (connections) opened, the first included.
     pub sessions_opened: u64,
+    /// Heartbeats sent on idle sessions (not counted in `statements`).
+    pub heartbeats: u64,
     /// Keys this process holds or is acquiring right now.
     pub keys: u64,
 }
@@ -50,6 +52,7 @@ pub(crate) struct Counters {
     pub(crate) local_busy: AtomicU64,
     pub(crate) local_joined: AtomicU64,
     pub(crate) sessions_opened: AtomicU64,
+    pub(crate) heartbeats: AtomicU64,
 }
 
 impl Counters {
@@ -68,6 +71,7 @@ impl Counters {
             local_busy: self.local_busy.load(Relaxed),
             local_joined: self.local_joined.load(Relaxed),
             sessions_opened: self.sessions_opened.load(Relaxed),
+            heartbeats: self.heartbeats.load(Relaxed),
             keys: keys as u64,
         }
     }
