@@ -6,6 +6,7 @@
 //!          | "skip" | "wait" | "wait" "=" duration-string
 //!          | "shared" | "exclusive"
 //!          | "pool" "=" non-empty-string
+//!          | "on_lost" "=" ("\"abort\"" | "\"continue\"")
 //! key     := string (literal or template) | int | "-" int | "(" int "," int ")"
 //! ```
 //!
@@ -29,10 +30,19 @@ mod kw {
     syn::custom_keyword!(shared);
     syn::custom_keyword!(exclusive);
     syn::custom_keyword!(pool);
+    syn::custom_keyword!(on_lost);
 }
 
 /// The option names, in the order they are listed in messages.
-pub const OPTION_NAMES: &[&str] = &["key", "wait", "skip", "shared", "exclusive", "pool"];
+pub const OPTION_NAMES: &[&str] = &[
+    "key",
+    "wait",
+    "skip",
+    "shared",
+    "exclusive",
+    "pool",
+    "on_lost",
+];
 
 const KEY_FORMS: &str =
     "a string `key = \"report:daily\"`, a template `key = \"tenant:{tenant_id}\"`, an integer `key = 42` or a pair `key = (7, 42)`";
@@ -45,6 +55,14 @@ pub struct Args {
     pub wait: WaitMode,
     pub shared: bool,
     pub pool: Option<LitStr>,
+    pub on_lost: Option<OnLost>,
+}
+
+/// What the body does when its lock is lost (`on_lost = "…"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLost {
+    Abort,
+    Continue,
 }
 
 /// The lock key.
@@ -77,6 +95,7 @@ enum Name {
     Shared,
     Exclusive,
     Pool,
+    OnLost,
 }
 
 impl Name {
@@ -88,6 +107,7 @@ impl Name {
             Name::Shared => "shared",
             Name::Exclusive => "exclusive",
             Name::Pool => "pool",
+            Name::OnLost => "on_lost",
         }
     }
 }
@@ -235,6 +255,8 @@ fn parse_option(input: ParseStream) -> syn::Result<RawOption> {
         (Name::Exclusive, input.parse::<kw::exclusive>()?.span)
     } else if input.peek(kw::pool) {
         (Name::Pool, input.parse::<kw::pool>()?.span)
+    } else if input.peek(kw::on_lost) {
+        (Name::OnLost, input.parse::<kw::on_lost>()?.span)
     } else if input.peek(Ident::peek_any) {
         let ident = Ident::parse_any(input)?;
         return Err(unknown_option(&ident));
@@ -433,6 +455,32 @@ fn apply(args: &mut Args, raw: RawOption, errors: &mut Errors) {
                 other.span(),
                 format!(
                     "`wait` takes a duration string, e.g. `wait = \"30s\"` or `wait = \"1m30s\"`, or nothing (`wait` alone waits without a limit); found {}",
+                    describe(other)
+                ),
+            ),
+        },
+
+        (Name::OnLost, None) => errors.add(
+            raw.name_span,
+            "`on_lost` needs a value: write `on_lost = \"abort\"` (the default: stop the body) or `on_lost = \"continue\"` (let it finish)",
+        ),
+        (Name::OnLost, Some((_, value))) => match ungroup(&value) {
+            Expr::Lit(syn::ExprLit {
+                lit: Lit::Str(s), ..
+            }) => match s.value().as_str() {
+                "abort" => args.on_lost = Some(OnLost::Abort),
+                "continue" => args.on_lost = Some(OnLost::Continue),
+                other => errors.add(
+                    s.span(),
+                    format!(
+                        "unknown `on_lost` policy {other:?}: write `on_lost = \"abort\"` (stop the body when the lock is lost) or `on_lost = \"continue\"` (let it finish)"
+                    ),
+                ),
+            },
+            other => errors.add(
+                other.span(),
+                format!(
+                    "`on_lost` takes a string, `\"abort\"` or `\"continue\"`; found {}",
                     describe(other)
                 ),
             ),

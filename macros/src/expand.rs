@@ -8,7 +8,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, LitStr, Pat, ReturnType, Signature, Type};
 
-use crate::attr::{Args, Key, WaitMode};
+use crate::attr::{Args, Key, OnLost, WaitMode};
 use crate::check::LockedFn;
 use crate::template::{Member, Root};
 
@@ -75,6 +75,19 @@ pub fn expand(args: &Args, f: LockedFn) -> TokenStream {
             ::advisory_locked::__private::Wait::Timeout(::core::time::Duration::from_millis(#ms))
         ),
     };
+    let on_lost = match args.on_lost {
+        None => quote!(::core::option::Option::None),
+        Some(OnLost::Abort) => {
+            quote!(::core::option::Option::Some(
+                ::advisory_locked::OnLost::Abort
+            ))
+        }
+        Some(OnLost::Continue) => {
+            quote!(::core::option::Option::Some(
+                ::advisory_locked::OnLost::Continue
+            ))
+        }
+    };
     let key_expr = key_expr(key, &sig);
 
     let inner_attrs = &body.inner_attrs;
@@ -87,6 +100,7 @@ pub fn expand(args: &Args, f: LockedFn) -> TokenStream {
                 pool: #pool,
                 mode: #mode,
                 wait: #wait,
+                on_lost: #on_lost,
             },
             #key_var,
             async move {

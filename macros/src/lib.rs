@@ -135,6 +135,7 @@ mod tests {
                         pool: "default",
                         mode: ::advisory_locked::Mode::Exclusive,
                         wait: ::advisory_locked::__private::Wait::Skip,
+                        on_lost: ::core::option::Option::None,
                     },
                     __advisory_locked_key,
                     async move {
@@ -159,7 +160,8 @@ mod tests {
                 key = "t:{{{tenant_id}}}:{self.id}:{p.0}",
                 wait = "1m30s",
                 shared,
-                pool = "jobs"
+                pool = "jobs",
+                on_lost = "continue"
             ),
             quote!(
                 async fn g(&self, tenant_id: u64, p: (u8, u8)) {}
@@ -185,6 +187,7 @@ mod tests {
                         pool: "jobs",
                         mode: ::advisory_locked::Mode::Shared,
                         wait: ::advisory_locked::__private::Wait::Timeout(::core::time::Duration::from_millis(90000u64)),
+                        on_lost: ::core::option::Option::Some(::advisory_locked::OnLost::Continue),
                     },
                     __advisory_locked_key,
                     async move {

@@ -30,6 +30,7 @@ pub(crate) struct Settings {
     pub(crate) sessions: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) loss_detection: Duration,
+    pub(crate) on_lost: crate::OnLost,
 }
 
 impl Settings {
@@ -60,6 +61,7 @@ impl std::fmt::Debug for Settings {
             .field("sessions", &self.sessions)
             .field("connect_timeout", &self.connect_timeout)
             .field("loss_detection", &self.loss_detection)
+            .field("on_lost", &self.on_lost)
             .finish()
     }
 }
@@ -104,6 +106,7 @@ impl LockConfig {
                 sessions: DEFAULT_SESSIONS,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 loss_detection: DEFAULT_LOSS_DETECTION,
+                on_lost: crate::OnLost::Abort,
             },
         }
     }
@@ -162,6 +165,14 @@ impl LockConfig {
     /// its locks are then told (see the loss policy). At least 20 ms.
     pub fn loss_detection(mut self, bound: Duration) -> Self {
         self.settings.loss_detection = bound;
+        self
+    }
+
+    /// What an annotated body does when its lock is lost while it runs,
+    /// unless its attribute says `on_lost = "…"` (default
+    /// [`OnLost::Abort`](crate::OnLost::Abort)).
+    pub fn on_lost(mut self, policy: crate::OnLost) -> Self {
+        self.settings.on_lost = policy;
         self
     }
 

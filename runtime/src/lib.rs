@@ -42,6 +42,7 @@ mod dispatch;
 mod error;
 mod key;
 mod locker;
+mod loss;
 mod outcome;
 mod run;
 mod session;
@@ -64,6 +65,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use key::{key_hash, KeyId, LockKey};
 pub use locker::{LockGuard, Locker, Mode};
+pub use loss::{current_lock, LockState, OnLost};
 pub use outcome::Outcome;
 pub use stats::Stats;
 

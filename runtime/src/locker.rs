@@ -421,6 +421,11 @@ impl LockGuard {
         !self.session.is_dead()
     }
 
+    /// The lock as [`current_lock`](crate::current_lock) shows it.
+    pub(crate) fn state(&self) -> crate::LockState {
+        crate::LockState::new(self.key.clone(), self.session.clone())
+    }
+
     /// Resolves when the session holding the lock ends (the lock is gone).
     pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.session.closed()

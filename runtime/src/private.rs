@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{Error, LockKey, Mode, Outcome};
+use crate::{Error, LockKey, Mode, OnLost, Outcome};
 
 /// What the attribute's options say, as a value.
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +18,8 @@ pub struct Spec {
     pub mode: Mode,
     /// `skip` (the default), `wait`, or `wait = "30s"`.
     pub wait: Wait,
+    /// `on_lost = "abort" | "continue"`, else the registry entry's policy.
+    pub on_lost: Option<OnLost>,
 }
 
 /// Busy behaviour.

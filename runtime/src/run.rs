@@ -3,7 +3,11 @@
 use std::future::Future;
 
 use crate::__private::{Spec, Wait};
-use crate::{Error, LockGuard, LockKey, Outcome};
+use crate::{Error, LockGuard, LockKey, Locker, OnLost, Outcome};
+
+fn policy(spec: &Spec, locker: &Locker) -> OnLost {
+    spec.on_lost.unwrap_or(locker.settings().on_lost)
+}
 
 /// Skip mode: take the lock if free, run `body`, release.
 pub(crate) async fn run_skip<F: Future>(
@@ -13,7 +17,9 @@ pub(crate) async fn run_skip<F: Future>(
 ) -> Result<Outcome<F::Output>, Error> {
     let locker = crate::locker(spec.pool)?;
     match locker.try_lock(key, spec.mode).await? {
-        Some(guard) => hold(guard, body).await.map(Outcome::Ran),
+        Some(guard) => hold(guard, body, policy(&spec, &locker))
+            .await
+            .map(Outcome::Ran),
         None => Ok(Outcome::Skipped),
     }
 }
@@ -30,25 +36,38 @@ pub(crate) async fn run_wait<F: Future>(
         Wait::Forever | Wait::Skip => None,
     };
     let guard = locker.lock(key, spec.mode, timeout).await?;
-    hold(guard, body).await
+    hold(guard, body, policy(&spec, &locker)).await
 }
 
 /// Runs `body` while `guard` holds the lock, then releases it.
 ///
-/// If the lock's session ends while the body runs, the body is dropped at
-/// its next await point and the call returns [`Error::LockLost`]: the server
-/// has freed the lock, so the body must not go on believing it holds it.
-/// If the body panics, the guard's drop releases the lock and the panic goes on.
-async fn hold<F: Future>(guard: LockGuard, body: F) -> Result<F::Output, Error> {
-    let lost = guard.lost();
-    let value = tokio::select! {
-        biased;
-        () = lost => {
-            let e = Error::LockLost { key: guard.key().name().to_owned() };
-            tracing::error!(key = %guard.key().name(), "advisory-locked: lock lost while the body ran; the body was stopped");
-            return Err(e);
+/// If the lock's session ends while the body runs, the policy applies:
+/// [`OnLost::Abort`] drops the body at its next await point and returns
+/// [`Error::LockLost`] (the server has freed the lock, so the body must not
+/// go on believing it holds it); [`OnLost::Continue`] lets it finish (it can
+/// check [`current_lock`](crate::current_lock)). If the body panics, the
+/// guard's drop releases the lock and the panic goes on.
+async fn hold<F: Future>(guard: LockGuard, body: F, policy: OnLost) -> Result<F::Output, Error> {
+    let body = crate::loss::scope(guard.state(), body);
+    let value = match policy {
+        OnLost::Abort => {
+            let lost = guard.lost();
+            tokio::select! {
+                biased;
+                () = lost => {
+                    tracing::error!(key = %guard.key().name(), "advisory-locked: lock lost while the body ran; the body was stopped");
+                    return Err(Error::LockLost { key: guard.key().name().to_owned() });
+                }
+                value = body => value,
+            }
         }
-        value = body => value,
+        OnLost::Continue => {
+            let value = body.await;
+            if !guard.is_held() {
+                tracing::warn!(key = %guard.key().name(), "advisory-locked: lock lost while the body ran; the body was let finish (on_lost = continue)");
+            }
+            value
+        }
     };
     // Released without waiting for the server's answer: the unlock is
     // queued on the lock's session, ahead of any later request for this key.

@@ -232,6 +232,18 @@ impl Session {
     }
 }
 
+/// A plain connection with an entry's settings (the same transport as the
+/// lock sessions), its connection driven by a spawned task: for one-off
+/// probes at configuration time. Dropping the client closes it.
+#[allow(dead_code)]
+pub(crate) async fn connect_probe(settings: &Settings) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = settings.pg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
 fn unlock_kind(notify: bool) -> Kind {
     if notify {
         Kind::UnlockNotify

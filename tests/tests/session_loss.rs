@@ -190,3 +190,55 @@ async fn a_session_killed_while_idle_is_replaced_transparently() {
         }
     }
 }
+
+#[advisory_locked(key = "{key}", pool = "loss_continue", on_lost = "continue")]
+async fn finishing_body(key: &str, entered: &Notify, go_on: &Notify) -> (bool, bool) {
+    let state = advisory_locked::current_lock().expect("a body has its current lock");
+    assert_eq!(state.key().name(), key);
+    let held_before = state.is_held();
+    entered.notify_one();
+    go_on.notified().await;
+    // The session was killed meanwhile: the body is still running, and sees it.
+    tokio::time::timeout(BOUND, state.lost())
+        .await
+        .expect("the body's lock state never turned lost");
+    (held_before, state.is_held())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_lost_continue_lets_the_body_finish_and_see_the_loss() {
+    LockConfig::from_url(&db_url())
+        .unwrap()
+        .name("loss_continue")
+        .sessions(1)
+        .install()
+        .await
+        .unwrap();
+    let client = raw_connect(&db_url()).await;
+    let key = unique("loss:continue");
+    let (entered, go_on) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let call = {
+        let (key, entered, go_on) = (key.clone(), entered.clone(), go_on.clone());
+        tokio::spawn(async move { finishing_body(&key, &entered, &go_on).await })
+    };
+    tokio::time::timeout(BOUND, entered.notified())
+        .await
+        .expect("the body did not start");
+    let held = wait_until_locked(&client, &[named(&key)], BOUND).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    terminate(&client, held[0].pid).await;
+    go_on.notify_one();
+    let result = tokio::time::timeout(BOUND, call)
+        .await
+        .expect("the body did not finish")
+        .expect("the call panicked");
+    // The body ran to its end and its value came back.
+    match result {
+        Ok(Outcome::Ran((held_before, held_after))) => {
+            assert!(held_before);
+            assert!(!held_after);
+        }
+        other => panic!("expected Ran, got {other:?}"),
+    }
+    assert!(advisory_locked::current_lock().is_none());
+}

@@ -1,0 +1,98 @@
+//! What happens when a held lock is lost, and how a body can tell.
+//!
+//! A lock is only as good as the session that holds it: when the session
+//! ends (server restart, `pg_terminate_backend`, a cut network noticed by the
+//! heartbeat), the server has already freed the lock and another process
+//! may take it. The policy decides what the body does then.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::session::Session;
+use crate::LockKey;
+
+/// What a body does when its lock is lost while it runs; set per registry
+/// entry with [`LockConfig::on_lost`](crate::LockConfig::on_lost) or per
+/// function with `on_lost = "abort"` / `on_lost = "continue"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnLost {
+    /// The default: the body's future is dropped at its next await point and
+    /// the call returns [`Error::LockLost`](crate::Error::LockLost). Nothing
+    /// the body does after the loss is known can overlap another holder's
+    /// body, except the synchronous code it runs before that await.
+    #[default]
+    Abort,
+    /// The body keeps running; it can check [`current_lock`] (or its
+    /// guard) to see whether the lock still stands, and the call returns the
+    /// body's result. For bodies that must not stop half-way and can check
+    /// or fence their own effects.
+    Continue,
+}
+
+/// The lock a body runs under, as seen from inside the body.
+///
+/// ```no_run
+/// use advisory_locked::advisory_locked;
+///
+/// #[advisory_locked(key = "export", on_lost = "continue")]
+/// async fn export() {
+///     for batch in 0..100 {
+///         let still_mine = advisory_locked::current_lock().is_some_and(|l| l.is_held());
+///         if !still_mine {
+///             break; // another instance may be exporting now
+///         }
+///         // ... write batch ...
+///         # let _ = batch;
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct LockState {
+    key: LockKey,
+    session: Arc<Session>,
+}
+
+impl std::fmt::Debug for LockState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockState")
+            .field("key", &self.key)
+            .field("held", &self.is_held())
+            .finish()
+    }
+}
+
+impl LockState {
+    pub(crate) fn new(key: LockKey, session: Arc<Session>) -> LockState {
+        LockState { key, session }
+    }
+
+    /// The key held.
+    pub fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    /// False once the session holding the lock is known to have ended.
+    pub fn is_held(&self) -> bool {
+        !self.session.is_dead()
+    }
+
+    /// Resolves when the lock is lost.
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.session.closed()
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: LockState;
+}
+
+/// The lock of the `#[advisory_locked]` body running in this task, if any
+/// (inner-most when bodies nest). Not inherited by tasks the body spawns.
+pub fn current_lock() -> Option<LockState> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `body` with `state` as its [`current_lock`].
+pub(crate) fn scope<F: Future>(state: LockState, body: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(state, body)
+}
