@@ -89,6 +89,19 @@ pub enum Error {
         source: std::sync::Arc<tokio_postgres::Error>,
     },
 
+    /// The server could not be reached a moment ago: until the next
+    /// reconnect attempt is due (backoff 50 ms doubling to 5 s, with
+    /// jitter), calls fail at once with this instead of waiting.
+    #[error("advisory-locked: {target} is unavailable (next attempt in {retry_in:?}): {cause}")]
+    Unavailable {
+        /// `host:port/dbname` of the server, without any password.
+        target: String,
+        /// When the next connect attempt is due.
+        retry_in: Duration,
+        /// The last connect error, as text.
+        cause: String,
+    },
+
     /// The lock session ended before the server answered a request, twice
     /// in a row (the first time, the request is retried on a fresh session).
     #[error("advisory-locked: the lock session ended before the server answered for {key:?}")]
@@ -110,6 +123,7 @@ impl Error {
                 | Error::LockLost { .. }
                 | Error::Query { .. }
                 | Error::SessionEnded { .. }
+                | Error::Unavailable { .. }
         )
     }
 }

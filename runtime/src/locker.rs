@@ -8,7 +8,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::Settings;
 use crate::dispatch::{Answer, RequestError};
-use crate::session::{backoff, Session};
+use crate::session::{backoff, jitter, Session};
 use crate::stats::{Counters, Stats};
 use crate::table::{Begin, Table};
 use crate::wakeup::Waiters;
@@ -86,6 +86,7 @@ impl Locker {
             .map(|i| Slot {
                 current: std::sync::Mutex::new((i == 0).then(|| first.clone())),
                 connecting: AsyncMutex::new(()),
+                outage: std::sync::Mutex::new(None),
             })
             .collect();
         Ok(Locker {
@@ -120,22 +121,37 @@ impl Locker {
         if let Some(s) = slot.live() {
             return Ok(s);
         }
-        // One connect at a time per slot; who waited here finds it done.
+        // One connect at a time per slot; who waited here finds it done (or
+        // failed, below).
         let _connecting = slot.connecting.lock().await;
         if let Some(s) = slot.live() {
             return Ok(s);
         }
+        // During an outage, fail fast until the next attempt is due.
+        if let Some(e) = slot.backing_off(&self.inner.settings) {
+            return Err(e);
+        }
         if let Some(dead) = slot.take() {
             tracing::info!(pool = %self.name(), session = dead.id(), "advisory-locked: replacing a dead lock session");
         }
-        let fresh = Session::connect(
+        match Session::connect(
             &self.inner.settings,
             &self.inner.counters,
             &self.inner.waiters,
         )
-        .await?;
-        slot.set(fresh.clone());
-        Ok(fresh)
+        .await
+        {
+            Ok(fresh) => {
+                slot.set(fresh.clone());
+                Ok(fresh)
+            }
+            Err(e) => {
+                let retry_in = slot.failed(&e);
+                tracing::warn!(pool = %self.name(), error = %e, retry_in_ms = retry_in.as_millis() as u64,
+                    "advisory-locked: cannot open a lock session; failing fast until the next attempt");
+                Err(e)
+            }
+        }
     }
 
     /// Takes the lock if it is free; `Ok(None)` if it is busy, here or in
@@ -328,7 +344,19 @@ impl Locker {
 struct Slot {
     current: std::sync::Mutex<Option<Arc<Session>>>,
     connecting: AsyncMutex<()>,
+    /// The last failed connect: calls fail fast until the next attempt.
+    outage: std::sync::Mutex<Option<Outage>>,
 }
+
+/// Reconnect backoff: 50 ms doubling to 5 s, each with jitter (50-100 %).
+struct Outage {
+    attempts: u32,
+    next_attempt: Instant,
+    cause: String,
+}
+
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 impl Slot {
     fn guard(&self) -> std::sync::MutexGuard<'_, Option<Arc<Session>>> {
@@ -345,6 +373,40 @@ impl Slot {
 
     fn set(&self, session: Arc<Session>) {
         *self.guard() = Some(session);
+        *self.outage() = None;
+    }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        self.outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Error::Unavailable` while the last connect failed and the next
+    /// attempt is not yet due.
+    fn backing_off(&self, settings: &Settings) -> Option<Error> {
+        let outage = self.outage();
+        let o = outage.as_ref()?;
+        let now = Instant::now();
+        (now < o.next_attempt).then(|| Error::Unavailable {
+            target: settings.target(),
+            retry_in: o.next_attempt - now,
+            cause: o.cause.clone(),
+        })
+    }
+
+    /// Records a failed connect; returns the wait before the next attempt.
+    fn failed(&self, e: &Error) -> Duration {
+        let mut outage = self.outage();
+        let attempts = outage.as_ref().map_or(0, |o| o.attempts) + 1;
+        let full = RECONNECT_FIRST
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(RECONNECT_MAX);
+        let wait = full / 2 + jitter(full / 2);
+        *outage = Some(Outage {
+            attempts,
+            next_attempt: Instant::now() + wait,
+            cause: e.to_string(),
+        });
+        wait
     }
 }
 

@@ -337,10 +337,15 @@ pub(crate) fn on_message(
 /// another process: doubling from 2 ms to 250 ms, with jitter.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = 2u64.saturating_mul(1 << attempt.min(7)).min(250);
-    Duration::from_micros(base * 1000 / 2 + jitter(base * 1000 / 2))
+    Duration::from_micros(base * 1000 / 2 + jitter_micros(base * 1000 / 2))
 }
 
-fn jitter(max: u64) -> u64 {
+/// A random duration in `0..max` (cheap, not cryptographic).
+pub(crate) fn jitter(max: Duration) -> Duration {
+    Duration::from_micros(jitter_micros(max.as_micros() as u64))
+}
+
+fn jitter_micros(max: u64) -> u64 {
     use std::cell::Cell;
     thread_local!(static STATE: Cell<u64> = const { Cell::new(0) });
     STATE.with(|s| {
