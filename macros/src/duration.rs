@@ -162,7 +162,7 @@ pub fn parse_millis(text: &str) -> Result<u64, DurationError> {
             }
             let scale = 10u128.pow(frac.len() as u32);
             let numerator = digits_value(frac).expect("at most 6 digits") * factor;
-            if numerator % scale != 0 {
+            if !numerator.is_multiple_of(scale) {
                 return Err(DurationError::SubMillisecond { part });
             }
             numerator / scale

@@ -31,6 +31,9 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) loss_detection: Duration,
     pub(crate) on_lost: crate::OnLost,
+    /// The TLS connector of [`LockConfig::tls_config`], if any.
+    #[cfg(feature = "tls-rustls")]
+    pub(crate) tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl Settings {
@@ -51,6 +54,18 @@ impl Settings {
             .unwrap_or("postgres");
         format!("{host}:{port}/{db}")
     }
+
+    /// True if a TLS connector is configured.
+    #[cfg(feature = "tls-rustls")]
+    pub(crate) fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// True if a TLS connector is configured.
+    #[cfg(not(feature = "tls-rustls"))]
+    pub(crate) fn has_tls(&self) -> bool {
+        false
+    }
 }
 
 impl std::fmt::Debug for Settings {
@@ -62,6 +77,7 @@ impl std::fmt::Debug for Settings {
             .field("connect_timeout", &self.connect_timeout)
             .field("loss_detection", &self.loss_detection)
             .field("on_lost", &self.on_lost)
+            .field("tls", &self.has_tls())
             .finish()
     }
 }
@@ -107,6 +123,8 @@ impl LockConfig {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 loss_detection: DEFAULT_LOSS_DETECTION,
                 on_lost: crate::OnLost::Abort,
+                #[cfg(feature = "tls-rustls")]
+                tls: None,
             },
         }
     }
@@ -176,6 +194,71 @@ impl LockConfig {
         self
     }
 
+    /// Connects the lock sessions with TLS, trusting the certificates in
+    /// `pem`: one or more PEM `CERTIFICATE` blocks, each a certificate
+    /// authority or a self-signed server certificate. The server's
+    /// certificate must be issued for the host name (or IP address) of the
+    /// URL. Uses rustls with the `ring` crypto provider, TLS 1.2 and 1.3.
+    /// Replaces an earlier TLS configuration. (Feature `tls-rustls`.)
+    ///
+    /// The URL's `sslmode` applies: `prefer` (the default) uses TLS when the
+    /// server offers it and a plain connection when it does not, `require`
+    /// refuses a plain connection, `disable` never uses TLS. A certificate
+    /// that can't be verified fails the connection in every mode.
+    ///
+    /// PEM without a certificate, or one that can't be parsed, is
+    /// [`Error::InvalidConfig`].
+    ///
+    /// ```no_run
+    /// use advisory_locked::LockConfig;
+    ///
+    /// # async fn setup() -> Result<(), advisory_locked::Error> {
+    /// let ca = std::fs::read("/etc/ssl/db-ca.pem").expect("CA certificate");
+    /// LockConfig::from_url("postgres://app@db.internal/app?sslmode=require")?
+    ///     .tls_root_certificates_pem(&ca)?
+    ///     .install()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls-rustls")]
+    pub fn tls_root_certificates_pem(self, pem: &[u8]) -> Result<Self, Error> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let invalid = |reason: String| Error::InvalidConfig { reason };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert =
+                cert.map_err(|e| invalid(format!("cannot read the PEM certificates: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| invalid(format!("unusable root certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid(
+                "no certificate (-----BEGIN CERTIFICATE-----) in the PEM given to tls_root_certificates_pem"
+                    .to_owned(),
+            ));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(format!("TLS configuration: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(self.tls_config(config))
+    }
+
+    /// Connects the lock sessions with TLS, with this rustls client
+    /// configuration (its roots, client certificate, crypto provider, ...).
+    /// The URL's `sslmode` applies as with
+    /// [`tls_root_certificates_pem`](Self::tls_root_certificates_pem).
+    /// Replaces an earlier TLS configuration. (Feature `tls-rustls`; the
+    /// `rustls` crate is re-exported as `advisory_locked::rustls`.)
+    #[cfg(feature = "tls-rustls")]
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.settings.tls = Some(tokio_postgres_rustls::MakeRustlsConnect::new(config));
+        self
+    }
+
     fn validate(&self) -> Result<(), Error> {
         let invalid = |reason: &str| {
             Err(Error::InvalidConfig {
@@ -193,6 +276,14 @@ impl LockConfig {
         }
         if self.settings.loss_detection < Duration::from_millis(20) {
             return invalid("loss_detection must be at least 20 ms");
+        }
+        if self.settings.pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require
+            && !self.settings.has_tls()
+        {
+            #[cfg(feature = "tls-rustls")]
+            return invalid("sslmode=require, but no TLS is configured: call LockConfig::tls_root_certificates_pem or LockConfig::tls_config");
+            #[cfg(not(feature = "tls-rustls"))]
+            return invalid("sslmode=require needs TLS: enable the tls-rustls feature of advisory-locked and call LockConfig::tls_root_certificates_pem or LockConfig::tls_config");
         }
         Ok(())
     }

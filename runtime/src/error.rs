@@ -60,6 +60,17 @@ pub enum Error {
         target: String,
     },
 
+    /// The connection goes through a proxy that hands one server session to
+    /// several clients (pgbouncer in `pool_mode = transaction` or
+    /// `statement`, and the like): session advisory locks would be granted
+    /// to two holders at once and could stay held after their holder is
+    /// gone, so it is refused (see the README's guarantees).
+    #[error("advisory-locked: {target} hands one server session to several clients (a transaction-pooling proxy such as pgbouncer in pool_mode = transaction): session advisory locks would not exclude anything there; connect the lock registry directly to PostgreSQL, or through a pooler in session mode")]
+    TransactionPooler {
+        /// `host:port/dbname` of the proxy, without any password.
+        target: String,
+    },
+
     /// A wait-mode call did not get the lock within its timeout.
     #[error("advisory-locked: gave up waiting for lock {key:?} after {waited:?}")]
     WaitTimeout {

@@ -44,6 +44,7 @@ mod key;
 mod locker;
 mod loss;
 mod outcome;
+mod proxy;
 mod run;
 mod session;
 mod stats;
@@ -68,6 +69,11 @@ pub use locker::{LockGuard, Locker, Mode};
 pub use loss::{current_lock, LockState, OnLost};
 pub use outcome::Outcome;
 pub use stats::Stats;
+
+/// The `rustls` crate that [`LockConfig::tls_config`] takes a configuration
+/// of (feature `tls-rustls`).
+#[cfg(feature = "tls-rustls")]
+pub use rustls;
 
 /// The README's code blocks, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -82,6 +82,7 @@ impl Locker {
         let counters = Arc::new(Counters::default());
         let waiters = Arc::new(Waiters::default());
         let first = Session::connect(&settings, &counters, &waiters).await?;
+        crate::proxy::refuse_transaction_pooling(&settings, first.backend_pid).await?;
         let slots = (0..settings.sessions)
             .map(|i| Slot {
                 current: std::sync::Mutex::new((i == 0).then(|| first.clone())),

@@ -97,7 +97,47 @@ impl Session {
             target: target.to_owned(),
             source,
         };
-        let (client, mut connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
+        #[cfg(feature = "tls-rustls")]
+        if let Some(tls) = &settings.tls {
+            let (client, connection) = settings
+                .pg
+                .connect(tls.clone())
+                .await
+                .map_err(connect_err)?;
+            return Self::set_up(settings, counters, waiters, target, client, connection).await;
+        }
+        let (client, connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
+        Self::set_up(settings, counters, waiters, target, client, connection).await
+    }
+
+    /// The rest of [`Session::connect`], for a connection of any transport.
+    async fn set_up<S, T>(
+        settings: &Settings,
+        counters: &Arc<Counters>,
+        waiters: &Arc<Waiters>,
+        target: &str,
+        client: Client,
+        mut connection: Connection<S, T>,
+    ) -> Result<Arc<Session>, Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // A statement prepared a moment ago on this fresh connection that
+        // the server no longer knows: a pooler moved the connection to
+        // another server session (see [`crate::proxy`]).
+        let connect_err = |source: tokio_postgres::Error| {
+            if source.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) {
+                tracing::error!(pool = %settings.name, target = %target, error = %crate::error::cause(&source), "advisory-locked: a prepared statement vanished while the session was set up: a transaction-pooling proxy; refused");
+                return Error::TransactionPooler {
+                    target: target.to_owned(),
+                };
+            }
+            Error::Connect {
+                target: target.to_owned(),
+                source,
+            }
+        };
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
 
         // Set-up, all pipelined, with the connection driven alongside.
@@ -233,10 +273,17 @@ impl Session {
 }
 
 /// A plain connection with an entry's settings (the same transport as the
-/// lock sessions), its connection driven by a spawned task: for one-off
-/// probes at configuration time. Dropping the client closes it.
-#[allow(dead_code)]
+/// lock sessions, TLS included), its connection driven by a spawned task:
+/// for one-off probes at configuration time. Dropping the client closes it.
 pub(crate) async fn connect_probe(settings: &Settings) -> Result<Client, tokio_postgres::Error> {
+    #[cfg(feature = "tls-rustls")]
+    if let Some(tls) = &settings.tls {
+        let (client, connection) = settings.pg.connect(tls.clone()).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(client);
+    }
     let (client, connection) = settings.pg.connect(NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;

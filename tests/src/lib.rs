@@ -645,3 +645,528 @@ pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     .await;
     out.into_iter().map(|o| o.unwrap()).collect()
 }
+
+// ---------------------------------------------------------------------------
+// Fault-injection helpers (tests/tests/faults_*.rs)
+// ---------------------------------------------------------------------------
+
+/// Microseconds since the Unix epoch on this host's clock: comparable across
+/// the processes of one machine (and with the server's `clock_timestamp()`).
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// `pg_terminate_backend(pid)`; true if a backend of that pid was signalled.
+pub async fn terminate_backend(client: &Client, pid: i32) -> bool {
+    client
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("pg_terminate_backend failed")
+        .get(0)
+}
+
+/// The server pids of the client backends connected with `application_name` = `app`.
+pub async fn backends_named(client: &Client, app: &str) -> Vec<i32> {
+    client
+        .query(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE application_name = $1 AND backend_type = 'client backend' ORDER BY pid",
+            &[&app],
+        )
+        .await
+        .expect("pg_stat_activity query failed")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A connection URL for database `db` of the test server (`db_url()` with
+/// its database name replaced).
+pub fn db_url_for_database(db: &str) -> String {
+    let url = db_url();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b.to_owned(), format!("?{q}")),
+        None => (url.clone(), String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(i) => base[..scheme_end + i].to_owned(),
+        None => base,
+    };
+    format!("{base}/{db}{query}")
+}
+
+impl ThrowawayServer {
+    /// Like [`ThrowawayServer::start`], with extra server settings on the
+    /// command line (they override the defaults), e.g.
+    /// `&["max_locks_per_transaction=10", "max_connections=10"]`. Kept for
+    /// [`ThrowawayServer::start_again`].
+    pub fn start_with(settings: &[&str]) -> ThrowawayServer {
+        let mut server = Self::empty("faults");
+        let data = server.data.display().to_string();
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        );
+        let extra: String = settings.iter().map(|s| format!(" -c {s}")).collect();
+        std::fs::write(server.dir.join("extra-settings"), &extra)
+            .expect("cannot write the extra settings");
+        server.launch_with_extra();
+        server
+    }
+
+    /// Stops the server (`pg_ctl stop -m <mode>`: `smart`, `fast` or
+    /// `immediate`) and waits until it is down. Blocking.
+    pub fn stop(&mut self, mode: &str) {
+        let data = self.data.display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", mode, "-w", "-t", "30", "stop"]);
+        self.running = false;
+    }
+
+    /// Starts a stopped server again, same data, port and settings, and
+    /// waits until it accepts TCP connections. Blocking.
+    pub fn start_again(&mut self) {
+        assert!(!self.running, "the server is running");
+        self.launch_with_extra();
+    }
+
+    fn launch_with_extra(&mut self) {
+        let extra = std::fs::read_to_string(self.dir.join("extra-settings")).unwrap_or_default();
+        let data = self.data.display().to_string();
+        let log = self.dir.join("server.log").display().to_string();
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40 -c shared_buffers=16MB{extra}",
+            self.port,
+            self.dir.display()
+        );
+        let timeout = START_LIMIT.as_secs().to_string();
+        self.running = true;
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", &timeout, "start",
+            ],
+        );
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < START_LIMIT,
+                "server did not listen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS and proxy helpers (tests/tests/tls.rs, tests/tests/pgbouncer.rs)
+// ---------------------------------------------------------------------------
+
+/// Runs `exe` with `args` in `dir`; panics with its output if it fails.
+fn run_checked(exe: &str, args: &[&str], dir: &Path) {
+    let out = Command::new(exe)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {exe} (is it installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "{exe} {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A temporary directory that the server's user can read (owned by
+/// `postgres` when this process is root), deleted on drop.
+#[derive(Debug)]
+pub struct ServerReadableDir {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl ServerReadableDir {
+    /// Creates `{temp}/{prefix}-{pid}-{n}`.
+    pub fn create(prefix: &str) -> ServerReadableDir {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path).expect("cannot create a temp dir");
+        ServerReadableDir { path }
+    }
+
+    /// Gives everything in it to `postgres` (when root); a no-op otherwise.
+    pub fn hand_over(&self) {
+        if is_root() {
+            run_checked(
+                "chown",
+                &["-R", "postgres:postgres", &self.path.display().to_string()],
+                &self.path,
+            );
+        }
+    }
+}
+
+impl Drop for ServerReadableDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Certificates made for one test with the `openssl` command line (P-256
+/// keys, valid for two days), in a directory the server can read, private
+/// keys mode 0600:
+///
+/// - `ca.crt`: a throwaway certificate authority, which signed
+/// - `server.crt` / `server.key`: a server certificate for `127.0.0.1` and `localhost`;
+/// - `self.crt` / `self.key`: a self-signed server certificate (not a CA) for the same names;
+/// - `other-ca.crt`: another authority, which signed nothing here.
+#[derive(Debug)]
+pub struct TestCertificates {
+    dir: ServerReadableDir,
+}
+
+/// The extensions of a server certificate, and the `openssl req` settings
+/// that make a self-signed one.
+const LEAF_CNF: &str = "[req]\n\
+distinguished_name = dn\n\
+x509_extensions = leaf\n\
+prompt = no\n\
+[dn]\n\
+CN = 127.0.0.1\n\
+[leaf]\n\
+subjectAltName = IP:127.0.0.1,DNS:localhost\n\
+basicConstraints = critical,CA:FALSE\n\
+keyUsage = critical,digitalSignature\n\
+extendedKeyUsage = serverAuth\n";
+
+impl TestCertificates {
+    /// Makes them; panics if `openssl` is missing or fails.
+    pub fn make() -> TestCertificates {
+        let dir = ServerReadableDir::create("advisory-locked-certs");
+        let d = &dir.path;
+        std::fs::write(d.join("leaf.cnf"), LEAF_CNF).expect("cannot write leaf.cnf");
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for (name, cn) in [
+            ("ca", "advisory-locked test CA"),
+            ("other-ca", "another CA"),
+        ] {
+            let (keyout, out, subj) = (
+                format!("{name}.key"),
+                format!("{name}.crt"),
+                format!("/CN={cn}"),
+            );
+            let mut args = vec!["req", "-x509"];
+            args.extend(key);
+            args.extend([
+                "-keyout", &keyout, "-out", &out, "-days", "2", "-subj", &subj,
+            ]);
+            run_checked("openssl", &args, d);
+        }
+        let mut args = vec!["req", "-new"];
+        args.extend(key);
+        args.extend([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        run_checked("openssl", &args, d);
+        run_checked(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "leaf.cnf",
+                "-extensions",
+                "leaf",
+            ],
+            d,
+        );
+        let mut args = vec!["req", "-x509", "-config", "leaf.cnf"];
+        args.extend(key);
+        args.extend(["-keyout", "self.key", "-out", "self.crt", "-days", "2"]);
+        run_checked("openssl", &args, d);
+        for k in ["ca.key", "other-ca.key", "server.key", "self.key"] {
+            run_checked("chmod", &["600", k], d);
+        }
+        dir.hand_over();
+        TestCertificates { dir }
+    }
+
+    /// The path of one of the files (`"server.crt"`, `"server.key"`, ...).
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path.join(file)
+    }
+
+    /// The PEM text of one of the files.
+    pub fn pem(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.path(file)).unwrap_or_else(|e| panic!("cannot read {file}: {e}"))
+    }
+}
+
+/// A PostgreSQL server (a [`ThrowawayServer`]) that accepts only TLS on TCP:
+/// `ssl = on` with `cert` / `key` of `certs` (e.g. `"server.crt"`,
+/// `"server.key"`), and a `pg_hba.conf` of its own: trust over TLS from
+/// 127.0.0.1, reject without TLS, trust on its unix socket.
+#[derive(Debug)]
+pub struct TlsServer {
+    /// The server (its unix socket is in the parent of its data directory).
+    pub server: ThrowawayServer,
+    _hba: ServerReadableDir,
+}
+
+impl TlsServer {
+    /// Starts it; panics with the server's log if that fails.
+    pub fn start(certs: &TestCertificates, cert: &str, key: &str) -> TlsServer {
+        let hba = ServerReadableDir::create("advisory-locked-hba");
+        std::fs::write(
+            hba.path.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .expect("cannot write pg_hba.conf");
+        hba.hand_over();
+        let settings = [
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", certs.path(cert).display()),
+            format!("ssl_key_file={}", certs.path(key).display()),
+            format!("hba_file={}", hba.path.join("pg_hba.conf").display()),
+        ];
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        let server = ThrowawayServer::start_with(&settings);
+        TlsServer { server, _hba: hba }
+    }
+
+    /// A URL for database `postgres` as `postgres` over TCP, with `params`
+    /// (e.g. `"sslmode=require"`, or `""`).
+    pub fn url(&self, params: &str) -> String {
+        let url = self.server.url("postgres");
+        if params.is_empty() {
+            url
+        } else {
+            format!("{url}?{params}")
+        }
+    }
+
+    /// A plain connection over the server's unix socket (no TLS needed).
+    pub async fn local_client(&self) -> Client {
+        let socket_dir = self
+            .server
+            .data_dir()
+            .parent()
+            .expect("the data dir has a parent")
+            .display()
+            .to_string();
+        raw_connect(&format!(
+            "host={socket_dir} port={} user=postgres dbname=postgres",
+            self.server.port()
+        ))
+        .await
+    }
+}
+
+/// A real pgbouncer (the Debian package's `/usr/sbin/pgbouncer`, or
+/// `PGBOUNCER`) in front of the test server ([`db_url`]), on a free port of
+/// 127.0.0.1, with `auth_type = trust`; killed on drop. Started as
+/// `postgres` through `runuser` when this process is root (pgbouncer refuses
+/// to run as root).
+#[derive(Debug)]
+pub struct Pgbouncer {
+    dir: ServerReadableDir,
+    port: u16,
+    db: String,
+    user: String,
+}
+
+impl Pgbouncer {
+    /// Starts one whose `[pgbouncer]` section ends with `settings` (e.g.
+    /// `"pool_mode = transaction"`, `"default_pool_size = 1"`), and waits
+    /// (at most 20 s) until it listens. Panics with its log if it does not.
+    pub fn start(settings: &[&str]) -> Pgbouncer {
+        use tokio_postgres::config::Host;
+        let backend: tokio_postgres::Config = db_url().parse().expect("DATABASE_URL");
+        let host = match backend.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "127.0.0.1".to_owned(),
+        };
+        let backend_port = backend.get_ports().first().copied().unwrap_or(5432);
+        let user = backend.get_user().unwrap_or("postgres").to_owned();
+        let db = backend.get_dbname().unwrap_or(&user).to_owned();
+        let password = match backend.get_password() {
+            Some(p) => format!(
+                " password='{}'",
+                String::from_utf8_lossy(p).replace('\'', "\\'")
+            ),
+            None => String::new(),
+        };
+        let dir = ServerReadableDir::create("advisory-locked-pgbouncer");
+        let d = dir.path.display();
+        let port = free_port();
+        let ini = format!(
+            "[databases]\n\
+             {db} = host={host} port={backend_port} dbname={db} user={user}{password}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {d}/userlist.txt\n\
+             logfile = {d}/pgbouncer.log\n\
+             pidfile = {d}/pgbouncer.pid\n\
+             max_client_conn = 200\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             {}\n",
+            settings.join("\n")
+        );
+        std::fs::write(dir.path.join("pgbouncer.ini"), ini).expect("cannot write pgbouncer.ini");
+        std::fs::write(dir.path.join("userlist.txt"), format!("\"{user}\" \"\"\n"))
+            .expect("cannot write userlist.txt");
+        run_checked("chmod", &["600", "pgbouncer.ini"], &dir.path);
+        dir.hand_over();
+        let exe = std::env::var("PGBOUNCER").unwrap_or_else(|_| {
+            if Path::new("/usr/sbin/pgbouncer").exists() {
+                "/usr/sbin/pgbouncer".to_owned()
+            } else {
+                "pgbouncer".to_owned()
+            }
+        });
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", &exe]);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        // Daemonized (-d): the command returns once it has forked; its own
+        // messages go to the log file. Its output goes to a file, so that
+        // the daemon holds no pipe of ours.
+        let stderr = std::fs::File::create(dir.path.join("start.err")).expect("start.err");
+        let status = cmd
+            .arg("-d")
+            .arg(dir.path.join("pgbouncer.ini"))
+            .current_dir(&dir.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {exe} (install pgbouncer; .ci/run does): {e}"));
+        let bouncer = Pgbouncer {
+            dir,
+            port,
+            db,
+            user,
+        };
+        assert!(
+            status.success(),
+            "pgbouncer failed to start ({status}):\n{}",
+            bouncer.log()
+        );
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "pgbouncer did not listen:\n{}",
+                bouncer.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bouncer
+    }
+
+    /// A connection URL through the proxy (no password: `auth_type = trust`).
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            self.user, self.port, self.db
+        )
+    }
+
+    /// Its log and start-up errors so far (for failure messages).
+    pub fn log(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path.join(f)).unwrap_or_default();
+        format!("{}{}", read("start.err"), read("pgbouncer.log"))
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        // SIGKILL: immediate in every version; the backends it held see
+        // their sockets close and end, freeing their locks.
+        let pid = std::fs::read_to_string(self.dir.path.join("pgbouncer.pid")).unwrap_or_default();
+        let pid = pid.trim();
+        if !pid.is_empty() {
+            let _ = Command::new("kill")
+                .args(["-KILL", pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            // Gone, or a zombie (a daemon's parent may never reap it).
+            let stat = Path::new("/proc").join(pid).join("stat");
+            let alive = || {
+                std::fs::read_to_string(&stat)
+                    .map(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .map(str::trim_start)
+                            .is_some_and(|s| !s.starts_with('Z'))
+                    })
+                    .unwrap_or(false)
+            };
+            let start = Instant::now();
+            while alive() && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// The next line of a child's output, at most `limit` away; panics (failing
+/// the test) naming `what` if it does not come.
+pub async fn next_line<R>(lines: &mut tokio::io::Lines<R>, what: &str, limit: Duration) -> String
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    tokio::time::timeout(limit, lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("the worker did not say {what:?} within {limit:?}"))
+        .expect("worker output")
+        .unwrap_or_else(|| panic!("the worker ended before saying {what:?}"))
+}

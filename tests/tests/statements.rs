@@ -33,7 +33,7 @@ fn keys(n: usize, tag: &str) -> Vec<LockKey> {
 }
 
 fn mode_of(i: usize) -> Mode {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         Mode::Shared
     } else {
         Mode::Exclusive
