@@ -37,6 +37,7 @@
 // that path work inside this crate too (its unit tests).
 extern crate self as advisory_locked;
 
+mod backoff;
 mod config;
 mod dispatch;
 mod error;

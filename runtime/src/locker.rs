@@ -8,7 +8,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::Settings;
 use crate::dispatch::{Answer, RequestError};
-use crate::session::{backoff, jitter, Session};
+use crate::session::Session;
 use crate::stats::{Counters, Stats};
 use crate::table::{Begin, Table};
 use crate::wakeup::Waiters;
@@ -219,7 +219,7 @@ impl Locker {
                         }
                         return Ok(guard);
                     }
-                    let pause = tokio::time::Instant::now() + backoff(attempt);
+                    let pause = tokio::time::Instant::now() + crate::backoff::retry_busy(attempt);
                     attempt += 1;
                     let until = match deadline {
                         Some(d) if d <= pause => d,
@@ -349,15 +349,12 @@ struct Slot {
     outage: std::sync::Mutex<Option<Outage>>,
 }
 
-/// Reconnect backoff: 50 ms doubling to 5 s, each with jitter (50-100 %).
+/// A slot's failed connects in a row (see [`crate::backoff::reconnect`]).
 struct Outage {
     attempts: u32,
     next_attempt: Instant,
     cause: String,
 }
-
-const RECONNECT_FIRST: Duration = Duration::from_millis(50);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 impl Slot {
     fn guard(&self) -> std::sync::MutexGuard<'_, Option<Arc<Session>>> {
@@ -398,10 +395,7 @@ impl Slot {
     fn failed(&self, e: &Error) -> Duration {
         let mut outage = self.outage();
         let attempts = outage.as_ref().map_or(0, |o| o.attempts) + 1;
-        let full = RECONNECT_FIRST
-            .saturating_mul(1 << (attempts - 1).min(16))
-            .min(RECONNECT_MAX);
-        let wait = full / 2 + jitter(full / 2);
+        let wait = crate::backoff::reconnect(attempts);
         *outage = Some(Outage {
             attempts,
             next_attempt: Instant::now() + wait,

@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -378,40 +377,4 @@ pub(crate) fn on_message(
         Some(Err(e)) => Some(Some(e)),
         None => Some(None),
     }
-}
-
-/// How long [`crate::Locker::lock`] sleeps between tries on a key held by
-/// another process: doubling from 2 ms to 250 ms, with jitter.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let base = 2u64.saturating_mul(1 << attempt.min(7)).min(250);
-    Duration::from_micros(base * 1000 / 2 + jitter_micros(base * 1000 / 2))
-}
-
-/// A random duration in `0..max` (cheap, not cryptographic).
-pub(crate) fn jitter(max: Duration) -> Duration {
-    Duration::from_micros(jitter_micros(max.as_micros() as u64))
-}
-
-fn jitter_micros(max: u64) -> u64 {
-    use std::cell::Cell;
-    thread_local!(static STATE: Cell<u64> = const { Cell::new(0) });
-    STATE.with(|s| {
-        let mut x = s.get();
-        if x == 0 {
-            x = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x2545_F491_4F6C_DD1D)
-                | 1;
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        if max == 0 {
-            0
-        } else {
-            x % max
-        }
-    })
 }
