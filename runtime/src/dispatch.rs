@@ -86,6 +86,9 @@ pub(crate) struct Op {
     code: u8,
     key: KeyId,
     reply: Option<oneshot::Sender<Reply>>,
+    /// An unlock sent when it is not known whether the lock was granted:
+    /// "not held" is no error then.
+    tolerant: bool,
 }
 
 /// What a request asks of the server.
@@ -119,7 +122,12 @@ impl Op {
         if matches!(key, KeyId::Pair(..)) {
             code += 2;
         }
-        Op { code, key, reply }
+        Op {
+            code,
+            key,
+            reply,
+            tolerant: false,
+        }
     }
 
     fn is_unlock(&self) -> bool {
@@ -132,6 +140,7 @@ impl Op {
             code: self.code + 4,
             key: self.key,
             reply: None,
+            tolerant: false,
         }
     }
 }
@@ -286,8 +295,12 @@ impl Dispatcher {
         // when the server was last heard from.
         let mut waiting_since: Option<Instant> = None;
         let mut last_heard = Instant::now();
-        let mut tick = tokio::time::interval(liveness.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer, set to whichever is next: the ping of an idle session
+        // (`interval` after it was last heard from), or the moment a waiting
+        // statement has waited `timeout`. So a lost session is noticed within
+        // `interval + timeout` of the last answer, exactly.
+        let timer = tokio::time::sleep_until(last_heard + liveness.interval);
+        tokio::pin!(timer);
         loop {
             if closed && in_flight.is_empty() && backlog.is_empty() {
                 return Ok(());
@@ -295,25 +308,26 @@ impl Dispatcher {
             if waiting_since.is_none() && !in_flight.is_empty() {
                 waiting_since = Some(Instant::now());
             }
+            let due = match waiting_since {
+                Some(since) => since + liveness.timeout,
+                None => last_heard + liveness.interval,
+            };
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
                 biased;
                 () = shared.killer.notified() => return Ok(()),
-                _ = tick.tick() => {
-                    let now = Instant::now();
+                () = &mut timer => {
                     if let Some(since) = waiting_since {
-                        if now.duration_since(since) > liveness.timeout {
-                            tracing::error!(session = shared.id, waited_ms = now.duration_since(since).as_millis() as u64,
-                                "advisory-locked: the server has not answered in time; closing the session, its locks are lost");
-                            shared.kill();
-                            return Ok(());
-                        }
-                    } else if now.duration_since(last_heard) >= liveness.interval {
-                        in_flight.push_back(send(client, statements, shared, Vec::new()));
+                        tracing::error!(session = shared.id, waited_ms = since.elapsed().as_millis() as u64,
+                            "advisory-locked: the server has not answered in time; closing the session, its locks are lost");
+                        shared.kill();
+                        return Ok(());
                     }
+                    // Idle for `interval`: ask the server whether it is there.
+                    in_flight.push_back(send(client, statements, shared, Vec::new()));
                 }
-                // Answers first, then the connection: a statement pushed in
-                // the last turn is polled (queued on the client) here and
-                // written to the socket just below, in the same turn.
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     last_heard = Instant::now();
                     waiting_since = (!in_flight.is_empty()).then_some(last_heard);
@@ -430,7 +444,7 @@ fn finish(
                 let answer = if op.is_unlock() {
                     if yes {
                         Counters::add(&shared.counters.released, 1);
-                    } else {
+                    } else if !op.tolerant {
                         tracing::error!(session = shared.id, key = %op.key,
                             "advisory-locked: BROKEN INVARIANT: the server says this session did not hold the lock it was releasing; closing the session");
                         shared.kill();
@@ -472,16 +486,29 @@ fn finish(
             fail(batch, RequestError::Ended);
         }
         Err(e) => {
-            let single_lock = batch.len() == 1 && !batch[0].is_unlock();
-            if !single_lock && !shared.is_dead() {
-                // Session locks ignore transactions: a failed statement may
-                // have taken or released some of its locks. Only closing the
-                // session makes the server's state known again (nothing held).
-                tracing::error!(session = shared.id, requests = batch.len(), error = %e,
-                    "advisory-locked: a lock statement failed; closing the session so that the server frees its locks");
-                shared.kill();
+            let ended = crate::session::ends_session(&e);
+            match batch.as_slice() {
+                _ if ended || shared.is_dead() => {}
+                // One try-lock failed (a cancel, a server-set statement
+                // timeout, out of lock memory): it may have been granted
+                // before the error (session locks ignore the rollback). An
+                // unlock queued now, before the caller hears of the error,
+                // gives it back if so; "not held" is fine. Anything of this
+                // process for that key comes after it on this session.
+                [op] if !op.is_unlock() => backlog.push(Op {
+                    tolerant: true,
+                    ..op.undo()
+                }),
+                // Several requests, or an unlock: which of them took effect
+                // is unknown. Only closing the session makes the server's
+                // state known again (nothing held).
+                _ => {
+                    tracing::error!(session = shared.id, requests = batch.len(), error = %e,
+                        "advisory-locked: a lock statement failed; closing the session so that the server frees its locks");
+                    shared.kill();
+                }
             }
-            let e = if crate::session::ends_session(&e) {
+            let e = if ended {
                 shared.kill();
                 RequestError::Ended
             } else {

@@ -496,7 +496,13 @@ impl LockGuard {
     /// whatever it held) and this is [`Error::LockLost`] too.
     pub async fn release(mut self) -> Result<(), Error> {
         self.done = true;
-        let Some(session) = self.locker.inner.table.release(self.key.id()) else {
+        // Queued under the table's lock, as in drop.
+        let (id, mode, notify) = (self.key.id(), self.mode, self.notify);
+        let mut answer = None;
+        let released = self.locker.inner.table.release_with(id, |session| {
+            answer = Some(session.unlock(id, mode, notify));
+        });
+        let (Some(_session), Some(answer)) = (released, answer) else {
             // Other holders of a shared lock in this process keep it.
             return if self.is_held() {
                 Ok(())
@@ -506,7 +512,7 @@ impl LockGuard {
         };
         // The dispatcher logs and closes the session on a false or failed
         // unlock; here it only decides the answer.
-        match session.unlock(self.key.id(), self.mode, self.notify).await {
+        match answer.await {
             Ok(Answer::Unlocked(true)) => {
                 tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
                 Ok(())
@@ -527,7 +533,14 @@ impl Drop for LockGuard {
         if self.done {
             return;
         }
-        let Some(session) = self.locker.inner.table.release(self.key.id()) else {
+        // The unlock is queued under the table's lock (see release_with).
+        let (id, mode, notify) = (self.key.id(), self.mode, self.notify);
+        let Some(session) = self
+            .locker
+            .inner
+            .table
+            .release_with(id, |session| session.unlock_later(id, mode, notify))
+        else {
             return;
         };
         if session.is_dead() {
@@ -539,7 +552,6 @@ impl Drop for LockGuard {
         // next statement) and checks the answer. Requests for one key always
         // go through one session, in order, so a new lock of this key from
         // this process can't overtake it to another session.
-        session.unlock_later(self.key.id(), self.mode, self.notify);
         tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
     }
 }

@@ -17,6 +17,12 @@ use crate::config::Settings;
 use crate::dispatch::{Kind, Op, Reply, RequestError, Statements, BATCH, SINGLE};
 use crate::wakeup::{parse_payload, Waiters, CHANNEL};
 
+/// First of all: a `statement_timeout` set for the role or database must
+/// not cut the session's set-up or lock statements, which never wait (a
+/// failed try-lock would have to be undone, a failed unlock would close the
+/// session). Waiting is done in memory, bounded by the caller's own timeout.
+const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
+
 /// Run once per session: listen for releases that wake waiters (see
 /// [`crate::wakeup`]), and make the server notice a vanished client soon, so
 /// that it frees the session's locks: TCP keepalive after 1 s idle, then
@@ -140,16 +146,19 @@ impl Session {
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
 
         // Set-up, all pipelined, with the connection driven alongside.
+        // (join! polls in order, so the requests go out in this order.)
         let setup = async {
             tokio::join!(
+                client.batch_execute(NO_STATEMENT_TIMEOUT),
                 client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
                 prepare_all(&client),
                 client.batch_execute(SESSION_SETUP),
             )
         };
-        let (probe, statements, listen) = drive_until(&mut connection, waiters, setup)
+        let (no_timeout, probe, statements, listen) = drive_until(&mut connection, waiters, setup)
             .await
             .map_err(connect_err)?;
+        no_timeout.map_err(connect_err)?;
         let probe = probe.map_err(connect_err)?;
         if probe.get::<_, bool>(0) {
             // (LISTEN fails there too; the standby is the reason.)

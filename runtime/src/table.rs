@@ -115,8 +115,15 @@ impl Table {
     }
 
     /// One holder let go. Returns the session to unlock the key on when it
-    /// was the last holder in this process.
-    pub(crate) fn release(&self, id: KeyId) -> Option<Arc<Session>> {
+    /// was the last holder in this process, after running `last` on it while
+    /// the table is still locked: the unlock is queued before anyone of this
+    /// process can take the key again (and so before any unlock that a
+    /// failed try-lock of that key may queue; see `dispatch::finish`).
+    pub(crate) fn release_with(
+        &self,
+        id: KeyId,
+        last: impl FnOnce(&Arc<Session>),
+    ) -> Option<Arc<Session>> {
         let mut t = self.lock();
         match t.get_mut(&id) {
             Some(Entry::Held { holders, .. }) if *holders > 1 => {
@@ -127,6 +134,7 @@ impl Table {
                 Some(Entry::Held {
                     session, changed, ..
                 }) => {
+                    last(&session);
                     changed.notify_waiters();
                     Some(session)
                 }

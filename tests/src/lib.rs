@@ -319,34 +319,6 @@ impl ThrowawayServer {
         );
     }
 
-    fn launch(&mut self) {
-        let data = self.data.display().to_string();
-        let log = self.dir.join("server.log").display().to_string();
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=40 -c shared_buffers=16MB",
-            self.port,
-            self.dir.display()
-        );
-        let timeout = START_LIMIT.as_secs().to_string();
-        self.running = true;
-        self.run(
-            "pg_ctl",
-            &[
-                "-D", &data, "-l", &log, "-o", &opts, "-w", "-t", &timeout, "start",
-            ],
-        );
-        // Bounded wait until it answers on TCP.
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < START_LIMIT,
-                "server did not listen:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// The server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
@@ -725,7 +697,7 @@ impl ThrowawayServer {
         let extra: String = settings.iter().map(|s| format!(" -c {s}")).collect();
         std::fs::write(server.dir.join("extra-settings"), &extra)
             .expect("cannot write the extra settings");
-        server.launch_with_extra();
+        server.launch();
         server
     }
 
@@ -733,7 +705,10 @@ impl ThrowawayServer {
     /// `immediate`) and waits until it is down. Blocking.
     pub fn stop(&mut self, mode: &str) {
         let data = self.data.display().to_string();
-        self.run("pg_ctl", &["-D", &data, "-m", mode, "-w", "-t", "30", "stop"]);
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", mode, "-w", "-t", "30", "stop"],
+        );
         self.running = false;
     }
 
@@ -741,10 +716,10 @@ impl ThrowawayServer {
     /// waits until it accepts TCP connections. Blocking.
     pub fn start_again(&mut self) {
         assert!(!self.running, "the server is running");
-        self.launch_with_extra();
+        self.launch();
     }
 
-    fn launch_with_extra(&mut self) {
+    fn launch(&mut self) {
         let extra = std::fs::read_to_string(self.dir.join("extra-settings")).unwrap_or_default();
         let data = self.data.display().to_string();
         let log = self.dir.join("server.log").display().to_string();
