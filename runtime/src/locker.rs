@@ -118,10 +118,29 @@ impl Locker {
     /// The live session for a key, connecting a fresh one if the last died.
     async fn session_for(&self, id: KeyId) -> Result<Arc<Session>, Error> {
         let slots = &self.inner.slots;
-        let slot = &slots[(id.spread() % slots.len() as u64) as usize];
-        if let Some(s) = slot.live() {
+        let index = (id.spread() % slots.len() as u64) as usize;
+        if let Some(s) = slots[index].live() {
             return Ok(s);
         }
+        // Connecting runs in a task of its own: it finishes (and its session
+        // serves the next caller) even if this caller is dropped, and its
+        // deep set-up future is not nested in the caller's.
+        let locker = self.clone();
+        match tokio::spawn(async move { locker.reconnect(index).await }).await {
+            Ok(result) => result,
+            // Only if the runtime is shutting down.
+            Err(_) => Err(Error::Unavailable {
+                target: self.inner.settings.target(),
+                retry_in: Duration::ZERO,
+                cause: "the runtime is shutting down".to_owned(),
+            }),
+        }
+    }
+
+    /// Opens a fresh session for slot `index` unless another caller just
+    /// did, or the slot is backing off after a failure.
+    async fn reconnect(&self, index: usize) -> Result<Arc<Session>, Error> {
+        let slot = &self.inner.slots[index];
         // One connect at a time per slot; who waited here finds it done (or
         // failed, below).
         let _connecting = slot.connecting.lock().await;
