@@ -11,8 +11,12 @@
 //! Unlocks need no answer on the caller's path: the dispatcher checks the
 //! answer itself, and a session whose lock state can't be trusted (an unlock
 //! the server says was not held, a failed statement that carried several
-//! requests) is closed, which makes the server free everything it held.
-//! A grant whose caller is gone is unlocked by the dispatcher.
+//! requests or an unlock) is closed, which makes the server free everything
+//! it held. A grant whose caller is gone is unlocked by the dispatcher, and
+//! so is a single try-lock that failed (it may have been granted first).
+//!
+//! The same task drives the connection and the session's heartbeat (see
+//! [`Liveness`]).
 
 use std::sync::Arc;
 use std::time::Duration;
