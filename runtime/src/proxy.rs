@@ -10,11 +10,11 @@
 //! # What is detected
 //!
 //! Right after the first lock session connects, two short-lived probe
-//! connections with the same settings ask `SELECT pg_backend_pid()` three
-//! times each, alternately (six one-statement transactions, one round trip
+//! connections with the same settings ask `SELECT pg_backend_pid()` five
+//! times each, alternately (ten one-statement transactions, one round trip
 //! each, as simple queries that leave no prepared statement on a backend).
 //! On a direct connection, or through a pooler in session mode, every client
-//! keeps one backend of its own for its whole life, so the pids of three
+//! keeps one backend of its own for its whole life, so the pids of the three
 //! live clients (the lock session and both probes) are all different and
 //! each client always sees the same one. The entry is refused with
 //! [`Error::TransactionPooler`] if that does not hold: a probe lands on the
@@ -39,10 +39,14 @@
 //! so a probe may, by chance, land each time on a backend that none of the
 //! three clients used before and keep it for all its statements. With
 //! pgbouncer 1.18 and 2 to 8 other clients sending statements without
-//! pause, the probe alone (six statements) caught 450 of 450 tries; with
-//! four statements it missed 8 of 450. The check
+//! pause, the probe alone with six statements caught 450 of 450 tries
+//! (with four it missed 8 of 450), yet a CI run once saw it miss 1 of 10
+//! under load: it now sends ten, and each lock session checks its own
+//! server process too (below). The probe
 //! runs once, at [`Locker::connect`](crate::Locker): a pooler whose mode is
-//! changed later, or a later session routed elsewhere, is not checked again.
+//! changed later is noticed only by sessions opened after that: each lock
+//! session also checks, at the end of its set-up, that its server process is
+//! still the one it started on (a busy transaction pooler moves it).
 //!
 //! The probe costs two extra connections for a moment, at configuration
 //! time only, bounded by the connect timeout.
@@ -54,7 +58,7 @@ use crate::session::connect_probe;
 use crate::Error;
 
 /// How many `SELECT pg_backend_pid()` the probes send, alternately.
-const PROBE_STATEMENTS: usize = 6;
+const PROBE_STATEMENTS: usize = 10;
 
 /// Fails with [`Error::TransactionPooler`] if the entry's connections share
 /// server sessions (see the module's documentation), given the backend pid

@@ -169,6 +169,30 @@ impl Session {
         let statements = statements.map_err(connect_err)?;
         listen.map_err(connect_err)?;
         let backend_pid: i32 = probe.get(1);
+        // Still the same server session after the set-up's statements? A
+        // transaction-pooling proxy moves a busy client between backends
+        // (see [`crate::proxy`]; this catches it when the pooler is busy,
+        // where the probe connections may not).
+        let again = drive_until(
+            &mut connection,
+            waiters,
+            client.simple_query("SELECT pg_backend_pid()"),
+        )
+        .await
+        .map_err(connect_err)?
+        .map_err(connect_err)?;
+        let same = again.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => {
+                row.get(0) == Some(backend_pid.to_string().as_str())
+            }
+            _ => false,
+        });
+        if !same {
+            tracing::error!(pool = %settings.name, target = %target, "advisory-locked: the lock session's server process changed between statements: a transaction-pooling proxy; refused");
+            return Err(Error::TransactionPooler {
+                target: target.to_owned(),
+            });
+        }
         tracing::debug!(pool = %settings.name, session = id, backend_pid, "advisory-locked: lock session connected");
         Counters::add(&counters.sessions_opened, 1);
 
