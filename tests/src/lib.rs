@@ -86,6 +86,17 @@ pub fn decode_key(classid: u32, objid: u32, objsubid: i16) -> KeyId {
 /// The advisory locks of the client's current database whose keys are in
 /// `keys` (granted or awaited).
 pub async fn advisory_locks(client: &Client, keys: &[KeyId]) -> Vec<AdvisoryLock> {
+    try_advisory_locks(client, keys)
+        .await
+        .expect("pg_locks query failed")
+}
+
+/// [`advisory_locks`], or the query's error (e.g. "out of shared memory"
+/// while a server's lock table is full: the query needs locks too).
+pub async fn try_advisory_locks(
+    client: &Client,
+    keys: &[KeyId],
+) -> Result<Vec<AdvisoryLock>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT pid, classid::oid::int8, objid::oid::int8, objsubid::int2, mode, granted \
@@ -94,9 +105,9 @@ pub async fn advisory_locks(client: &Client, keys: &[KeyId]) -> Vec<AdvisoryLock
                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[],
         )
-        .await
-        .expect("pg_locks query failed");
-    rows.iter()
+        .await?;
+    Ok(rows
+        .iter()
         .map(|r| {
             let classid = r.get::<_, i64>(1) as u32;
             let objid = r.get::<_, i64>(2) as u32;
@@ -110,7 +121,7 @@ pub async fn advisory_locks(client: &Client, keys: &[KeyId]) -> Vec<AdvisoryLock
             }
         })
         .filter(|l| keys.contains(&l.key))
-        .collect()
+        .collect())
 }
 
 /// Polls `pg_locks` (every 20 ms, at most `limit`) until none of `keys` is
