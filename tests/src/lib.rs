@@ -512,64 +512,41 @@ pub async fn install(pool: &str) -> advisory_locked::Locker {
 /// Takes `key` on a plain connection, outside the crate, waiting for it
 /// (`pg_advisory_lock[_shared]`).
 pub async fn pg_lock(client: &Client, key: KeyId, mode: advisory_locked::Mode) {
-    let shared = mode == advisory_locked::Mode::Shared;
-    let result = match (key, shared) {
-        (KeyId::Int(k), false) => {
-            client
-                .execute("SELECT pg_advisory_lock($1::int8)", &[&k])
-                .await
-        }
-        (KeyId::Int(k), true) => {
-            client
-                .execute("SELECT pg_advisory_lock_shared($1::int8)", &[&k])
-                .await
-        }
-        (KeyId::Pair(a, b), false) => {
-            client
-                .execute("SELECT pg_advisory_lock($1::int4, $2::int4)", &[&a, &b])
-                .await
-        }
-        (KeyId::Pair(a, b), true) => {
-            client
-                .execute(
-                    "SELECT pg_advisory_lock_shared($1::int4, $2::int4)",
-                    &[&a, &b],
-                )
-                .await
-        }
-    };
-    result.expect("pg_advisory_lock failed");
+    pg_advisory(client, "pg_advisory_lock", key, mode)
+        .await
+        .expect("pg_advisory_lock failed");
 }
 
 /// Releases `key` on a plain connection; true if the session held it.
 pub async fn pg_unlock(client: &Client, key: KeyId, mode: advisory_locked::Mode) -> bool {
-    let shared = mode == advisory_locked::Mode::Shared;
-    let row = match (key, shared) {
-        (KeyId::Int(k), false) => {
-            client
-                .query_one("SELECT pg_advisory_unlock($1::int8)", &[&k])
-                .await
-        }
-        (KeyId::Int(k), true) => {
-            client
-                .query_one("SELECT pg_advisory_unlock_shared($1::int8)", &[&k])
-                .await
-        }
-        (KeyId::Pair(a, b), false) => {
-            client
-                .query_one("SELECT pg_advisory_unlock($1::int4, $2::int4)", &[&a, &b])
-                .await
-        }
-        (KeyId::Pair(a, b), true) => {
-            client
-                .query_one(
-                    "SELECT pg_advisory_unlock_shared($1::int4, $2::int4)",
-                    &[&a, &b],
-                )
-                .await
-        }
+    pg_advisory(client, "pg_advisory_unlock", key, mode)
+        .await
+        .expect("pg_advisory_unlock failed")
+        .get(0)
+}
+
+/// `SELECT <function>[_shared](key)` for either key space.
+async fn pg_advisory(
+    client: &Client,
+    function: &str,
+    key: KeyId,
+    mode: advisory_locked::Mode,
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+    let shared = if mode == advisory_locked::Mode::Shared {
+        "_shared"
+    } else {
+        ""
     };
-    row.expect("pg_advisory_unlock failed").get(0)
+    match key {
+        KeyId::Int(k) => {
+            let sql = format!("SELECT {function}{shared}($1::int8)");
+            client.query_one(&sql, &[&k]).await
+        }
+        KeyId::Pair(a, b) => {
+            let sql = format!("SELECT {function}{shared}($1::int4, $2::int4)");
+            client.query_one(&sql, &[&a, &b]).await
+        }
+    }
 }
 
 /// The key id a template key such as `"tenant:{t}"` formats to.
