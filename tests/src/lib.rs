@@ -233,25 +233,7 @@ impl ThrowawayServer {
     /// Creates and starts a fresh cluster. Panics (failing the test) with the
     /// server's log if that does not work within a bounded time.
     pub fn start() -> ThrowawayServer {
-        let mut server = Self::empty("primary");
-        let data = server.data.display().to_string();
-        server.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-        );
-        server.launch();
-        server
+        Self::start_with(&[])
     }
 
     /// A hot standby of `primary`, made with `pg_basebackup -R` and started
@@ -659,13 +641,57 @@ pub fn db_url_for_database(db: &str) -> String {
     format!("{base}/{db}{query}")
 }
 
+/// A database of the test server made for one test, dropped (best effort,
+/// `WITH (FORCE)`) when this is dropped.
+#[derive(Debug)]
+pub struct TempDatabase {
+    /// Its name (an SQL identifier).
+    pub name: String,
+}
+
+impl TempDatabase {
+    /// `CREATE DATABASE <unique name from prefix>` through `admin`.
+    pub async fn create(admin: &Client, prefix: &str) -> TempDatabase {
+        let name = unique_ident(prefix);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        TempDatabase { name }
+    }
+
+    /// A connection URL for it.
+    pub fn url(&self) -> String {
+        db_url_for_database(&self.name)
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        // On a thread of its own: a drop may run outside any runtime.
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&db_url(), NoTls).await.ok()?;
+                tokio::spawn(conn);
+                client.batch_execute(&sql).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
 impl ThrowawayServer {
     /// Like [`ThrowawayServer::start`], with extra server settings on the
     /// command line (they override the defaults), e.g.
     /// `&["max_locks_per_transaction=10", "max_connections=10"]`. Kept for
     /// [`ThrowawayServer::start_again`].
     pub fn start_with(settings: &[&str]) -> ThrowawayServer {
-        let mut server = Self::empty("faults");
+        let mut server = Self::empty("primary");
         let data = server.data.display().to_string();
         server.run(
             "initdb",

@@ -18,7 +18,7 @@ use advisory_locked::{
 };
 use advisory_locked_tests::{
     advisory_locks, db_url, db_url_for_database, join_all, raw_connect, try_advisory_locks, unique,
-    unique_ident, wait_until_locked, wait_until_unlocked, Prng, ThrowawayServer,
+    wait_until_locked, wait_until_unlocked, Prng, TempDatabase, ThrowawayServer,
 };
 use tokio::sync::Notify;
 use tokio_postgres::Client;
@@ -278,43 +278,11 @@ async fn long_body(key: &str, entered: &Notify, finished: &AtomicBool) {
     finished.store(true, Ordering::SeqCst);
 }
 
-/// Drops the test's database at the end, whatever happens.
-struct TempDb(String);
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&db_url(), tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
-                client.batch_execute(&sql).await.ok()
-            })
-        })
-        .join();
-    }
-}
-
-async fn temp_database(admin: &Client, prefix: &str) -> TempDb {
-    let name = unique_ident(prefix);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-    TempDb(name)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_database_tells_holders_and_fails_new_calls_with_a_typed_error() {
     let admin = raw_connect(&db_url()).await;
-    let db = temp_database(&admin, "faults_dropdb").await;
-    let url = db_url_for_database(&db.0);
+    let db = TempDatabase::create(&admin, "faults_dropdb").await;
+    let url = db_url_for_database(&db.name);
     let locker = LockConfig::from_url(&url)
         .unwrap()
         .name("faults_errors_dropdb")
@@ -354,7 +322,7 @@ async fn a_dropped_database_tells_holders_and_fails_new_calls_with_a_typed_error
 
     let dropping = Instant::now();
     admin
-        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.0))
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name))
         .await
         .expect("DROP DATABASE ... WITH (FORCE)");
     let dropped = dropping.elapsed();
@@ -422,15 +390,15 @@ async fn a_dropped_database_tells_holders_and_fails_new_calls_with_a_typed_error
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_set_statement_timeout_of_1ms_is_typed_and_leaks_nothing() {
     let admin = raw_connect(&db_url()).await;
-    let db = temp_database(&admin, "faults_stmt_timeout").await;
+    let db = TempDatabase::create(&admin, "faults_stmt_timeout").await;
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {} SET statement_timeout = '1ms'",
-            db.0
+            db.name
         ))
         .await
         .unwrap();
-    let url = db_url_for_database(&db.0);
+    let url = db_url_for_database(&db.name);
     let watcher = raw_connect(&url).await;
     watcher
         .batch_execute("SET statement_timeout = 0")
@@ -442,7 +410,7 @@ async fn a_server_set_statement_timeout_of_1ms_is_typed_and_leaks_nothing() {
         .query_one(
             "SELECT setconfig FROM pg_db_role_setting \
              WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = $1) AND setrole = 0",
-            &[&db.0],
+            &[&db.name],
         )
         .await
         .unwrap()

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use advisory_locked::{advisory_locked, KeyId, LockConfig, LockKey, Mode, Outcome};
 use advisory_locked_tests::{
-    advisory_locks, db_url, named, raw_connect, unique, unique_ident, wait_until_unlocked,
-    AdvisoryLock, ThrowawayServer,
+    advisory_locks, db_url, named, raw_connect, unique, wait_until_unlocked, AdvisoryLock,
+    TempDatabase, ThrowawayServer,
 };
 use tokio_postgres::Client;
 
@@ -114,69 +114,18 @@ async fn the_same_key_is_granted_on_two_independent_servers_at_once() {
     drop(throwaway);
 }
 
-/// Drops a database (best effort) when dropped.
-struct TempDatabase {
-    name: String,
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&db_url(), tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
-                client.batch_execute(&sql).await.ok()
-            })
-        })
-        .join();
-    }
-}
-
-/// `db_url()` with its database replaced by `db`.
-fn url_for_database(db: &str) -> String {
-    let mut cfg: tokio_postgres::Config = db_url().parse().unwrap();
-    cfg.dbname(db);
-    // Rebuild a key-value string from the parts the tests use.
-    let host = match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let user = cfg.get_user().unwrap_or("postgres").to_owned();
-    let mut s = format!("host={host} port={port} user={user} dbname={db}");
-    if let Some(pw) = cfg.get_password() {
-        s.push_str(&format!(
-            " password='{}'",
-            String::from_utf8_lossy(pw).replace('\'', "\\'")
-        ));
-    }
-    s
-}
-
 #[tokio::test]
 async fn the_same_key_is_granted_on_two_databases_of_one_server() {
     let main = raw_connect(&db_url()).await;
-    let db = TempDatabase {
-        name: unique_ident("advisory_locked_tmp"),
-    };
-    main.batch_execute(&format!("CREATE DATABASE {}", db.name))
-        .await
-        .expect("create database");
-    let other = raw_connect(&url_for_database(&db.name)).await;
+    let db = TempDatabase::create(&main, "advisory_locked_tmp").await;
+    let other = raw_connect(&db.url()).await;
 
     let here = LockConfig::from_url(&db_url())
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let there = LockConfig::from_url(&url_for_database(&db.name))
+    let there = LockConfig::from_url(&db.url())
         .unwrap()
         .connect()
         .await
