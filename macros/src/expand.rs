@@ -101,6 +101,7 @@ pub fn expand(args: &Args, f: LockedFn) -> TokenStream {
                 mode: #mode,
                 wait: #wait,
                 on_lost: #on_lost,
+                limit: ::core::option::Option::None,
             },
             #key_var,
             async move {

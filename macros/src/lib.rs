@@ -136,6 +136,7 @@ mod tests {
                         mode: ::advisory_locked::Mode::Exclusive,
                         wait: ::advisory_locked::__private::Wait::Skip,
                         on_lost: ::core::option::Option::None,
+                        limit: ::core::option::Option::None,
                     },
                     __advisory_locked_key,
                     async move {
@@ -188,6 +189,7 @@ mod tests {
                         mode: ::advisory_locked::Mode::Shared,
                         wait: ::advisory_locked::__private::Wait::Timeout(::core::time::Duration::from_millis(90000u64)),
                         on_lost: ::core::option::Option::Some(::advisory_locked::OnLost::Continue),
+                        limit: ::core::option::Option::None,
                     },
                     __advisory_locked_key,
                     async move {

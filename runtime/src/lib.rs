@@ -50,6 +50,7 @@ mod run;
 mod session;
 mod stats;
 mod table;
+mod transaction;
 mod wakeup;
 
 #[doc(hidden)]
@@ -70,6 +71,7 @@ pub use locker::{LockGuard, Locker, Mode};
 pub use loss::{current_lock, LockState, OnLost};
 pub use outcome::Outcome;
 pub use stats::Stats;
+pub use transaction::{Transaction, TransactionResult};
 
 /// The `rustls` crate that [`LockConfig::tls_config`] takes a configuration
 /// of (feature `tls-rustls`).

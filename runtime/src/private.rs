@@ -20,6 +20,9 @@ pub struct Spec {
     pub wait: Wait,
     /// `on_lost = "abort" | "continue"`, else the registry entry's policy.
     pub on_lost: Option<OnLost>,
+    /// `limit = N` (and `per = "…"`): N slots of the key across the fleet
+    /// instead of one lock.
+    pub limit: Option<Limit>,
 }
 
 /// Busy behaviour.
@@ -31,6 +34,16 @@ pub enum Wait {
     Forever,
     /// Wait at most this long, then fail with [`Error::WaitTimeout`].
     Timeout(Duration),
+}
+
+/// `limit = N` and `per = "…"`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// At most this many bodies at once across the fleet (at least 1).
+    pub slots: u32,
+    /// Rate form: each slot is held at least this long from the body's
+    /// start, so at most `slots` starts per `per`.
+    pub per: Option<Duration>,
 }
 
 /// Skip mode: take the lock if free, run `body`, release.
@@ -45,4 +58,31 @@ pub async fn run_skip<F: Future>(
 /// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`, release.
 pub async fn run_wait<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<F::Output, Error> {
     crate::run::run_wait(spec, key, body).await
+}
+
+/// `transaction = tx`, skip mode: begin a transaction, take the
+/// transaction-level lock if free, run `body` with the transaction, commit if
+/// the body succeeded (see [`TransactionResult`](crate::TransactionResult)),
+/// else roll back; the lock ends with the transaction.
+pub async fn run_tx_skip<B, F>(
+    spec: Spec,
+    key: LockKey,
+    body: B,
+) -> Result<Outcome<F::Output>, Error>
+where
+    B: FnOnce(crate::Transaction) -> F,
+    F: Future,
+    F::Output: crate::TransactionResult,
+{
+    crate::transaction::run_skip(spec, key, body).await
+}
+
+/// `transaction = tx`, wait mode.
+pub async fn run_tx_wait<B, F>(spec: Spec, key: LockKey, body: B) -> Result<F::Output, Error>
+where
+    B: FnOnce(crate::Transaction) -> F,
+    F: Future,
+    F::Output: crate::TransactionResult,
+{
+    crate::transaction::run_wait(spec, key, body).await
 }
