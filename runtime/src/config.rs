@@ -31,6 +31,8 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) loss_detection: Duration,
     pub(crate) on_lost: crate::OnLost,
+    /// Every grant takes a fencing token (see [`crate::fence`]).
+    pub(crate) fencing: bool,
     /// The TLS connector of [`LockConfig::tls_config`], if any.
     #[cfg(feature = "tls-rustls")]
     pub(crate) tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
@@ -77,6 +79,7 @@ impl std::fmt::Debug for Settings {
             .field("connect_timeout", &self.connect_timeout)
             .field("loss_detection", &self.loss_detection)
             .field("on_lost", &self.on_lost)
+            .field("fencing", &self.fencing)
             .field("tls", &self.has_tls())
             .finish()
     }
@@ -123,6 +126,7 @@ impl LockConfig {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 loss_detection: DEFAULT_LOSS_DETECTION,
                 on_lost: crate::OnLost::Abort,
+                fencing: false,
                 #[cfg(feature = "tls-rustls")]
                 tls: None,
             },
@@ -191,6 +195,41 @@ impl LockConfig {
     /// [`OnLost::Abort`](crate::OnLost::Abort)).
     pub fn on_lost(mut self, policy: crate::OnLost) -> Self {
         self.settings.on_lost = policy;
+        self
+    }
+
+    /// Gives every grant of this entry a fencing token: a number that
+    /// strictly increases with every grant of a key, across processes,
+    /// lock losses and server restarts, read in the body with
+    /// [`LockState::fencing_token`](crate::LockState::fencing_token) (or
+    /// [`LockGuard::fencing_token`](crate::LockGuard::fencing_token)).
+    /// Pass it to the store the body writes to, which keeps the largest token
+    /// it has seen per resource and refuses writes with a smaller one: a
+    /// holder that lost its lock (and may not know it yet) is then refused.
+    ///
+    /// The token is taken in the same statement as the lock. It is kept in
+    /// the table `advisory_locked_fence` (created at configuration if
+    /// missing: the role needs CREATE on the schema once, then INSERT and
+    /// UPDATE on the table), and each grant commits one row update, so a
+    /// fenced lock costs a durable write (a WAL flush) on the server.
+    /// Needs PostgreSQL 12 or later. Default off.
+    ///
+    /// ```no_run
+    /// use advisory_locked::{advisory_locked, LockConfig};
+    ///
+    /// #[advisory_locked(key = "ledger:export")]
+    /// async fn export() {
+    ///     let token = advisory_locked::current_lock().and_then(|l| l.fencing_token());
+    ///     // UPDATE exports SET ..., token = $token WHERE id = ... AND token < $token
+    ///     # let _ = token;
+    /// }
+    ///
+    /// # async fn setup() -> Result<(), advisory_locked::Error> {
+    /// LockConfig::from_env()?.fencing_tokens(true).install().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fencing_tokens(mut self, on: bool) -> Self {
+        self.settings.fencing = on;
         self
     }
 
@@ -292,8 +331,16 @@ impl LockConfig {
     /// and tests). One session is connected now so that a bad URL, wrong
     /// credentials, an unreachable server or a standby fail here.
     pub async fn connect(self) -> Result<Locker, Error> {
+        let settings = self.into_settings()?;
+        crate::server::ServerLocker::connect(settings)
+            .await
+            .map(Locker::from_server)
+    }
+
+    /// The checked settings.
+    pub(crate) fn into_settings(self) -> Result<Settings, Error> {
         self.validate()?;
-        Locker::connect(self.settings).await
+        Ok(self.settings)
     }
 
     /// Connects (as [`connect`](Self::connect)) and installs the entry in the
@@ -302,18 +349,33 @@ impl LockConfig {
     /// Installing a name twice is [`Error::AlreadyConfigured`].
     pub async fn install(self) -> Result<Locker, Error> {
         let name = self.settings.name.clone();
-        if registry().contains_key(&name) {
-            return Err(Error::AlreadyConfigured { pool: name });
-        }
+        check_free(&name)?;
         let locker = self.connect().await?;
-        let mut reg = registry();
-        if reg.contains_key(&name) {
-            return Err(Error::AlreadyConfigured { pool: name });
-        }
-        reg.insert(name.clone(), locker.clone());
-        tracing::info!(pool = %name, target = %locker.settings().target(), "advisory-locked: registry entry configured");
+        register(name, locker.clone())?;
         Ok(locker)
     }
+}
+
+/// [`Error::AlreadyConfigured`] if `name` is taken.
+pub(crate) fn check_free(name: &str) -> Result<(), Error> {
+    if registry().contains_key(name) {
+        return Err(Error::AlreadyConfigured {
+            pool: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Puts a connected entry in the registry, unless its name was taken
+/// meanwhile.
+pub(crate) fn register(name: String, locker: Locker) -> Result<(), Error> {
+    let mut reg = registry();
+    if reg.contains_key(&name) {
+        return Err(Error::AlreadyConfigured { pool: name });
+    }
+    tracing::info!(pool = %name, target = %locker.settings().target(), servers = locker.servers(), "advisory-locked: registry entry configured");
+    reg.insert(name, locker);
+    Ok(())
 }
 
 fn registry() -> std::sync::MutexGuard<'static, HashMap<String, Locker>> {

@@ -56,6 +56,8 @@ pub(crate) enum Answer {
     Busy,
     /// An unlock: true if the session held the lock.
     Unlocked(bool),
+    /// A fencing token raised to at least the asked floor: its value now.
+    Raised(i64),
 }
 
 pub(crate) type Reply = Result<Answer, RequestError>;
@@ -66,6 +68,8 @@ pub(crate) type Reply = Result<Answer, RequestError>;
 pub(crate) struct Grant {
     undo: Option<Op>,
     ops: mpsc::WeakUnboundedSender<Op>,
+    /// The key's fencing token, for a fenced try-lock (see [`crate::fence`]).
+    pub(crate) token: Option<i64>,
 }
 
 impl Grant {
@@ -85,10 +89,13 @@ impl Drop for Grant {
     }
 }
 
-/// One request: `code` is the index of its statement in [`SINGLE`].
+/// One request: `code` is the index of its statement in [`SINGLE`] (below
+/// 12), or 12 + the index in [`crate::fence::FENCED`].
 pub(crate) struct Op {
     code: u8,
     key: KeyId,
+    /// For a [`Kind::Raise`]: the floor.
+    floor: i64,
     reply: Option<oneshot::Sender<Reply>>,
     /// An unlock sent when it is not known whether the lock was granted:
     /// "not held" is no error then.
@@ -106,6 +113,12 @@ pub(crate) enum Kind {
     /// processes (`pg_notify` on [`CHANNEL`](crate::wakeup::CHANNEL), in
     /// the same statement).
     UnlockNotify,
+    /// Try to take the lock and, if granted, take the key's next fencing
+    /// token in the same statement (see [`crate::fence`]).
+    FencedLock,
+    /// Raise the key's fencing token to at least this floor (a quorum
+    /// member that lagged behind; the caller holds the lock).
+    Raise(i64),
 }
 
 impl Op {
@@ -115,10 +128,12 @@ impl Op {
         mode: Mode,
         reply: Option<oneshot::Sender<Reply>>,
     ) -> Op {
-        let mut code = match kind {
-            Kind::Lock => 0,
-            Kind::Unlock => 4,
-            Kind::UnlockNotify => 8,
+        let (mut code, floor) = match kind {
+            Kind::Lock => (0, 0),
+            Kind::Unlock => (4, 0),
+            Kind::UnlockNotify => (8, 0),
+            Kind::FencedLock => (12, 0),
+            Kind::Raise(floor) => (16, floor),
         };
         if mode == Mode::Shared {
             code += 1;
@@ -129,20 +144,40 @@ impl Op {
         Op {
             code,
             key,
+            floor,
             reply,
             tolerant: false,
         }
     }
 
     fn is_unlock(&self) -> bool {
-        self.code >= 4
+        (4..12).contains(&self.code)
+    }
+
+    fn is_lock(&self) -> bool {
+        self.code < 4 || (12..16).contains(&self.code)
+    }
+
+    fn is_raise(&self) -> bool {
+        self.code >= 16
+    }
+
+    /// Fenced locks and raises go out as statements of their own.
+    fn goes_alone(&self) -> bool {
+        self.code >= 12
     }
 
     /// The unlock that undoes this (granted) lock request.
     fn undo(&self) -> Op {
+        let lock = if self.code >= 12 {
+            self.code - 12
+        } else {
+            self.code
+        };
         Op {
-            code: self.code + 4,
+            code: lock + 4,
             key: self.key,
+            floor: 0,
             reply: None,
             tolerant: false,
         }
@@ -232,6 +267,8 @@ pub(crate) struct Statements {
     pub(crate) single: Vec<Statement>,
     pub(crate) two: Statement,
     pub(crate) batch: Statement,
+    /// [`crate::fence::FENCED`], prepared when the entry has fencing tokens.
+    pub(crate) fenced: Vec<Statement>,
 }
 
 /// A session's dispatcher, run by the session's one task.
@@ -358,7 +395,9 @@ impl Dispatcher {
                                     Err(_) => break,
                                 }
                             }
-                            in_flight.push_back(send(client, statements, shared, batch));
+                            for part in split(batch) {
+                                in_flight.push_back(send(client, statements, shared, part));
+                            }
                         }
                         None => closed = true,
                     }
@@ -375,13 +414,40 @@ impl Dispatcher {
     }
 }
 
+/// Splits requests into statements, in order: runs of plain requests share
+/// one; a fenced lock or a raise goes alone.
+fn split(batch: Vec<Op>) -> Vec<Vec<Op>> {
+    if !batch.iter().any(Op::goes_alone) {
+        return vec![batch];
+    }
+    let mut parts = Vec::new();
+    let mut run = Vec::new();
+    for op in batch {
+        if op.goes_alone() {
+            if !run.is_empty() {
+                parts.push(std::mem::take(&mut run));
+            }
+            parts.push(vec![op]);
+        } else {
+            run.push(op);
+        }
+    }
+    if !run.is_empty() {
+        parts.push(run);
+    }
+    parts
+}
+
+/// One request's answer: true/false, and a fencing token if it carries one.
+type Row = (bool, Option<i64>);
+
 /// Sends one statement for `batch`; resolves to the batch and its answers.
 async fn send(
     client: &Client,
     statements: &Statements,
     shared: &Shared,
     batch: Vec<Op>,
-) -> (Vec<Op>, Result<Vec<bool>, tokio_postgres::Error>) {
+) -> (Vec<Op>, Result<Vec<Row>, tokio_postgres::Error>) {
     let counters = &shared.counters;
     if batch.is_empty() {
         // A heartbeat.
@@ -394,13 +460,17 @@ async fn send(
     Counters::add(&counters.unlock_requests, unlocks);
     Counters::add(&counters.lock_requests, batch.len() as u64 - unlocks);
     let result = if let [op] = batch.as_slice() {
-        let stmt = &statements.single[op.code as usize];
-        let row = match op.key {
-            KeyId::Int(k) => client.query_one(stmt, &[&k]).await,
-            KeyId::Pair(a, b) => client.query_one(stmt, &[&a, &b]).await,
-        };
-        row.and_then(|row| row.try_get::<_, bool>(0))
-            .map(|b| vec![b])
+        if op.goes_alone() {
+            send_fenced(client, statements, op).await.map(|r| vec![r])
+        } else {
+            let stmt = &statements.single[op.code as usize];
+            let row = match op.key {
+                KeyId::Int(k) => client.query_one(stmt, &[&k]).await,
+                KeyId::Pair(a, b) => client.query_one(stmt, &[&a, &b]).await,
+            };
+            row.and_then(|row| row.try_get::<_, bool>(0))
+                .map(|b| vec![(b, None)])
+        }
     } else if let [x, y] = batch.as_slice() {
         let (xk, xa, xb) = x.key.parts();
         let (yk, ya, yb) = y.key.parts();
@@ -410,7 +480,12 @@ async fn send(
         client
             .query_one(&statements.two, &params)
             .await
-            .and_then(|row| Ok(vec![row.try_get::<_, bool>(0)?, row.try_get::<_, bool>(1)?]))
+            .and_then(|row| {
+                Ok(vec![
+                    (row.try_get::<_, bool>(0)?, None),
+                    (row.try_get::<_, bool>(1)?, None),
+                ])
+            })
     } else {
         let mut codes = Vec::with_capacity(batch.len());
         let mut keys = Vec::with_capacity(batch.len());
@@ -427,16 +502,42 @@ async fn send(
             .query(&statements.batch, &[&codes, &keys, &a, &b])
             .await
         {
-            Ok(rows) => rows.iter().map(|row| row.try_get::<_, bool>(0)).collect(),
+            Ok(rows) => rows
+                .iter()
+                .map(|row| row.try_get::<_, bool>(0).map(|b| (b, None)))
+                .collect(),
             Err(e) => Err(e),
         }
     };
     (batch, result)
 }
 
+/// A fenced try-lock or a raise, each its own statement.
+async fn send_fenced(
+    client: &Client,
+    statements: &Statements,
+    op: &Op,
+) -> Result<Row, tokio_postgres::Error> {
+    let Some(stmt) = statements.fenced.get(op.code as usize - 12) else {
+        // Only sent on entries with fencing, whose sessions prepare these.
+        return Ok((false, None));
+    };
+    let row = match (op.key, op.is_raise()) {
+        (KeyId::Int(k), false) => client.query_one(stmt, &[&k]).await?,
+        (KeyId::Pair(a, b), false) => client.query_one(stmt, &[&a, &b]).await?,
+        (KeyId::Int(k), true) => client.query_one(stmt, &[&k, &op.floor]).await?,
+        (KeyId::Pair(a, b), true) => client.query_one(stmt, &[&a, &b, &op.floor]).await?,
+    };
+    if op.is_raise() {
+        Ok((true, Some(row.try_get(0)?)))
+    } else {
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+}
+
 /// Hands the answers of one statement to the requests' callers.
 fn finish(
-    done: (Vec<Op>, Result<Vec<bool>, tokio_postgres::Error>),
+    done: (Vec<Op>, Result<Vec<Row>, tokio_postgres::Error>),
     shared: &Shared,
     weak: &mpsc::WeakUnboundedSender<Op>,
     backlog: &mut Vec<Op>,
@@ -444,8 +545,10 @@ fn finish(
     let (batch, result) = done;
     match result {
         Ok(answers) if answers.len() == batch.len() => {
-            for (op, yes) in batch.into_iter().zip(answers) {
-                let answer = if op.is_unlock() {
+            for (op, (yes, token)) in batch.into_iter().zip(answers) {
+                let answer = if op.is_raise() {
+                    Answer::Raised(token.unwrap_or(0))
+                } else if op.is_unlock() {
                     if yes {
                         Counters::add(&shared.counters.released, 1);
                     } else if !op.tolerant {
@@ -459,6 +562,7 @@ fn finish(
                     Answer::Granted(Grant {
                         undo: Some(op.undo()),
                         ops: weak.clone(),
+                        token,
                     })
                 } else {
                     Counters::add(&shared.counters.busy, 1);
@@ -493,13 +597,15 @@ fn finish(
             let ended = crate::session::ends_session(&e);
             match batch.as_slice() {
                 _ if ended || shared.is_dead() => {}
+                // A raise changes no lock: its caller decides.
+                [op] if op.is_raise() => {}
                 // One try-lock failed (a cancel, a server-set statement
                 // timeout, out of lock memory): it may have been granted
                 // before the error (session locks ignore the rollback). An
                 // unlock queued now, before the caller hears of the error,
                 // gives it back if so; "not held" is fine. Anything of this
                 // process for that key comes after it on this session.
-                [op] if !op.is_unlock() => backlog.push(Op {
+                [op] if op.is_lock() => backlog.push(Op {
                     tolerant: true,
                     ..op.undo()
                 }),

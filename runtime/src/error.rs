@@ -113,6 +113,23 @@ pub enum Error {
         cause: String,
     },
 
+    /// A quorum entry could not ask enough of its servers: fewer than a
+    /// majority answered (the others are down, unreachable or failed), so
+    /// nothing is held — the quorum fails closed.
+    #[error("advisory-locked: {} needs a majority of {servers} servers ({needed}), but only {reachable} answered: {causes}", quorum_what(.key))]
+    QuorumUnavailable {
+        /// The key's name (`None` when configuring).
+        key: Option<String>,
+        /// The quorum's size.
+        servers: usize,
+        /// A majority of it.
+        needed: usize,
+        /// The servers that answered.
+        reachable: usize,
+        /// What the others failed with, one per server.
+        causes: String,
+    },
+
     /// The lock session ended before the server answered a request, twice
     /// in a row (the first time, the request is retried on a fresh session).
     #[error("advisory-locked: the lock session ended before the server answered for {key:?}")]
@@ -135,7 +152,15 @@ impl Error {
                 | Error::Query { .. }
                 | Error::SessionEnded { .. }
                 | Error::Unavailable { .. }
+                | Error::QuorumUnavailable { .. }
         )
+    }
+}
+
+fn quorum_what(key: &Option<String>) -> String {
+    match key {
+        Some(key) => format!("lock {key:?}"),
+        None => "configuring the quorum".to_owned(),
     }
 }
 

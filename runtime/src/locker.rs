@@ -1,18 +1,13 @@
-//! A registry entry's lock machinery: its lock sessions, its in-process
-//! table, and the guards of held locks.
+//! The public face of a registry entry: [`Locker`] and the guards of held
+//! locks, served by one server ([`crate::server`]) or by a quorum of
+//! independent servers ([`crate::quorum`]).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use tokio::sync::Mutex as AsyncMutex;
+use std::time::Duration;
 
 use crate::config::Settings;
-use crate::dispatch::{Answer, RequestError};
-use crate::session::Session;
-use crate::stats::{Counters, Stats};
-use crate::table::{Begin, Table};
-use crate::wakeup::Waiters;
-use crate::{Error, KeyId, LockKey};
+use crate::quorum::{QuorumGuard, QuorumLocker};
+use crate::server::{ServerGuard, ServerLocker};
+use crate::{Error, LockKey, Stats};
 
 /// Exclusive (writer) or shared (reader) mode.
 ///
@@ -27,7 +22,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Exclusive => "exclusive",
             Mode::Shared => "shared",
@@ -38,6 +33,9 @@ impl Mode {
 /// The lock machinery of one registry entry: a few long-lived lock sessions
 /// serving many locks, and an in-process table so that tasks of this process
 /// exclude each other. Cheap to clone.
+///
+/// An entry configured with [`QuorumConfig`](crate::QuorumConfig) locks on
+/// a majority of independent servers; the API is the same.
 ///
 /// Annotated functions use the entry installed in the registry; a `Locker`
 /// can also be used directly, for locks that span more than one function:
@@ -55,149 +53,75 @@ impl Mode {
 /// ```
 #[derive(Clone)]
 pub struct Locker {
-    inner: Arc<Inner>,
+    backend: Backend,
 }
 
-struct Inner {
-    settings: Settings,
-    /// Keys are spread over the sessions by their number, so every request
-    /// for one key goes through the same session while it lives.
-    slots: Vec<Slot>,
-    table: Table,
-    counters: Arc<Counters>,
-    waiters: Arc<Waiters>,
+#[derive(Clone)]
+enum Backend {
+    Server(ServerLocker),
+    Quorum(QuorumLocker),
 }
 
 impl std::fmt::Debug for Locker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Locker")
-            .field("settings", &self.inner.settings)
-            .field("local_keys", &self.inner.table.len())
-            .finish()
+        match &self.backend {
+            Backend::Server(s) => s.fmt(f),
+            Backend::Quorum(q) => q.fmt(f),
+        }
     }
 }
 
 impl Locker {
-    pub(crate) async fn connect(settings: Settings) -> Result<Locker, Error> {
-        let counters = Arc::new(Counters::default());
-        let waiters = Arc::new(Waiters::default());
-        let first = Session::connect(&settings, &counters, &waiters).await?;
-        crate::proxy::refuse_transaction_pooling(&settings, first.backend_pid).await?;
-        let slots = (0..settings.sessions)
-            .map(|i| Slot {
-                current: std::sync::Mutex::new((i == 0).then(|| first.clone())),
-                connecting: AsyncMutex::new(()),
-                outage: std::sync::Mutex::new(None),
-            })
-            .collect();
-        Ok(Locker {
-            inner: Arc::new(Inner {
-                settings,
-                slots,
-                table: Table::default(),
-                counters,
-                waiters,
-            }),
-        })
+    pub(crate) fn from_server(server: ServerLocker) -> Locker {
+        Locker {
+            backend: Backend::Server(server),
+        }
     }
 
+    pub(crate) fn from_quorum(quorum: QuorumLocker) -> Locker {
+        Locker {
+            backend: Backend::Quorum(quorum),
+        }
+    }
+
+    /// The entry's settings (for a quorum: its name and policy, with the
+    /// first member's connection settings).
     pub(crate) fn settings(&self) -> &Settings {
-        &self.inner.settings
+        match &self.backend {
+            Backend::Server(s) => s.settings(),
+            Backend::Quorum(q) => q.settings(),
+        }
     }
 
-    /// Counters of this entry since it was configured.
+    /// Counters of this entry since it was configured (for a quorum: summed
+    /// over its members).
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot(self.inner.table.len())
+        match &self.backend {
+            Backend::Server(s) => s.stats(),
+            Backend::Quorum(q) => q.stats(),
+        }
     }
 
     /// The registry entry's name.
     pub fn name(&self) -> &str {
-        &self.inner.settings.name
+        &self.settings().name
     }
 
-    /// The live session for a key, connecting a fresh one if the last died.
-    async fn session_for(&self, id: KeyId) -> Result<Arc<Session>, Error> {
-        let slots = &self.inner.slots;
-        let index = (id.spread() % slots.len() as u64) as usize;
-        if let Some(s) = slots[index].live() {
-            return Ok(s);
-        }
-        // Connecting runs in a task of its own: it finishes (and its session
-        // serves the next caller) even if this caller is dropped, and its
-        // deep set-up future is not nested in the caller's.
-        let locker = self.clone();
-        match tokio::spawn(async move { locker.reconnect(index).await }).await {
-            Ok(result) => result,
-            // Only if the runtime is shutting down.
-            Err(_) => Err(Error::Unavailable {
-                target: self.inner.settings.target(),
-                retry_in: Duration::ZERO,
-                cause: "the runtime is shutting down".to_owned(),
-            }),
-        }
-    }
-
-    /// Opens a fresh session for slot `index` unless another caller just
-    /// did, or the slot is backing off after a failure.
-    async fn reconnect(&self, index: usize) -> Result<Arc<Session>, Error> {
-        let slot = &self.inner.slots[index];
-        // One connect at a time per slot; who waited here finds it done (or
-        // failed, below).
-        let _connecting = slot.connecting.lock().await;
-        if let Some(s) = slot.live() {
-            return Ok(s);
-        }
-        // During an outage, fail fast until the next attempt is due.
-        if let Some(e) = slot.backing_off(&self.inner.settings) {
-            return Err(e);
-        }
-        if let Some(dead) = slot.take() {
-            tracing::info!(pool = %self.name(), session = dead.id(), "advisory-locked: replacing a dead lock session");
-        }
-        match Session::connect(
-            &self.inner.settings,
-            &self.inner.counters,
-            &self.inner.waiters,
-        )
-        .await
-        {
-            Ok(fresh) => {
-                slot.set(fresh.clone());
-                Ok(fresh)
-            }
-            Err(e) => {
-                let retry_in = slot.failed(&e);
-                tracing::warn!(pool = %self.name(), error = %e, retry_in_ms = retry_in.as_millis() as u64,
-                    "advisory-locked: cannot open a lock session; failing fast until the next attempt");
-                Err(e)
-            }
+    /// How many independent servers this entry locks on: 1, or the size of
+    /// its quorum.
+    pub fn servers(&self) -> usize {
+        match &self.backend {
+            Backend::Server(_) => 1,
+            Backend::Quorum(q) => q.members(),
         }
     }
 
     /// Takes the lock if it is free; `Ok(None)` if it is busy, here or in
     /// another process. A key busy in this process costs no round trip.
     pub async fn try_lock(&self, key: LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
-        loop {
-            match self.inner.table.begin(key.id(), mode) {
-                Begin::Reserved => {
-                    let got = self.ask_server(&key, mode, false).await?;
-                    if got.is_none() {
-                        tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in another session)");
-                    }
-                    return Ok(got);
-                }
-                Begin::Joined(session) => {
-                    Counters::add(&self.inner.counters.local_joined, 1);
-                    return Ok(Some(self.guard(key, mode, session, false)));
-                }
-                Begin::Busy(_) => {
-                    Counters::add(&self.inner.counters.local_busy, 1);
-                    tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in this process)");
-                    return Ok(None);
-                }
-                // Shared behind an in-flight shared try-lock: one round trip.
-                Begin::Pending(changed) => changed.await,
-            }
+        match &self.backend {
+            Backend::Server(s) => Ok(s.try_lock(key, mode, false).await?.map(LockGuard::server)),
+            Backend::Quorum(q) => Ok(q.try_lock(key, mode, false).await?.map(LockGuard::quorum)),
         }
     }
 
@@ -217,234 +141,9 @@ impl Locker {
         mode: Mode,
         timeout: Option<Duration>,
     ) -> Result<LockGuard, Error> {
-        let start = Instant::now();
-        let deadline = timeout.map(|t| tokio::time::Instant::from_std(start) + t);
-        let timed_out = || Error::WaitTimeout {
-            key: key.name().to_owned(),
-            waited: start.elapsed(),
-        };
-        let id = key.id();
-        let _forget = ForgetWaiter(&self.inner.waiters, id);
-        let mut attempt = 0;
-        loop {
-            match self.inner.table.begin(id, mode) {
-                Begin::Reserved => {
-                    // Subscribed before the try-lock: a release right after
-                    // it wakes this waiter.
-                    let woken = self.inner.waiters.subscribe(id);
-                    if let Some(guard) = self.ask_server(&key, mode, true).await? {
-                        if attempt > 0 {
-                            tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
-                        }
-                        return Ok(guard);
-                    }
-                    let pause = tokio::time::Instant::now() + crate::backoff::retry_busy(attempt);
-                    attempt += 1;
-                    let until = match deadline {
-                        Some(d) if d <= pause => d,
-                        _ => pause,
-                    };
-                    tokio::select! {
-                        () = woken => {}
-                        () = tokio::time::sleep_until(until) => {}
-                    }
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        // One last try at the deadline.
-                        if let Begin::Reserved = self.inner.table.begin(id, mode) {
-                            if let Some(guard) = self.ask_server(&key, mode, true).await? {
-                                return Ok(guard);
-                            }
-                        }
-                        return Err(timed_out());
-                    }
-                }
-                Begin::Joined(session) => {
-                    Counters::add(&self.inner.counters.local_joined, 1);
-                    return Ok(self.guard(key, mode, session, true));
-                }
-                Begin::Busy(changed) | Begin::Pending(changed) => {
-                    Counters::add(&self.inner.counters.local_busy, 1);
-                    attempt = attempt.max(1);
-                    match deadline {
-                        Some(d) => {
-                            if tokio::time::timeout_at(d, changed).await.is_err() {
-                                return Err(timed_out());
-                            }
-                        }
-                        None => changed.await,
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sends one try-lock for a key reserved in the table.
-    ///
-    /// If the caller is dropped while the request is on the wire, the
-    /// reservation is dropped with it and the session's dispatcher gives a
-    /// grant that nobody takes back to the server.
-    async fn ask_server(
-        &self,
-        key: &LockKey,
-        mode: Mode,
-        notify: bool,
-    ) -> Result<Option<LockGuard>, Error> {
-        let mut reservation = Reservation {
-            locker: self.clone(),
-            id: key.id(),
-            armed: true,
-        };
-        let result = self.try_on_server(key, mode).await;
-        match result {
-            Ok(Some(session)) => {
-                reservation.armed = false;
-                self.inner.table.granted(key.id(), session.clone());
-                Ok(Some(self.guard(key.clone(), mode, session, notify)))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                tracing::warn!(pool = %self.name(), key = %key.name(), error = %e, "advisory-locked: lock failed");
-                Err(e)
-            }
-        }
-    }
-
-    /// The session that granted the lock, or `None` if it is busy.
-    async fn try_on_server(
-        &self,
-        key: &LockKey,
-        mode: Mode,
-    ) -> Result<Option<Arc<Session>>, Error> {
-        // A session that died unnoticed fails the request: then one more try
-        // on a fresh session.
-        let mut retried = false;
-        loop {
-            let session = self.session_for(key.id()).await?;
-            let error = match session.try_lock(key.id(), mode).await {
-                Ok(Answer::Granted(grant)) => {
-                    grant.keep();
-                    return Ok(Some(session));
-                }
-                Ok(Answer::Busy | Answer::Unlocked(_)) => return Ok(None),
-                Err(RequestError::Db(source)) => {
-                    return Err(Error::Query {
-                        key: key.name().to_owned(),
-                        source,
-                    })
-                }
-                Err(RequestError::Ended) => Error::SessionEnded {
-                    key: key.name().to_owned(),
-                },
-            };
-            if retried {
-                return Err(error);
-            }
-            // The error may arrive before the connection task has ended:
-            // mark the session dead so that it is replaced.
-            session.kill();
-            tracing::info!(pool = %self.name(), key = %key.name(), session = session.id(), "advisory-locked: lock session ended during a try-lock; retrying on a fresh one");
-            retried = true;
-        }
-    }
-
-    fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> LockGuard {
-        tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id(), "advisory-locked: acquired");
-        LockGuard {
-            locker: self.clone(),
-            key,
-            mode,
-            session,
-            notify,
-            done: false,
-        }
-    }
-}
-
-/// One of an entry's lock sessions, replaced when it dies.
-struct Slot {
-    current: std::sync::Mutex<Option<Arc<Session>>>,
-    connecting: AsyncMutex<()>,
-    /// The last failed connect: calls fail fast until the next attempt.
-    outage: std::sync::Mutex<Option<Outage>>,
-}
-
-/// A slot's failed connects in a row (see [`crate::backoff::reconnect`]).
-struct Outage {
-    attempts: u32,
-    next_attempt: Instant,
-    cause: String,
-}
-
-impl Slot {
-    fn guard(&self) -> std::sync::MutexGuard<'_, Option<Arc<Session>>> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn live(&self) -> Option<Arc<Session>> {
-        self.guard().as_ref().filter(|s| !s.is_dead()).cloned()
-    }
-
-    fn take(&self) -> Option<Arc<Session>> {
-        self.guard().take()
-    }
-
-    fn set(&self, session: Arc<Session>) {
-        *self.guard() = Some(session);
-        *self.outage() = None;
-    }
-
-    fn outage(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
-        self.outage.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `Error::Unavailable` while the last connect failed and the next
-    /// attempt is not yet due.
-    fn backing_off(&self, settings: &Settings) -> Option<Error> {
-        let outage = self.outage();
-        let o = outage.as_ref()?;
-        let now = Instant::now();
-        (now < o.next_attempt).then(|| Error::Unavailable {
-            target: settings.target(),
-            retry_in: o.next_attempt - now,
-            cause: o.cause.clone(),
-        })
-    }
-
-    /// Records a failed connect; returns the wait before the next attempt.
-    fn failed(&self, e: &Error) -> Duration {
-        let mut outage = self.outage();
-        let attempts = outage.as_ref().map_or(0, |o| o.attempts) + 1;
-        let wait = crate::backoff::reconnect(attempts);
-        *outage = Some(Outage {
-            attempts,
-            next_attempt: Instant::now() + wait,
-            cause: e.to_string(),
-        });
-        wait
-    }
-}
-
-/// Forgets a key's waiter entry when a wait ends, if no other waiter is left.
-struct ForgetWaiter<'a>(&'a Waiters, KeyId);
-
-impl Drop for ForgetWaiter<'_> {
-    fn drop(&mut self) {
-        self.0.forget(self.1);
-    }
-}
-
-/// A key reserved in the table while its try-lock is in flight; dropping it
-/// without a grant frees the key for other tasks.
-struct Reservation {
-    locker: Locker,
-    id: KeyId,
-    armed: bool,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if self.armed {
-            self.locker.inner.table.abandon(self.id);
+        match &self.backend {
+            Backend::Server(s) => s.lock(key, mode, timeout).await.map(LockGuard::server),
+            Backend::Quorum(q) => q.lock(key, mode, timeout).await.map(LockGuard::quorum),
         }
     }
 }
@@ -454,57 +153,92 @@ impl Drop for Reservation {
 /// server's answer.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
-    locker: Locker,
-    key: LockKey,
-    mode: Mode,
-    session: Arc<Session>,
-    /// Taken in wait mode: its release wakes waiters in other processes.
-    notify: bool,
-    done: bool,
+    held: Held,
+}
+
+enum Held {
+    Server(ServerGuard),
+    Quorum(QuorumGuard),
 }
 
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard")
-            .field("pool", &self.locker.name())
-            .field("key", &self.key)
-            .field("mode", &self.mode)
+            .field("key", self.key())
+            .field("mode", &self.mode())
             .field("held", &self.is_held())
+            .field("fencing_token", &self.fencing_token())
             .finish()
     }
 }
 
 impl LockGuard {
+    fn server(guard: ServerGuard) -> LockGuard {
+        LockGuard {
+            held: Held::Server(guard),
+        }
+    }
+
+    fn quorum(guard: QuorumGuard) -> LockGuard {
+        LockGuard {
+            held: Held::Quorum(guard),
+        }
+    }
+
     /// The key held.
     pub fn key(&self) -> &LockKey {
-        &self.key
+        match &self.held {
+            Held::Server(g) => g.key(),
+            Held::Quorum(g) => g.key(),
+        }
     }
 
     /// The mode held.
     pub fn mode(&self) -> Mode {
-        self.mode
+        match &self.held {
+            Held::Server(g) => g.mode(),
+            Held::Quorum(g) => g.mode(),
+        }
     }
 
     /// The server's process id of the session holding the lock (as in
-    /// `pg_locks.pid`).
+    /// `pg_locks.pid`); under a quorum, that of the first granting member.
     pub fn backend_pid(&self) -> i32 {
-        self.session.backend_pid
+        match &self.held {
+            Held::Server(g) => g.backend_pid(),
+            Held::Quorum(g) => g.backend_pid(),
+        }
     }
 
     /// False once the session holding the lock is known to have ended: the
     /// server has then released the lock, and another process may hold it.
+    /// Under a quorum: once fewer than a majority of the granting members'
+    /// sessions live.
     pub fn is_held(&self) -> bool {
-        !self.session.is_dead()
+        self.state().is_held()
+    }
+
+    /// The grant's fencing token, if the entry has fencing tokens
+    /// ([`LockConfig::fencing_tokens`](crate::LockConfig::fencing_tokens)).
+    pub fn fencing_token(&self) -> Option<i64> {
+        match &self.held {
+            Held::Server(g) => g.fencing_token(),
+            Held::Quorum(g) => g.fencing_token(),
+        }
     }
 
     /// The lock as [`current_lock`](crate::current_lock) shows it.
-    pub(crate) fn state(&self) -> crate::LockState {
-        crate::LockState::new(self.key.clone(), self.session.clone())
+    pub fn state(&self) -> crate::LockState {
+        match &self.held {
+            Held::Server(g) => g.state(),
+            Held::Quorum(g) => g.state(),
+        }
     }
 
-    /// Resolves when the session holding the lock ends (the lock is gone).
+    /// Resolves when the lock is lost (its session ended; under a quorum,
+    /// its majority).
     pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.session.closed()
+        self.state().lost()
     }
 
     /// Releases the lock and waits for the server to confirm.
@@ -512,65 +246,13 @@ impl LockGuard {
     /// [`Error::LockLost`] if the session had ended (the server released the
     /// lock already). If the server says the session did not hold the lock,
     /// the session's lock state can't be trusted: it is closed (freeing
-    /// whatever it held) and this is [`Error::LockLost`] too.
-    pub async fn release(mut self) -> Result<(), Error> {
-        self.done = true;
-        // Queued under the table's lock, as in drop.
-        let (id, mode, notify) = (self.key.id(), self.mode, self.notify);
-        let mut answer = None;
-        let released = self.locker.inner.table.release_with(id, |session| {
-            answer = Some(session.unlock(id, mode, notify));
-        });
-        let (Some(_session), Some(answer)) = (released, answer) else {
-            // Other holders of a shared lock in this process keep it.
-            return if self.is_held() {
-                Ok(())
-            } else {
-                Err(self.lost_error())
-            };
-        };
-        // The dispatcher logs and closes the session on a false or failed
-        // unlock; here it only decides the answer.
-        match answer.await {
-            Ok(Answer::Unlocked(true)) => {
-                tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
-                Ok(())
-            }
-            Ok(_) | Err(_) => Err(self.lost_error()),
+    /// whatever it held) and this is [`Error::LockLost`] too. Under a
+    /// quorum, every member is released, and this is `Ok` if a majority
+    /// confirmed.
+    pub async fn release(self) -> Result<(), Error> {
+        match self.held {
+            Held::Server(g) => g.release().await,
+            Held::Quorum(g) => g.release().await,
         }
-    }
-
-    fn lost_error(&self) -> Error {
-        Error::LockLost {
-            key: self.key.name().to_owned(),
-        }
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        // The unlock is queued under the table's lock (see release_with).
-        let (id, mode, notify) = (self.key.id(), self.mode, self.notify);
-        let Some(session) = self
-            .locker
-            .inner
-            .table
-            .release_with(id, |session| session.unlock_later(id, mode, notify))
-        else {
-            return;
-        };
-        if session.is_dead() {
-            // The server released everything the session held.
-            tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), "advisory-locked: released (session already ended)");
-            return;
-        }
-        // Queued, not awaited: the dispatcher sends it at once (or with the
-        // next statement) and checks the answer. Requests for one key always
-        // go through one session, in order, so a new lock of this key from
-        // this process can't overtake it to another session.
-        tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
     }
 }

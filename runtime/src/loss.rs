@@ -49,7 +49,52 @@ pub enum OnLost {
 #[derive(Clone)]
 pub struct LockState {
     key: LockKey,
-    session: Arc<Session>,
+    holder: Holder,
+    token: Option<i64>,
+}
+
+/// What holds a lock: one session, or the sessions of a quorum's granting
+/// members, of which `needed` must live.
+#[derive(Clone)]
+pub(crate) enum Holder {
+    Session(Arc<Session>),
+    Quorum {
+        sessions: Arc<[Arc<Session>]>,
+        needed: usize,
+    },
+}
+
+impl Holder {
+    pub(crate) fn is_held(&self) -> bool {
+        match self {
+            Holder::Session(s) => !s.is_dead(),
+            Holder::Quorum { sessions, needed } => {
+                sessions.iter().filter(|s| !s.is_dead()).count() >= *needed
+            }
+        }
+    }
+
+    /// Resolves when the lock is lost: its session ended, or so many of a
+    /// quorum's sessions that fewer than `needed` are left.
+    pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let (closed, needed): (FuturesUnordered<_>, usize) = match self {
+            Holder::Session(s) => ([s.closed()].into_iter().collect(), 1),
+            Holder::Quorum { sessions, needed } => {
+                (sessions.iter().map(|s| s.closed()).collect(), *needed)
+            }
+        };
+        async move {
+            let mut closed = closed;
+            let mut alive = closed.len();
+            while alive >= needed {
+                if closed.next().await.is_none() {
+                    break;
+                }
+                alive -= 1;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LockState {
@@ -57,13 +102,14 @@ impl std::fmt::Debug for LockState {
         f.debug_struct("LockState")
             .field("key", &self.key)
             .field("held", &self.is_held())
+            .field("fencing_token", &self.token)
             .finish()
     }
 }
 
 impl LockState {
-    pub(crate) fn new(key: LockKey, session: Arc<Session>) -> LockState {
-        LockState { key, session }
+    pub(crate) fn new(key: LockKey, holder: Holder, token: Option<i64>) -> LockState {
+        LockState { key, holder, token }
     }
 
     /// The key held.
@@ -71,14 +117,23 @@ impl LockState {
         &self.key
     }
 
-    /// False once the session holding the lock is known to have ended.
+    /// False once the session holding the lock is known to have ended
+    /// (under a quorum: once fewer than a majority of its sessions live).
     pub fn is_held(&self) -> bool {
-        !self.session.is_dead()
+        self.holder.is_held()
     }
 
     /// Resolves when the lock is lost.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.session.closed()
+        self.holder.lost()
+    }
+
+    /// The grant's fencing token, if the registry entry has fencing tokens
+    /// ([`LockConfig::fencing_tokens`](crate::LockConfig::fencing_tokens)):
+    /// larger than the token of every earlier grant of this key. Shared
+    /// holders of one process share their grant's token.
+    pub fn fencing_token(&self) -> Option<i64> {
+        self.token
     }
 }
 

@@ -151,7 +151,7 @@ impl Session {
             tokio::join!(
                 client.batch_execute(NO_STATEMENT_TIMEOUT),
                 client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
-                prepare_all(&client),
+                prepare_all(&client, settings.fencing),
                 client.batch_execute(SESSION_SETUP),
             )
         };
@@ -258,12 +258,26 @@ impl Session {
     /// `pg_try_advisory_lock[_shared]`. The request is queued at once; if
     /// the returned future is dropped before the answer, a grant is given
     /// back (see [`crate::dispatch::Grant`]).
+    /// With `fenced`, the grant carries the key's next fencing token (see
+    /// [`crate::fence`]).
     pub(crate) fn try_lock(
         &self,
         key: KeyId,
         mode: Mode,
+        fenced: bool,
     ) -> impl Future<Output = Reply> + Send + 'static {
-        self.request(Kind::Lock, key, mode)
+        let kind = if fenced { Kind::FencedLock } else { Kind::Lock };
+        self.request(kind, key, mode)
+    }
+
+    /// Raises the fencing token of a key this session holds to at least
+    /// `floor`; answers [`Answer::Raised`](crate::dispatch::Answer::Raised).
+    pub(crate) fn raise(
+        &self,
+        key: KeyId,
+        floor: i64,
+    ) -> impl Future<Output = Reply> + Send + 'static {
+        self.request(Kind::Raise(floor), key, Mode::Exclusive)
     }
 
     /// `pg_advisory_unlock[_shared]`, answered.
@@ -331,20 +345,29 @@ fn unlock_kind(notify: bool) -> Kind {
     }
 }
 
-async fn prepare_all(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+async fn prepare_all(client: &Client, fencing: bool) -> Result<Statements, tokio_postgres::Error> {
     let single = futures_util::future::try_join_all(SINGLE.iter().map(|sql| client.prepare(sql)));
+    let fenced_sql = if fencing {
+        crate::fence::fenced_statements()
+    } else {
+        Vec::new()
+    };
+    let fenced =
+        futures_util::future::try_join_all(fenced_sql.iter().map(|sql| client.prepare(sql)));
     let two = crate::dispatch::two_requests();
-    let (ping, single, two, batch) = tokio::join!(
+    let (ping, single, two, batch, fenced) = tokio::join!(
         client.prepare("SELECT true"),
         single,
         client.prepare(&two),
-        client.prepare(BATCH)
+        client.prepare(BATCH),
+        fenced,
     );
     Ok(Statements {
         ping: ping?,
         single: single?,
         two: two?,
         batch: batch?,
+        fenced: fenced?,
     })
 }
 

@@ -41,6 +41,25 @@ pub struct Stats {
     pub keys: u64,
 }
 
+impl Stats {
+    /// Field by field sums (a quorum's members).
+    pub(crate) fn plus(&self, o: &Stats) -> Stats {
+        Stats {
+            statements: self.statements + o.statements,
+            lock_requests: self.lock_requests + o.lock_requests,
+            unlock_requests: self.unlock_requests + o.unlock_requests,
+            granted: self.granted + o.granted,
+            busy: self.busy + o.busy,
+            released: self.released + o.released,
+            local_busy: self.local_busy + o.local_busy,
+            local_joined: self.local_joined + o.local_joined,
+            sessions_opened: self.sessions_opened + o.sessions_opened,
+            heartbeats: self.heartbeats + o.heartbeats,
+            keys: self.keys + o.keys,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) statements: AtomicU64,

@@ -23,6 +23,8 @@ enum Entry {
         mode: Mode,
         holders: usize,
         session: Arc<Session>,
+        /// The grant's fencing token, shared by the joined holders.
+        token: Option<i64>,
         changed: Arc<Notify>,
     },
 }
@@ -31,8 +33,9 @@ enum Entry {
 pub(crate) enum Begin {
     /// The caller reserved the key and must ask the server.
     Reserved,
-    /// The caller joined a shared lock this process already holds.
-    Joined(Arc<Session>),
+    /// The caller joined a shared lock this process already holds (with
+    /// that grant's fencing token).
+    Joined(Arc<Session>, Option<i64>),
     /// Busy in this process; the future resolves when that changes.
     Busy(OwnedNotified),
     /// A shared try-lock is in flight; wait for its outcome, then try again.
@@ -79,17 +82,18 @@ impl Table {
                 mode: Mode::Shared,
                 holders,
                 session,
+                token,
                 ..
             }) if mode == Mode::Shared && !session.is_dead() => {
                 *holders += 1;
-                Begin::Joined(session.clone())
+                Begin::Joined(session.clone(), *token)
             }
             Some(Entry::Held { changed, .. }) => Begin::Busy(enabled(changed)),
         }
     }
 
     /// The server granted a reserved key.
-    pub(crate) fn granted(&self, id: KeyId, session: Arc<Session>) {
+    pub(crate) fn granted(&self, id: KeyId, session: Arc<Session>, token: Option<i64>) {
         let mut t = self.lock();
         if let Some(entry) = t.get_mut(&id) {
             if let Entry::Acquiring { mode, changed } = entry {
@@ -98,6 +102,7 @@ impl Table {
                     mode: *mode,
                     holders: 1,
                     session,
+                    token,
                     changed: changed.clone(),
                 };
                 changed.notify_waiters();

@@ -1,0 +1,114 @@
+//! Fencing tokens: a number that grows with every grant of a key, so that a
+//! store the body writes to can reject a holder whose lock has since been
+//! lost and granted to someone else ("fencing", as in Kleppmann's "How to
+//! do distributed locking").
+//!
+//! Enabled per registry entry ([`LockConfig::fencing_tokens`](crate::LockConfig::fencing_tokens)).
+//! Each key's last token lives in the table `advisory_locked_fence` of the
+//! lock's database (created at configuration if missing). A fenced try-lock
+//! is ONE statement: the try-lock and, when it is granted, the increment of
+//! the key's row (an `INSERT … ON CONFLICT DO UPDATE` in a data-modifying
+//! CTE), committed before the answer reaches the caller. Only a holder of
+//! the key writes its row, so every grant reads the token its predecessor
+//! committed and adds one: tokens of one key strictly increase, across
+//! processes, sessions, lock losses and server restarts (the row is durable
+//! as any committed row).
+//!
+//! Under a quorum each member keeps its own row; a grant takes the largest
+//! token its granting members returned and raises the members that lagged
+//! (a second statement, only when they disagree), so that a majority holds
+//! at least that token and the next grant, whose majority overlaps this one,
+//! gets a larger one (see [`crate::quorum`]).
+
+use crate::config::Settings;
+use crate::Error;
+
+/// The table's definition.
+pub(crate) const CREATE_TABLE: &str = "\
+CREATE TABLE IF NOT EXISTS advisory_locked_fence (\
+ space int2 NOT NULL,\
+ key int8 NOT NULL,\
+ token int8 NOT NULL,\
+ granted_at timestamptz NOT NULL DEFAULT clock_timestamp(),\
+ PRIMARY KEY (space, key))";
+
+/// A key that serialises concurrent creations of the table
+/// (`key_hash("advisory-locked:fence-table")`).
+const CREATE_LOCK: i64 = crate::key_hash("advisory-locked:fence-table");
+
+/// Fenced try-locks (codes 12..=15: exclusive/shared x int8/pair) and
+/// raises (16..=19), indexed by `code - 12`. Parameters: the key (`$1`, or
+/// `$1, $2` for a pair) and, for a raise, the floor after it. Answers: a
+/// fenced try-lock `(granted, token or NULL)`; a raise `(token)`.
+pub(crate) fn fenced_statements() -> Vec<String> {
+    let mut out = Vec::with_capacity(8);
+    // (lock call, the row's space and key)
+    let int = ("$1::int8", "1::int2", "$1::int8");
+    let pair = (
+        "$1::int4, $2::int4",
+        "2::int2",
+        "(($1::int8 << 32) | ($2::int8 & 4294967295))",
+    );
+    for (args, space, key, shared) in [(int, false), (int, true), (pair, false), (pair, true)]
+        .map(|((args, space, key), shared)| (args, space, key, shared))
+    {
+        let f = if shared {
+            "pg_try_advisory_lock_shared"
+        } else {
+            "pg_try_advisory_lock"
+        };
+        out.push(format!(
+            "WITH l AS MATERIALIZED (SELECT {f}({args}) AS got), \
+             f AS (INSERT INTO advisory_locked_fence AS t (space, key, token) \
+             SELECT {space}, {key}, 1 FROM l WHERE l.got \
+             ON CONFLICT (space, key) DO UPDATE SET token = t.token + 1, granted_at = clock_timestamp() \
+             RETURNING t.token) \
+             SELECT l.got, (SELECT f.token FROM f) FROM l"
+        ));
+    }
+    for (space, key, floor) in [
+        ("1::int2", "$1::int8", "$2::int8"),
+        ("1::int2", "$1::int8", "$2::int8"),
+        (
+            "2::int2",
+            "(($1::int8 << 32) | ($2::int8 & 4294967295))",
+            "$3::int8",
+        ),
+        (
+            "2::int2",
+            "(($1::int8 << 32) | ($2::int8 & 4294967295))",
+            "$3::int8",
+        ),
+    ] {
+        out.push(format!(
+            "INSERT INTO advisory_locked_fence AS t (space, key, token) VALUES ({space}, {key}, {floor}) \
+             ON CONFLICT (space, key) DO UPDATE SET token = GREATEST(t.token, EXCLUDED.token) \
+             RETURNING t.token"
+        ));
+    }
+    out
+}
+
+/// Creates the table if it is missing (at configuration, before the lock
+/// sessions prepare their statements on it).
+pub(crate) async fn ensure_table(settings: &Settings) -> Result<(), Error> {
+    let target = settings.target();
+    let client = crate::session::connect_probe(settings)
+        .await
+        .map_err(|source| Error::Connect {
+            target: target.clone(),
+            source,
+        })?;
+    // Two processes configuring at once would race on the catalog: one
+    // creation at a time, under a transaction-level lock.
+    let sql = format!("BEGIN; SELECT pg_advisory_xact_lock({CREATE_LOCK}); {CREATE_TABLE}; COMMIT");
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| Error::InvalidConfig {
+            reason: format!(
+                "fencing tokens need the table advisory_locked_fence in {target}, and it could not be created: {}",
+                crate::error::cause(&e)
+            ),
+        })
+}

@@ -1,0 +1,621 @@
+//! The lock machinery of one server: its lock sessions, its in-process
+//! table, and the guards of held locks. [`crate::ServerLocker`] serves a
+//! registry entry with one of these, or with several (a quorum).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::config::Settings;
+use crate::dispatch::{Answer, RequestError};
+use crate::session::Session;
+use crate::stats::{Counters, Stats};
+use crate::table::{Begin, Table};
+use crate::wakeup::Waiters;
+use crate::{Error, KeyId, LockKey, Mode};
+
+/// The lock machinery of one server: a few long-lived lock sessions
+/// serving many locks, and an in-process table so that tasks of this process
+/// exclude each other. Cheap to clone. The public face is
+/// [`crate::Locker`].
+#[derive(Clone)]
+pub(crate) struct ServerLocker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    /// Keys are spread over the sessions by their number, so every request
+    /// for one key goes through the same session while it lives.
+    slots: Vec<Slot>,
+    table: Table,
+    counters: Arc<Counters>,
+    waiters: Arc<Waiters>,
+    /// The fencing table is known to exist (entries with fencing tokens).
+    fence_ready: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for ServerLocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerLocker")
+            .field("settings", &self.inner.settings)
+            .field("local_keys", &self.inner.table.len())
+            .finish()
+    }
+}
+
+impl ServerLocker {
+    pub(crate) async fn connect(settings: Settings) -> Result<ServerLocker, Error> {
+        let counters = Arc::new(Counters::default());
+        let waiters = Arc::new(Waiters::default());
+        if settings.fencing {
+            crate::fence::ensure_table(&settings).await?;
+        }
+        let first = Session::connect(&settings, &counters, &waiters).await?;
+        crate::proxy::refuse_transaction_pooling(&settings, first.backend_pid).await?;
+        let locker = Self::with_first(settings, counters, waiters, Some(first));
+        locker
+            .inner
+            .fence_ready
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(locker)
+    }
+
+    /// A locker whose sessions connect on first use (a quorum member that
+    /// was unreachable at configuration).
+    pub(crate) fn unconnected(settings: Settings) -> ServerLocker {
+        let counters = Arc::new(Counters::default());
+        let waiters = Arc::new(Waiters::default());
+        Self::with_first(settings, counters, waiters, None)
+    }
+
+    fn with_first(
+        settings: Settings,
+        counters: Arc<Counters>,
+        waiters: Arc<Waiters>,
+        first: Option<Arc<Session>>,
+    ) -> ServerLocker {
+        let slots = (0..settings.sessions)
+            .map(|i| Slot {
+                current: std::sync::Mutex::new(if i == 0 { first.clone() } else { None }),
+                connecting: AsyncMutex::new(()),
+                outage: std::sync::Mutex::new(None),
+            })
+            .collect();
+        ServerLocker {
+            inner: Arc::new(Inner {
+                settings,
+                slots,
+                table: Table::default(),
+                counters,
+                waiters,
+                fence_ready: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Subscribes to the next release of `id` in another process that
+    /// notifies (see [`crate::wakeup`]).
+    pub(crate) fn woken(
+        &self,
+        id: KeyId,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.inner.waiters.subscribe(id)
+    }
+
+    /// Forgets the wait entry of `id` when no waiter is left.
+    pub(crate) fn forget_waiter(&self, id: KeyId) {
+        self.inner.waiters.forget(id);
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Counters since configuration.
+    pub(crate) fn stats(&self) -> Stats {
+        self.inner.counters.snapshot(self.inner.table.len())
+    }
+
+    /// The registry entry's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.inner.settings.name
+    }
+
+    /// The live session for a key, connecting a fresh one if the last died.
+    async fn session_for(&self, id: KeyId) -> Result<Arc<Session>, Error> {
+        let slots = &self.inner.slots;
+        let index = (id.spread() % slots.len() as u64) as usize;
+        if let Some(s) = slots[index].live() {
+            return Ok(s);
+        }
+        // Connecting runs in a task of its own: it finishes (and its session
+        // serves the next caller) even if this caller is dropped, and its
+        // deep set-up future is not nested in the caller's.
+        let locker = self.clone();
+        match tokio::spawn(async move { locker.reconnect(index).await }).await {
+            Ok(result) => result,
+            // Only if the runtime is shutting down.
+            Err(_) => Err(Error::Unavailable {
+                target: self.inner.settings.target(),
+                retry_in: Duration::ZERO,
+                cause: "the runtime is shutting down".to_owned(),
+            }),
+        }
+    }
+
+    /// Opens a fresh session for slot `index` unless another caller just
+    /// did, or the slot is backing off after a failure.
+    async fn reconnect(&self, index: usize) -> Result<Arc<Session>, Error> {
+        let slot = &self.inner.slots[index];
+        // One connect at a time per slot; who waited here finds it done (or
+        // failed, below).
+        let _connecting = slot.connecting.lock().await;
+        if let Some(s) = slot.live() {
+            return Ok(s);
+        }
+        // During an outage, fail fast until the next attempt is due.
+        if let Some(e) = slot.backing_off(&self.inner.settings) {
+            return Err(e);
+        }
+        if let Some(dead) = slot.take() {
+            tracing::info!(pool = %self.name(), session = dead.id(), "advisory-locked: replacing a dead lock session");
+        }
+        let settings = &self.inner.settings;
+        let ready = &self.inner.fence_ready;
+        if settings.fencing && !ready.load(std::sync::atomic::Ordering::Acquire) {
+            // A quorum member first reached now.
+            if let Err(e) = crate::fence::ensure_table(settings).await {
+                slot.failed(&e);
+                return Err(e);
+            }
+            ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+        match Session::connect(
+            &self.inner.settings,
+            &self.inner.counters,
+            &self.inner.waiters,
+        )
+        .await
+        {
+            Ok(fresh) => {
+                slot.set(fresh.clone());
+                Ok(fresh)
+            }
+            Err(e) => {
+                let retry_in = slot.failed(&e);
+                tracing::warn!(pool = %self.name(), error = %e, retry_in_ms = retry_in.as_millis() as u64,
+                    "advisory-locked: cannot open a lock session; failing fast until the next attempt");
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the lock if it is free; `Ok(None)` if it is busy, here or in
+    /// another process. A key busy in this process costs no round trip.
+    /// With `notify`, its release wakes waiters in other processes.
+    pub(crate) async fn try_lock(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        notify: bool,
+    ) -> Result<Option<ServerGuard>, Error> {
+        loop {
+            match self.inner.table.begin(key.id(), mode) {
+                Begin::Reserved => {
+                    let got = self.ask_server(&key, mode, notify).await?;
+                    if got.is_none() {
+                        tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in another session)");
+                    }
+                    return Ok(got);
+                }
+                Begin::Joined(session, token) => {
+                    Counters::add(&self.inner.counters.local_joined, 1);
+                    return Ok(Some(self.guard(key, mode, session, notify, token)));
+                }
+                Begin::Busy(_) => {
+                    Counters::add(&self.inner.counters.local_busy, 1);
+                    tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in this process)");
+                    return Ok(None);
+                }
+                // Shared behind an in-flight shared try-lock: one round trip.
+                Begin::Pending(changed) => changed.await,
+            }
+        }
+    }
+
+    /// Waits for the lock, at most `timeout` (`None`: as long as it takes).
+    ///
+    /// Waiting never blocks a lock session. A key busy in this process is
+    /// awaited in memory. A key held by another process is tried again when
+    /// its holder's release notifies (a lock taken with `lock` notifies
+    /// waiters in other processes when it is released, in the same
+    /// statement as the unlock), and in any case with backoff (2 ms doubling
+    /// to 250 ms, with jitter), which covers releases that notify nobody (a
+    /// crashed holder, a skip-mode holder). An expired wait is
+    /// [`Error::WaitTimeout`].
+    pub(crate) async fn lock(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        timeout: Option<Duration>,
+    ) -> Result<ServerGuard, Error> {
+        let start = Instant::now();
+        let deadline = timeout.map(|t| tokio::time::Instant::from_std(start) + t);
+        let timed_out = || Error::WaitTimeout {
+            key: key.name().to_owned(),
+            waited: start.elapsed(),
+        };
+        let id = key.id();
+        let _forget = ForgetWaiter(&self.inner.waiters, id);
+        let mut attempt = 0;
+        loop {
+            match self.inner.table.begin(id, mode) {
+                Begin::Reserved => {
+                    // Subscribed before the try-lock: a release right after
+                    // it wakes this waiter.
+                    let woken = self.inner.waiters.subscribe(id);
+                    if let Some(guard) = self.ask_server(&key, mode, true).await? {
+                        if attempt > 0 {
+                            tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
+                        }
+                        return Ok(guard);
+                    }
+                    let pause = tokio::time::Instant::now() + crate::backoff::retry_busy(attempt);
+                    attempt += 1;
+                    let until = match deadline {
+                        Some(d) if d <= pause => d,
+                        _ => pause,
+                    };
+                    tokio::select! {
+                        () = woken => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        // One last try at the deadline.
+                        if let Begin::Reserved = self.inner.table.begin(id, mode) {
+                            if let Some(guard) = self.ask_server(&key, mode, true).await? {
+                                return Ok(guard);
+                            }
+                        }
+                        return Err(timed_out());
+                    }
+                }
+                Begin::Joined(session, token) => {
+                    Counters::add(&self.inner.counters.local_joined, 1);
+                    return Ok(self.guard(key, mode, session, true, token));
+                }
+                Begin::Busy(changed) | Begin::Pending(changed) => {
+                    Counters::add(&self.inner.counters.local_busy, 1);
+                    attempt = attempt.max(1);
+                    match deadline {
+                        Some(d) => {
+                            if tokio::time::timeout_at(d, changed).await.is_err() {
+                                return Err(timed_out());
+                            }
+                        }
+                        None => changed.await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one try-lock for a key reserved in the table.
+    ///
+    /// If the caller is dropped while the request is on the wire, the
+    /// reservation is dropped with it and the session's dispatcher gives a
+    /// grant that nobody takes back to the server.
+    async fn ask_server(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        notify: bool,
+    ) -> Result<Option<ServerGuard>, Error> {
+        let mut reservation = Reservation {
+            locker: self.clone(),
+            id: key.id(),
+            armed: true,
+        };
+        let result = self.try_on_server(key, mode).await;
+        match result {
+            Ok(Some((session, token))) => {
+                reservation.armed = false;
+                self.inner.table.granted(key.id(), session.clone(), token);
+                Ok(Some(self.guard(key.clone(), mode, session, notify, token)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tracing::warn!(pool = %self.name(), key = %key.name(), error = %e, "advisory-locked: lock failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// The session that granted the lock (and the grant's fencing token),
+    /// or `None` if it is busy.
+    async fn try_on_server(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+    ) -> Result<Option<(Arc<Session>, Option<i64>)>, Error> {
+        let fenced = self.inner.settings.fencing;
+        // A session that died unnoticed fails the request: then one more try
+        // on a fresh session.
+        let mut retried = false;
+        loop {
+            let session = self.session_for(key.id()).await?;
+            let error = match session.try_lock(key.id(), mode, fenced).await {
+                Ok(Answer::Granted(grant)) => {
+                    let token = grant.token;
+                    grant.keep();
+                    return Ok(Some((session, token)));
+                }
+                Ok(Answer::Busy | Answer::Unlocked(_) | Answer::Raised(_)) => return Ok(None),
+                Err(RequestError::Db(source)) => {
+                    return Err(Error::Query {
+                        key: key.name().to_owned(),
+                        source,
+                    })
+                }
+                Err(RequestError::Ended) => Error::SessionEnded {
+                    key: key.name().to_owned(),
+                },
+            };
+            if retried {
+                return Err(error);
+            }
+            // The error may arrive before the connection task has ended:
+            // mark the session dead so that it is replaced.
+            session.kill();
+            tracing::info!(pool = %self.name(), key = %key.name(), session = session.id(), "advisory-locked: lock session ended during a try-lock; retrying on a fresh one");
+            retried = true;
+        }
+    }
+
+    fn guard(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        session: Arc<Session>,
+        notify: bool,
+        token: Option<i64>,
+    ) -> ServerGuard {
+        tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id(), "advisory-locked: acquired");
+        ServerGuard {
+            locker: self.clone(),
+            key,
+            mode,
+            session,
+            notify,
+            token,
+            done: false,
+        }
+    }
+}
+
+/// One of an entry's lock sessions, replaced when it dies.
+struct Slot {
+    current: std::sync::Mutex<Option<Arc<Session>>>,
+    connecting: AsyncMutex<()>,
+    /// The last failed connect: calls fail fast until the next attempt.
+    outage: std::sync::Mutex<Option<Outage>>,
+}
+
+/// A slot's failed connects in a row (see [`crate::backoff::reconnect`]).
+struct Outage {
+    attempts: u32,
+    next_attempt: Instant,
+    cause: String,
+}
+
+impl Slot {
+    fn guard(&self) -> std::sync::MutexGuard<'_, Option<Arc<Session>>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live(&self) -> Option<Arc<Session>> {
+        self.guard().as_ref().filter(|s| !s.is_dead()).cloned()
+    }
+
+    fn take(&self) -> Option<Arc<Session>> {
+        self.guard().take()
+    }
+
+    fn set(&self, session: Arc<Session>) {
+        *self.guard() = Some(session);
+        *self.outage() = None;
+    }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        self.outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Error::Unavailable` while the last connect failed and the next
+    /// attempt is not yet due.
+    fn backing_off(&self, settings: &Settings) -> Option<Error> {
+        let outage = self.outage();
+        let o = outage.as_ref()?;
+        let now = Instant::now();
+        (now < o.next_attempt).then(|| Error::Unavailable {
+            target: settings.target(),
+            retry_in: o.next_attempt - now,
+            cause: o.cause.clone(),
+        })
+    }
+
+    /// Records a failed connect; returns the wait before the next attempt.
+    fn failed(&self, e: &Error) -> Duration {
+        let mut outage = self.outage();
+        let attempts = outage.as_ref().map_or(0, |o| o.attempts) + 1;
+        let wait = crate::backoff::reconnect(attempts);
+        *outage = Some(Outage {
+            attempts,
+            next_attempt: Instant::now() + wait,
+            cause: e.to_string(),
+        });
+        wait
+    }
+}
+
+/// Forgets a key's waiter entry when a wait ends, if no other waiter is left.
+struct ForgetWaiter<'a>(&'a Waiters, KeyId);
+
+impl Drop for ForgetWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
+/// A key reserved in the table while its try-lock is in flight; dropping it
+/// without a grant frees the key for other tasks.
+struct Reservation {
+    locker: ServerLocker,
+    id: KeyId,
+    armed: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            self.locker.inner.table.abandon(self.id);
+        }
+    }
+}
+
+/// A lock held on one server. Dropping it releases the lock (the unlock
+/// is sent in the background). The public face is [`crate::LockGuard`].
+#[must_use = "the lock is released when the guard is dropped"]
+pub(crate) struct ServerGuard {
+    locker: ServerLocker,
+    key: LockKey,
+    mode: Mode,
+    session: Arc<Session>,
+    /// Taken in wait mode: its release wakes waiters in other processes.
+    notify: bool,
+    /// The grant's fencing token, on entries with fencing.
+    token: Option<i64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for ServerGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerGuard")
+            .field("pool", &self.locker.name())
+            .field("key", &self.key)
+            .field("mode", &self.mode)
+            .field("held", &self.is_held())
+            .finish()
+    }
+}
+
+impl ServerGuard {
+    /// The key held.
+    pub(crate) fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    /// The mode held.
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The server's process id of the session holding the lock (as in
+    /// `pg_locks.pid`).
+    pub(crate) fn backend_pid(&self) -> i32 {
+        self.session.backend_pid
+    }
+
+    /// False once the session holding the lock is known to have ended: the
+    /// server has then released the lock, and another process may hold it.
+    pub(crate) fn is_held(&self) -> bool {
+        !self.session.is_dead()
+    }
+
+    /// The lock as [`current_lock`](crate::current_lock) shows it.
+    pub(crate) fn state(&self) -> crate::LockState {
+        crate::LockState::new(
+            self.key.clone(),
+            crate::loss::Holder::Session(self.session.clone()),
+            self.token,
+        )
+    }
+
+    /// The grant's fencing token (entries with fencing only).
+    pub(crate) fn fencing_token(&self) -> Option<i64> {
+        self.token
+    }
+
+    /// The session holding the lock.
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// Releases the lock and waits for the server to confirm.
+    ///
+    /// [`Error::LockLost`] if the session had ended (the server released the
+    /// lock already). If the server says the session did not hold the lock,
+    /// the session's lock state can't be trusted: it is closed (freeing
+    /// whatever it held) and this is [`Error::LockLost`] too.
+    pub(crate) async fn release(mut self) -> Result<(), Error> {
+        self.done = true;
+        // Queued under the table's lock, as in drop.
+        let (id, mode, notify) = (self.key.id(), self.mode, self.notify);
+        let mut answer = None;
+        let released = self.locker.inner.table.release_with(id, |session| {
+            answer = Some(session.unlock(id, mode, notify));
+        });
+        let (Some(_session), Some(answer)) = (released, answer) else {
+            // Other holders of a shared lock in this process keep it.
+            return if self.is_held() {
+                Ok(())
+            } else {
+                Err(self.lost_error())
+            };
+        };
+        // The dispatcher logs and closes the session on a false or failed
+        // unlock; here it only decides the answer.
+        match answer.await {
+            Ok(Answer::Unlocked(true)) => {
+                tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
+                Ok(())
+            }
+            Ok(_) | Err(_) => Err(self.lost_error()),
+        }
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::LockLost {
+            key: self.key.name().to_owned(),
+        }
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The unlock is queued under the table's lock (see release_with).
+        let (id, mode, notify) = (self.key.id(), self.mode, self.notify);
+        let Some(session) = self
+            .locker
+            .inner
+            .table
+            .release_with(id, |session| session.unlock_later(id, mode, notify))
+        else {
+            return;
+        };
+        if session.is_dead() {
+            // The server released everything the session held.
+            tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), "advisory-locked: released (session already ended)");
+            return;
+        }
+        // Queued, not awaited: the dispatcher sends it at once (or with the
+        // next statement) and checks the answer. Requests for one key always
+        // go through one session, in order, so a new lock of this key from
+        // this process can't overtake it to another session.
+        tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
+    }
+}

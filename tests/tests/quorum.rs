@@ -1,0 +1,331 @@
+//! Quorum entries (`QuorumConfig`): a lock over several independent
+//! servers, held when a majority granted it. Every test starts its own
+//! throwaway servers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use advisory_locked::{Error, KeyId, LockConfig, LockKey, Locker, Mode, QuorumConfig};
+use advisory_locked_tests::{
+    advisory_locks, pg_lock, raw_connect, unique, wait_until_unlocked, ThrowawayServer,
+};
+
+async fn holder_pid(admin: &tokio_postgres::Client, id: KeyId) -> Option<i32> {
+    advisory_locks(admin, &[id]).await.first().map(|l| l.pid)
+}
+
+fn start(n: usize) -> Vec<ThrowawayServer> {
+    // Started one after the other (each start is blocking).
+    (0..n).map(|_| ThrowawayServer::start()).collect()
+}
+
+fn urls(servers: &[ThrowawayServer]) -> Vec<String> {
+    servers.iter().map(|s| s.url("postgres")).collect()
+}
+
+async fn quorum(servers: &[ThrowawayServer], name: &str) -> Locker {
+    let members = urls(servers).into_iter().map(|u| {
+        LockConfig::from_url(&u)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .loss_detection(Duration::from_millis(400))
+    });
+    QuorumConfig::new(members)
+        .name(name)
+        .connect()
+        .await
+        .expect("the quorum connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_never_hold_one_key_at_once() {
+    let servers = tokio::task::spawn_blocking(|| start(3)).await.unwrap();
+    // Two independent clients (each its own sessions on every server), four
+    // tasks each, contending on one key in wait mode.
+    let clients = [quorum(&servers, "q-a").await, quorum(&servers, "q-b").await];
+    let key = LockKey::named(unique("quorum:excl"));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for client in &clients {
+        for _ in 0..4 {
+            let (client, key) = (client.clone(), key.clone());
+            let (inside, most, runs) = (inside.clone(), most.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    let guard = client
+                        .lock(key.clone(), Mode::Exclusive, Some(Duration::from_secs(30)))
+                        .await
+                        .expect("lock");
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    guard.release().await.expect("release");
+                }
+            }));
+        }
+    }
+    let start = Instant::now();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("in time")
+            .unwrap();
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 200);
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two holders at once");
+    eprintln!(
+        "quorum of 3: 200 exclusive holds by 2 clients x 4 tasks in {:?}, never two at once",
+        start.elapsed()
+    );
+
+    // The same key taken on one server only (directly) does not stop a
+    // quorum: 2 of 3 still grant. On two servers, it does, and the partial
+    // grant on the third is given back.
+    let direct: Vec<_> = {
+        let mut v = Vec::new();
+        for u in urls(&servers) {
+            v.push(raw_connect(&u).await);
+        }
+        v
+    };
+    pg_lock(&direct[0], key.id(), Mode::Exclusive).await;
+    let g = clients[0]
+        .try_lock(key.clone(), Mode::Exclusive)
+        .await
+        .unwrap();
+    assert!(g.is_some(), "a majority (2 of 3) is free");
+    drop(g);
+    // Wait until servers 1 and 2 are free again (the release is queued).
+    for c in &direct[1..] {
+        assert!(wait_until_unlocked(c, &[key.id()], Duration::from_secs(5))
+            .await
+            .is_empty());
+    }
+    pg_lock(&direct[1], key.id(), Mode::Exclusive).await;
+    for _ in 0..5 {
+        assert!(clients[1]
+            .try_lock(key.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let left = wait_until_unlocked(&direct[2], &[key.id()], Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "partial grant not given back: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_servers_work_with_two_stopped_and_fail_closed_with_three() {
+    let mut servers = tokio::task::spawn_blocking(|| start(5)).await.unwrap();
+    let locker = quorum(&servers, "q-five").await;
+    assert_eq!(locker.servers(), 5);
+    let key = LockKey::named(unique("quorum:five"));
+    let take = |locker: &Locker| {
+        let (locker, key) = (locker.clone(), key.clone());
+        async move { locker.try_lock(key, Mode::Exclusive).await }
+    };
+    assert!(take(&locker).await.unwrap().is_some());
+
+    for stopped in 1..=3usize {
+        let mut s = servers.remove(0);
+        tokio::task::spawn_blocking(move || {
+            s.stop("immediate");
+            s
+        })
+        .await
+        .map(|s| servers.push(s))
+        .unwrap();
+        // Stopped servers are now the last `stopped` ones.
+        let start = Instant::now();
+        let got = take(&locker).await;
+        let took = start.elapsed();
+        match stopped {
+            1 | 2 => {
+                let guard = got.expect("a majority is up").expect("free");
+                assert!(guard.is_held());
+                eprintln!("quorum of 5 with {stopped} stopped: granted in {took:?}");
+            }
+            _ => match got {
+                Err(Error::QuorumUnavailable {
+                    servers: 5,
+                    needed: 3,
+                    reachable: 2,
+                    ..
+                }) => eprintln!("quorum of 5 with 3 stopped: QuorumUnavailable in {took:?}"),
+                other => panic!("expected QuorumUnavailable, got {other:?}"),
+            },
+        }
+    }
+    // Installing a quorum with a majority down fails closed too.
+    let down = QuorumConfig::new(urls(&servers).into_iter().map(|u| {
+        LockConfig::from_url(&u)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+    }))
+    .connect()
+    .await;
+    assert!(
+        matches!(
+            down,
+            Err(Error::QuorumUnavailable {
+                key: None,
+                reachable: 2,
+                ..
+            })
+        ),
+        "{down:?}"
+    );
+
+    // One server back: a majority again, same locker.
+    let mut s = servers.pop().unwrap();
+    let s = tokio::task::spawn_blocking(move || {
+        s.start_again();
+        s
+    })
+    .await
+    .unwrap();
+    servers.push(s);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match take(&locker).await {
+            Ok(Some(_)) => break,
+            other if Instant::now() > deadline => panic!("no grant after a restart: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_majority_is_a_lock_loss_and_tokens_keep_growing() {
+    let servers = tokio::task::spawn_blocking(|| start(3)).await.unwrap();
+    let members = |fencing: bool| {
+        QuorumConfig::new(urls(&servers).into_iter().map(|u| {
+            LockConfig::from_url(&u)
+                .unwrap()
+                .connect_timeout(Duration::from_secs(2))
+                .loss_detection(Duration::from_millis(400))
+        }))
+        .fencing_tokens(fencing)
+    };
+    let locker = members(true).name("q-loss").connect().await.unwrap();
+    let other = members(true).name("q-loss-2").connect().await.unwrap();
+    let key = LockKey::named(unique("quorum:loss"));
+    let admins: Vec<_> = {
+        let mut v = Vec::new();
+        for u in urls(&servers) {
+            v.push(raw_connect(&u).await);
+        }
+        v
+    };
+
+    let mut last_token = 0;
+    for round in 0..6 {
+        let guard = locker
+            .lock(key.clone(), Mode::Exclusive, Some(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        let token = guard.fencing_token().expect("a token");
+        assert!(
+            token > last_token,
+            "round {round}: {token} after {last_token}"
+        );
+        last_token = token;
+        // Kill the holder's session on one member (rotating): still held.
+        let victim = round % 3;
+        if let Some(pid) = holder_pid(&admins[victim], key.id()).await {
+            let _: bool = admins[victim]
+                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .unwrap()
+                .get(0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(guard.is_held(), "one member lost: still a majority");
+        // The other client can't take it meanwhile.
+        assert!(other
+            .try_lock(key.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+            .is_none());
+        if round % 2 == 1 {
+            // A second member: the majority is gone.
+            let second = (victim + 1) % 3;
+            if let Some(pid) = holder_pid(&admins[second], key.id()).await {
+                let _: bool = admins[second]
+                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap()
+                    .get(0);
+            }
+            let t = Instant::now();
+            tokio::time::timeout(Duration::from_secs(5), guard.lost())
+                .await
+                .expect("the loss of the majority is noticed");
+            assert!(!guard.is_held());
+            eprintln!("quorum of 3: majority loss noticed in {:?}", t.elapsed());
+            // Someone else gets it, with a larger token.
+            let g2 = other
+                .lock(key.clone(), Mode::Exclusive, Some(Duration::from_secs(10)))
+                .await
+                .unwrap();
+            let t2 = g2.fencing_token().unwrap();
+            assert!(t2 > last_token, "after the loss: {t2} after {last_token}");
+            last_token = t2;
+            drop(g2);
+        }
+        drop(guard);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_take_turns_with_growing_tokens() {
+    let servers = tokio::task::spawn_blocking(|| start(3)).await.unwrap();
+    let urls = urls(&servers);
+    let admin = raw_connect(&urls[0]).await;
+    admin
+        .batch_execute("CREATE TABLE quorum_rounds (n bigserial PRIMARY KEY, token int8 NOT NULL, pid int4 NOT NULL)")
+        .await
+        .unwrap();
+    const PROCESSES: usize = 3;
+    const ROUNDS: u32 = 30;
+    let key = unique("quorum:procs");
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_fence_worker"))
+                .arg("quorum_rounds")
+                .arg(&key)
+                .arg(ROUNDS.to_string())
+                .args(&urls)
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn fence_worker")
+        })
+        .collect();
+    let start = Instant::now();
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("the worker finishes in time")
+            .unwrap();
+        assert!(out.status.success(), "worker failed: {out:?}");
+    }
+    let rows = admin
+        .query("SELECT token, pid FROM quorum_rounds ORDER BY n", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), PROCESSES * ROUNDS as usize);
+    let tokens: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    for w in tokens.windows(2) {
+        assert!(w[1] > w[0], "tokens in grant order: {} then {}", w[0], w[1]);
+    }
+    eprintln!(
+        "quorum of 3: {} grants over {PROCESSES} processes in {:?}, tokens strictly increasing",
+        tokens.len(),
+        start.elapsed()
+    );
+}
