@@ -351,9 +351,7 @@ mod tests {
     fn pauses_stay_within_half_to_full() {
         let every = Duration::from_millis(200);
         let pauses: Vec<Duration> = (0..200).map(|_| pause(every)).collect();
-        assert!(pauses
-            .iter()
-            .all(|p| *p >= every / 2 && *p <= every));
+        assert!(pauses.iter().all(|p| *p >= every / 2 && *p <= every));
         let distinct: std::collections::HashSet<_> = pauses.iter().collect();
         assert!(distinct.len() > 100, "pauses are spread");
     }

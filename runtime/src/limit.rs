@@ -161,7 +161,10 @@ impl Locker {
     /// ```
     pub async fn try_lock_slot(&self, slots: &Slots) -> Result<Option<SlotGuard>, Error> {
         for index in slots.rotation() {
-            if let Some(guard) = self.try_lock(slots.slot_key(index), Mode::Exclusive).await? {
+            if let Some(guard) = self
+                .try_lock(slots.slot_key(index), Mode::Exclusive)
+                .await?
+            {
                 return Ok(Some(self.slot_guard(slots, index, guard)));
             }
         }
@@ -201,7 +204,10 @@ impl Locker {
     ) -> Result<SlotGuard, Error> {
         let start = Instant::now();
         for index in slots.rotation() {
-            if let Some(guard) = self.try_lock(slots.slot_key(index), Mode::Exclusive).await? {
+            if let Some(guard) = self
+                .try_lock(slots.slot_key(index), Mode::Exclusive)
+                .await?
+            {
                 return Ok(self.slot_guard(slots, index, guard));
             }
         }
@@ -384,7 +390,10 @@ mod tests {
     fn slot_keys_and_rotation() {
         let s = Slots::new(LockKey::named("export"), 3).unwrap();
         assert_eq!(s.slot_key(0), LockKey::named("export#0"));
-        assert_eq!(Slots::new(LockKey::int(42), 1).unwrap().slot_key(0).name(), "42#0");
+        assert_eq!(
+            Slots::new(LockKey::int(42), 1).unwrap().slot_key(0).name(),
+            "42#0"
+        );
         for _ in 0..50 {
             let mut order: Vec<u32> = s.rotation().collect();
             assert_eq!(order.len(), 3);
