@@ -263,14 +263,19 @@ async fn resign_hands_over_without_overlap() {
     assert!(max <= RETRY + SLACK, "handover took {max:?}");
 }
 
-/// Waits until `leaders` agree on one leader and pg_locks shows its session.
+/// Waits until exactly one of `leaders` says it leads and pg_locks shows
+/// its session as the key's holder.
+///
+/// Not asserted here: that two never say so at once. After a session is
+/// lost the server may grant the key to another campaigner a moment before
+/// the old leader has noticed (the documented non-guarantee); the callers
+/// assert it where it holds (drop, resign).
 async fn one_leader(client: &Client, key: KeyId, leaders: &[&Leader]) -> usize {
     let start = Instant::now();
     loop {
         let now: Vec<usize> = (0..leaders.len())
             .filter(|&i| leaders[i].is_leader())
             .collect();
-        assert!(now.len() <= 1, "two leaders in one process: {now:?}");
         if let [i] = now[..] {
             let Leadership::Leader { backend_pid, .. } = leaders[i].state() else {
                 unreachable!()
@@ -324,6 +329,12 @@ async fn a_lost_session_steps_down_and_a_campaigner_takes_over() {
             .expect("the leader did not report the loss")
             .unwrap();
         let stepped_down = cut.elapsed();
+        // Within the lock-loss detection bound (default 1 s; a terminated
+        // session's connection closes, which is noticed at once).
+        assert!(
+            stepped_down <= Duration::from_secs(1) + SLACK,
+            "{stepped_down:?}"
+        );
         let next = one_leader(&client, key.id(), &refs).await;
         let taken_over = cut.elapsed();
         let Leadership::Leader {
@@ -347,6 +358,7 @@ async fn a_lost_session_steps_down_and_a_campaigner_takes_over() {
     let gone = leaders.remove(i);
     let watch = gone.watch();
     let dropped = Instant::now();
+    let dropped_at = std::time::SystemTime::now();
     drop(gone);
     assert!(
         !watch.borrow().is_leader(),
@@ -354,6 +366,13 @@ async fn a_lost_session_steps_down_and_a_campaigner_takes_over() {
     );
     let refs: Vec<&Leader> = leaders.iter().collect();
     one_leader(&client, key.id(), &refs).await;
+    let Leadership::Leader { since, .. } = refs[0].state() else {
+        unreachable!()
+    };
+    assert!(
+        since >= dropped_at,
+        "the other led before the dropped leader stepped down"
+    );
     println!(
         "leader dropped -> the other leads after {:?}",
         dropped.elapsed()
