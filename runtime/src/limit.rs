@@ -179,9 +179,12 @@ impl Locker {
     /// slots are busy, a wait on all of them at once, each as
     /// [`lock`](Self::lock) waits (woken by a release's notification, else
     /// retried with backoff up to 250 ms), and the first slot granted wins.
-    /// No lock session is blocked; a waiter sends up to about 4 try-locks a
-    /// second per slot while it waits, so keep `N` small (tens, not
-    /// thousands). When two slots free at the same moment a waiter may be
+    /// No lock session is blocked; a waiter sends about 4 to 8 try-locks a
+    /// second per slot while it waits (fewer when releases notify it), so
+    /// keep `N` small (tens, not thousands). Waiters are not served in
+    /// order of arrival. A slot taken by the first pass (not after waiting)
+    /// notifies nobody when released, like a skip-mode lock: waiters in
+    /// other processes find it at their next retry. When two slots free at the same moment a waiter may be
     /// granted both for a round trip; it gives the second back at once.
     ///
     /// ```no_run

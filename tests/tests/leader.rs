@@ -107,7 +107,7 @@ impl Fleet {
     /// Tracks one report of worker `index`, checking that a worker that
     /// reports a new term is the only live one leading.
     fn apply(&mut self, index: usize, line: &str) -> LeaderLine {
-        let parsed = LeaderLine::parse(&line).unwrap_or_else(|| panic!("bad line {line:?}"));
+        let parsed = LeaderLine::parse(line).unwrap_or_else(|| panic!("bad line {line:?}"));
         match parsed {
             LeaderLine::Leader {
                 since, backend_pid, ..
