@@ -508,3 +508,94 @@ async fn rate_limit_across_processes() {
         "waiting contenders should keep the rate near the limit: {achieved:.2}/s of {target:.2}/s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_stops_the_body() {
+    let client = raw_connect(&db_url()).await;
+    let pool = pool("limits_lost").await;
+    let name = unique("limits:lost");
+    let ids: Vec<_> = (0..2).map(|i| named(&format!("{name}#{i}"))).collect();
+    let spec = limit_spec(pool, 2, Some(Duration::from_secs(30)), Wait::Skip);
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+    let call = tokio::spawn(advisory_locked::__private::run_skip(
+        spec,
+        LockKey::named(name.clone()),
+        async move {
+            let _ = entered_tx.send(());
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        },
+    ));
+    entered_rx.await.expect("the body ran");
+    let held = advisory_locks(&client, &ids).await;
+    assert_eq!(held.len(), 1, "{held:?}");
+    let cut = Instant::now();
+    assert!(advisory_locked_tests::terminate_backend(&client, held[0].pid).await);
+    let result = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the body was not stopped")
+        .unwrap();
+    println!(
+        "slot's session terminated -> body stopped after {:?}",
+        cut.elapsed()
+    );
+    match result {
+        Err(Error::LockLost { key }) => assert!(key.starts_with(&format!("{name}#")), "{key}"),
+        other => panic!("expected LockLost, got {other:?}"),
+    }
+    // The server freed the slot with the session: the rate form can't keep it.
+    assert!(advisory_locks(&client, &ids).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_slot_outlives_the_call_until_its_process_dies() {
+    let url = db_url();
+    let client = raw_connect(&url).await;
+    let table = ScratchTable::create(&client, "lim_rate_kill", SLOT_HOLDS_COLUMNS).await;
+    let key = unique("limits:rate-kill");
+    let id = named(&format!("{key}#0"));
+    // One call, rate form with a 60 s period: the worker then waits for the
+    // period before exiting (so that the slot is not freed early).
+    let mut child = tokio::process::Command::new(WORKER)
+        .args([
+            url.as_str(),
+            table.name.as_str(),
+            key.as_str(),
+            "1",
+            "60000",
+            "0",
+            "1",
+            "1",
+            "10",
+        ])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start the worker");
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let said =
+        advisory_locked_tests::next_line(&mut lines, "ran 1 skipped 0", Duration::from_secs(20))
+            .await;
+    assert_eq!(said, "ran 1 skipped 0");
+    // The call has returned; the slot is still held by the worker's session.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = advisory_locks(&client, &[id]).await;
+    assert_eq!(
+        held.len(),
+        1,
+        "the rate slot was released before its period: {held:?}"
+    );
+    let killed = Instant::now();
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+    // The documented non-guarantee: a dead process's slots are freed at once.
+    assert!(wait_until_unlocked(&client, &[id], Duration::from_secs(10))
+        .await
+        .is_empty());
+    println!(
+        "rate slot (per 60 s) freed {:?} after its process was killed",
+        killed.elapsed()
+    );
+    assert_eq!(intervals(&client, &table.name).await.len(), 1);
+}
