@@ -43,6 +43,8 @@ mod dispatch;
 mod error;
 mod fence;
 mod key;
+mod leader;
+mod limit;
 mod locker;
 mod loss;
 mod outcome;
@@ -70,6 +72,8 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use key::{key_hash, KeyId, LockKey};
+pub use leader::{Campaign, Leader, Leadership, DEFAULT_CAMPAIGN_RETRY};
+pub use limit::{SlotGuard, Slots};
 pub use locker::{LockGuard, Locker, Mode};
 pub use loss::{current_lock, LockState, OnLost};
 pub use outcome::Outcome;

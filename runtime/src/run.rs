@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use crate::__private::{Spec, Wait};
-use crate::{Error, LockGuard, LockKey, Locker, OnLost, Outcome};
+use crate::{Error, LockGuard, LockKey, Locker, OnLost, Outcome, SlotGuard};
 
 fn policy(spec: &Spec, locker: &Locker) -> OnLost {
     spec.on_lost.unwrap_or(locker.settings().on_lost)
@@ -16,6 +16,15 @@ pub(crate) async fn run_skip<F: Future>(
     body: F,
 ) -> Result<Outcome<F::Output>, Error> {
     let locker = crate::locker(spec.pool)?;
+    if let Some(limit) = spec.limit {
+        let slots = crate::limit::slots_of(key, limit, spec.mode)?;
+        return match locker.try_lock_slot(&slots).await? {
+            Some(slot) => hold_slot(slot, body, policy(&spec, &locker))
+                .await
+                .map(Outcome::Ran),
+            None => Ok(Outcome::Skipped),
+        };
+    }
     match locker.try_lock(key, spec.mode).await? {
         Some(guard) => hold(guard, body, policy(&spec, &locker))
             .await
@@ -35,8 +44,27 @@ pub(crate) async fn run_wait<F: Future>(
         Wait::Timeout(t) => Some(t),
         Wait::Forever | Wait::Skip => None,
     };
+    if let Some(limit) = spec.limit {
+        let slots = crate::limit::slots_of(key, limit, spec.mode)?;
+        let slot = locker.lock_slot(&slots, timeout).await?;
+        return hold_slot(slot, body, policy(&spec, &locker)).await;
+    }
     let guard = locker.lock(key, spec.mode, timeout).await?;
     hold(guard, body, policy(&spec, &locker)).await
+}
+
+/// [`hold`] for a slot of a limit (`limit = N`): the body runs under the
+/// slot's lock; afterwards the slot is dropped, which in the rate form
+/// (`per = "…"`) keeps it in a background task until its period has passed,
+/// while this call returns at once.
+async fn hold_slot<F: Future>(
+    slot: SlotGuard,
+    body: F,
+    policy: OnLost,
+) -> Result<F::Output, Error> {
+    let value = run_body(slot.guard(), body, policy).await;
+    drop(slot);
+    value
 }
 
 /// Runs `body` while `guard` holds the lock, then releases it.
@@ -48,6 +76,19 @@ pub(crate) async fn run_wait<F: Future>(
 /// check [`current_lock`](crate::current_lock)). If the body panics, the
 /// guard's drop releases the lock and the panic goes on.
 async fn hold<F: Future>(guard: LockGuard, body: F, policy: OnLost) -> Result<F::Output, Error> {
+    let value = run_body(&guard, body, policy).await;
+    // Released without waiting for the server's answer: the unlock is
+    // queued on the lock's session, ahead of any later request for this key.
+    drop(guard);
+    value
+}
+
+/// Runs `body` under `guard` with the loss policy (see [`hold`]).
+async fn run_body<F: Future>(
+    guard: &LockGuard,
+    body: F,
+    policy: OnLost,
+) -> Result<F::Output, Error> {
     let body = crate::loss::scope(guard.state(), body);
     let value = match policy {
         OnLost::Abort => {
@@ -69,8 +110,5 @@ async fn hold<F: Future>(guard: LockGuard, body: F, policy: OnLost) -> Result<F:
             value
         }
     };
-    // Released without waiting for the server's answer: the unlock is
-    // queued on the lock's session, ahead of any later request for this key.
-    drop(guard);
     Ok(value)
 }
