@@ -182,9 +182,8 @@ impl Locker {
     /// No lock session is blocked; a waiter sends about 4 to 8 try-locks a
     /// second per slot while it waits (fewer when releases notify it), so
     /// keep `N` small (tens, not thousands). Waiters are not served in
-    /// order of arrival. A slot taken by the first pass (not after waiting)
-    /// notifies nobody when released, like a skip-mode lock: waiters in
-    /// other processes find it at their next retry. When two slots free at the same moment a waiter may be
+    /// order of arrival. A slot taken here notifies waiters in other
+    /// processes when it is released. When two slots free at the same moment a waiter may be
     /// granted both for a round trip; it gives the second back at once.
     ///
     /// ```no_run
@@ -208,7 +207,7 @@ impl Locker {
         let start = Instant::now();
         for index in slots.rotation() {
             if let Some(guard) = self
-                .try_lock(slots.slot_key(index), Mode::Exclusive)
+                .try_lock_notify(slots.slot_key(index), Mode::Exclusive, true)
                 .await?
             {
                 return Ok(self.slot_guard(slots, index, guard));

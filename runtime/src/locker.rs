@@ -119,9 +119,21 @@ impl Locker {
     /// Takes the lock if it is free; `Ok(None)` if it is busy, here or in
     /// another process. A key busy in this process costs no round trip.
     pub async fn try_lock(&self, key: LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
+        self.try_lock_notify(key, mode, false).await
+    }
+
+    /// [`try_lock`](Self::try_lock) whose release, with `notify`, wakes
+    /// waiters in other processes (as a lock taken by [`lock`](Self::lock)
+    /// does).
+    pub(crate) async fn try_lock_notify(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        notify: bool,
+    ) -> Result<Option<LockGuard>, Error> {
         match &self.backend {
-            Backend::Server(s) => Ok(s.try_lock(key, mode, false).await?.map(LockGuard::server)),
-            Backend::Quorum(q) => Ok(q.try_lock(key, mode, false).await?.map(LockGuard::quorum)),
+            Backend::Server(s) => Ok(s.try_lock(key, mode, notify).await?.map(LockGuard::server)),
+            Backend::Quorum(q) => Ok(q.try_lock(key, mode, notify).await?.map(LockGuard::quorum)),
         }
     }
 
