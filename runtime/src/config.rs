@@ -109,9 +109,8 @@ impl LockConfig {
     /// From a `tokio_postgres::Config`.
     pub fn new(pg: tokio_postgres::Config) -> Self {
         let mut pg = pg;
-        if pg.get_application_name().is_none() {
-            pg.application_name("advisory-locked");
-        }
+        // No application_name set here: `connect` sets one naming the entry
+        // and the program unless the user gave one (`application_name()`).
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
@@ -291,9 +290,18 @@ impl LockConfig {
     /// Connects a [`Locker`] that is not put in the registry (for manual use
     /// and tests). One session is connected now so that a bad URL, wrong
     /// credentials, an unreachable server or a standby fail here.
-    pub async fn connect(self) -> Result<Locker, Error> {
+    pub async fn connect(mut self) -> Result<Locker, Error> {
         self.validate()?;
+        if self.settings.pg.get_application_name().is_none() {
+            let app = application_name(&self.settings.name);
+            self.settings.pg.application_name(&app);
+        }
         Locker::connect(self.settings).await
+    }
+
+    /// The settings, for other modules of the crate (e.g. `status`).
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Connects (as [`connect`](Self::connect)) and installs the entry in the
@@ -312,8 +320,45 @@ impl LockConfig {
         }
         reg.insert(name.clone(), locker.clone());
         tracing::info!(pool = %name, target = %locker.settings().target(), "advisory-locked: registry entry configured");
+        log_collisions_once();
         Ok(locker)
     }
+}
+
+/// Logs every key collision of the program (see [`crate::names::collisions`])
+/// once, at the first install: the names are fixed at compile time.
+fn log_collisions_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for c in crate::names::collisions() {
+            let names: Vec<String> = c.keys.iter().map(|k| k.to_string()).collect();
+            tracing::error!(key = %c.id, names = %names.join(", "), "advisory-locked: different key names lock the same number, so they exclude each other: {c}");
+        }
+    });
+}
+
+/// The `application_name` of lock sessions unless the user set one:
+/// `advisory-locked:<entry> <program>[<pid>]`, printable ASCII (anything else
+/// becomes `?`), at most 63 bytes (PostgreSQL's limit), shortening the
+/// program name, then the entry's name, so that the pid stays.
+pub(crate) fn application_name(pool: &str) -> String {
+    const MAX: usize = 63;
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect()
+    };
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "?".to_owned());
+    let mut pool = clean(pool);
+    let mut exe = clean(&exe);
+    let pid = format!("[{}]", std::process::id());
+    let fixed = "advisory-locked:".len() + 1 + pid.len();
+    pool.truncate(MAX.saturating_sub(fixed + 1).min(pool.len()));
+    exe.truncate(MAX.saturating_sub(fixed + pool.len()).min(exe.len()));
+    format!("advisory-locked:{pool} {exe}{pid}")
 }
 
 fn registry() -> std::sync::MutexGuard<'static, HashMap<String, Locker>> {
