@@ -307,7 +307,10 @@ impl LockConfig {
     /// Connects (as [`connect`](Self::connect)) and installs the entry in the
     /// global registry under its name, for annotated functions to use.
     ///
-    /// Installing a name twice is [`Error::AlreadyConfigured`].
+    /// Installing a name twice is [`Error::AlreadyConfigured`]. Key names of
+    /// this entry's annotated fns that lock the same number as another name
+    /// ([`names::collisions`](crate::names::collisions)) are logged as
+    /// `tracing` errors.
     pub async fn install(self) -> Result<Locker, Error> {
         let name = self.settings.name.clone();
         if registry().contains_key(&name) {
@@ -320,21 +323,20 @@ impl LockConfig {
         }
         reg.insert(name.clone(), locker.clone());
         tracing::info!(pool = %name, target = %locker.settings().target(), "advisory-locked: registry entry configured");
-        log_collisions_once();
+        log_collisions(&name);
         Ok(locker)
     }
 }
 
-/// Logs every key collision of the program (see [`crate::names::collisions`])
-/// once, at the first install: the names are fixed at compile time.
-fn log_collisions_once() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        for c in crate::names::collisions() {
-            let names: Vec<String> = c.keys.iter().map(|k| k.to_string()).collect();
-            tracing::error!(key = %c.id, names = %names.join(", "), "advisory-locked: different key names lock the same number, so they exclude each other: {c}");
+/// Logs (`tracing::error!`) every key collision of the program (see
+/// [`crate::names::collisions`]) that involves an annotated fn of entry
+/// `pool`: two names that lock one number exclude each other by accident.
+fn log_collisions(pool: &str) {
+    for c in crate::names::collisions() {
+        if c.keys.iter().any(|k| k.pool() == pool) {
+            tracing::error!(pool = %pool, key = %c.id, "advisory-locked: {c}; they exclude each other: rename one of them");
         }
-    });
+    }
 }
 
 /// The `application_name` of lock sessions unless the user set one:

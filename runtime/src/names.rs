@@ -7,7 +7,8 @@
 //! seen in `pg_locks` back into its name, and [`collisions`] finds two
 //! different names that lock the same number (which would exclude each
 //! other by accident). [`LockConfig::install`](crate::LockConfig::install)
-//! logs every collision as a `tracing` error.
+//! logs every collision that involves a fn of the installed entry as a
+//! `tracing` error (it does not fail).
 //!
 //! ```no_run
 //! use advisory_locked::{advisory_locked, key_hash, names, KeyId};

@@ -13,7 +13,7 @@ async fn close_ledger() -> Result<u32, MyError> {
 #[advisory_locked(key = "tenant:{tenant_id}", transaction = conn, wait = "10s")]
 async fn rebuild(tenant_id: u64) -> Result<(), MyError> {
     let _ = tenant_id;
-    drop(conn);
+    let _conn = conn;
     Ok(())
 }
 
