@@ -12,4 +12,9 @@ async fn with_limit() {}
 #[advisory_locked(key = "d", transaction)]
 async fn no_name() {}
 
+#[advisory_locked(key = "e", transaction = tx)]
+async fn hides_an_argument(tx: u32) {
+    let _ = tx;
+}
+
 fn main() {}
