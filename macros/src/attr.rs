@@ -7,6 +7,8 @@
 //!          | "shared" | "exclusive"
 //!          | "pool" "=" non-empty-string
 //!          | "on_lost" "=" ("\"abort\"" | "\"continue\"")
+//!          | "limit" "=" int (1..=1024) | "per" "=" duration-string
+//!          | "transaction" "=" ident
 //! key     := string (literal or template) | int | "-" int | "(" int "," int ")"
 //! ```
 //!
@@ -31,6 +33,9 @@ mod kw {
     syn::custom_keyword!(exclusive);
     syn::custom_keyword!(pool);
     syn::custom_keyword!(on_lost);
+    syn::custom_keyword!(limit);
+    syn::custom_keyword!(per);
+    syn::custom_keyword!(transaction);
 }
 
 /// The option names, in the order they are listed in messages.
@@ -42,7 +47,13 @@ pub const OPTION_NAMES: &[&str] = &[
     "exclusive",
     "pool",
     "on_lost",
+    "limit",
+    "per",
+    "transaction",
 ];
+
+/// The largest `limit = N`: each slot is an advisory lock of its own.
+pub const MAX_LIMIT: u32 = 1024;
 
 const KEY_FORMS: &str =
     "a string `key = \"report:daily\"`, a template `key = \"tenant:{tenant_id}\"`, an integer `key = 42` or a pair `key = (7, 42)`";
@@ -56,6 +67,12 @@ pub struct Args {
     pub shared: bool,
     pub pool: Option<LitStr>,
     pub on_lost: Option<OnLost>,
+    /// `limit = N`: at most N bodies at once across the fleet.
+    pub limit: Option<u32>,
+    /// `per = "…"` (only with `limit`), in milliseconds.
+    pub per: Option<u64>,
+    /// `transaction = tx`: the name the body gets its transaction under.
+    pub transaction: Option<Ident>,
 }
 
 /// What the body does when its lock is lost (`on_lost = "…"`).
@@ -96,6 +113,9 @@ enum Name {
     Exclusive,
     Pool,
     OnLost,
+    Limit,
+    Per,
+    Transaction,
 }
 
 impl Name {
@@ -108,6 +128,9 @@ impl Name {
             Name::Exclusive => "exclusive",
             Name::Pool => "pool",
             Name::OnLost => "on_lost",
+            Name::Limit => "limit",
+            Name::Per => "per",
+            Name::Transaction => "transaction",
         }
     }
 }
@@ -197,6 +220,35 @@ pub fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
             "`shared` and `exclusive` cannot be combined: a lock is taken either shared (readers) or exclusive (the default); keep one of them",
         );
     }
+    if let (Some(per), None) = (first(Name::Per), first(Name::Limit)) {
+        errors.add(
+            per,
+            "`per` needs `limit`: `limit = N, per = \"1m\"` lets at most N bodies start per minute across the fleet; add `limit = N`, or remove `per`",
+        );
+    }
+    if let (Some(sh), Some(l)) = (position(Name::Shared), position(Name::Limit)) {
+        errors.add(
+            seen[sh.max(l)].1,
+            "`shared` and `limit` cannot be combined: `limit = N` gives N exclusive slots (shared holders would not count against the limit); remove one of them",
+        );
+    }
+    if let Some(t) = position(Name::Transaction) {
+        for other in [Name::Limit, Name::Per] {
+            if let Some(o) = position(other) {
+                let on = other.as_str();
+                errors.add(
+                    seen[t.max(o)].1,
+                    format!("`transaction` and `{on}` cannot be combined: a fleet-wide limit is not supported with transaction scope; remove one of them"),
+                );
+            }
+        }
+        if let Some(o) = position(Name::OnLost) {
+            errors.add(
+                seen[t.max(o)].1,
+                "`on_lost` does not apply with `transaction`: a transaction-level lock ends with its connection, and then the commit fails (the body's work is rolled back) instead; remove `on_lost`",
+            );
+        }
+    }
     if first(Name::Key).is_none() && !key_attempted {
         let msg =
             format!("missing `key`: #[advisory_locked] needs the lock's key, e.g. {KEY_FORMS}");
@@ -257,6 +309,12 @@ fn parse_option(input: ParseStream) -> syn::Result<RawOption> {
         (Name::Pool, input.parse::<kw::pool>()?.span)
     } else if input.peek(kw::on_lost) {
         (Name::OnLost, input.parse::<kw::on_lost>()?.span)
+    } else if input.peek(kw::limit) {
+        (Name::Limit, input.parse::<kw::limit>()?.span)
+    } else if input.peek(kw::per) {
+        (Name::Per, input.parse::<kw::per>()?.span)
+    } else if input.peek(kw::transaction) {
+        (Name::Transaction, input.parse::<kw::transaction>()?.span)
     } else if input.peek(Ident::peek_any) {
         let ident = Ident::parse_any(input)?;
         return Err(unknown_option(&ident));
@@ -486,6 +544,90 @@ fn apply(args: &mut Args, raw: RawOption, errors: &mut Errors) {
             ),
         },
 
+        (Name::Limit, None) => errors.add(
+            raw.name_span,
+            format!("`limit` needs a value: write `limit = N` (1..={MAX_LIMIT}) to let at most N bodies run at once across the fleet"),
+        ),
+        (Name::Limit, Some((_, value))) => match parse_limit(&value) {
+            Ok(n) => args.limit = Some(n),
+            Err(e) => errors.push(e),
+        },
+
+        (Name::Per, None) => errors.add(
+            raw.name_span,
+            "`per` needs a value: write `per = \"1m\"` (with `limit = N`: at most N starts per minute)",
+        ),
+        (Name::Per, Some((_, value))) => match ungroup(&value) {
+            Expr::Lit(syn::ExprLit {
+                lit: Lit::Str(s), ..
+            }) => match duration::parse_millis(&s.value()) {
+                Ok(ms) => args.per = Some(ms),
+                Err(e) => {
+                    let why = match e {
+                        duration::DurationError::Zero => "the duration is zero: `per` is the period in which at most `limit` bodies start; give a positive period, or remove `per` to limit only how many run at once".to_owned(),
+                        duration::DurationError::TooLong => "the duration is too long: the longest period is 8760h (365 days)".to_owned(),
+                        duration::DurationError::SubMillisecond { part } => format!("`{part}` is not a whole number of milliseconds: periods are counted in milliseconds"),
+                        other => other.to_string(),
+                    };
+                    errors.add(s.span(), format!("invalid `per` duration {:?}: {why}", s.value()));
+                }
+            },
+            Expr::Lit(syn::ExprLit {
+                lit: Lit::Int(i), ..
+            }) => errors.add(
+                i.span(),
+                format!(
+                    "`per` takes a duration string with a unit: write `per = \"{}s\"` for seconds (units: `ms`, `s`, `m`, `h`)",
+                    i.base10_digits()
+                ),
+            ),
+            other => errors.add(
+                other.span(),
+                format!(
+                    "`per` takes a duration string, e.g. `per = \"1m\"` or `per = \"1.5s\"`; found {}",
+                    describe(other)
+                ),
+            ),
+        },
+
+        (Name::Transaction, None) => errors.add(
+            raw.name_span,
+            "`transaction` needs a name for the transaction: write `transaction = tx`, and use `tx` in the body",
+        ),
+        (Name::Transaction, Some((_, value))) => match ungroup(&value) {
+            Expr::Path(p)
+                if p.qself.is_none()
+                    && p.attrs.is_empty()
+                    && p.path.leading_colon.is_none()
+                    && p.path.segments.len() == 1
+                    && p.path.segments[0].arguments.is_none()
+                    && !matches!(
+                        p.path.segments[0].ident.to_string().as_str(),
+                        "self" | "Self" | "super" | "crate"
+                    ) =>
+            {
+                args.transaction = Some(p.path.segments[0].ident.clone());
+            }
+            Expr::Lit(syn::ExprLit {
+                lit: Lit::Str(s), ..
+            }) => {
+                let fix = syn::parse_str::<Ident>(&s.value())
+                    .map(|i| format!("`transaction = {i}`"))
+                    .unwrap_or_else(|_| "`transaction = tx`".to_owned());
+                errors.add(
+                    s.span(),
+                    format!("`transaction` takes the name the body uses for its transaction, not a string: write {fix}"),
+                );
+            }
+            other => errors.add(
+                other.span(),
+                format!(
+                    "`transaction` takes the name the body uses for its transaction, e.g. `transaction = tx`; found {}",
+                    describe(other)
+                ),
+            ),
+        },
+
         (Name::Shared, None) => args.shared = true,
         (Name::Skip | Name::Exclusive, None) => {}
         (Name::Skip | Name::Shared | Name::Exclusive, Some((eq, value))) => {
@@ -504,6 +646,58 @@ fn apply(args: &mut Args, raw: RawOption, errors: &mut Errors) {
                 format!("`{n}` is a flag and takes no value: {fix}"),
             ));
         }
+    }
+}
+
+/// `limit = N`: an integer literal in 1..=MAX_LIMIT.
+fn parse_limit(value: &Expr) -> syn::Result<u32> {
+    let range = format!("1..={MAX_LIMIT}");
+    match ungroup(value) {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(i), ..
+        }) => {
+            let suffix = i.suffix();
+            if !suffix.is_empty() && suffix != "u32" {
+                return Err(syn::Error::new(
+                    i.span(),
+                    format!("unexpected suffix `{suffix}`: write the number without a suffix, e.g. `limit = {}`", i.base10_digits()),
+                ));
+            }
+            match i.base10_digits().parse::<u64>() {
+                Ok(0) => Err(syn::Error::new(
+                    i.span(),
+                    "`limit` must be at least 1: it is how many bodies may run at once across the fleet",
+                )),
+                Ok(n) if n <= u64::from(MAX_LIMIT) => Ok(n as u32),
+                _ => Err(syn::Error::new(
+                    i.span(),
+                    format!("`limit` is at most {MAX_LIMIT}: each slot is an advisory lock of its own, held on the lock sessions; found {}", i.base10_digits()),
+                )),
+            }
+        }
+        Expr::Unary(u) if matches!(u.op, UnOp::Neg(_)) => Err(syn::Error::new_spanned(
+            u,
+            format!("`limit` must be at least 1 ({range}): it is how many bodies may run at once across the fleet"),
+        )),
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(s), ..
+        }) => {
+            let fix = match s.value().trim().parse::<u32>() {
+                Ok(n) => format!("write `limit = {n}`"),
+                Err(_) => "e.g. `limit = 2`".to_owned(),
+            };
+            Err(syn::Error::new(
+                s.span(),
+                format!("`limit` takes an integer ({range}), not a string: {fix}"),
+            ))
+        }
+        other => Err(syn::Error::new(
+            other.span(),
+            format!(
+                "`limit` takes an integer literal ({range}), e.g. `limit = 2`; found {}",
+                describe(other)
+            ),
+        )),
     }
 }
 
@@ -851,6 +1045,47 @@ mod tests {
             let e = parse_err(tokens.clone());
             assert!(e[0].starts_with(start), "{tokens}: {e:?}");
         }
+    }
+
+    #[test]
+    fn limit_per_and_transaction() {
+        let args = parse_ok(quote!(key = "k", limit = 3, per = "1m30s"));
+        assert_eq!((args.limit, args.per), (Some(3), Some(90_000)));
+        let args = parse_ok(quote!(limit = 1024u32, key = "k"));
+        assert_eq!((args.limit, args.per), (Some(1024), None));
+        let args = parse_ok(quote!(key = "k", transaction = r#tx, wait, shared));
+        assert_eq!(args.transaction.unwrap().to_string(), "r#tx");
+        for (tokens, start) in [
+            (quote!(key = "k", per = "1m"), "`per` needs `limit`"),
+            (quote!(key = "k", limit = 0), "`limit` must be at least 1"),
+            (quote!(key = "k", limit = -2), "`limit` must be at least 1"),
+            (quote!(key = "k", limit = 1025), "`limit` is at most 1024"),
+            (quote!(key = "k", limit = 99999999999999999999999), "`limit` is at most 1024"),
+            (quote!(key = "k", limit = "2"), "`limit` takes an integer (1..=1024), not a string: write `limit = 2`"),
+            (quote!(key = "k", limit = 2u8), "unexpected suffix `u8`"),
+            (quote!(key = "k", limit = N), "`limit` takes an integer literal"),
+            (quote!(key = "k", limit), "`limit` needs a value"),
+            (quote!(key = "k", limit = 2, per = "0s"), "invalid `per` duration \"0s\": the duration is zero: `per` is the period"),
+            (quote!(key = "k", limit = 2, per = 60), "`per` takes a duration string with a unit: write `per = \"60s\"`"),
+            (quote!(key = "k", limit = 2, per), "`per` needs a value"),
+            (quote!(key = "k", transaction = "tx"), "`transaction` takes the name the body uses for its transaction, not a string: write `transaction = tx`"),
+            (quote!(key = "k", transaction = a::b), "`transaction` takes the name"),
+            (quote!(key = "k", transaction = self), "`transaction` takes the name"),
+            (quote!(key = "k", transaction), "`transaction` needs a name"),
+            (quote!(key = "k", transaction = tx, limit = 2), "`transaction` and `limit` cannot be combined"),
+            (quote!(key = "k", per = "1s", transaction = tx), "`per` needs `limit`"),
+            (quote!(key = "k", on_lost = "abort", transaction = tx), "`on_lost` does not apply with `transaction`"),
+        ] {
+            let e = parse_err(tokens.clone());
+            assert!(e[0].starts_with(start), "{tokens}: {e:?}");
+        }
+        // `per` without a valid `limit` is not also "missing `limit`".
+        assert_eq!(parse_err(quote!(key = "k", limit = 0, per = "1s")).len(), 1);
+        // Both limit options with a transaction: one error each.
+        assert_eq!(
+            parse_err(quote!(key = "k", transaction = tx, limit = 2, per = "1s")).len(),
+            2
+        );
     }
 
     #[test]

@@ -108,6 +108,20 @@ pub fn check(args: &Args, f: &LockedFn) -> Option<syn::Error> {
             }
         }
     }
+    if let Some(tx) = &args.transaction {
+        let name = tx.unraw().to_string();
+        let names = argument_names(sig);
+        if names.contains(&name) {
+            let other = ["tx", "txn", "transaction"]
+                .into_iter()
+                .find(|n| !names.iter().any(|a| a == n))
+                .unwrap_or("db_tx");
+            errors.add(
+                tx.span(),
+                format!("`transaction = {name}` would hide the argument `{name}` in the body: give the transaction another name, e.g. `transaction = {other}`"),
+            );
+        }
+    }
     if let Some(c) = &sig.constness {
         errors.add(
             c.span,
@@ -285,6 +299,25 @@ mod tests {
         );
         assert!(e[0]
             .starts_with("`{self.id}` in the key template needs a method with a `self` receiver"));
+    }
+
+    #[test]
+    fn transaction_name_must_not_hide_an_argument() {
+        let e = errors_for(
+            quote!(key = "k", transaction = tx),
+            quote!(
+                async fn f(tx: u8) {}
+            ),
+        );
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("`transaction = tx` would hide the argument `tx`"));
+        assert!(errors_for(
+            quote!(key = "k", transaction = tx),
+            quote!(
+                async fn f(&self, t: u8) {}
+            ),
+        )
+        .is_empty());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Code generation. The expansion holds no behaviour: it computes the key,
 //! describes the options as a `Spec` value and hands the body, as a future,
-//! to `::advisory_locked::__private::run_skip` / `run_wait`.
+//! to `::advisory_locked::__private::run_skip` / `run_wait` (with
+//! `transaction = tx`: as a closure taking the transaction, to `run_tx_skip`
+//! / `run_tx_wait`). It also submits the key's name to the compile-time
+//! inventory of key names (`::advisory_locked::names`).
 
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
@@ -38,20 +41,33 @@ pub fn expand(args: &Args, f: LockedFn) -> TokenStream {
     };
 
     let wait_mode = args.wait;
-    let (new_ret, run) = if wait_mode == WaitMode::Skip {
-        (
+    let (new_ret, run) = match (wait_mode == WaitMode::Skip, args.transaction.is_some()) {
+        (true, false) => (
             quote_spanned!(ret_span=>
                 ::core::result::Result<::advisory_locked::Outcome<#ret>, ::advisory_locked::Error>
             ),
             quote!(::advisory_locked::__private::run_skip),
-        )
-    } else {
-        (
+        ),
+        (false, false) => (
             quote_spanned!(ret_span=>
                 ::core::result::Result<#ret, ::advisory_locked::Error>
             ),
             quote!(::advisory_locked::__private::run_wait),
-        )
+        ),
+        // Spanned at the return type: an unsatisfied `TransactionResult`
+        // bound of the call is reported there, with the assertion below.
+        (true, true) => (
+            quote_spanned!(ret_span=>
+                ::core::result::Result<::advisory_locked::Outcome<#ret>, ::advisory_locked::Error>
+            ),
+            quote_spanned!(ret_span=> ::advisory_locked::__private::run_tx_skip),
+        ),
+        (false, true) => (
+            quote_spanned!(ret_span=>
+                ::core::result::Result<#ret, ::advisory_locked::Error>
+            ),
+            quote_spanned!(ret_span=> ::advisory_locked::__private::run_tx_wait),
+        ),
     };
     let arrow = match &sig.output {
         ReturnType::Type(arrow, _) => *arrow,
@@ -88,31 +104,78 @@ pub fn expand(args: &Args, f: LockedFn) -> TokenStream {
             ))
         }
     };
+    let limit = match args.limit {
+        None => quote!(::core::option::Option::None),
+        Some(slots) => {
+            let per = match args.per {
+                None => quote!(::core::option::Option::None),
+                Some(ms) => quote!(::core::option::Option::Some(
+                    ::core::time::Duration::from_millis(#ms)
+                )),
+            };
+            quote!(::core::option::Option::Some(
+                ::advisory_locked::__private::Limit {
+                    slots: #slots,
+                    per: #per,
+                }
+            ))
+        }
+    };
     let key_expr = key_expr(key, &sig);
+    let key_name = key_name(key, &pool, args.shared, &sig);
 
     let inner_attrs = &body.inner_attrs;
     let stmts = &body.stmts;
-    let block = quote! {{
-        #(#inner_attrs)*
-        let #key_var = #key_expr;
+    let future = quote! {
+        async move {
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+            if let ::core::option::Option::Some(#ret_var) = ::core::option::Option::None::<#ret> {
+                return #ret_var;
+            }
+            #(#stmts)*
+        }
+    };
+    let (assertion, body_arg) = match &args.transaction {
+        None => (TokenStream::new(), future),
+        Some(tx) => (
+            // The body's type must say whether to commit; a wrong type is
+            // reported at the return type.
+            quote_spanned! {ret_span=>
+                let _ = <#ret as ::advisory_locked::TransactionResult>::commits;
+            },
+            quote!(move |#tx: ::advisory_locked::Transaction| #future),
+        ),
+    };
+    let spec = quote! {
+        ::advisory_locked::__private::Spec {
+            pool: #pool,
+            mode: #mode,
+            wait: #wait,
+            on_lost: #on_lost,
+            limit: #limit,
+        }
+    };
+    // With a transaction, the call is spanned at the return type: that is
+    // where a body type without `TransactionResult` is reported.
+    let call_span = if args.transaction.is_some() {
+        ret_span
+    } else {
+        Span::call_site()
+    };
+    let call = quote_spanned! {call_span=>
         #run(
-            ::advisory_locked::__private::Spec {
-                pool: #pool,
-                mode: #mode,
-                wait: #wait,
-                on_lost: #on_lost,
-                limit: ::core::option::Option::None,
-            },
+            #spec,
             #key_var,
-            async move {
-                #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
-                if let ::core::option::Option::Some(#ret_var) = ::core::option::Option::None::<#ret> {
-                    return #ret_var;
-                }
-                #(#stmts)*
-            },
+            #body_arg,
         )
         .await
+    };
+    let block = quote! {{
+        #(#inner_attrs)*
+        #key_name
+        #assertion
+        let #key_var = #key_expr;
+        #call
     }};
 
     quote! {
@@ -145,6 +208,70 @@ fn argument_ident(sig: &Signature, root: &Root, fallback: Span) -> Ident {
             name
         }
     })
+}
+
+/// The key's entry in the compile-time inventory of key names
+/// (`advisory_locked::names`): its name as written, its number unless it is
+/// a template, pool, mode, and where the fn is.
+fn key_name(key: &Key, pool: &LitStr, shared: bool, sig: &Signature) -> TokenStream {
+    let (name, id, kind) = match key {
+        Key::Literal { name, .. } => {
+            let lit = LitStr::new(name, Span::call_site());
+            (
+                lit.clone(),
+                quote!(::core::option::Option::Some(::advisory_locked::KeyId::Int(
+                    ::advisory_locked::key_hash(#lit)
+                ))),
+                quote!(Name),
+            )
+        }
+        Key::Int { value, .. } => {
+            let v = proc_macro2::Literal::i64_suffixed(*value);
+            (
+                LitStr::new(&value.to_string(), Span::call_site()),
+                quote!(::core::option::Option::Some(::advisory_locked::KeyId::Int(#v))),
+                quote!(Int),
+            )
+        }
+        Key::Pair { a, b, .. } => {
+            let (la, lb) = (
+                proc_macro2::Literal::i32_suffixed(*a),
+                proc_macro2::Literal::i32_suffixed(*b),
+            );
+            (
+                LitStr::new(&format!("({a}, {b})"), Span::call_site()),
+                quote!(::core::option::Option::Some(::advisory_locked::KeyId::Pair(#la, #lb))),
+                quote!(Pair),
+            )
+        }
+        Key::Template { lit, .. } => (
+            LitStr::new(&lit.value(), Span::call_site()),
+            quote!(::core::option::Option::None),
+            quote!(Template),
+        ),
+    };
+    let mode = if shared {
+        quote!(::advisory_locked::Mode::Shared)
+    } else {
+        quote!(::advisory_locked::Mode::Exclusive)
+    };
+    // `file!()` and `line!()` of the fn's name, not of the attribute.
+    let at = sig.ident.span();
+    let file = quote_spanned!(at=> ::core::file!());
+    let line = quote_spanned!(at=> ::core::line!());
+    quote! {
+        ::advisory_locked::__private::inventory::submit! {
+            ::advisory_locked::__private::KeyName {
+                name: #name,
+                id: #id,
+                kind: ::advisory_locked::names::KeyKind::#kind,
+                pool: #pool,
+                mode: #mode,
+                file: #file,
+                line: #line,
+            }
+        }
+    }
 }
 
 /// The expression building the `LockKey`.

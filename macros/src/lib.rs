@@ -45,6 +45,12 @@ use proc_macro::TokenStream;
 /// | `shared` | take the lock in shared mode (many shared holders, no exclusive one). |
 /// | `exclusive` | the default mode, may be written explicitly. |
 /// | `pool = "name"` | the configured lock registry to use; `"default"` if left out. |
+/// | `limit = N` | at most `N` (1..=1024) bodies at once across the fleet instead of one. |
+/// | `per = "1m"` | with `limit`: each slot is held at least this long from the body's start, so at most `N` starts per period. |
+/// | `transaction = tx` | run the body in a transaction under a transaction-level lock; the body names it `tx` (`advisory_locked::Transaction`) and must return `Result<T, E>` (commit on `Ok`) or `()` (commit). Not with `limit`, `per` or `on_lost`. |
+///
+/// Every annotated fn also lists its key in `advisory_locked::names` (for
+/// `advisory_locked::status` and the collision check at `LockConfig::install`).
 ///
 /// # What the function becomes
 ///
@@ -126,6 +132,19 @@ mod tests {
                 -> ::core::result::Result<::advisory_locked::Outcome<R>, ::advisory_locked::Error>
             where T: Y
             {
+                ::advisory_locked::__private::inventory::submit! {
+                    ::advisory_locked::__private::KeyName {
+                        name: "report:daily",
+                        id: ::core::option::Option::Some(::advisory_locked::KeyId::Int(
+                            ::advisory_locked::key_hash("report:daily")
+                        )),
+                        kind: ::advisory_locked::names::KeyKind::Name,
+                        pool: "default",
+                        mode: ::advisory_locked::Mode::Exclusive,
+                        file: ::core::file!(),
+                        line: ::core::line!(),
+                    }
+                }
                 let __advisory_locked_key = {
                     const __ADVISORY_LOCKED_ID: i64 = ::advisory_locked::key_hash("report:daily");
                     ::advisory_locked::LockKey::with_id("report:daily", ::advisory_locked::KeyId::Int(__ADVISORY_LOCKED_ID))
@@ -172,6 +191,17 @@ mod tests {
             async fn g(&self, tenant_id: u64, p: (u8, u8))
                 -> ::core::result::Result<(), ::advisory_locked::Error>
             {
+                ::advisory_locked::__private::inventory::submit! {
+                    ::advisory_locked::__private::KeyName {
+                        name: "t:{{{tenant_id}}}:{self.id}:{p.0}",
+                        id: ::core::option::Option::None,
+                        kind: ::advisory_locked::names::KeyKind::Template,
+                        pool: "jobs",
+                        mode: ::advisory_locked::Mode::Shared,
+                        file: ::core::file!(),
+                        line: ::core::line!(),
+                    }
+                }
                 let __advisory_locked_key = {
                     let __advisory_locked_value_0 = &tenant_id;
                     let __advisory_locked_value_1 = &self.id;
@@ -239,6 +269,121 @@ mod tests {
                 ))
                 .to_string()
             ),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn limit_and_per_expansion() {
+        let got = expand(
+            quote!(key = "k", limit = 3, per = "1m"),
+            quote!(
+                async fn h() {}
+            ),
+        );
+        let want = quote!(
+            limit: ::core::option::Option::Some(::advisory_locked::__private::Limit {
+                slots: 3u32,
+                per: ::core::option::Option::Some(::core::time::Duration::from_millis(60000u64)),
+            })
+        );
+        assert!(got.contains(&want.to_string()), "{got}");
+        assert!(got.contains("run_skip"), "{got}");
+
+        let got = expand(
+            quote!(key = "k", limit = 1024, wait),
+            quote!(
+                async fn h() {}
+            ),
+        );
+        let want = quote!(
+            limit: ::core::option::Option::Some(::advisory_locked::__private::Limit {
+                slots: 1024u32,
+                per: ::core::option::Option::None,
+            })
+        );
+        assert!(got.contains(&want.to_string()), "{got}");
+        assert!(got.contains("run_wait"), "{got}");
+    }
+
+    #[test]
+    fn transaction_expansion() {
+        let got = expand(
+            quote!(key = 42, transaction = tx),
+            quote!(
+                async fn t(n: u32) -> Result<u32, E> {
+                    work(&tx, n).await
+                }
+            ),
+        );
+        let want = quote! {
+            async fn t(n: u32)
+                -> ::core::result::Result<::advisory_locked::Outcome<Result<u32, E> >, ::advisory_locked::Error>
+            {
+                ::advisory_locked::__private::inventory::submit! {
+                    ::advisory_locked::__private::KeyName {
+                        name: "42",
+                        id: ::core::option::Option::Some(::advisory_locked::KeyId::Int(42i64)),
+                        kind: ::advisory_locked::names::KeyKind::Int,
+                        pool: "default",
+                        mode: ::advisory_locked::Mode::Exclusive,
+                        file: ::core::file!(),
+                        line: ::core::line!(),
+                    }
+                }
+                let _ = <Result<u32, E> as ::advisory_locked::TransactionResult>::commits;
+                let __advisory_locked_key =
+                    ::advisory_locked::LockKey::with_id("42", ::advisory_locked::KeyId::Int(42i64));
+                ::advisory_locked::__private::run_tx_skip(
+                    ::advisory_locked::__private::Spec {
+                        pool: "default",
+                        mode: ::advisory_locked::Mode::Exclusive,
+                        wait: ::advisory_locked::__private::Wait::Skip,
+                        on_lost: ::core::option::Option::None,
+                        limit: ::core::option::Option::None,
+                    },
+                    __advisory_locked_key,
+                    move |tx: ::advisory_locked::Transaction| async move {
+                        #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+                        if let ::core::option::Option::Some(__advisory_locked_ret) = ::core::option::Option::None::<Result<u32, E> > {
+                            return __advisory_locked_ret;
+                        }
+                        work(&tx, n).await
+                    },
+                )
+                .await
+            }
+        };
+        assert_eq!(got, want.to_string());
+
+        let got = expand(
+            quote!(key = (1, 2), transaction = conn, wait = "5s", shared),
+            quote!(
+                async fn t() {}
+            ),
+        );
+        assert!(
+            got.contains(":: advisory_locked :: __private :: run_tx_wait ("),
+            "{got}"
+        );
+        assert!(
+            got.contains(&quote!(move |conn: ::advisory_locked::Transaction|).to_string()),
+            "{got}"
+        );
+        assert!(
+            got.contains(
+                &quote!(let _ = <() as ::advisory_locked::TransactionResult>::commits;).to_string()
+            ),
+            "{got}"
+        );
+        assert!(
+            got.contains(
+                &quote!(-> ::core::result::Result<(), ::advisory_locked::Error>).to_string()
+            ),
+            "{got}"
+        );
+        assert!(
+            got.contains(&quote!(kind: ::advisory_locked::names::KeyKind::Pair,).to_string()),
             "{got}"
         );
     }

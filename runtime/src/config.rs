@@ -112,9 +112,8 @@ impl LockConfig {
     /// From a `tokio_postgres::Config`.
     pub fn new(pg: tokio_postgres::Config) -> Self {
         let mut pg = pg;
-        if pg.get_application_name().is_none() {
-            pg.application_name("advisory-locked");
-        }
+        // No application_name set here: `connect` sets one naming the entry
+        // and the program unless the user gave one (`application_name()`).
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
@@ -337,16 +336,28 @@ impl LockConfig {
             .map(Locker::from_server)
     }
 
-    /// The checked settings.
-    pub(crate) fn into_settings(self) -> Result<Settings, Error> {
+    /// The checked settings, with the default `application_name`.
+    pub(crate) fn into_settings(mut self) -> Result<Settings, Error> {
         self.validate()?;
+        if self.settings.pg.get_application_name().is_none() {
+            let app = application_name(&self.settings.name);
+            self.settings.pg.application_name(&app);
+        }
         Ok(self.settings)
+    }
+
+    /// The settings, for other modules of the crate (e.g. `status`).
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Connects (as [`connect`](Self::connect)) and installs the entry in the
     /// global registry under its name, for annotated functions to use.
     ///
-    /// Installing a name twice is [`Error::AlreadyConfigured`].
+    /// Installing a name twice is [`Error::AlreadyConfigured`]. Key names of
+    /// this entry's annotated fns that lock the same number as another name
+    /// ([`names::collisions`](crate::names::collisions)) are logged as
+    /// `tracing` errors.
     pub async fn install(self) -> Result<Locker, Error> {
         let name = self.settings.name.clone();
         check_free(&name)?;
@@ -374,8 +385,45 @@ pub(crate) fn register(name: String, locker: Locker) -> Result<(), Error> {
         return Err(Error::AlreadyConfigured { pool: name });
     }
     tracing::info!(pool = %name, target = %locker.settings().target(), servers = locker.servers(), "advisory-locked: registry entry configured");
-    reg.insert(name, locker);
+    reg.insert(name.clone(), locker);
+    drop(reg);
+    log_collisions(&name);
     Ok(())
+}
+
+/// Logs (`tracing::error!`) every key collision of the program (see
+/// [`crate::names::collisions`]) that involves an annotated fn of entry
+/// `pool`: two names that lock one number exclude each other by accident.
+fn log_collisions(pool: &str) {
+    for c in crate::names::collisions() {
+        if c.keys.iter().any(|k| k.pool() == pool) {
+            tracing::error!(pool = %pool, key = %c.id, "advisory-locked: {c}; they exclude each other: rename one of them");
+        }
+    }
+}
+
+/// The `application_name` of lock sessions unless the user set one:
+/// `advisory-locked:<entry> <program>[<pid>]`, printable ASCII (anything else
+/// becomes `?`), at most 63 bytes (PostgreSQL's limit), shortening the
+/// program name, then the entry's name, so that the pid stays.
+pub(crate) fn application_name(pool: &str) -> String {
+    const MAX: usize = 63;
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect()
+    };
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "?".to_owned());
+    let mut pool = clean(pool);
+    let mut exe = clean(&exe);
+    let pid = format!("[{}]", std::process::id());
+    let fixed = "advisory-locked:".len() + 1 + pid.len();
+    pool.truncate(MAX.saturating_sub(fixed + 1).min(pool.len()));
+    exe.truncate(MAX.saturating_sub(fixed + pool.len()).min(exe.len()));
+    format!("advisory-locked:{pool} {exe}{pid}")
 }
 
 fn registry() -> std::sync::MutexGuard<'static, HashMap<String, Locker>> {

@@ -86,3 +86,29 @@ where
 {
     crate::transaction::run_wait(spec, key, body).await
 }
+
+/// The compile-time collection the attribute submits [`KeyName`]s to.
+pub use inventory;
+
+/// One annotated fn's key, submitted by the attribute's expansion with
+/// `inventory::submit!` (read it through [`crate::names`]).
+#[derive(Debug)]
+pub struct KeyName {
+    /// The key as written: the literal, the integer in decimal, `"(a, b)"`,
+    /// or the template string.
+    pub name: &'static str,
+    /// The number locked; `None` for a template (known only at run time).
+    pub id: Option<crate::KeyId>,
+    /// Which form of `key = …`.
+    pub kind: crate::names::KeyKind,
+    /// The registry entry (`pool = "…"`, else `"default"`).
+    pub pool: &'static str,
+    /// `shared` or exclusive.
+    pub mode: Mode,
+    /// `file!()` of the annotated fn.
+    pub file: &'static str,
+    /// `line!()` of the annotated fn's name.
+    pub line: u32,
+}
+
+inventory::collect!(KeyName);

@@ -325,7 +325,7 @@ async fn a_hot_standby_is_refused() {
     loop {
         let n: i64 = raw
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'advisory-locked'",
+                "SELECT count(*) FROM pg_stat_activity WHERE starts_with(application_name, 'advisory-locked:')",
                 &[],
             )
             .await
