@@ -81,6 +81,19 @@ impl Locker {
     pub(crate) async fn connect(settings: Settings) -> Result<Locker, Error> {
         let counters = Arc::new(Counters::default());
         let waiters = Arc::new(Waiters::default());
+        if settings.transaction_scope_only {
+            // No lock sessions (see LockConfig::transaction_scope_only).
+            crate::transaction::check_server(&settings).await?;
+            return Ok(Locker {
+                inner: Arc::new(Inner {
+                    settings,
+                    slots: Vec::new(),
+                    table: Table::default(),
+                    counters,
+                    waiters,
+                }),
+            });
+        }
         let first = Session::connect(&settings, &counters, &waiters).await?;
         crate::proxy::refuse_transaction_pooling(&settings, first.backend_pid).await?;
         let slots = (0..settings.sessions)
@@ -103,6 +116,16 @@ impl Locker {
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// [`Error::TransactionScopeOnly`] on an entry without lock sessions.
+    fn refuse_if_transaction_scope_only(&self) -> Result<(), Error> {
+        if self.inner.settings.transaction_scope_only {
+            return Err(Error::TransactionScopeOnly {
+                pool: self.name().to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// Counters of this entry since it was configured.
@@ -177,6 +200,7 @@ impl Locker {
     /// Takes the lock if it is free; `Ok(None)` if it is busy, here or in
     /// another process. A key busy in this process costs no round trip.
     pub async fn try_lock(&self, key: LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
+        self.refuse_if_transaction_scope_only()?;
         loop {
             match self.inner.table.begin(key.id(), mode) {
                 Begin::Reserved => {
@@ -217,6 +241,7 @@ impl Locker {
         mode: Mode,
         timeout: Option<Duration>,
     ) -> Result<LockGuard, Error> {
+        self.refuse_if_transaction_scope_only()?;
         let start = Instant::now();
         let deadline = timeout.map(|t| tokio::time::Instant::from_std(start) + t);
         let timed_out = || Error::WaitTimeout {

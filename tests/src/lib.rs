@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use advisory_locked::KeyId;
 use tokio_postgres::{Client, NoTls};
 
+pub mod transaction;
+
 /// The server under test: `DATABASE_URL` when set, else the local default.
 pub fn db_url() -> String {
     std::env::var("DATABASE_URL")
