@@ -807,6 +807,14 @@ async fn finish<T: TransactionResult>(
         tracing::debug!(pool = %pool, key = %key, "advisory-locked: rolled back (the body failed); lock released");
         return Ok(value);
     }
+    if lease.conn().is_dead() {
+        tracing::warn!(pool = %pool, key = %key, "advisory-locked: transaction did not commit: its connection had ended");
+        return Err(Error::Transaction {
+            key: key.to_owned(),
+            reason: "its connection ended while the body ran, so the server rolled it back (and the lock was released then)".to_owned(),
+            source: None,
+        });
+    }
     let check_params: [(&(dyn ToSql + Sync), Type); 1] = [(&started, Type::TIMESTAMPTZ)];
     let (check, commit) = tokio::join!(
         client.query_typed(CHECK_BEFORE_COMMIT, &check_params),

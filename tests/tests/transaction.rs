@@ -14,14 +14,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use advisory_locked::__private::{run_skip, run_tx_skip, run_tx_wait, Wait};
-use advisory_locked::{key_hash, Error, KeyId, LockConfig, LockKey, Mode, Outcome, Transaction};
+use advisory_locked::{
+    key_hash, Error, KeyId, LockConfig, LockKey, Mode, OnLost, Outcome, Transaction,
+};
 use advisory_locked_tests::transaction::{
     install_tx, median_max_us, poll_until, pool_name, record_hold, rows_of, spec, Inside,
 };
 use advisory_locked_tests::{
     advisory_locks, db_url, db_url_with_app, hold_stats, pg_lock, pg_unlock, raw_connect,
-    sessions_named, unique, unique_ident, wait_until_unlocked, Pgbouncer, ScratchTable,
-    HOLDS_COLUMNS,
+    sessions_named, terminate_backend, unique, unique_ident, wait_until_unlocked, Pgbouncer,
+    ScratchTable, HOLDS_COLUMNS,
 };
 use tokio::sync::{oneshot, Barrier};
 use tokio_postgres::types::Type;
@@ -926,4 +928,140 @@ async fn behind_pgbouncer_in_transaction_mode() {
     assert!(wait_until_unlocked(&admin, &[k.id()], SETTLE)
         .await
         .is_empty());
+}
+
+// ---- loss, a full pool, Send ---------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_backend_stops_or_fails_the_call_per_policy() {
+    let pool = pool_name("tx-lost");
+    install_tx(pool, &db_url(), 4, false).await;
+    let admin = raw_connect(&db_url()).await;
+    let table = ScratchTable::create(&admin, "tx_lost", KEY_COLUMNS).await;
+    for policy in [OnLost::Abort, OnLost::Continue] {
+        let k = unique("tx-lost");
+        let key = LockKey::named(k.clone());
+        let finished = Arc::new(AtomicBool::new(false));
+        let (t, k2, fin, admin_url) = (table.name.clone(), k.clone(), finished.clone(), db_url());
+        let mut s = spec(pool, Mode::Exclusive, Wait::Skip);
+        s.on_lost = Some(policy);
+        let start = Instant::now();
+        let r = run_tx_skip(s, key.clone(), move |tx| async move {
+            insert_row(&tx, &t, &k2).await.unwrap();
+            let other = raw_connect(&admin_url).await;
+            assert!(terminate_backend(&other, tx.backend_pid()).await);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            fin.store(true, Ordering::SeqCst);
+            Ok::<_, ()>(())
+        })
+        .await;
+        let took = start.elapsed();
+        eprintln!(
+            "transaction-scope backend terminated mid-body ({policy:?}): {r:?} after {took:?}"
+        );
+        match policy {
+            OnLost::Abort => {
+                assert!(matches!(r, Err(Error::LockLost { .. })), "{r:?}");
+                assert!(!finished.load(Ordering::SeqCst), "the body was not stopped");
+            }
+            OnLost::Continue => {
+                match &r {
+                    Err(Error::Transaction { reason, .. }) => {
+                        assert!(reason.contains("connection ended"), "{reason}")
+                    }
+                    other => panic!("expected Error::Transaction, got {other:?}"),
+                }
+                assert!(finished.load(Ordering::SeqCst));
+            }
+        }
+        assert_eq!(rows_of(&admin, &table.name, &k).await, 0);
+        assert!(wait_until_unlocked(&admin, &[key.id()], SETTLE)
+            .await
+            .is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_is_a_typed_error_after_a_bounded_wait() {
+    let pool = pool_name("tx-full");
+    LockConfig::from_url(&db_url())
+        .unwrap()
+        .name(pool)
+        .transaction_connections(1)
+        .connect_timeout(Duration::from_millis(300))
+        .transaction_scope_only()
+        .install()
+        .await
+        .unwrap();
+    let (inside_tx, inside) = oneshot::channel();
+    let (leave_tx, leave) = oneshot::channel::<()>();
+    let holder = tokio::spawn(run_tx_skip(
+        spec(pool, Mode::Exclusive, Wait::Skip),
+        LockKey::named(unique("tx-full-a")),
+        move |_tx| async move {
+            let _ = inside_tx.send(());
+            let _ = tokio::time::timeout(SETTLE, leave).await;
+        },
+    ));
+    inside.await.unwrap();
+    // Another key, but no connection for it.
+    let start = Instant::now();
+    let r = run_tx_skip(
+        spec(pool, Mode::Exclusive, Wait::Skip),
+        LockKey::named(unique("tx-full-b")),
+        |_tx| async {},
+    )
+    .await;
+    match r {
+        Err(Error::TransactionConnectionsBusy {
+            connections,
+            waited,
+            ..
+        }) => {
+            assert_eq!(connections, 1);
+            assert!(waited >= Duration::from_millis(290), "{waited:?}");
+        }
+        other => panic!("expected TransactionConnectionsBusy, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let r = run_tx_wait(
+        spec(
+            pool,
+            Mode::Exclusive,
+            Wait::Timeout(Duration::from_millis(100)),
+        ),
+        LockKey::named(unique("tx-full-c")),
+        |_tx| async {},
+    )
+    .await;
+    assert!(matches!(r, Err(Error::WaitTimeout { .. })), "{r:?}");
+    leave_tx.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), Outcome::Ran(()));
+    // Free again.
+    let r = run_tx_skip(
+        spec(pool, Mode::Exclusive, Wait::Skip),
+        LockKey::named(unique("tx-full-b")),
+        |_tx| async {},
+    )
+    .await;
+    assert_eq!(r.unwrap(), Outcome::Ran(()));
+}
+
+/// The calls' futures are `Send` when the body's is: they can be spawned.
+#[test]
+fn calls_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let key = LockKey::named("send");
+    let skip = run_tx_skip(
+        spec("default", Mode::Exclusive, Wait::Skip),
+        key.clone(),
+        |tx: Transaction| async move { tx.simple_query("SELECT 1").await.map(drop) },
+    );
+    assert_send(&skip);
+    let wait = run_tx_wait(
+        spec("default", Mode::Shared, Wait::Forever),
+        key,
+        |_tx| async {},
+    );
+    assert_send(&wait);
 }
