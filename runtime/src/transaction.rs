@@ -41,6 +41,10 @@
 //! among them), bounded by the connect timeout, then the connection is
 //! closed, and the server rolls the transaction back, releasing the lock.
 //! A COMMIT already sent when the future is dropped may still take effect.
+//! From PostgreSQL 14 on, each transaction also sets
+//! `client_connection_check_interval` (1 s), so the server notices a client
+//! that vanished (a crashed process) even while a statement or the lock
+//! wait runs.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -500,47 +504,69 @@ async fn lease(
 // The statements
 // ---------------------------------------------------------------------------
 
-/// The lock statement: `(granted or void, pg_backend_pid(), now())`.
-fn lock_sql(wait: bool, mode: Mode, key: KeyId) -> &'static str {
-    match (wait, mode, key) {
-        (false, Mode::Exclusive, KeyId::Int(_)) => {
-            "SELECT pg_try_advisory_xact_lock($1), pg_backend_pid(), now()"
-        }
-        (false, Mode::Shared, KeyId::Int(_)) => {
-            "SELECT pg_try_advisory_xact_lock_shared($1), pg_backend_pid(), now()"
-        }
-        (false, Mode::Exclusive, KeyId::Pair(..)) => {
-            "SELECT pg_try_advisory_xact_lock($1, $2), pg_backend_pid(), now()"
-        }
-        (false, Mode::Shared, KeyId::Pair(..)) => {
-            "SELECT pg_try_advisory_xact_lock_shared($1, $2), pg_backend_pid(), now()"
-        }
-        (true, Mode::Exclusive, KeyId::Int(_)) => {
+/// From PostgreSQL 14 on, for the whole transaction: the server checks
+/// every second, while a statement runs, that the client is still there
+/// (so a vanished client's lock goes within about a second even while the
+/// body's statement or the lock wait runs; pgbouncer closes the server
+/// connection of a client that hangs up mid-transaction). A select-list
+/// expression; NULL before PostgreSQL 14.
+macro_rules! check_interval {
+    () => {
+        "CASE WHEN current_setting('server_version_num')::int >= 140000 \
+         THEN set_config('client_connection_check_interval', '1000', true) END"
+    };
+}
+
+/// The try-lock statement (skip mode), after `BEGIN`:
+/// `(granted, pg_backend_pid(), now(), …)`.
+fn try_lock_sql(mode: Mode, key: KeyId) -> &'static str {
+    match (mode, key) {
+        (Mode::Exclusive, KeyId::Int(_)) => concat!(
+            "SELECT pg_try_advisory_xact_lock($1), pg_backend_pid(), now(), ",
+            check_interval!()
+        ),
+        (Mode::Shared, KeyId::Int(_)) => concat!(
+            "SELECT pg_try_advisory_xact_lock_shared($1), pg_backend_pid(), now(), ",
+            check_interval!()
+        ),
+        (Mode::Exclusive, KeyId::Pair(..)) => concat!(
+            "SELECT pg_try_advisory_xact_lock($1, $2), pg_backend_pid(), now(), ",
+            check_interval!()
+        ),
+        (Mode::Shared, KeyId::Pair(..)) => concat!(
+            "SELECT pg_try_advisory_xact_lock_shared($1, $2), pg_backend_pid(), now(), ",
+            check_interval!()
+        ),
+    }
+}
+
+/// The waiting lock statement (wait mode), after `BEGIN` and
+/// [`SET_TIMEOUTS`]: `(void, pg_backend_pid(), now())`.
+fn wait_lock_sql(mode: Mode, key: KeyId) -> &'static str {
+    match (mode, key) {
+        (Mode::Exclusive, KeyId::Int(_)) => {
             "SELECT pg_advisory_xact_lock($1), pg_backend_pid(), now()"
         }
-        (true, Mode::Shared, KeyId::Int(_)) => {
+        (Mode::Shared, KeyId::Int(_)) => {
             "SELECT pg_advisory_xact_lock_shared($1), pg_backend_pid(), now()"
         }
-        (true, Mode::Exclusive, KeyId::Pair(..)) => {
+        (Mode::Exclusive, KeyId::Pair(..)) => {
             "SELECT pg_advisory_xact_lock($1, $2), pg_backend_pid(), now()"
         }
-        (true, Mode::Shared, KeyId::Pair(..)) => {
+        (Mode::Shared, KeyId::Pair(..)) => {
             "SELECT pg_advisory_xact_lock_shared($1, $2), pg_backend_pid(), now()"
         }
     }
 }
 
 /// For the wait: the call's own lock timeout, and no statement timeout (a
-/// role's `statement_timeout` must not cut the wait), for this transaction.
-///
-/// From PostgreSQL 14 on, `client_connection_check_interval` (1 s, for the
-/// whole transaction) also makes the server notice a client that is gone
-/// while a statement runs (the lock wait among them): e.g. pgbouncer closes
-/// the server connection of a client that hangs up mid-transaction.
-const SET_TIMEOUTS: &str = "SELECT set_config('lock_timeout', $1, true), \
-     set_config('statement_timeout', '0', true), \
-     CASE WHEN current_setting('server_version_num')::int >= 140000 \
-          THEN set_config('client_connection_check_interval', '1000', true) END";
+/// role's `statement_timeout` must not cut the wait), for this
+/// transaction; and the client check (see [`check_interval`]), which also
+/// covers the wait.
+const SET_TIMEOUTS: &str = concat!(
+    "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true), ",
+    check_interval!()
+);
 
 /// After the wait (sent with it): the body runs with the session's own timeouts.
 const RESTORE_TIMEOUTS: &str =
@@ -569,7 +595,11 @@ async fn begin_and_lock(
     lock_timeout: Option<&str>,
 ) -> Result<Locked, tokio_postgres::Error> {
     let wait = lock_timeout.is_some();
-    let sql = lock_sql(wait, mode, key);
+    let sql = if wait {
+        wait_lock_sql(mode, key)
+    } else {
+        try_lock_sql(mode, key)
+    };
     let (int, a, b) = key.parts();
     let params: Vec<(&(dyn ToSql + Sync), Type)> = match key {
         KeyId::Int(_) => vec![(&int, Type::INT8)],

@@ -709,7 +709,10 @@ async fn connections_are_reused_bounded_and_never_reused_after_a_leak() {
             let inside = inside.clone();
             tokio::spawn(run_tx_skip(skip(), key(), move |_tx| async move {
                 let _in = inside.enter();
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // The first `max` bodies stay until `max` are inside at once.
+                let full = poll_until(SETTLE, || async { inside.entered() >= max }).await;
+                assert!(full, "{max} bodies never ran at once");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }))
         })
         .collect();
@@ -720,7 +723,7 @@ async fn connections_are_reused_bounded_and_never_reused_after_a_leak() {
         "8 concurrent calls with transaction_connections({max}): at most {} bodies at once",
         inside.max()
     );
-    assert!(inside.max() <= max);
+    assert_eq!(inside.max(), max);
     assert_eq!(count().await, max as i64);
 
     // A handle that outlives its body: the call fails, the connection is
@@ -988,7 +991,7 @@ async fn a_full_pool_is_a_typed_error_after_a_bounded_wait() {
         .unwrap()
         .name(pool)
         .transaction_connections(1)
-        .connect_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(500))
         .transaction_scope_only()
         .install()
         .await
@@ -1019,7 +1022,7 @@ async fn a_full_pool_is_a_typed_error_after_a_bounded_wait() {
             ..
         }) => {
             assert_eq!(connections, 1);
-            assert!(waited >= Duration::from_millis(290), "{waited:?}");
+            assert!(waited >= Duration::from_millis(490), "{waited:?}");
         }
         other => panic!("expected TransactionConnectionsBusy, got {other:?}"),
     }
@@ -1064,4 +1067,44 @@ fn calls_are_send() {
         |_tx| async {},
     );
     assert_send(&wait);
+}
+
+/// The client vanishes (here: the proxy is killed) while the body is inside
+/// a long server statement: no cancel request can arrive, yet the server
+/// notices within about a second (`client_connection_check_interval`) and
+/// frees the lock; nothing is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_mid_statement_frees_the_lock_within_seconds() {
+    let proxy = Pgbouncer::start(&["pool_mode = transaction", "default_pool_size = 2"]);
+    let pool = pool_name("tx-vanish");
+    install_tx(pool, &proxy.url(), 2, true).await;
+    let admin = raw_connect(&db_url()).await;
+    let table = ScratchTable::create(&admin, "tx_vanish", KEY_COLUMNS).await;
+    let k = unique("tx-vanish");
+    let key = LockKey::named(k.clone());
+    let (inside_tx, inside) = oneshot::channel();
+    let (t, k2) = (table.name.clone(), k.clone());
+    let call = tokio::spawn(run_tx_skip(
+        spec(pool, Mode::Exclusive, Wait::Skip),
+        key.clone(),
+        move |tx| async move {
+            insert_row(&tx, &t, &k2).await.unwrap();
+            let _ = inside_tx.send(());
+            tx.simple_query("SELECT pg_sleep(60)").await.map(drop)
+        },
+    ));
+    inside.await.unwrap();
+    assert_eq!(advisory_locks(&admin, &[key.id()]).await.len(), 1);
+    let killed = Instant::now();
+    drop(proxy); // SIGKILL
+    let left = wait_until_unlocked(&admin, &[key.id()], SETTLE).await;
+    let gone = killed.elapsed();
+    eprintln!("proxy killed while the body ran pg_sleep(60): lock gone after {gone:?}");
+    assert!(
+        left.is_empty(),
+        "lock still held {gone:?} after the client vanished: {left:?}"
+    );
+    let r = call.await.unwrap();
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(rows_of(&admin, &table.name, &k).await, 0);
 }
