@@ -1108,3 +1108,140 @@ async fn a_vanished_client_mid_statement_frees_the_lock_within_seconds() {
     assert!(r.is_err(), "{r:?}");
     assert_eq!(rows_of(&admin, &table.name, &k).await, 0);
 }
+
+// ---- processes ---------------------------------------------------------------------------
+
+/// Environment of a contender process started by
+/// `processes_exclude_each_other`: `"<key> <holds table>"`.
+const WORKER_ENV: &str = "ADVISORY_LOCKED_TX_WORKER";
+
+/// Rounds of one contender (wait mode, then skip mode) on `key`, each body
+/// recording its interval in `table`; returns how many bodies ran.
+async fn contend(pool: &'static str, key: &str, table: &str, rounds: i32) -> usize {
+    let mut ran = 0;
+    for round in 0..rounds {
+        let (t, k) = (table.to_owned(), key.to_owned());
+        run_tx_wait(
+            spec(
+                pool,
+                Mode::Exclusive,
+                Wait::Timeout(Duration::from_secs(30)),
+            ),
+            LockKey::named(key.to_owned()),
+            move |tx| async move {
+                record_hold(&tx, &t, &k, round, false, Duration::from_millis(2)).await
+            },
+        )
+        .await
+        .expect("lock machinery")
+        .expect("body");
+        ran += 1;
+        let (t, k) = (table.to_owned(), key.to_owned());
+        let r = run_tx_skip(
+            spec(pool, Mode::Exclusive, Wait::Skip),
+            LockKey::named(key.to_owned()),
+            move |tx| async move {
+                record_hold(&tx, &t, &k, round, false, Duration::from_millis(1)).await
+            },
+        )
+        .await
+        .expect("lock machinery");
+        if let Outcome::Ran(r) = r {
+            r.expect("body");
+            ran += 1;
+        }
+    }
+    ran
+}
+
+/// A contender process of `processes_exclude_each_other` (started with
+/// `WORKER_ENV` set). Run alone, it contends with itself (two tasks) on a
+/// key of its own and checks the holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a contender process started by processes_exclude_each_other (runs alone too)"]
+async fn contender_process() {
+    let pool = pool_name("tx-proc");
+    install_tx(pool, &db_url(), 4, false).await;
+    let rounds = 25;
+    match std::env::var(WORKER_ENV) {
+        Ok(job) => {
+            let (key, table) = job.split_once(' ').expect("key and table");
+            let ran = contend(pool, key, table, rounds).await;
+            println!("TXWORKER ran {ran}");
+        }
+        Err(_) => {
+            let admin = raw_connect(&db_url()).await;
+            let holds = ScratchTable::create(&admin, "tx_proc", HOLDS_COLUMNS).await;
+            let key = unique("tx-proc");
+            let (a, b) = tokio::join!(
+                contend(pool, &key, &holds.name, rounds),
+                contend(pool, &key, &holds.name, rounds)
+            );
+            let stats = hold_stats(&admin, &holds.name).await;
+            assert_eq!(stats.rows, (a + b) as i64);
+            assert_eq!(stats.conflicting_overlaps, 0, "{stats:?}");
+        }
+    }
+}
+
+/// Two other processes and this one contend for one key with transaction
+/// scope; the bodies' committed intervals never overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_exclude_each_other() {
+    let pool = pool_name("tx-procs");
+    install_tx(pool, &db_url(), 4, false).await;
+    let admin = raw_connect(&db_url()).await;
+    let holds = ScratchTable::create(&admin, "tx_procs", HOLDS_COLUMNS).await;
+    let key = unique("tx-procs");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        children.push(
+            tokio::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "contender_process",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(WORKER_ENV, format!("{key} {}", holds.name))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("contender process"),
+        );
+    }
+    let mine = contend(pool, &key, &holds.name, 25).await;
+    let mut theirs = 0;
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("a contender process did not finish in 120 s")
+            .expect("contender output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "contender failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ran: usize = stdout
+            .lines()
+            .find_map(|l| l.split("TXWORKER ran ").nth(1))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no count from the contender:\n{stdout}"));
+        theirs += ran;
+    }
+    let stats = hold_stats(&admin, &holds.name).await;
+    eprintln!("3 processes x 25 rounds (wait + skip): this one ran {mine}, the others {theirs}; {stats:?}");
+    assert!(theirs >= 50, "each contender's wait-mode calls run");
+    assert_eq!(stats.rows, (mine + theirs) as i64);
+    assert_eq!(stats.conflicting_overlaps, 0, "{stats:?}");
+    assert!(
+        wait_until_unlocked(&admin, &[LockKey::named(key).id()], SETTLE)
+            .await
+            .is_empty()
+    );
+}
