@@ -22,7 +22,8 @@
 //! # Round trips
 //!
 //! Skip mode sends `BEGIN` and the try-lock together (one round trip); a
-//! busy key is rolled back (one more). Wait mode sends `BEGIN`, a
+//! busy key's transaction is rolled back off the caller's path (the
+//! connection is reused once that is answered). Wait mode sends `BEGIN`, a
 //! transaction-local `lock_timeout` (the call's timeout; `0` = none for
 //! `wait` without a timeout), the waiting `pg_advisory_xact_lock` and the
 //! restore of the session's own `lock_timeout`/`statement_timeout`
