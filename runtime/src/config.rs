@@ -20,6 +20,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`LockConfig::loss_detection`].
 pub const DEFAULT_LOSS_DETECTION: Duration = Duration::from_secs(1);
 
+/// The transaction connections per registry entry unless set with
+/// [`LockConfig::transaction_connections`].
+pub(crate) const DEFAULT_TRANSACTION_CONNECTIONS: usize = 10;
+
 static REGISTRY: LazyLock<Mutex<HashMap<String, Locker>>> = LazyLock::new(Default::default);
 
 /// Settings of one registry entry, fixed once it is installed.
@@ -33,6 +37,10 @@ pub(crate) struct Settings {
     pub(crate) on_lost: crate::OnLost,
     /// Every grant takes a fencing token (see [`crate::fence`]).
     pub(crate) fencing: bool,
+    /// At most this many plain connections for transaction-scope calls.
+    pub(crate) transaction_connections: usize,
+    /// No lock sessions, no pooler probe: transaction scope only.
+    pub(crate) transaction_scope_only: bool,
     /// The TLS connector of [`LockConfig::tls_config`], if any.
     #[cfg(feature = "tls-rustls")]
     pub(crate) tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
@@ -80,6 +88,8 @@ impl std::fmt::Debug for Settings {
             .field("loss_detection", &self.loss_detection)
             .field("on_lost", &self.on_lost)
             .field("fencing", &self.fencing)
+            .field("transaction_connections", &self.transaction_connections)
+            .field("transaction_scope_only", &self.transaction_scope_only)
             .field("tls", &self.has_tls())
             .finish()
     }
@@ -126,6 +136,8 @@ impl LockConfig {
                 loss_detection: DEFAULT_LOSS_DETECTION,
                 on_lost: crate::OnLost::Abort,
                 fencing: false,
+                transaction_connections: DEFAULT_TRANSACTION_CONNECTIONS,
+                transaction_scope_only: false,
                 #[cfg(feature = "tls-rustls")]
                 tls: None,
             },
@@ -232,6 +244,47 @@ impl LockConfig {
         self
     }
 
+    /// At most this many plain connections for transaction-scope calls
+    /// (`#[advisory_locked(…, transaction = tx)]`), opened when first
+    /// needed and kept for reuse (default 10). Each running
+    /// transaction-scope body, and each wait-mode call waiting for its
+    /// lock, holds one; further calls wait for one to come free. These
+    /// connections are separate from the lock sessions.
+    pub fn transaction_connections(mut self, n: usize) -> Self {
+        self.settings.transaction_connections = n;
+        self
+    }
+
+    /// Configures the entry for transaction scope only: no lock sessions
+    /// and no check for a transaction-pooling proxy, so that it works behind
+    /// pgbouncer in `pool_mode = transaction` (transaction-level advisory
+    /// locks live and die with one transaction, which such a proxy keeps on
+    /// one server session). [`connect`](Self::connect) opens one plain
+    /// connection to check the server (reachable, credentials, not a
+    /// standby), then closes it.
+    ///
+    /// On such an entry only `#[advisory_locked(…, transaction = tx)]` calls
+    /// work; session-scope calls ([`Locker::try_lock`], [`Locker::lock`],
+    /// the attribute without `transaction = …`) fail with
+    /// [`Error::TransactionScopeOnly`].
+    ///
+    /// ```no_run
+    /// use advisory_locked::LockConfig;
+    ///
+    /// # async fn setup() -> Result<(), advisory_locked::Error> {
+    /// // Through pgbouncer in transaction pooling mode:
+    /// LockConfig::from_url("postgres://app@pgbouncer.internal:6432/app")?
+    ///     .name("billing")
+    ///     .transaction_scope_only()
+    ///     .install()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction_scope_only(mut self) -> Self {
+        self.settings.transaction_scope_only = true;
+        self
+    }
+
     /// Connects the lock sessions with TLS, trusting the certificates in
     /// `pem`: one or more PEM `CERTIFICATE` blocks, each a certificate
     /// authority or a self-signed server certificate. The server's
@@ -308,6 +361,9 @@ impl LockConfig {
         }
         if self.settings.sessions == 0 {
             return invalid("sessions must be at least 1");
+        }
+        if self.settings.transaction_connections == 0 {
+            return invalid("transaction_connections must be at least 1");
         }
         if self.settings.connect_timeout.is_zero() {
             return invalid("connect_timeout must be greater than zero");

@@ -137,6 +137,47 @@ pub enum Error {
         /// The key's name.
         key: String,
     },
+
+    /// A transaction-scope call (`transaction = tx`) whose body asked to
+    /// commit did not commit: `COMMIT` failed or its answer was lost (then
+    /// whether it took effect is unknown), a statement of the body had
+    /// failed (PostgreSQL then rolls the transaction back), the body ended
+    /// the transaction itself, or the [`Transaction`](crate::Transaction)
+    /// handle outlived the body (the transaction is then rolled back). The
+    /// body's value is not returned.
+    #[error("advisory-locked: the transaction of lock {key:?} did not commit: {reason}{}", .source.as_deref().map(|e| format!(": {}", cause(e))).unwrap_or_default())]
+    Transaction {
+        /// The key's name.
+        key: String,
+        /// What happened.
+        reason: String,
+        /// The driver's error, if a statement failed.
+        #[source]
+        source: Option<std::sync::Arc<tokio_postgres::Error>>,
+    },
+
+    /// A session-scope call ([`Locker::try_lock`](crate::Locker::try_lock),
+    /// [`Locker::lock`](crate::Locker::lock), the attribute without
+    /// `transaction = …`) on a registry entry configured with
+    /// [`LockConfig::transaction_scope_only`](crate::LockConfig::transaction_scope_only).
+    #[error("advisory-locked: registry entry {pool:?} is configured for transaction scope only (LockConfig::transaction_scope_only, e.g. behind a transaction-pooling proxy): only #[advisory_locked(..., transaction = tx)] calls can use it, not session-scope locks")]
+    TransactionScopeOnly {
+        /// The registry entry.
+        pool: String,
+    },
+
+    /// Every transaction connection of the entry stayed busy with other
+    /// transaction-scope calls for the whole wait (see
+    /// [`LockConfig::transaction_connections`](crate::LockConfig::transaction_connections)).
+    #[error("advisory-locked: all {connections} transaction connections of registry entry {pool:?} stayed busy for {waited:?} (raise LockConfig::transaction_connections?)")]
+    TransactionConnectionsBusy {
+        /// The registry entry.
+        pool: String,
+        /// Its transaction connections.
+        connections: usize,
+        /// How long the call waited for one.
+        waited: Duration,
+    },
 }
 
 impl Error {
@@ -153,6 +194,7 @@ impl Error {
                 | Error::SessionEnded { .. }
                 | Error::Unavailable { .. }
                 | Error::QuorumUnavailable { .. }
+                | Error::TransactionConnectionsBusy { .. }
         )
     }
 }

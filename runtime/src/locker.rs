@@ -93,6 +93,16 @@ impl Locker {
         }
     }
 
+    /// [`Error::TransactionScopeOnly`] on an entry without lock sessions.
+    fn refuse_if_transaction_scope_only(&self) -> Result<(), Error> {
+        if self.settings().transaction_scope_only {
+            return Err(Error::TransactionScopeOnly {
+                pool: self.name().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Counters of this entry since it was configured (for a quorum: summed
     /// over its members).
     pub fn stats(&self) -> Stats {
@@ -131,6 +141,7 @@ impl Locker {
         mode: Mode,
         notify: bool,
     ) -> Result<Option<LockGuard>, Error> {
+        self.refuse_if_transaction_scope_only()?;
         match &self.backend {
             Backend::Server(s) => Ok(s.try_lock(key, mode, notify).await?.map(LockGuard::server)),
             Backend::Quorum(q) => Ok(q.try_lock(key, mode, notify).await?.map(LockGuard::quorum)),
@@ -153,6 +164,7 @@ impl Locker {
         mode: Mode,
         timeout: Option<Duration>,
     ) -> Result<LockGuard, Error> {
+        self.refuse_if_transaction_scope_only()?;
         match &self.backend {
             Backend::Server(s) => s.lock(key, mode, timeout).await.map(LockGuard::server),
             Backend::Quorum(q) => q.lock(key, mode, timeout).await.map(LockGuard::quorum),

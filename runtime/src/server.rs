@@ -49,6 +49,12 @@ impl ServerLocker {
     pub(crate) async fn connect(settings: Settings) -> Result<ServerLocker, Error> {
         let counters = Arc::new(Counters::default());
         let waiters = Arc::new(Waiters::default());
+        if settings.transaction_scope_only {
+            // No lock sessions (see LockConfig::transaction_scope_only);
+            // the public face refuses session-scope calls.
+            crate::transaction::check_server(&settings).await?;
+            return Ok(Self::with_first(settings, counters, waiters, None));
+        }
         if settings.fencing {
             crate::fence::ensure_table(&settings).await?;
         }

@@ -1,20 +1,163 @@
 //! Transaction scope: `#[advisory_locked(key = "…", transaction = tx)]`.
 //!
-//! (Skeleton: the interface the attribute expands into; the behaviour is
-//! being built.)
+//! The lock is a transaction-level advisory lock
+//! (`pg_try_advisory_xact_lock` / `pg_advisory_xact_lock`, `_shared` for
+//! [`Mode::Shared`]) of a transaction that the body runs its statements in:
+//! the body's writes commit together with the end of the lock, so a holder
+//! that gets the lock next sees them. PostgreSQL ends the lock with the
+//! transaction (COMMIT, ROLLBACK, or the connection's end); nothing has to
+//! be unlocked.
+//!
+//! # Connections
+//!
+//! Transaction scope does not use the entry's lock sessions (they hold
+//! session locks of many keys): each call takes a plain connection from a
+//! small pool of its own per registry entry (at most
+//! [`LockConfig::transaction_connections`](crate::LockConfig::transaction_connections),
+//! opened when first needed). A connection goes back to the pool only when
+//! its transaction ended cleanly (its COMMIT or ROLLBACK was answered, and
+//! the [`Transaction`] handle did not outlive the body); any other end
+//! closes it, which makes the server roll back whatever it had begun.
+//!
+//! # Round trips
+//!
+//! Skip mode sends `BEGIN` and the try-lock together (one round trip); a
+//! busy key's transaction is rolled back off the caller's path (the
+//! connection is reused once that is answered). Wait mode sends `BEGIN`, a
+//! transaction-local `lock_timeout` (the call's timeout; `0` = none for
+//! `wait` without a timeout), the waiting `pg_advisory_xact_lock` and the
+//! restore of the session's own `lock_timeout`/`statement_timeout`
+//! together: the server does the waiting, and hands the lock to the next
+//! waiter the moment its holder commits. The commit sends a check that the
+//! transaction is still the one that took the lock and not aborted, and
+//! `COMMIT`, together. All these statements are unnamed (simple queries or
+//! `query_typed`), so nothing named is left on a server session that a
+//! transaction-pooling proxy hands to another client.
+//!
+//! # Cancellation
+//!
+//! If the call's future is dropped at any await (waiting for the lock, in
+//! the body, during the commit), its connection is never reused: a cancel
+//! request is sent for whatever statement runs on it (a blocked lock wait
+//! among them), bounded by the connect timeout, then the connection is
+//! closed, and the server rolls the transaction back, releasing the lock.
+//! A COMMIT already sent when the future is dropped may still take effect.
+//! From PostgreSQL 14 on, each transaction also sets
+//! `client_connection_check_interval` (1 s), so the server notices a client
+//! that vanished (a crashed process) even while a statement or the lock
+//! wait runs.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::__private::Spec;
-use crate::{Error, LockKey, Outcome};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
+
+use crate::__private::{Spec, Wait};
+use crate::config::Settings;
+use crate::{Error, KeyId, LockKey, Mode, OnLost, Outcome};
 
 /// The transaction a `transaction = tx` body runs in; the lock is a
-/// transaction-level lock of it.
+/// transaction-level lock of it, so it is held until the transaction ends.
+///
+/// It dereferences to the connection's [`tokio_postgres::Client`]: run the
+/// body's statements with it (`tx.execute(…)`, `tx.query(…)`,
+/// `tx.query_typed(…)`, …). They are part of the transaction, which is
+/// committed when the body returns `Ok(_)` (or `()`) and rolled back when it
+/// returns `Err(_)` (see [`TransactionResult`]).
+///
+/// ```ignore
+/// use advisory_locked::advisory_locked;
+///
+/// // (`tx` is the body's `advisory_locked::Transaction`.)
+/// #[advisory_locked(key = "invoice:{id}", transaction = tx)]
+/// async fn bill(id: i64) -> Result<u64, tokio_postgres::Error> {
+///     // Committed together with the end of the lock:
+///     tx.execute("UPDATE invoices SET billed = true WHERE id = $1", &[&id]).await
+/// }
+/// ```
+///
+/// Rules:
+///
+/// - Do not send `COMMIT`, `ROLLBACK` or `BEGIN` yourself: the transaction
+///   (and with it the lock) would end early. This is noticed at the end (a
+///   body that asked to commit then gets [`Error::Transaction`]), not
+///   prevented.
+/// - Do not let the handle outlive the body (e.g. by moving it into a task
+///   that is not awaited): its connection is then closed instead of reused,
+///   the transaction is rolled back, and a body that asked to commit gets
+///   [`Error::Transaction`]. Statements sent through a leaked handle fail
+///   once the connection is closed; they never run on a connection that
+///   serves another call.
+/// - Behind a transaction-pooling proxy, prefer unnamed statements
+///   (`query_typed`, `simple_query`, `batch_execute`): a statement the body
+///   prepares by name lives on a server session that the proxy hands to
+///   other clients afterwards (tokio-postgres closes the statements it
+///   prepares for `query(&str, …)` when done, within the transaction).
 pub struct Transaction {
-    _private: (),
+    client: Arc<Client>,
+    key: LockKey,
+    mode: Mode,
+    backend_pid: i32,
+}
+
+impl Transaction {
+    /// The key locked.
+    pub fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    /// The mode locked.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The server's process id of the transaction's session (as in
+    /// `pg_locks.pid`), taken when the lock was granted.
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// The connection (also reachable through `Deref`).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::Deref for Transaction {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("key", &self.key)
+            .field("mode", &self.mode)
+            .field("backend_pid", &self.backend_pid)
+            .finish()
+    }
 }
 
 /// What a transaction-scope body returns: whether to commit.
+///
+/// `Result<T, E>` commits on `Ok` and rolls back on `Err`; `()` commits.
+///
+/// ```
+/// use advisory_locked::TransactionResult;
+///
+/// assert!(Ok::<u32, String>(1).commits());
+/// assert!(!Err::<u32, String>("no".into()).commits());
+/// assert!(().commits());
+/// ```
 pub trait TransactionResult {
     /// True to commit the body's transaction, false to roll it back.
     fn commits(&self) -> bool;
@@ -32,30 +175,730 @@ impl TransactionResult for () {
     }
 }
 
-fn not_yet() -> Error {
-    Error::InvalidConfig {
-        reason: "transaction scope is not built yet".to_owned(),
+// ---------------------------------------------------------------------------
+// The pool of transaction connections, one per registry entry
+// ---------------------------------------------------------------------------
+
+static POOLS: LazyLock<Mutex<HashMap<String, Arc<Pool>>>> = LazyLock::new(Default::default);
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A registry entry's transaction connections.
+struct Pool {
+    settings: Settings,
+    /// Connections idle outside any transaction, ready for reuse.
+    idle: Mutex<Vec<Conn>>,
+    /// One permit per connection open or being opened.
+    permits: Arc<Semaphore>,
+}
+
+impl Pool {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
+/// The pool of the registry entry `spec.pool` (created on first use).
+fn pool_for(spec: &Spec) -> Result<Arc<Pool>, Error> {
+    let locker = crate::locker(spec.pool)?;
+    if locker.servers() > 1 {
+        // A transaction lives on one server; a quorum's lock can't be one.
+        return Err(Error::InvalidConfig {
+            reason: format!(
+                "transaction scope needs a single-server entry; {:?} is a quorum of {} servers",
+                spec.pool,
+                locker.servers()
+            ),
+        });
+    }
+    let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+    let pool = pools.entry(spec.pool.to_owned()).or_insert_with(|| {
+        let settings = locker.settings().clone();
+        Arc::new(Pool {
+            permits: Arc::new(Semaphore::new(settings.transaction_connections)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+        })
+    });
+    Ok(pool.clone())
+}
+
+/// One plain connection. Dropping it closes the connection at once, even
+/// if a leaked [`Transaction`] still refers to its client.
+struct Conn {
+    id: u64,
+    client: Arc<Client>,
+    cancel: CancelToken,
+    /// Dropped: the connection's task drops the connection (closes the socket).
+    _close: oneshot::Sender<()>,
+    /// True (or the sender gone) once the connection has ended.
+    ended: watch::Receiver<bool>,
+}
+
+impl Conn {
+    fn is_dead(&self) -> bool {
+        self.client.is_closed() || *self.ended.borrow() || self.ended.has_changed().is_err()
+    }
+
+    /// Resolves when the connection ends.
+    fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut ended = self.ended.clone();
+        async move {
+            let _ = ended.wait_for(|e| *e).await;
+        }
+    }
+}
+
+/// Opens a connection with the entry's settings (TLS included) and checks
+/// that the server is not a standby, within the connect timeout.
+async fn open(settings: &Settings) -> Result<Conn, Error> {
+    let target = settings.target();
+    let after = settings.connect_timeout;
+    match tokio::time::timeout(after, open_inner(settings, &target)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::ConnectTimeout { target, after }),
+    }
+}
+
+async fn open_inner(settings: &Settings, target: &str) -> Result<Conn, Error> {
+    let connect_err = |source| Error::Connect {
+        target: target.to_owned(),
+        source,
+    };
+    #[cfg(feature = "tls-rustls")]
+    if let Some(tls) = &settings.tls {
+        let (client, connection) = settings
+            .pg
+            .connect(tls.clone())
+            .await
+            .map_err(connect_err)?;
+        return set_up(settings, target, client, connection).await;
+    }
+    let (client, connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
+    set_up(settings, target, client, connection).await
+}
+
+async fn set_up<C>(
+    settings: &Settings,
+    target: &str,
+    client: Client,
+    connection: C,
+) -> Result<Conn, Error>
+where
+    C: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let (close, closed) = oneshot::channel::<()>();
+    let (ended_tx, ended) = watch::channel(false);
+    let pool = settings.name.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            result = connection => {
+                if let Err(e) = result {
+                    tracing::debug!(pool = %pool, connection = id, error = %e, "advisory-locked: transaction connection ended");
+                }
+            }
+            // Sent or dropped: close (dropping the connection closes the socket).
+            _ = closed => {}
+        }
+        let _ = ended_tx.send(true);
+    });
+    let conn = Conn {
+        id,
+        cancel: client.cancel_token(),
+        client: Arc::new(client),
+        _close: close,
+        ended,
+    };
+    let rows = conn
+        .client
+        .simple_query("SELECT pg_is_in_recovery()")
+        .await
+        .map_err(|source| Error::Connect {
+            target: target.to_owned(),
+            source,
+        })?;
+    let standby = rows
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
+    if standby {
+        return Err(Error::Standby {
+            target: target.to_owned(),
+        });
+    }
+    tracing::debug!(pool = %settings.name, connection = id, "advisory-locked: transaction connection opened");
+    Ok(conn)
+}
+
+/// For [`LockConfig::transaction_scope_only`](crate::LockConfig::transaction_scope_only)
+/// entries, at configuration time: one connection (then closed) shows that
+/// the server is reachable, takes the credentials and is not a standby.
+pub(crate) async fn check_server(settings: &Settings) -> Result<(), Error> {
+    let conn = open(settings).await?;
+    tracing::debug!(pool = %settings.name, connection = conn.id, "advisory-locked: transaction-scope-only entry: server checked");
+    Ok(())
+}
+
+/// Sends a cancel request for whatever runs on `conn` (bounded by the
+/// connect timeout), then closes it, then frees its pool slot.
+fn discard(settings: &Settings, conn: Conn, permit: Option<OwnedSemaphorePermit>) {
+    if conn.is_dead() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // No runtime to send a cancel request from: closing alone ends the
+        // session (the server notices when its statement, if any, ends).
+        return;
+    };
+    let settings = settings.clone();
+    runtime.spawn(async move {
+        let after = settings.connect_timeout;
+        match tokio::time::timeout(after, cancel(&settings, &conn.cancel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(pool = %settings.name, connection = conn.id, error = %e, "advisory-locked: cancel request failed; closing the transaction connection anyway")
+            }
+            Err(_) => {
+                tracing::debug!(pool = %settings.name, connection = conn.id, "advisory-locked: cancel request timed out; closing the transaction connection anyway")
+            }
+        }
+        tracing::debug!(pool = %settings.name, connection = conn.id, "advisory-locked: transaction connection closed (not reusable)");
+        drop(conn);
+        drop(permit);
+    });
+}
+
+/// Sends a cancel request for the statement running on a connection.
+///
+/// Over plain TCP the request's connection is kept open until the other
+/// side closes it: pgbouncer (1.18 checked) drops a cancel request whose
+/// client hangs up before it has forwarded it, and tokio-postgres's own
+/// `cancel_query` hangs up at once. With TLS or a Unix socket,
+/// tokio-postgres's `cancel_query` is used.
+async fn cancel(settings: &Settings, token: &CancelToken) -> Result<(), tokio_postgres::Error> {
+    use tokio::io::AsyncReadExt;
+    use tokio_postgres::config::Host;
+
+    #[cfg(feature = "tls-rustls")]
+    if let Some(tls) = &settings.tls {
+        return token.cancel_query(tls.clone()).await;
+    }
+    let (Some(Host::Tcp(host)), port) = (
+        settings.pg.get_hosts().first(),
+        settings.pg.get_ports().first().copied().unwrap_or(5432),
+    ) else {
+        return token.cancel_query(NoTls).await;
+    };
+    let Ok(mut stream) = tokio::net::TcpStream::connect((host.as_str(), port)).await else {
+        return token.cancel_query(NoTls).await;
+    };
+    let _ = stream.set_nodelay(true);
+    token.cancel_query_raw(KeepOpen(&mut stream), NoTls).await?;
+    // Until the server (or the proxy) closes it: the request was handled.
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A stream whose `shutdown` does nothing (see [`cancel`]).
+struct KeepOpen<'a>(&'a mut tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for KeepOpen<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for KeepOpen<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A connection taken from the pool for one call. Dropped, it goes back to
+/// the pool if `reuse` was set (the transaction ended cleanly), else it is
+/// discarded (see [`discard`]).
+struct Lease {
+    pool: Arc<Pool>,
+    conn: Option<Conn>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Taken from the idle list (it may have died unnoticed).
+    reused: bool,
+    reuse: bool,
+}
+
+impl Lease {
+    fn conn(&self) -> &Conn {
+        // Set from creation to drop.
+        self.conn.as_ref().expect("lease without a connection")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.reuse && !conn.is_dead() {
+            // Back before the permit is freed: a waiter finds it.
+            self.pool.idle().push(conn);
+            return;
+        }
+        discard(&self.pool.settings, conn, self.permit.take());
+    }
+}
+
+/// Takes a pool slot (waiting at most until `deadline`; `None` if it
+/// passed), then an idle connection or a new one.
+async fn lease(
+    pool: &Arc<Pool>,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<Result<Lease, Error>> {
+    let acquire = pool.permits.clone().acquire_owned();
+    let permit = match deadline {
+        Some(d) => tokio::time::timeout_at(d, acquire).await.ok()?,
+        None => acquire.await,
+    }
+    // The semaphore is never closed.
+    .ok()?;
+    let idle = loop {
+        let Some(conn) = pool.idle().pop() else {
+            break None;
+        };
+        if !conn.is_dead() {
+            break Some(conn);
+        }
+    };
+    let (conn, reused) = match idle {
+        Some(conn) => (conn, true),
+        None => match open(&pool.settings).await {
+            Ok(conn) => (conn, false),
+            Err(e) => return Some(Err(e)),
+        },
+    };
+    Some(Ok(Lease {
+        pool: pool.clone(),
+        conn: Some(conn),
+        permit: Some(permit),
+        reused,
+        reuse: false,
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// The statements
+// ---------------------------------------------------------------------------
+
+/// From PostgreSQL 14 on, for the whole transaction: the server checks
+/// every second, while a statement runs, that the client is still there
+/// (so a vanished client's lock goes within about a second even while the
+/// body's statement or the lock wait runs; pgbouncer closes the server
+/// connection of a client that hangs up mid-transaction). A select-list
+/// expression; NULL before PostgreSQL 14.
+macro_rules! check_interval {
+    () => {
+        "CASE WHEN current_setting('server_version_num')::int >= 140000 \
+         THEN set_config('client_connection_check_interval', '1000', true) END"
+    };
+}
+
+/// The try-lock statement (skip mode), after `BEGIN`:
+/// `(granted, pg_backend_pid(), now(), …)`.
+fn try_lock_sql(mode: Mode, key: KeyId) -> &'static str {
+    match (mode, key) {
+        (Mode::Exclusive, KeyId::Int(_)) => concat!(
+            "SELECT pg_try_advisory_xact_lock($1), pg_backend_pid(), now(), ",
+            check_interval!()
+        ),
+        (Mode::Shared, KeyId::Int(_)) => concat!(
+            "SELECT pg_try_advisory_xact_lock_shared($1), pg_backend_pid(), now(), ",
+            check_interval!()
+        ),
+        (Mode::Exclusive, KeyId::Pair(..)) => concat!(
+            "SELECT pg_try_advisory_xact_lock($1, $2), pg_backend_pid(), now(), ",
+            check_interval!()
+        ),
+        (Mode::Shared, KeyId::Pair(..)) => concat!(
+            "SELECT pg_try_advisory_xact_lock_shared($1, $2), pg_backend_pid(), now(), ",
+            check_interval!()
+        ),
+    }
+}
+
+/// The waiting lock statement (wait mode), after `BEGIN` and
+/// [`SET_TIMEOUTS`]: `(void, pg_backend_pid(), now())`.
+fn wait_lock_sql(mode: Mode, key: KeyId) -> &'static str {
+    match (mode, key) {
+        (Mode::Exclusive, KeyId::Int(_)) => {
+            "SELECT pg_advisory_xact_lock($1), pg_backend_pid(), now()"
+        }
+        (Mode::Shared, KeyId::Int(_)) => {
+            "SELECT pg_advisory_xact_lock_shared($1), pg_backend_pid(), now()"
+        }
+        (Mode::Exclusive, KeyId::Pair(..)) => {
+            "SELECT pg_advisory_xact_lock($1, $2), pg_backend_pid(), now()"
+        }
+        (Mode::Shared, KeyId::Pair(..)) => {
+            "SELECT pg_advisory_xact_lock_shared($1, $2), pg_backend_pid(), now()"
+        }
+    }
+}
+
+/// For the wait: the call's own lock timeout, and no statement timeout (a
+/// role's `statement_timeout` must not cut the wait), for this
+/// transaction; and the client check (see [`check_interval`]), which also
+/// covers the wait.
+const SET_TIMEOUTS: &str = concat!(
+    "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true), ",
+    check_interval!()
+);
+
+/// After the wait (sent with it): the body runs with the session's own timeouts.
+const RESTORE_TIMEOUTS: &str =
+    "SET LOCAL lock_timeout TO DEFAULT; SET LOCAL statement_timeout TO DEFAULT";
+
+/// Sent with COMMIT: fails (and so makes the COMMIT a rollback) if the
+/// transaction is aborted (SQLSTATE 25P02) or is not the one that took the
+/// lock (`now()` is the transaction's start: SQLSTATE 22012, division by
+/// zero).
+const CHECK_BEFORE_COMMIT: &str = "SELECT 1 / (now() = $1)::int";
+
+/// What the lock statement found.
+struct Locked {
+    granted: bool,
+    backend_pid: i32,
+    started: SystemTime,
+}
+
+/// `BEGIN`, [timeouts], the lock statement, [restore], pipelined in one
+/// round trip. `lock_timeout`: `None` for skip mode (try-lock), else the
+/// wait's `lock_timeout` setting (`"0"`: no limit).
+async fn begin_and_lock(
+    client: &Client,
+    key: KeyId,
+    mode: Mode,
+    lock_timeout: Option<&str>,
+) -> Result<Locked, tokio_postgres::Error> {
+    let wait = lock_timeout.is_some();
+    let sql = if wait {
+        wait_lock_sql(mode, key)
+    } else {
+        try_lock_sql(mode, key)
+    };
+    let (int, a, b) = key.parts();
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = match key {
+        KeyId::Int(_) => vec![(&int, Type::INT8)],
+        KeyId::Pair(..) => vec![(&a, Type::INT4), (&b, Type::INT4)],
+    };
+    let timeout = lock_timeout.unwrap_or("0");
+    // join! polls in order: the requests are queued in this order, in the
+    // same turn, and go out together.
+    let (begin, set, lock, restore) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        async {
+            if wait {
+                client
+                    .query_typed(SET_TIMEOUTS, &[(&timeout, Type::TEXT)])
+                    .await
+                    .map(drop)
+            } else {
+                Ok(())
+            }
+        },
+        client.query_typed_one(sql, &params),
+        async {
+            if wait {
+                client.batch_execute(RESTORE_TIMEOUTS).await
+            } else {
+                Ok(())
+            }
+        },
+    );
+    begin?;
+    set?;
+    let row = lock?;
+    restore?;
+    Ok(Locked {
+        granted: if wait { true } else { row.try_get(0)? },
+        backend_pid: row.try_get(1)?,
+        started: row.try_get(2)?,
+    })
+}
+
+/// The wait's `lock_timeout` setting: what is left of the call's timeout,
+/// in whole milliseconds, at least 1 (`0` would mean no limit).
+fn lock_timeout_setting(left: Duration) -> String {
+    format!("{}ms", left.as_millis().clamp(1, i32::MAX as u128))
+}
+
+// ---------------------------------------------------------------------------
+// The calls
+// ---------------------------------------------------------------------------
+
+/// Skip mode: begin, take the lock if free, run the body, commit or roll back.
 pub(crate) async fn run_skip<B, F>(
-    _spec: Spec,
-    _key: LockKey,
-    _body: B,
+    spec: Spec,
+    key: LockKey,
+    body: B,
 ) -> Result<Outcome<F::Output>, Error>
 where
     B: FnOnce(Transaction) -> F,
     F: Future,
     F::Output: TransactionResult,
 {
-    Err(not_yet())
+    run(spec, key, None, body).await
 }
 
-pub(crate) async fn run_wait<B, F>(_spec: Spec, _key: LockKey, _body: B) -> Result<F::Output, Error>
+/// Wait mode: begin, wait for the lock server-side (bounded by the spec's
+/// timeout), run the body, commit or roll back.
+pub(crate) async fn run_wait<B, F>(spec: Spec, key: LockKey, body: B) -> Result<F::Output, Error>
 where
     B: FnOnce(Transaction) -> F,
     F: Future,
     F::Output: TransactionResult,
 {
-    Err(not_yet())
+    let timeout = match spec.wait {
+        Wait::Timeout(t) => Some(t),
+        Wait::Forever | Wait::Skip => None,
+    };
+    let start = Instant::now();
+    let name = key.name().to_owned();
+    match run(spec, key, Some(timeout), body).await? {
+        Outcome::Ran(value) => Ok(value),
+        // A wait never skips; kept as a value rather than a panic.
+        Outcome::Skipped => Err(Error::WaitTimeout {
+            key: name,
+            waited: start.elapsed(),
+        }),
+    }
+}
+
+/// `wait`: `None` for skip mode, `Some(timeout)` for wait mode.
+async fn run<B, F>(
+    spec: Spec,
+    key: LockKey,
+    wait: Option<Option<Duration>>,
+    body: B,
+) -> Result<Outcome<F::Output>, Error>
+where
+    B: FnOnce(Transaction) -> F,
+    F: Future,
+    F::Output: TransactionResult,
+{
+    let start = Instant::now();
+    let pool = pool_for(&spec)?;
+    let settings = &pool.settings;
+    let name = key.name().to_owned();
+    let timed_out = || Error::WaitTimeout {
+        key: name.clone(),
+        waited: start.elapsed(),
+    };
+    let deadline = match wait {
+        Some(Some(t)) => Some(tokio::time::Instant::from_std(start) + t),
+        Some(None) => None,
+        // Skip mode waits for a free connection at most the connect timeout.
+        None => Some(tokio::time::Instant::from_std(start) + settings.connect_timeout),
+    };
+    let mut retried = false;
+    let (lease, locked) = loop {
+        let lease = match lease(&pool, deadline).await {
+            Some(result) => result?,
+            None if wait.is_some() => return Err(timed_out()),
+            None => {
+                return Err(Error::TransactionConnectionsBusy {
+                    pool: settings.name.clone(),
+                    connections: settings.transaction_connections,
+                    waited: start.elapsed(),
+                })
+            }
+        };
+        let conn = lease.conn();
+        let lock_timeout = wait.map(|t| match t {
+            Some(t) => lock_timeout_setting(t.saturating_sub(start.elapsed())),
+            None => "0".to_owned(),
+        });
+        let locking = begin_and_lock(&conn.client, key.id(), spec.mode, lock_timeout.as_deref());
+        // A client-side bound too, in case the server stops answering: the
+        // server's lock_timeout plus the connect timeout.
+        let result = match wait {
+            Some(Some(t)) => {
+                let bound = t.saturating_sub(start.elapsed()) + settings.connect_timeout;
+                match tokio::time::timeout(bound, locking).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(pool = %settings.name, key = %name, "advisory-locked: the server did not answer the lock wait; closing its transaction connection");
+                        return Err(timed_out());
+                    }
+                }
+            }
+            _ => locking.await,
+        };
+        match result {
+            Ok(locked) => break (lease, locked),
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && wait.is_some() => {
+                tracing::debug!(pool = %settings.name, key = %name, waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: transaction-scope wait timed out");
+                end_transaction(lease, "ROLLBACK").await;
+                return Err(timed_out());
+            }
+            Err(e) if lease.reused && !retried && crate::session::ends_session(&e) => {
+                // A pooled connection that died while idle: once more on a
+                // fresh one (nothing was begun on the server).
+                tracing::info!(pool = %settings.name, key = %name, connection = conn.id, "advisory-locked: idle transaction connection had ended; retrying on a fresh one");
+                retried = true;
+            }
+            Err(e) => {
+                tracing::warn!(pool = %settings.name, key = %name, error = %crate::error::cause(&e), "advisory-locked: transaction-scope lock failed");
+                return Err(Error::Query {
+                    key: name,
+                    source: Arc::new(e),
+                });
+            }
+        }
+    };
+    if !locked.granted {
+        tracing::debug!(pool = %settings.name, key = %name, "advisory-locked: skipped (transaction-scope lock busy)");
+        // Rolled back off the caller's path (as above).
+        tokio::spawn(end_transaction(lease, "ROLLBACK"));
+        return Ok(Outcome::Skipped);
+    }
+    tracing::debug!(pool = %settings.name, key = %name, id = %key.id(), mode = ?spec.mode, backend_pid = locked.backend_pid, connection = lease.conn().id, "advisory-locked: acquired (transaction scope)");
+
+    let policy = spec.on_lost.unwrap_or(settings.on_lost);
+    let tx = Transaction {
+        client: lease.conn().client.clone(),
+        key,
+        mode: spec.mode,
+        backend_pid: locked.backend_pid,
+    };
+    let lost = lease.conn().lost();
+    let body = body(tx);
+    let value = match policy {
+        OnLost::Abort => {
+            tokio::select! {
+                biased;
+                () = lost => {
+                    tracing::error!(pool = %settings.name, key = %name, "advisory-locked: the transaction's connection ended while the body ran (lock and transaction gone); the body was stopped");
+                    return Err(Error::LockLost { key: name });
+                }
+                value = body => value,
+            }
+        }
+        OnLost::Continue => body.await,
+    };
+    finish(lease, &name, locked.started, value)
+        .await
+        .map(Outcome::Ran)
+}
+
+/// Commits (or rolls back) after the body; the lease goes back to the pool
+/// only if that ended cleanly.
+async fn finish<T: TransactionResult>(
+    mut lease: Lease,
+    key: &str,
+    started: SystemTime,
+    value: T,
+) -> Result<T, Error> {
+    let pool = lease.pool.settings.name.clone();
+    let commits = value.commits();
+    let client = lease.conn().client.clone();
+    // The lease's own reference, and this one.
+    if Arc::strong_count(&client) > 2 {
+        tracing::warn!(pool = %pool, key = %key, "advisory-locked: the Transaction handle outlived the body; rolling back and closing its connection");
+        drop(client);
+        drop(lease); // closed: the server rolls back
+        return if commits {
+            Err(Error::Transaction {
+                key: key.to_owned(),
+                reason: "the Transaction handle outlived the body (moved into a task or stored), so the transaction was rolled back and its connection closed".to_owned(),
+                source: None,
+            })
+        } else {
+            Ok(value)
+        };
+    }
+    if !commits {
+        drop(client);
+        end_transaction(lease, "ROLLBACK").await;
+        tracing::debug!(pool = %pool, key = %key, "advisory-locked: rolled back (the body failed); lock released");
+        return Ok(value);
+    }
+    if lease.conn().is_dead() {
+        tracing::warn!(pool = %pool, key = %key, "advisory-locked: transaction did not commit: its connection had ended");
+        return Err(Error::Transaction {
+            key: key.to_owned(),
+            reason: "its connection ended while the body ran, so the server rolled it back (and the lock was released then)".to_owned(),
+            source: None,
+        });
+    }
+    let check_params: [(&(dyn ToSql + Sync), Type); 1] = [(&started, Type::TIMESTAMPTZ)];
+    let (check, commit) = tokio::join!(
+        client.query_typed(CHECK_BEFORE_COMMIT, &check_params),
+        client.batch_execute("COMMIT"),
+    );
+    drop(client);
+    let fail = |reason: &str, source: tokio_postgres::Error| {
+        tracing::warn!(pool = %pool, key = %key, error = %crate::error::cause(&source), "advisory-locked: transaction did not commit: {reason}");
+        Err(Error::Transaction {
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+            source: Some(Arc::new(source)),
+        })
+    };
+    match (check, commit) {
+        (Ok(_), Ok(())) => {
+            lease.reuse = true;
+            tracing::debug!(pool = %pool, key = %key, "advisory-locked: committed; lock released");
+            Ok(value)
+        }
+        (_, Err(e)) => fail(
+            "COMMIT failed (if the connection was lost, whether it took effect is unknown)",
+            e,
+        ),
+        (Err(e), Ok(())) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => fail(
+            "a statement of the body had failed, so PostgreSQL rolled the transaction back",
+            e,
+        ),
+        (Err(e), Ok(())) if e.code() == Some(&SqlState::DIVISION_BY_ZERO) => fail(
+            "the body ended the transaction itself (COMMIT or ROLLBACK through the Transaction), which released the lock early; what it ran after that was rolled back",
+            e,
+        ),
+        (Err(e), Ok(())) => fail("the check before COMMIT failed, so it rolled back", e),
+    }
+}
+
+/// Ends a transaction that the body did not commit; the connection is
+/// reused only if the server answered.
+async fn end_transaction(mut lease: Lease, sql: &'static str) {
+    match lease.conn().client.batch_execute(sql).await {
+        Ok(()) => lease.reuse = true,
+        Err(e) => {
+            tracing::warn!(pool = %lease.pool.settings.name, error = %crate::error::cause(&e), "advisory-locked: {sql} failed; closing the transaction connection");
+        }
+    }
 }

@@ -22,6 +22,7 @@ use tokio_postgres::{Client, NoTls};
 
 pub mod limits;
 pub mod visibility;
+pub mod transaction;
 
 /// The server under test: `DATABASE_URL` when set, else the local default.
 pub fn db_url() -> String {
