@@ -12,7 +12,7 @@ async fn send_mail(account: u64) -> Result<(), String> {
     Ok(())
 }
 
-#[advisory_locked(key = "single", limit = 1, per = "1.5s", shared)]
+#[advisory_locked(key = "single", limit = 1, per = "1.5s", exclusive)]
 async fn single() {}
 
 async fn types() {
