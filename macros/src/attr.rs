@@ -245,7 +245,7 @@ pub fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
         if let Some(o) = position(Name::OnLost) {
             errors.add(
                 seen[t.max(o)].1,
-                "`on_lost` does not apply with `transaction`: a transaction-level lock ends with its connection, and then the commit fails (the body's work is rolled back) instead; remove `on_lost`",
+                "`on_lost` can't be set with `transaction`: a transaction's lock ends with its connection, and the entry's policy (`LockConfig::on_lost`) applies; whatever the policy, the transaction is rolled back; remove `on_lost`",
             );
         }
     }
@@ -1074,7 +1074,7 @@ mod tests {
             (quote!(key = "k", transaction), "`transaction` needs a name"),
             (quote!(key = "k", transaction = tx, limit = 2), "`transaction` and `limit` cannot be combined"),
             (quote!(key = "k", per = "1s", transaction = tx), "`per` needs `limit`"),
-            (quote!(key = "k", on_lost = "abort", transaction = tx), "`on_lost` does not apply with `transaction`"),
+            (quote!(key = "k", on_lost = "abort", transaction = tx), "`on_lost` can't be set with `transaction`"),
         ] {
             let e = parse_err(tokens.clone());
             assert!(e[0].starts_with(start), "{tokens}: {e:?}");

@@ -144,7 +144,11 @@ impl Locker {
         self.refuse_if_transaction_scope_only()?;
         match &self.backend {
             Backend::Server(s) => Ok(s.try_lock(key, mode, notify).await?.map(LockGuard::server)),
-            Backend::Quorum(q) => Ok(q.try_lock(key, mode, notify).await?.map(LockGuard::quorum)),
+            // Boxed: the quorum's (larger) future stays out of every
+            // call's future and stack frame (debug builds nest deeply).
+            Backend::Quorum(q) => Ok(Box::pin(q.try_lock(key, mode, notify))
+                .await?
+                .map(LockGuard::quorum)),
         }
     }
 
@@ -167,7 +171,9 @@ impl Locker {
         self.refuse_if_transaction_scope_only()?;
         match &self.backend {
             Backend::Server(s) => s.lock(key, mode, timeout).await.map(LockGuard::server),
-            Backend::Quorum(q) => q.lock(key, mode, timeout).await.map(LockGuard::quorum),
+            Backend::Quorum(q) => Box::pin(q.lock(key, mode, timeout))
+                .await
+                .map(LockGuard::quorum),
         }
     }
 }

@@ -47,17 +47,23 @@ pub struct Limit {
 }
 
 /// Skip mode: take the lock if free, run `body`, release.
+///
+/// The body is boxed once here, so that the layers below move a pointer,
+/// not the body's future: in debug builds every move of a future is a
+/// stack copy, and annotated calls nested in annotated bodies (each body
+/// holding the next call's future) would otherwise need megabytes of stack.
 pub async fn run_skip<F: Future>(
     spec: Spec,
     key: LockKey,
     body: F,
 ) -> Result<Outcome<F::Output>, Error> {
-    crate::run::run_skip(spec, key, body).await
+    crate::run::run_skip(spec, key, Box::pin(body)).await
 }
 
-/// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`, release.
+/// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`,
+/// release. The body is boxed as in [`run_skip`].
 pub async fn run_wait<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<F::Output, Error> {
-    crate::run::run_wait(spec, key, body).await
+    crate::run::run_wait(spec, key, Box::pin(body)).await
 }
 
 /// `transaction = tx`, skip mode: begin a transaction, take the

@@ -18,7 +18,9 @@ pub(crate) async fn run_skip<F: Future>(
     let locker = crate::locker(spec.pool)?;
     if let Some(limit) = spec.limit {
         let slots = crate::limit::slots_of(key, limit, spec.mode)?;
-        return match locker.try_lock_slot(&slots).await? {
+        // Boxed: the slot machinery's future stays out of the plain
+        // path's future and stack frame.
+        return match Box::pin(locker.try_lock_slot(&slots)).await? {
             Some(slot) => hold_slot(slot, body, policy(&spec, &locker))
                 .await
                 .map(Outcome::Ran),
@@ -46,7 +48,7 @@ pub(crate) async fn run_wait<F: Future>(
     };
     if let Some(limit) = spec.limit {
         let slots = crate::limit::slots_of(key, limit, spec.mode)?;
-        let slot = locker.lock_slot(&slots, timeout).await?;
+        let slot = Box::pin(locker.lock_slot(&slots, timeout)).await?;
         return hold_slot(slot, body, policy(&spec, &locker)).await;
     }
     let guard = locker.lock(key, spec.mode, timeout).await?;

@@ -1,10 +1,14 @@
 //! `cargo run --example fleet`: a fleet of worker processes sharing one
 //! PostgreSQL database, showing each use case of `#[advisory_locked]`:
 //!
-//! 1. a job that runs once across the fleet (skip when busy);
-//! 2. at most N concurrent operations across the fleet (N lock slots);
-//! 3. a leader that hands over when its process exits;
-//! 4. one-at-a-time access per tenant (keys built from arguments, wait mode).
+//! 1. a job that runs once across the fleet (skip when busy), and the
+//!    `status` view of who holds it;
+//! 2. at most N concurrent operations across the fleet (`limit = N`);
+//! 3. a leader (`Campaign`) that hands over when its process dies;
+//! 4. one-at-a-time access per tenant (keys built from arguments, wait mode);
+//! 5. a ledger updated under a transaction-scoped lock (`transaction = tx`),
+//!    with fencing tokens;
+//! 6. a fleet-wide rate (`limit = N, per = "…"`).
 //!
 //! The database: `DATABASE_URL`, else postgres://postgres@127.0.0.1:5432/postgres;
 //! when nothing answers there and PostgreSQL's binaries are installed, a
@@ -13,13 +17,15 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use advisory_locked::{advisory_locked, Outcome};
+use advisory_locked::{advisory_locked, Campaign, LockConfig, LockKey, Outcome};
 use advisory_locked_tests::ThrowawayServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const WORKERS: usize = 4;
-const EXPORT_SLOTS: u32 = 2;
+const EXPORT_SLOTS: usize = 2;
+const POSTS: usize = 5;
+const RATE: usize = 2;
 
 // ---------------------------------------------------------------- use cases
 
@@ -31,34 +37,36 @@ async fn nightly_report(worker: usize) -> String {
     format!("report built by worker {worker}")
 }
 
-/// 2. One of `EXPORT_SLOTS` fleet-wide slots: a worker takes any free slot.
-#[advisory_locked(key = "fleet:export-slot:{slot}")]
-async fn export_in_slot(slot: u32, worker: usize, job: usize) {
+/// 2. At most `EXPORT_SLOTS` exports at once across the fleet: `limit = 2`
+///    gives two slots (`fleet:export#0`, `fleet:export#1`); wait for one.
+#[advisory_locked(key = "fleet:export", limit = 2, wait = "60s")]
+async fn export(worker: usize, job: usize) {
+    let slot = advisory_locked::current_lock()
+        .map(|l| l.key().name().to_owned())
+        .unwrap_or_default();
     event(worker, &format!("export-start slot={slot} job={job}"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     event(worker, &format!("export-end slot={slot} job={job}"));
 }
 
-/// Tries every slot; when all are busy, tries again a little later.
-async fn export(worker: usize, job: usize) -> Result<(), advisory_locked::Error> {
-    loop {
-        for slot in 0..EXPORT_SLOTS {
-            if let Outcome::Ran(()) = export_in_slot(slot, worker, job).await? {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// 3. Leadership: wait for the key, then lead until this process exits.
-///    The process ends inside the body: it never unlocks; the server frees
-///    the lock when the connection closes, and the next campaigner takes over.
-#[advisory_locked(key = "fleet:leader", wait = "60s")]
-async fn lead(worker: usize) {
+/// 3. Leadership: campaign for the key; lead for a few ticks, then die
+///    without letting go (`exit` inside leadership): the server frees the
+///    lock when the connection closes, and the next campaigner takes over
+///    within its retry interval.
+async fn campaign_and_lead(worker: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let locker = advisory_locked::locker("default")?;
+    let leader = Campaign::new(LockKey::named("fleet:leader"))
+        .retry_interval(Duration::from_millis(100))
+        .start(&locker);
+    let mut state = leader.watch();
+    tokio::time::timeout(Duration::from_secs(60), state.wait_for(|s| s.is_leader())).await??;
     event(worker, "leader-start");
     for tick in 1..=3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if !leader.is_leader() {
+            event(worker, "leader-lost");
+            return Ok(());
+        }
         event(worker, &format!("leader-tick {tick}"));
     }
     event(worker, "leader-exit");
@@ -72,6 +80,52 @@ async fn rebuild(tenant: &str, worker: usize) {
     event(worker, &format!("rebuild-start tenant={tenant}"));
     tokio::time::sleep(Duration::from_millis(150)).await;
     event(worker, &format!("rebuild-end tenant={tenant}"));
+}
+
+/// 5. Posts to a ledger: read the balance, add one, write it — in the body's
+///    transaction, under a transaction-level lock, so no update is lost and
+///    the write commits exactly when the lock ends. The fencing token (from a
+///    second, fenced entry) is stored with it: a stale holder's write would be
+///    refused by `token < $2`.
+#[advisory_locked(key = "fleet:ledger", wait = "30s", transaction = tx)]
+async fn post_entry(worker: usize) -> Result<i64, tokio_postgres::Error> {
+    let balance: i64 = tx
+        .query_one("SELECT balance FROM fleet_ledger WHERE id = 1", &[])
+        .await?
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tx.execute(
+        "UPDATE fleet_ledger SET balance = $1 WHERE id = 1",
+        &[&(balance + 1)],
+    )
+    .await?;
+    event(worker, &format!("posted balance={}", balance + 1));
+    Ok(balance + 1)
+}
+
+#[advisory_locked(key = "fleet:fenced-store", wait = "30s", pool = "fenced")]
+async fn fenced_write(
+    worker: usize,
+    store: &tokio_postgres::Client,
+) -> Result<u64, tokio_postgres::Error> {
+    let token = advisory_locked::current_lock()
+        .and_then(|l| l.fencing_token())
+        .unwrap_or(0);
+    let written = store
+        .execute(
+            "UPDATE fleet_fenced SET token = $1, writer = $2 WHERE id = 1 AND token < $1",
+            &[&token, &(worker as i32)],
+        )
+        .await?;
+    event(worker, &format!("fenced token={token} accepted={written}"));
+    Ok(written)
+}
+
+/// 6. At most `RATE` starts per second across the fleet (each slot is held
+///    at least 1 s from its start).
+#[advisory_locked(key = "fleet:partner-api", limit = 2, per = "1s", wait = "60s")]
+async fn call_partner(worker: usize, call: usize) {
+    event(worker, &format!("partner-call {call}"));
 }
 
 // ------------------------------------------------------------------ workers
@@ -101,7 +155,30 @@ async fn worker(phase: &str, id: usize) -> Result<(), Box<dyn std::error::Error>
             // Stagger the campaigners so the order is easy to read.
             tokio::time::sleep(Duration::from_millis(100 * id as u64)).await;
             event(id, "campaigning");
-            lead(id).await?;
+            campaign_and_lead(id).await?;
+        }
+        "ledger" => {
+            LockConfig::from_env()?
+                .name("fenced")
+                .fencing_tokens(true)
+                .install()
+                .await?;
+            let url = std::env::var("DATABASE_URL")?;
+            let (store, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            for _ in 0..POSTS {
+                post_entry(id).await??;
+                fenced_write(id, &store).await??;
+            }
+        }
+        "rate" => {
+            for call in 0..2 {
+                call_partner(id, call).await?;
+            }
+            // A slot is kept for its period by this process: exiting
+            // earlier would free it early (the rate holds while the
+            // processes that took the slots live, as services do).
+            tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         "tenants" => {
             let tenants = ["acme", "globex", "initech"];
@@ -213,8 +290,27 @@ async fn coordinator() -> Result<(), Box<dyn std::error::Error>> {
         describe(&url)
     );
 
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+
     println!("\n1. A job that runs once across the fleet (#[advisory_locked(key = \"fleet:nightly-report\")])");
+    let status_url = url.clone();
+    let status = tokio::spawn(async move {
+        // While the report runs (1.5 s): who holds what, by name.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let config = LockConfig::from_url(&status_url)?;
+        advisory_locked::status::held_locks(&config).await
+    });
     let ev = run_phase(&url, "once").await?;
+    match status.await? {
+        Ok(locks) => {
+            println!("  status while it ran (advisory_locked::status, as `cargo run --example status` prints):");
+            for line in advisory_locked::status::format_table(&locks).lines() {
+                println!("    {line}");
+            }
+        }
+        Err(e) => println!("  status: {e}"),
+    }
     let ran = ev.iter().filter(|e| e.text.starts_with("once-ran")).count();
     let skipped = ev
         .iter()
@@ -226,7 +322,7 @@ async fn coordinator() -> Result<(), Box<dyn std::error::Error>> {
         "the job ran exactly once",
     )?;
 
-    println!("\n2. At most {EXPORT_SLOTS} exports at once across the fleet (key = \"fleet:export-slot:{{slot}}\")");
+    println!("\n2. At most {EXPORT_SLOTS} exports at once across the fleet (key = \"fleet:export\", limit = 2, wait = \"60s\")");
     let ev = run_phase(&url, "limit").await?;
     let max = max_concurrent(&ev, "export", |_| String::new());
     let done = ev
@@ -235,11 +331,11 @@ async fn coordinator() -> Result<(), Box<dyn std::error::Error>> {
         .count();
     println!("  => {done} exports, at most {max} at once");
     check(
-        max <= EXPORT_SLOTS as usize && done == WORKERS * 3,
+        max <= EXPORT_SLOTS && done == WORKERS * 3,
         "the fleet-wide limit held",
     )?;
 
-    println!("\n3. A leader that hands over when its process exits (key = \"fleet:leader\", wait = \"60s\")");
+    println!("\n3. A leader that hands over when its process dies (Campaign for \"fleet:leader\", retry every 100 ms)");
     let ev = run_phase(&url, "leader").await?;
     let leaders: Vec<usize> = ev
         .iter()
@@ -248,7 +344,12 @@ async fn coordinator() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let exits = ev.iter().filter(|e| e.text == "leader-exit").count();
     let most = max_overlap_leaders(&ev);
-    println!("  => leadership passed {leaders:?}; at most {most} leader at a time");
+    let takeovers: Vec<u128> = ev
+        .windows(2)
+        .filter(|w| w[0].text == "leader-exit" && w[1].text == "leader-start")
+        .map(|w| w[1].at_ms - w[0].at_ms)
+        .collect();
+    println!("  => leadership passed {leaders:?}; at most {most} leader at a time; takeovers after {takeovers:?} ms");
     check(
         leaders.len() == WORKERS && exits == WORKERS && most == 1,
         "one leader at a time",
@@ -265,7 +366,67 @@ async fn coordinator() -> Result<(), Box<dyn std::error::Error>> {
     );
     check(per_tenant == 1, "per-tenant exclusion held")?;
 
-    println!("\nAll four use cases behaved as documented.");
+    println!("\n5. A ledger under a transaction-scoped lock (transaction = tx), and fencing tokens (pool \"fenced\")");
+    admin
+        .batch_execute(
+            "DROP TABLE IF EXISTS fleet_ledger, fleet_fenced; \
+             CREATE TABLE fleet_ledger (id int PRIMARY KEY, balance int8 NOT NULL); \
+             INSERT INTO fleet_ledger VALUES (1, 0); \
+             CREATE TABLE fleet_fenced (id int PRIMARY KEY, token int8 NOT NULL, writer int NOT NULL); \
+             INSERT INTO fleet_fenced VALUES (1, 0, 0)",
+        )
+        .await?;
+    let ev = run_phase(&url, "ledger").await?;
+    let balance: i64 = admin
+        .query_one("SELECT balance FROM fleet_ledger WHERE id = 1", &[])
+        .await?
+        .get(0);
+    let tokens: Vec<i64> = ev
+        .iter()
+        .filter_map(|e| e.text.strip_prefix("fenced token="))
+        .filter_map(|t| t.split(' ').next()?.parse().ok())
+        .collect();
+    let accepted = ev.iter().filter(|e| e.text.ends_with("accepted=1")).count();
+    let increasing = tokens.windows(2).all(|w| w[1] > w[0]);
+    println!(
+        "  => balance {balance} after {} posts (no lost update); {accepted} fenced writes accepted, tokens increasing: {increasing}",
+        WORKERS * POSTS
+    );
+    check(
+        balance == (WORKERS * POSTS) as i64 && accepted == WORKERS * POSTS && increasing,
+        "every post counted once and every fenced write carried a larger token",
+    )?;
+    admin
+        .batch_execute("DROP TABLE IF EXISTS fleet_ledger, fleet_fenced")
+        .await?;
+
+    println!(
+        "\n6. At most {RATE} partner calls per second across the fleet (limit = 2, per = \"1s\")"
+    );
+    let ev = run_phase(&url, "rate").await?;
+    let starts: Vec<u128> = ev
+        .iter()
+        .filter(|e| e.text.starts_with("partner-call"))
+        .map(|e| e.at_ms)
+        .collect();
+    // Any RATE + 1 consecutive starts span at least the period (less the
+    // event clock's millisecond rounding).
+    let tightest = starts
+        .windows(RATE + 1)
+        .map(|w| w[RATE] - w[0])
+        .min()
+        .unwrap_or(u128::MAX);
+    println!(
+        "  => {} calls; the tightest {} in a row spanned {tightest} ms",
+        starts.len(),
+        RATE + 1
+    );
+    check(
+        starts.len() == WORKERS * 2 && tightest >= 999,
+        "at most 2 starts in any second",
+    )?;
+
+    println!("\nAll six use cases behaved as documented.");
     Ok(())
 }
 

@@ -21,8 +21,8 @@ use advisory_locked::KeyId;
 use tokio_postgres::{Client, NoTls};
 
 pub mod limits;
-pub mod visibility;
 pub mod transaction;
+pub mod visibility;
 
 /// The server under test: `DATABASE_URL` when set, else the local default.
 pub fn db_url() -> String {
