@@ -392,6 +392,11 @@ impl LockConfig {
             .map(Locker::from_server)
     }
 
+    /// True if configured with [`transaction_scope_only`](Self::transaction_scope_only).
+    pub(crate) fn is_transaction_scope_only(&self) -> bool {
+        self.settings.transaction_scope_only
+    }
+
     /// The checked settings, with the default `application_name`.
     pub(crate) fn into_settings(mut self) -> Result<Settings, Error> {
         self.validate()?;

@@ -47,7 +47,7 @@ pub(crate) fn fenced_statements() -> Vec<String> {
     let pair = (
         "$1::int4, $2::int4",
         "2::int2",
-        "(($1::int8 << 32) | ($2::int8 & 4294967295))",
+        "(($1::int4::int8 << 32) | ($2::int4::int8 & 4294967295))",
     );
     for (args, space, key, shared) in [(int, false), (int, true), (pair, false), (pair, true)]
         .map(|((args, space, key), shared)| (args, space, key, shared))
@@ -71,12 +71,12 @@ pub(crate) fn fenced_statements() -> Vec<String> {
         ("1::int2", "$1::int8", "$2::int8"),
         (
             "2::int2",
-            "(($1::int8 << 32) | ($2::int8 & 4294967295))",
+            "(($1::int4::int8 << 32) | ($2::int4::int8 & 4294967295))",
             "$3::int8",
         ),
         (
             "2::int2",
-            "(($1::int8 << 32) | ($2::int8 & 4294967295))",
+            "(($1::int4::int8 << 32) | ($2::int4::int8 & 4294967295))",
             "$3::int8",
         ),
     ] {
@@ -93,8 +93,14 @@ pub(crate) fn fenced_statements() -> Vec<String> {
 /// sessions prepare their statements on it).
 pub(crate) async fn ensure_table(settings: &Settings) -> Result<(), Error> {
     let target = settings.target();
-    let client = crate::session::connect_probe(settings)
+    let after = settings.connect_timeout;
+    let timed_out = || Error::ConnectTimeout {
+        target: target.clone(),
+        after,
+    };
+    let client = tokio::time::timeout(after, crate::session::connect_probe(settings))
         .await
+        .map_err(|_| timed_out())?
         .map_err(|source| Error::Connect {
             target: target.clone(),
             source,
@@ -102,9 +108,9 @@ pub(crate) async fn ensure_table(settings: &Settings) -> Result<(), Error> {
     // Two processes configuring at once would race on the catalog: one
     // creation at a time, under a transaction-level lock.
     let sql = format!("BEGIN; SELECT pg_advisory_xact_lock({CREATE_LOCK}); {CREATE_TABLE}; COMMIT");
-    client
-        .batch_execute(&sql)
+    tokio::time::timeout(after, client.batch_execute(&sql))
         .await
+        .map_err(|_| timed_out())?
         .map_err(|e| Error::InvalidConfig {
             reason: format!(
                 "fencing tokens need the table advisory_locked_fence in {target}, and it could not be created: {}",

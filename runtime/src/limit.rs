@@ -324,13 +324,16 @@ impl SlotGuard {
     /// [`held_until`](Self::held_until) (drop the guard instead to have a
     /// background task release it then).
     pub async fn release(mut self) -> Result<(), Error> {
-        let guard = self.guard.take().expect("released once");
         if let Some(until) = self.until {
+            // The guard stays in `self` while this waits: if this future is
+            // dropped meanwhile, `Drop` keeps the slot until `until`.
+            let lost = self.guard().lost();
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}
-                () = guard.lost() => {}
+                () = lost => {}
             }
         }
+        let guard = self.guard.take().expect("released once");
         guard.release().await
     }
 }

@@ -126,6 +126,13 @@ impl QuorumConfig {
         let needed = servers / 2 + 1;
         let mut settings = Vec::with_capacity(servers);
         for (i, member) in self.members.into_iter().enumerate() {
+            if member.is_transaction_scope_only() {
+                return Err(Error::InvalidConfig {
+                    reason: format!(
+                        "quorum member {i} is configured for transaction scope only: a quorum takes session locks on every member (and a transaction-pooling proxy would break them)"
+                    ),
+                });
+            }
             let s = member
                 .name(format!("{}[{i}]", self.name))
                 .on_lost(self.on_lost)
@@ -205,6 +212,15 @@ impl Inner {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         local.entry(id).or_default().clone()
     }
+
+    /// Forgets the queue of `id` if nobody holds or awaits it (only the
+    /// map's handle is left).
+    fn forget_idle(&self, id: KeyId) {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if local.get(&id).is_some_and(|m| Arc::strong_count(m) == 1) {
+            local.remove(&id);
+        }
+    }
 }
 
 impl std::fmt::Debug for QuorumLocker {
@@ -250,7 +266,10 @@ impl QuorumLocker {
         let local = match mode {
             Mode::Exclusive => match self.inner.local(key.id()).try_lock_owned() {
                 Ok(turn) => Some(turn),
-                Err(_) => return Ok(None),
+                Err(_) => {
+                    self.inner.forget_idle(key.id());
+                    return Ok(None);
+                }
             },
             Mode::Shared => None,
         };
@@ -356,6 +375,25 @@ impl QuorumLocker {
         }
     }
 
+    /// This process's turn on an exclusive key, waited for until `deadline`.
+    async fn local_turn(
+        &self,
+        id: KeyId,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, ()> {
+        let queue = self.inner.local(id).lock_owned();
+        match deadline {
+            Some(d) => match tokio::time::timeout_at(d, queue).await {
+                Ok(turn) => Ok(turn),
+                Err(_) => {
+                    self.inner.forget_idle(id);
+                    Err(())
+                }
+            },
+            None => Ok(queue.await),
+        }
+    }
+
     /// Waits for a majority: tries, then waits for a release on any member
     /// (notified) or the next backoff step (2 ms doubling to 250 ms, with
     /// jitter), until `timeout`.
@@ -375,13 +413,11 @@ impl QuorumLocker {
         // Tasks of this process queue in memory (exclusive mode).
         let mut local = None;
         if mode == Mode::Exclusive {
-            let queue = self.inner.local(id).lock_owned();
-            local = Some(match deadline {
-                Some(d) => tokio::time::timeout_at(d, queue)
+            local = Some(
+                self.local_turn(id, deadline)
                     .await
-                    .map_err(|_| timed_out())?,
-                None => queue.await,
-            });
+                    .map_err(|()| timed_out())?,
+            );
         }
         let _forget = ForgetWaiters(&self.inner.members, id);
         let mut attempt = 0;
@@ -401,7 +437,11 @@ impl QuorumLocker {
             }
             if had_turn {
                 // The turn went into the dropped attempt; take it again.
-                local = Some(self.inner.local(id).lock_owned().await);
+                local = Some(
+                    self.local_turn(id, deadline)
+                        .await
+                        .map_err(|()| timed_out())?,
+                );
             }
             let now = tokio::time::Instant::now();
             if deadline.is_some_and(|d| now >= d) {

@@ -34,6 +34,8 @@ struct Inner {
     waiters: Arc<Waiters>,
     /// The fencing table is known to exist (entries with fencing tokens).
     fence_ready: std::sync::atomic::AtomicBool,
+    /// The transaction-pooler probe has passed (see [`crate::proxy`]).
+    probed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for ServerLocker {
@@ -64,6 +66,10 @@ impl ServerLocker {
         locker
             .inner
             .fence_ready
+            .store(true, std::sync::atomic::Ordering::Release);
+        locker
+            .inner
+            .probed
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(locker)
     }
@@ -97,6 +103,7 @@ impl ServerLocker {
                 counters,
                 waiters,
                 fence_ready: std::sync::atomic::AtomicBool::new(false),
+                probed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -186,6 +193,20 @@ impl ServerLocker {
         .await
         {
             Ok(fresh) => {
+                let probed = &self.inner.probed;
+                if !probed.load(std::sync::atomic::Ordering::Acquire) {
+                    // The first session of a locker that was not connected
+                    // at configuration (a quorum member): the same check
+                    // for a transaction-pooling proxy as at configuration.
+                    if let Err(e) =
+                        crate::proxy::refuse_transaction_pooling(settings, fresh.backend_pid).await
+                    {
+                        fresh.kill();
+                        slot.failed(&e);
+                        return Err(e);
+                    }
+                    probed.store(true, std::sync::atomic::Ordering::Release);
+                }
                 slot.set(fresh.clone());
                 Ok(fresh)
             }
@@ -280,10 +301,19 @@ impl ServerLocker {
                     }
                     if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         // One last try at the deadline.
-                        if let Begin::Reserved = self.inner.table.begin(id, mode) {
-                            if let Some(guard) = self.ask_server(&key, mode, true).await? {
-                                return Ok(guard);
+                        match self.inner.table.begin(id, mode) {
+                            Begin::Reserved => {
+                                if let Some(guard) = self.ask_server(&key, mode, true).await? {
+                                    return Ok(guard);
+                                }
                             }
+                            // Joining counted this caller as a holder: it
+                            // holds the lock now (and its guard releases it).
+                            Begin::Joined(session, token) => {
+                                Counters::add(&self.inner.counters.local_joined, 1);
+                                return Ok(self.guard(key, mode, session, true, token));
+                            }
+                            Begin::Busy(_) | Begin::Pending(_) => {}
                         }
                         return Err(timed_out());
                     }

@@ -329,3 +329,86 @@ async fn processes_take_turns_with_growing_tokens() {
         start.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_members_are_raised_for_int_and_pair_keys() {
+    let servers = tokio::task::spawn_blocking(|| start(3)).await.unwrap();
+    let locker = QuorumConfig::new(urls(&servers).into_iter().map(|u| {
+        LockConfig::from_url(&u)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+    }))
+    .fencing_tokens(true)
+    .name("q-raise")
+    .connect()
+    .await
+    .unwrap();
+    let direct: Vec<_> = {
+        let mut v = Vec::new();
+        for u in urls(&servers) {
+            v.push(raw_connect(&u).await);
+        }
+        v
+    };
+    for key in [
+        LockKey::named(unique("quorum:raise")),
+        LockKey::pair(std::process::id() as i32, 4242),
+    ] {
+        let id = key.id();
+        let mut last = 0;
+        // Each round, one member is held by someone else: the grant comes
+        // from the other two, so the members' counters drift apart, and
+        // the next majority includes a member that lagged behind.
+        for round in 0..6 {
+            let blocked = round % 3;
+            pg_lock(&direct[blocked], id, Mode::Exclusive).await;
+            let guard = locker
+                .try_lock(key.clone(), Mode::Exclusive)
+                .await
+                .unwrap_or_else(|e| panic!("{key}: round {round}: {e}"))
+                .expect("a majority is free");
+            let token = guard.fencing_token().expect("a token");
+            assert!(token > last, "{key}: round {round}: {token} after {last}");
+            last = token;
+            guard.release().await.unwrap();
+            assert!(advisory_locked_tests::pg_unlock(&direct[blocked], id, Mode::Exclusive).await);
+        }
+        // A majority of members store the last token.
+        let space: i16 = if matches!(id, KeyId::Pair(..)) { 2 } else { 1 };
+        let row_key = match id {
+            KeyId::Int(k) => k,
+            KeyId::Pair(a, b) => ((a as i64) << 32) | (b as u32 as i64),
+        };
+        let mut at_last = 0;
+        for c in &direct {
+            let stored: Option<i64> = c
+                .query_opt(
+                    "SELECT token FROM advisory_locked_fence WHERE space = $1 AND key = $2",
+                    &[&space, &row_key],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            if stored == Some(last) {
+                at_last += 1;
+            }
+        }
+        assert!(
+            at_last >= 2,
+            "{key}: the last token {last} is stored on {at_last} members"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_scope_only_member_is_refused() {
+    let url = advisory_locked_tests::db_url();
+    let members = [
+        LockConfig::from_url(&url).unwrap(),
+        LockConfig::from_url(&url).unwrap().transaction_scope_only(),
+    ];
+    match QuorumConfig::new(members).connect().await {
+        Err(Error::InvalidConfig { reason }) => assert!(reason.contains("member 1"), "{reason}"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
