@@ -52,6 +52,7 @@ mod outcome;
 mod proxy;
 mod quorum;
 mod run;
+mod selfwake;
 mod server;
 mod session;
 mod stats;

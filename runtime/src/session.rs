@@ -218,7 +218,7 @@ impl Session {
         // One task drives both the dispatcher and the connection: a request
         // goes from its caller to the socket, and its answer back, with no
         // other task in between.
-        tokio::spawn(async move {
+        tokio::spawn(crate::selfwake::Quiet::new(async move {
             match session.run(connection).await {
                 Ok(()) => {
                     tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed")
@@ -228,7 +228,7 @@ impl Session {
                 }
             }
             let _ = dead_tx.send(true);
-        });
+        }));
         Ok(Arc::new(Session {
             shared,
             backend_pid,
