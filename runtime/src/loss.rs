@@ -76,22 +76,25 @@ impl Holder {
 
     /// Resolves when the lock is lost: its session ended, or so many of a
     /// quorum's sessions that fewer than `needed` are left.
+    ///
+    /// (Not with `FuturesUnordered`: it wakes its task whenever it has
+    /// polled every future once, which cost every annotated call a
+    /// scheduler round.)
     pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
-        use futures_util::stream::{FuturesUnordered, StreamExt};
-        let (closed, needed): (FuturesUnordered<_>, usize) = match self {
-            Holder::Session(s) => ([s.closed()].into_iter().collect(), 1),
+        use futures_util::future::Either;
+        match self {
+            Holder::Session(s) => Either::Left(s.closed()),
             Holder::Quorum { sessions, needed } => {
-                (sessions.iter().map(|s| s.closed()).collect(), *needed)
-            }
-        };
-        async move {
-            let mut closed = closed;
-            let mut alive = closed.len();
-            while alive >= needed {
-                if closed.next().await.is_none() {
-                    break;
-                }
-                alive -= 1;
+                let needed = *needed;
+                let mut closed: Vec<_> = sessions.iter().map(|s| Box::pin(s.closed())).collect();
+                Either::Right(std::future::poll_fn(move |cx| {
+                    closed.retain_mut(|c| c.as_mut().poll(cx).is_pending());
+                    if closed.len() < needed {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                }))
             }
         }
     }
