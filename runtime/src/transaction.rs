@@ -71,7 +71,7 @@ use crate::{Error, KeyId, LockKey, Mode, OnLost, Outcome};
 /// committed when the body returns `Ok(_)` (or `()`) and rolled back when it
 /// returns `Err(_)` (see [`TransactionResult`]).
 ///
-/// ```ignore
+/// ```no_run
 /// use advisory_locked::advisory_locked;
 ///
 /// // (`tx` is the body's `advisory_locked::Transaction`.)
