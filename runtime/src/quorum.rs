@@ -23,6 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+/// How long the members that have not answered get, once a majority has
+/// granted: as long again as the majority took, within these bounds.
+const GRACE_MIN: Duration = Duration::from_millis(25);
+const GRACE_MAX: Duration = Duration::from_millis(250);
 
 use crate::config::Settings;
 use crate::dispatch::Answer;
@@ -285,19 +291,49 @@ impl QuorumLocker {
     ) -> Result<Option<QuorumGuard>, Error> {
         let inner = &self.inner;
         let servers = inner.members.len();
-        let asks = inner
+        let mut asks: FuturesUnordered<_> = inner
             .members
             .iter()
-            .map(|m| m.try_lock(key.clone(), mode, notify));
+            .map(|m| {
+                let ask = m.try_lock(key.clone(), mode, notify);
+                async move { (m, ask.await) }
+            })
+            .collect();
         let mut granted = Vec::new();
         let mut causes = Vec::new();
-        for (member, answer) in inner.members.iter().zip(join_all(asks).await) {
+        let started = Instant::now();
+        let mut grace: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match grace {
+                None => asks.next().await,
+                // A majority is in: the rest get as long again as that took
+                // (25 to 250 ms) to join, so that a healthy quorum holds the
+                // lock on every member (and keeps it when one of them goes),
+                // while a member that does not answer (a silent network, a
+                // connect that hangs) delays a call by that grace at most.
+                Some(until) => match tokio::time::timeout_at(until, asks.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let Some((member, answer)) = next else { break };
             match answer {
                 Ok(Some(guard)) => granted.push(guard),
                 Ok(None) => {}
                 Err(e) => causes.push(format!("{}: {e}", member.settings().target())),
             }
+            if granted.len() >= inner.needed && grace.is_none() {
+                let took = started.elapsed().clamp(GRACE_MIN, GRACE_MAX);
+                grace = Some(tokio::time::Instant::now() + took);
+            }
+            if granted.len() + asks.len() < inner.needed {
+                // A majority is out of reach.
+                break;
+            }
         }
+        // Asks still out are dropped: a grant that arrives for one later is
+        // given back by its session.
+        drop(asks);
         if granted.len() >= inner.needed {
             let token = if inner.settings.fencing {
                 self.fence(&key, &granted).await?
@@ -321,6 +357,8 @@ impl QuorumLocker {
         // queues its unlock).
         let partial = granted.len();
         drop(granted);
+        // Members whose asks were dropped count as reachable: the call
+        // fails closed only when enough members failed outright.
         let reachable = servers - causes.len();
         if reachable < inner.needed {
             tracing::warn!(pool = %self.name(), key = %key.name(), reachable, needed = inner.needed, "advisory-locked: too few quorum members answered; failing closed");

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use advisory_locked::KeyId;
 use tokio_postgres::{Client, NoTls};
 
+pub mod blackhole;
 pub mod limits;
 pub mod transaction;
 pub mod visibility;
