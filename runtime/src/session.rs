@@ -355,17 +355,21 @@ async fn prepare_all(client: &Client, fencing: bool) -> Result<Statements, tokio
     let fenced =
         futures_util::future::try_join_all(fenced_sql.iter().map(|sql| client.prepare(sql)));
     let two = crate::dispatch::two_requests();
-    let (ping, single, two, batch, fenced) = tokio::join!(
+    let pairs_sql = crate::dispatch::pair_requests();
+    let pairs = futures_util::future::try_join_all(pairs_sql.iter().map(|sql| client.prepare(sql)));
+    let (ping, single, two, batch, fenced, pairs) = tokio::join!(
         client.prepare("SELECT true"),
         single,
         client.prepare(&two),
         client.prepare(BATCH),
         fenced,
+        pairs,
     );
     Ok(Statements {
         ping: ping?,
         single: single?,
         two: two?,
+        pairs: pairs?,
         batch: batch?,
         fenced: fenced?,
     })
