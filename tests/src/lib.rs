@@ -21,6 +21,7 @@ use advisory_locked::KeyId;
 use tokio_postgres::{Client, NoTls};
 
 pub mod blackhole;
+pub mod capture;
 pub mod limits;
 pub mod transaction;
 pub mod visibility;

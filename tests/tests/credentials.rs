@@ -1,11 +1,10 @@
 //! Password authentication: wrong credentials are a typed error, and a
 //! password never shows in `Debug`, `Display`, errors or tracing output.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use advisory_locked::{Error, LockConfig, LockKey, Mode};
+use advisory_locked_tests::capture::Captured;
 use advisory_locked_tests::{raw_connect, unique, ThrowawayServer};
 
 const GOOD: &str = "gOOd-s3cret-pw";
@@ -40,21 +39,6 @@ fn url(server: &ThrowawayServer, password: &str) -> String {
         "postgres://locker:{password}@127.0.0.1:{}/postgres",
         server.port()
     )
-}
-
-/// Everything the runtime logs, at every level, while `f` runs on this
-/// thread (a current-thread runtime: its tasks run here too).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -108,7 +92,7 @@ async fn wrong_credentials_are_typed_and_no_password_leaks_anywhere() {
         Err(Error::NotConfigured { .. })
     ));
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("advisory-locked"),
         "nothing was logged, so the check below proves nothing:\n{logs}"

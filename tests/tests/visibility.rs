@@ -3,13 +3,12 @@
 //! through `advisory_locked::status::held_locks` (holder, waiter, mode, pid,
 //! application_name, age), and the `application_name` of lock sessions.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use advisory_locked::names::{self, KeyKind};
 use advisory_locked::status::{self, HeldLock, LockAge};
 use advisory_locked::{advisory_locked, key_hash, KeyId, LockConfig, Mode, Outcome};
+use advisory_locked_tests::capture::Captured;
 use advisory_locked_tests::visibility::{
     backends_with_app_prefix, expected_application_name, wait_for_locks,
 };
@@ -38,26 +37,6 @@ const KNOWN_LINE: u32 = line!();
     shared
 )]
 async fn known_fn() {}
-
-/// Everything logged on this thread (current-thread runtime).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn take(&self) -> String {
-        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn collisions_find_the_two_names_of_one_number_and_install_logs_them() {
