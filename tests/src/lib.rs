@@ -25,6 +25,7 @@ pub mod capture;
 pub mod limits;
 pub mod transaction;
 pub mod visibility;
+pub mod workers;
 
 /// The server under test: `DATABASE_URL` when set, else the local default.
 pub fn db_url() -> String {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use advisory_locked::{advisory_locked, LockConfig};
+use advisory_locked_tests::workers::run_processes;
 use advisory_locked_tests::{
     db_url, db_url_with_app, hold_stats, raw_connect, sessions_named, unique, unique_ident,
     HoldStats, Prng, ScratchTable, HOLDS_COLUMNS,
@@ -37,36 +38,20 @@ async fn run_workers(
     let mut rng = Prng::seeded(test, 0x5EED_0001);
 
     let start = Instant::now();
-    let mut children = Vec::new();
-    for _ in 0..processes {
-        let child = tokio::process::Command::new(WORKER)
-            .args([
-                url.as_str(),
-                table.name.as_str(),
-                &rounds.to_string(),
-                &keys.join(","),
-                &shared_percent.to_string(),
-                &rng.next_u64().to_string(),
-            ])
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("cannot start the worker");
-        children.push(child);
-    }
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(150), child.wait_with_output())
-            .await
-            .expect("a worker did not finish within 150 s")
-            .expect("worker io");
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        assert!(
-            out.status.success(),
-            "worker failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let args = (0..processes)
+        .map(|_| {
+            vec![
+                url.clone(),
+                table.name.clone(),
+                rounds.to_string(),
+                keys.join(","),
+                shared_percent.to_string(),
+                rng.next_u64().to_string(),
+            ]
+        })
+        .collect();
+    for stdout in run_processes(WORKER, args, Duration::from_secs(150)).await {
+        print!("{stdout}");
     }
     let stats = hold_stats(&client, &table.name).await;
     println!(

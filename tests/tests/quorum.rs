@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use advisory_locked::{Error, KeyId, LockConfig, LockKey, Locker, Mode, QuorumConfig};
+use advisory_locked_tests::workers::{fence_rounds, run_processes};
 use advisory_locked_tests::{
     advisory_locks, pg_lock, raw_connect, unique, wait_until_unlocked, ThrowawayServer,
 };
@@ -317,36 +318,17 @@ async fn processes_take_turns_with_growing_tokens() {
     const PROCESSES: usize = 3;
     const ROUNDS: u32 = 30;
     let key = unique("quorum:procs");
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|_| {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_fence_worker"))
-                .arg("quorum_rounds")
-                .arg(&key)
-                .arg(ROUNDS.to_string())
-                .args(&urls)
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn fence_worker")
-        })
-        .collect();
+    let mut args = vec!["quorum_rounds".to_owned(), key, ROUNDS.to_string()];
+    args.extend(urls.iter().cloned());
     let start = Instant::now();
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-            .await
-            .expect("the worker finishes in time")
-            .unwrap();
-        assert!(out.status.success(), "worker failed: {out:?}");
-    }
-    let rows = admin
-        .query("SELECT token, pid FROM quorum_rounds ORDER BY n", &[])
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), PROCESSES * ROUNDS as usize);
-    let tokens: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    for w in tokens.windows(2) {
-        assert!(w[1] > w[0], "tokens in grant order: {} then {}", w[0], w[1]);
-    }
+    run_processes(
+        env!("CARGO_BIN_EXE_fence_worker"),
+        vec![args; PROCESSES],
+        Duration::from_secs(120),
+    )
+    .await;
+    let (tokens, _) = fence_rounds(&admin, "quorum_rounds").await;
+    assert_eq!(tokens.len(), PROCESSES * ROUNDS as usize);
     eprintln!(
         "quorum of 3: {} grants over {PROCESSES} processes in {:?}, tokens strictly increasing",
         tokens.len(),
