@@ -13,12 +13,20 @@ pub const DEFAULT_POOL: &str = "default";
 /// The lock sessions per registry entry unless set with [`LockConfig::sessions`].
 pub const DEFAULT_SESSIONS: usize = 2;
 
+/// The wait sessions per registry entry unless set with
+/// [`LockConfig::wait_sessions`].
+pub const DEFAULT_WAIT_SESSIONS: usize = 2;
+
 /// The connect timeout unless set with [`LockConfig::connect_timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How soon a lost lock session is noticed unless set with
 /// [`LockConfig::loss_detection`].
 pub const DEFAULT_LOSS_DETECTION: Duration = Duration::from_secs(1);
+
+/// More wait sessions than this is a configuration mistake (each is a
+/// connection to the server).
+const MAX_WAIT_SESSIONS: usize = 10_000;
 
 /// The transaction connections per registry entry unless set with
 /// [`LockConfig::transaction_connections`].
@@ -32,6 +40,8 @@ pub(crate) struct Settings {
     pub(crate) name: String,
     pub(crate) pg: tokio_postgres::Config,
     pub(crate) sessions: usize,
+    /// At most this many wait sessions (see [`crate::waiting`]); 0: none.
+    pub(crate) wait_sessions: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) loss_detection: Duration,
     pub(crate) on_lost: crate::OnLost,
@@ -84,6 +94,7 @@ impl std::fmt::Debug for Settings {
             .field("name", &self.name)
             .field("target", &self.target())
             .field("sessions", &self.sessions)
+            .field("wait_sessions", &self.wait_sessions)
             .field("connect_timeout", &self.connect_timeout)
             .field("loss_detection", &self.loss_detection)
             .field("on_lost", &self.on_lost)
@@ -132,6 +143,7 @@ impl LockConfig {
                 name: DEFAULT_POOL.to_owned(),
                 pg,
                 sessions: DEFAULT_SESSIONS,
+                wait_sessions: DEFAULT_WAIT_SESSIONS,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 loss_detection: DEFAULT_LOSS_DETECTION,
                 on_lost: crate::OnLost::Abort,
@@ -180,6 +192,24 @@ impl LockConfig {
     /// most; each serves many locks at once. Default [`DEFAULT_SESSIONS`].
     pub fn sessions(mut self, n: usize) -> Self {
         self.settings.sessions = n;
+        self
+    }
+
+    /// How many wait sessions (connections) this entry opens at most, when
+    /// first needed; 0 turns them off. Default [`DEFAULT_WAIT_SESSIONS`].
+    ///
+    /// A wait-mode call ([`Locker::lock`](crate::Locker::lock), `wait = "…"`)
+    /// whose key is held by another process borrows an idle wait session
+    /// and waits on the server there (`pg_advisory_lock`, in slices bounded
+    /// by `lock_timeout`), so that it gets the lock as soon as the holder
+    /// releases it, in one step. The lock is then held on that session, which
+    /// serves no other wait until it is released. With every wait session
+    /// busy (or none), a call waits as without them: it tries again when the
+    /// holder's release notifies, or with backoff. Entries with fencing
+    /// tokens don't use them (the token is taken in the try-lock statement).
+    /// At most 10 000.
+    pub fn wait_sessions(mut self, n: usize) -> Self {
+        self.settings.wait_sessions = n;
         self
     }
 
@@ -361,6 +391,9 @@ impl LockConfig {
         }
         if self.settings.sessions == 0 {
             return invalid("sessions must be at least 1");
+        }
+        if self.settings.wait_sessions > MAX_WAIT_SESSIONS {
+            return invalid("wait_sessions must be at most 10000");
         }
         if self.settings.transaction_connections == 0 {
             return invalid("transaction_connections must be at least 1");

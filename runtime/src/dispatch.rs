@@ -15,6 +15,10 @@
 //! it held. A grant whose caller is gone is unlocked by the dispatcher, and
 //! so is a single try-lock that failed (it may have been granted first).
 //!
+//! A wait session (see [`crate::waiting`]) also sends blocking waits
+//! ([`Kind::Wait`]), each a statement of its own, bounded on the server by
+//! `lock_timeout`.
+//!
 //! The same task drives the connection and the session's heartbeat (see
 //! [`Liveness`]).
 
@@ -70,6 +74,9 @@ pub(crate) struct Grant {
     ops: mpsc::WeakUnboundedSender<Op>,
     /// The key's fencing token, for a fenced try-lock (see [`crate::fence`]).
     pub(crate) token: Option<i64>,
+    /// A grant of a blocking wait: its wait session, lendable again once the
+    /// grant is given back (see [`crate::waiting`]).
+    lent: Option<Arc<Shared>>,
 }
 
 impl Grant {
@@ -83,18 +90,27 @@ impl Drop for Grant {
     fn drop(&mut self) {
         if let (Some(undo), Some(ops)) = (self.undo.take(), self.ops.upgrade()) {
             tracing::debug!(key = %undo.key, "advisory-locked: caller gone; releasing its grant");
+            if let Some(shared) = &self.lent {
+                shared.unlock_queued(undo.key);
+            }
             let _ = ops.send(undo);
+            if let Some(shared) = &self.lent {
+                // Queued before the session can be lent again.
+                shared.unlocked();
+            }
         }
         // With no sender left, the session is gone, and so are its locks.
     }
 }
 
 /// One request: `code` is the index of its statement in [`SINGLE`] (below
-/// 12), or 12 + the index in [`crate::fence::FENCED`].
+/// 12), 12 + the index in [`crate::fence::fenced_statements`] (below 20), or
+/// 20 + the index in [`crate::waiting::wait_statements`].
 pub(crate) struct Op {
     code: u8,
     key: KeyId,
-    /// For a [`Kind::Raise`]: the floor.
+    /// For a [`Kind::Raise`]: the floor; for a [`Kind::Wait`]: the
+    /// `lock_timeout` in milliseconds.
     floor: i64,
     reply: Option<oneshot::Sender<Reply>>,
     /// An unlock sent when it is not known whether the lock was granted:
@@ -119,6 +135,11 @@ pub(crate) enum Kind {
     /// Raise the key's fencing token to at least this floor (a quorum
     /// member that lagged behind; the caller holds the lock).
     Raise(i64),
+    /// Wait for the lock on the server (`pg_advisory_lock`), at most this
+    /// many milliseconds (`lock_timeout`, set in the same statement). Only
+    /// on wait sessions (see [`crate::waiting`]): the session is blocked
+    /// until the answer.
+    Wait(i64),
 }
 
 impl Op {
@@ -134,6 +155,7 @@ impl Op {
             Kind::UnlockNotify => (8, 0),
             Kind::FencedLock => (12, 0),
             Kind::Raise(floor) => (16, floor),
+            Kind::Wait(millis) => (20, millis),
         };
         if mode == Mode::Shared {
             code += 1;
@@ -151,15 +173,20 @@ impl Op {
     }
 
     fn is_unlock(&self) -> bool {
-        (4..12).contains(&self.code)
+        (4..12).contains(&self.code) || (24..28).contains(&self.code)
     }
 
     fn is_lock(&self) -> bool {
-        self.code < 4 || (12..16).contains(&self.code)
+        self.code < 4 || (12..16).contains(&self.code) || self.is_wait()
     }
 
     fn is_raise(&self) -> bool {
-        self.code >= 16
+        (16..20).contains(&self.code)
+    }
+
+    /// A blocking wait ([`Kind::Wait`]).
+    fn is_wait(&self) -> bool {
+        (20..24).contains(&self.code)
     }
 
     /// Fenced locks and raises go out as statements of their own.
@@ -169,10 +196,10 @@ impl Op {
 
     /// The unlock that undoes this (granted) lock request.
     fn undo(&self) -> Op {
-        let lock = if self.code >= 12 {
-            self.code - 12
-        } else {
-            self.code
+        let lock = match self.code {
+            20.. => self.code - 20,
+            12.. => self.code - 12,
+            _ => self.code,
         };
         Op {
             code: lock + 4,
@@ -181,6 +208,20 @@ impl Op {
             reply: None,
             tolerant: false,
         }
+    }
+
+    /// The unlock sent after this lock request failed, when it is unknown
+    /// whether it was granted first: "not held" is fine. After a blocking
+    /// wait (which fails at every `lock_timeout`) it is an unlock only if
+    /// the session holds the key (no server warning for each timed-out
+    /// wait; see [`crate::waiting::wait_statements`]).
+    fn undo_unknown(&self) -> Op {
+        let mut undo = self.undo();
+        if self.is_wait() {
+            undo.code = self.code + 4;
+        }
+        undo.tolerant = true;
+        undo
     }
 }
 
@@ -292,8 +333,11 @@ pub(crate) struct Statements {
     /// [`PAIR_CODES`] (`3 * x + y`; see `common_pair`).
     pub(crate) pairs: Vec<Statement>,
     pub(crate) batch: Statement,
-    /// [`crate::fence::FENCED`], prepared when the entry has fencing tokens.
+    /// [`crate::fence::fenced_statements`], prepared when the entry has
+    /// fencing tokens.
     pub(crate) fenced: Vec<Statement>,
+    /// [`crate::waiting::wait_statements`], prepared on wait sessions.
+    pub(crate) wait: Vec<Statement>,
 }
 
 /// A session's dispatcher, run by the session's one task.
@@ -497,7 +541,9 @@ async fn send(
     Counters::add(&counters.unlock_requests, unlocks);
     Counters::add(&counters.lock_requests, batch.len() as u64 - unlocks);
     let result = if let [op] = batch.as_slice() {
-        if op.goes_alone() {
+        if op.code >= 20 {
+            send_wait(client, statements, op).await.map(|r| vec![r])
+        } else if op.goes_alone() {
             send_fenced(client, statements, op).await.map(|r| vec![r])
         } else {
             let stmt = &statements.single[op.code as usize];
@@ -594,14 +640,38 @@ async fn send_fenced(
     }
 }
 
+/// A blocking wait or the unlock after a failed one (a wait session's own
+/// statements, see [`crate::waiting::wait_statements`]).
+async fn send_wait(
+    client: &Client,
+    statements: &Statements,
+    op: &Op,
+) -> Result<Row, tokio_postgres::Error> {
+    let Some(stmt) = statements.wait.get(op.code as usize - 20) else {
+        // Only sent on wait sessions, which prepare these.
+        return Ok((false, None));
+    };
+    let row = match (op.key, op.is_wait()) {
+        (KeyId::Int(k), false) => client.query_one(stmt, &[&k]).await?,
+        (KeyId::Pair(a, b), false) => client.query_one(stmt, &[&a, &b]).await?,
+        (KeyId::Int(k), true) => client.query_one(stmt, &[&k, &op.floor]).await?,
+        (KeyId::Pair(a, b), true) => client.query_one(stmt, &[&a, &b, &op.floor]).await?,
+    };
+    Ok((row.try_get(0)?, None))
+}
+
 /// Hands the answers of one statement to the requests' callers.
 fn finish(
     done: (Vec<Op>, Result<Vec<Row>, tokio_postgres::Error>),
-    shared: &Shared,
+    shared: &Arc<Shared>,
     weak: &mpsc::WeakUnboundedSender<Op>,
     backlog: &mut Vec<Op>,
 ) {
     let (batch, result) = done;
+    for op in batch.iter().filter(|op| op.is_unlock()) {
+        // Answered or failed: either way no longer ahead of later requests.
+        shared.unlock_answered(op.key);
+    }
     match result {
         Ok(answers) if answers.len() == batch.len() => {
             for (op, (yes, token)) in batch.into_iter().zip(answers) {
@@ -618,13 +688,21 @@ fn finish(
                     Answer::Unlocked(yes)
                 } else if yes {
                     Counters::add(&shared.counters.granted, 1);
+                    if op.is_wait() {
+                        // Before the caller can give it back.
+                        shared.holding();
+                    }
                     Answer::Granted(Grant {
                         undo: Some(op.undo()),
                         ops: weak.clone(),
                         token,
+                        lent: op.is_wait().then(|| shared.clone()),
                     })
                 } else {
                     Counters::add(&shared.counters.busy, 1);
+                    if op.is_wait() {
+                        shared.unlocked();
+                    }
                     Answer::Busy
                 };
                 match (op.reply, answer) {
@@ -633,13 +711,17 @@ fn finish(
                             // The caller is gone: give the grant back with
                             // the next statement.
                             if let Some(undo) = grant.undo.take() {
+                                shared.unlock_queued(undo.key);
                                 backlog.push(undo);
+                                shared.unlocked();
                             }
                         }
                     }
                     (None, Answer::Granted(mut grant)) => {
                         if let Some(undo) = grant.undo.take() {
+                            shared.unlock_queued(undo.key);
                             backlog.push(undo);
+                            shared.unlocked();
                         }
                     }
                     (None, _) => {}
@@ -664,10 +746,19 @@ fn finish(
                 // unlock queued now, before the caller hears of the error,
                 // gives it back if so; "not held" is fine. Anything of this
                 // process for that key comes after it on this session.
-                [op] if op.is_lock() => backlog.push(Op {
-                    tolerant: true,
-                    ..op.undo()
-                }),
+                // So for a blocking wait, even one that ended with
+                // lock_timeout: the server can grant the lock just as the
+                // timeout fires and then still raise the timeout's error.
+                [op] if op.is_lock() => {
+                    if op.is_wait() {
+                        shared.unlock_queued(op.key);
+                    }
+                    backlog.push(op.undo_unknown());
+                    if op.is_wait() {
+                        // The unlock is queued before any later request.
+                        shared.unlocked();
+                    }
+                }
                 // Several requests, or an unlock: which of them took effect
                 // is unknown. Only closing the session makes the server's
                 // state known again (nothing held).

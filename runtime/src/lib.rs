@@ -59,6 +59,7 @@ mod stats;
 pub mod status;
 mod table;
 mod transaction;
+mod waiting;
 mod wakeup;
 
 #[doc(hidden)]
@@ -71,7 +72,7 @@ pub use advisory_locked_macros::advisory_locked;
 
 pub use config::{
     configure, configure_from_env, locker, LockConfig, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_LOSS_DETECTION, DEFAULT_POOL, DEFAULT_SESSIONS,
+    DEFAULT_LOSS_DETECTION, DEFAULT_POOL, DEFAULT_SESSIONS, DEFAULT_WAIT_SESSIONS,
 };
 pub use error::{Error, Result};
 pub use key::{key_hash, KeyId, LockKey};

@@ -36,6 +36,8 @@ struct Inner {
     fence_ready: std::sync::atomic::AtomicBool,
     /// The transaction-pooler probe has passed (see [`crate::proxy`]).
     probed: std::sync::atomic::AtomicBool,
+    /// Sessions that wait on the server (see [`crate::waiting`]).
+    waits: crate::waiting::WaitPool,
 }
 
 impl std::fmt::Debug for ServerLocker {
@@ -95,8 +97,10 @@ impl ServerLocker {
                 outage: std::sync::Mutex::new(None),
             })
             .collect();
+        let waits = crate::waiting::WaitPool::new(&settings, &counters, &waiters);
         ServerLocker {
             inner: Arc::new(Inner {
+                waits,
                 settings,
                 slots,
                 table: Table::default(),
@@ -289,6 +293,17 @@ impl ServerLocker {
                         }
                         return Ok(guard);
                     }
+                    // Busy in another session: wait on the server, on a
+                    // wait session if one is free (see crate::waiting).
+                    match self.wait_on_server(&key, mode, deadline).await? {
+                        WaitedHere::Got(guard) => {
+                            tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
+                            return Ok(guard);
+                        }
+                        WaitedHere::TimedOut => return Err(timed_out()),
+                        WaitedHere::Again => continue,
+                        WaitedHere::Fallback => {}
+                    }
                     let pause = tokio::time::Instant::now() + crate::backoff::retry_busy(attempt);
                     attempt += 1;
                     let until = match deadline {
@@ -369,6 +384,51 @@ impl ServerLocker {
         }
     }
 
+    /// Waits for a key found busy on the server on a wait session (see
+    /// [`crate::waiting`]), after reserving it in the table again.
+    async fn wait_on_server(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<WaitedHere, Error> {
+        use crate::waiting::Waited;
+        if !self.inner.waits.enabled() {
+            return Ok(WaitedHere::Fallback);
+        }
+        match self.inner.table.begin(key.id(), mode) {
+            Begin::Reserved => {}
+            Begin::Joined(session, token) => {
+                Counters::add(&self.inner.counters.local_joined, 1);
+                return Ok(WaitedHere::Got(self.guard(
+                    key.clone(),
+                    mode,
+                    session,
+                    true,
+                    token,
+                )));
+            }
+            // Busy in this process now: awaited in memory.
+            Begin::Busy(_) | Begin::Pending(_) => return Ok(WaitedHere::Again),
+        }
+        let mut reservation = Reservation {
+            locker: self.clone(),
+            id: key.id(),
+            armed: true,
+        };
+        Ok(match self.inner.waits.wait(key, mode, deadline).await? {
+            Waited::Granted(session, grant) => {
+                grant.keep();
+                reservation.armed = false;
+                self.inner.table.granted(key.id(), session.clone(), None);
+                WaitedHere::Got(self.guard(key.clone(), mode, session, true, None))
+            }
+            Waited::TimedOut => WaitedHere::TimedOut,
+            Waited::Again => WaitedHere::Again,
+            Waited::Unavailable => WaitedHere::Fallback,
+        })
+    }
+
     /// The session that granted the lock (and the grant's fencing token),
     /// or `None` if it is busy.
     async fn try_on_server(
@@ -380,6 +440,8 @@ impl ServerLocker {
         // A session that died unnoticed fails the request: then one more try
         // on a fresh session.
         let mut retried = false;
+        // Not before this process's unlock of the key on a wait session.
+        self.inner.waits.settled(key.id()).await;
         loop {
             let session = self.session_for(key.id()).await?;
             let error = match session.try_lock(key.id(), mode, fenced).await {
@@ -493,6 +555,16 @@ impl Slot {
         });
         wait
     }
+}
+
+/// How [`ServerLocker::wait_on_server`] ended.
+enum WaitedHere {
+    Got(ServerGuard),
+    TimedOut,
+    /// Try again from the start.
+    Again,
+    /// Wait as without wait sessions.
+    Fallback,
 }
 
 /// Forgets a key's waiter entry when a wait ends, if no other waiter is left.

@@ -5,8 +5,9 @@
 //! connection task reports the session's death through a watch channel, so
 //! holders can learn that their locks are gone.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -37,6 +38,24 @@ use crate::{Error, KeyId, Mode};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// What a session is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A lock session: try-locks and unlocks of many keys, pipelined; it
+    /// listens for releases that wake waiters.
+    Lock,
+    /// A wait session (see [`crate::waiting`]): one blocking wait at a time,
+    /// then the lock it got. It does not listen.
+    Wait,
+}
+
+/// A wait session's state: what it may be lent for (see [`crate::waiting`]).
+const IDLE: u8 = 0;
+/// A blocking wait is queued or on the wire.
+const WAITING: u8 = 1;
+/// It holds the lock its wait got, until the unlock is queued.
+const HOLDING: u8 = 2;
+
 /// What the session handle and its dispatcher share.
 pub(crate) struct Shared {
     /// A number for logs, unique in this process.
@@ -49,6 +68,24 @@ pub(crate) struct Shared {
     /// Wakes the session's task to close the connection.
     pub(crate) killer: Notify,
     pub(crate) counters: Arc<Counters>,
+    /// A wait session's state ([`IDLE`], [`WAITING`], [`HOLDING`]); always
+    /// idle on a lock session.
+    lending: AtomicU8,
+    /// On a wait session: the unlocks queued and not yet answered, per key
+    /// (see [`Session::unlock_settled`]). `None` on a lock session.
+    unlocking: Option<Unlocking>,
+}
+
+/// A wait session's unanswered unlocks. A later lock of such a key from this
+/// process goes to a lock session, where it could overtake the unlock: it
+/// waits for the answer first.
+#[derive(Default)]
+struct Unlocking {
+    /// How many keys have an unlock pending (a fast check for none).
+    count: AtomicUsize,
+    keys: std::sync::Mutex<HashMap<KeyId, usize>>,
+    /// Notified when an unlock is answered.
+    answered: Notify,
 }
 
 impl Shared {
@@ -65,6 +102,61 @@ impl Shared {
         self.killed.store(true, Ordering::Release);
         // A stored permit if the task is busy: it stops at its next turn.
         self.killer.notify_one();
+    }
+
+    /// Lends an idle wait session for one blocking wait; false if it is
+    /// waiting or holding a lock.
+    pub(crate) fn lend(&self) -> bool {
+        self.lending
+            .compare_exchange(IDLE, WAITING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// An unlock of `key` is about to be queued on this session.
+    pub(crate) fn unlock_queued(&self, key: KeyId) {
+        if let Some(u) = &self.unlocking {
+            let mut keys = u.keys.lock().unwrap_or_else(|p| p.into_inner());
+            *keys.entry(key).or_insert(0) += 1;
+            u.count.store(keys.len(), Ordering::Release);
+        }
+    }
+
+    /// An unlock of `key` on this session was answered (or failed).
+    pub(crate) fn unlock_answered(&self, key: KeyId) {
+        if let Some(u) = &self.unlocking {
+            let mut keys = u.keys.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = keys.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    keys.remove(&key);
+                }
+            }
+            u.count.store(keys.len(), Ordering::Release);
+            drop(keys);
+            u.answered.notify_waiters();
+        }
+    }
+
+    /// True while an unlock of `key` on this session waits for its answer.
+    fn is_unlocking(&self, key: KeyId) -> bool {
+        self.unlocking.as_ref().is_some_and(|u| {
+            u.count.load(Ordering::Acquire) > 0
+                && u.keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&key)
+        })
+    }
+
+    /// The blocking wait was granted: the session holds that lock.
+    pub(crate) fn holding(&self) {
+        self.lending.store(HOLDING, Ordering::Release);
+    }
+
+    /// Nothing is held or awaited on this session any more, except unlocks
+    /// already queued (which any later request follows).
+    pub(crate) fn unlocked(&self) {
+        self.lending.store(IDLE, Ordering::Release);
     }
 }
 
@@ -83,9 +175,19 @@ impl Session {
         counters: &Arc<Counters>,
         waiters: &Arc<Waiters>,
     ) -> Result<Arc<Session>, Error> {
+        Self::connect_as(Role::Lock, settings, counters, waiters).await
+    }
+
+    /// [`Session::connect`] for a session of `role`.
+    pub(crate) async fn connect_as(
+        role: Role,
+        settings: &Settings,
+        counters: &Arc<Counters>,
+        waiters: &Arc<Waiters>,
+    ) -> Result<Arc<Session>, Error> {
         let target = settings.target();
         let after = settings.connect_timeout;
-        let connecting = Self::connect_inner(settings, counters, waiters, &target);
+        let connecting = Self::connect_inner(role, settings, counters, waiters, &target);
         match tokio::time::timeout(after, connecting).await {
             Ok(result) => result,
             Err(_) => Err(Error::ConnectTimeout { target, after }),
@@ -93,6 +195,7 @@ impl Session {
     }
 
     async fn connect_inner(
+        role: Role,
         settings: &Settings,
         counters: &Arc<Counters>,
         waiters: &Arc<Waiters>,
@@ -109,14 +212,21 @@ impl Session {
                 .connect(tls.clone())
                 .await
                 .map_err(connect_err)?;
-            return Self::set_up(settings, counters, waiters, target, client, connection).await;
+            return Self::set_up(
+                role, settings, counters, waiters, target, client, connection,
+            )
+            .await;
         }
         let (client, connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
-        Self::set_up(settings, counters, waiters, target, client, connection).await
+        Self::set_up(
+            role, settings, counters, waiters, target, client, connection,
+        )
+        .await
     }
 
     /// The rest of [`Session::connect`], for a connection of any transport.
     async fn set_up<S, T>(
+        role: Role,
         settings: &Settings,
         counters: &Arc<Counters>,
         waiters: &Arc<Waiters>,
@@ -147,12 +257,20 @@ impl Session {
 
         // Set-up, all pipelined, with the connection driven alongside.
         // (join! polls in order, so the requests go out in this order.)
+        let session_setup = match role {
+            Role::Lock => SESSION_SETUP,
+            // The same without LISTEN: a blocked wait session learns of
+            // the release from the server itself.
+            Role::Wait => SESSION_SETUP
+                .strip_prefix("LISTEN advisory_locked; ")
+                .unwrap_or(SESSION_SETUP),
+        };
         let setup = async {
             tokio::join!(
                 client.batch_execute(NO_STATEMENT_TIMEOUT),
                 client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
-                prepare_all(&client, settings.fencing),
-                client.batch_execute(SESSION_SETUP),
+                prepare_all(&client, settings.fencing, role),
+                client.batch_execute(session_setup),
             )
         };
         let (no_timeout, probe, statements, listen) = drive_until(&mut connection, waiters, setup)
@@ -193,7 +311,7 @@ impl Session {
                 target: target.to_owned(),
             });
         }
-        tracing::debug!(pool = %settings.name, session = id, backend_pid, "advisory-locked: lock session connected");
+        tracing::debug!(pool = %settings.name, session = id, backend_pid, role = ?role, "advisory-locked: lock session connected");
         Counters::add(&counters.sessions_opened, 1);
 
         let (dead_tx, dead) = watch::channel(false);
@@ -203,6 +321,8 @@ impl Session {
             killed: AtomicBool::new(false),
             killer: Notify::new(),
             counters: counters.clone(),
+            lending: AtomicU8::new(IDLE),
+            unlocking: (role == Role::Wait).then(Unlocking::default),
         });
         let (ops, rx) = mpsc::unbounded_channel();
         let session = crate::dispatch::Dispatcher {
@@ -287,13 +407,71 @@ impl Session {
         mode: Mode,
         notify: bool,
     ) -> impl Future<Output = Reply> + Send + 'static {
-        self.request(unlock_kind(notify), key, mode)
+        self.shared.unlock_queued(key);
+        let answer = self.request(unlock_kind(notify), key, mode);
+        // A wait session holds one lock at most: queued, it is given back.
+        self.shared.unlocked();
+        answer
     }
 
     /// `pg_advisory_unlock[_shared]` without waiting: the dispatcher checks
     /// the answer (and closes the session if the lock was not held).
     pub(crate) fn unlock_later(&self, key: KeyId, mode: Mode, notify: bool) {
+        self.shared.unlock_queued(key);
         let _ = self.ops.send(Op::new(unlock_kind(notify), key, mode, None));
+        self.shared.unlocked();
+    }
+
+    /// Resolves once no unlock of `key` queued on this (wait) session
+    /// waits for its answer, or the session has ended: at most about one
+    /// round trip, or the session's loss-detection bound.
+    pub(crate) async fn unlock_settled(&self, key: KeyId) {
+        let Some(u) = &self.shared.unlocking else {
+            return;
+        };
+        let closed = self.closed();
+        tokio::pin!(closed);
+        loop {
+            let answered = u.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if self.is_dead() || !self.shared.is_unlocking(key) {
+                return;
+            }
+            tokio::select! {
+                () = answered => {}
+                () = &mut closed => return,
+            }
+        }
+    }
+
+    /// True while an unlock of `key` on this (wait) session waits for its
+    /// answer.
+    pub(crate) fn is_unlocking(&self, key: KeyId) -> bool {
+        !self.is_dead() && self.shared.is_unlocking(key)
+    }
+
+    /// Lends this wait session for one blocking wait (see [`Shared::lend`]).
+    pub(crate) fn lend(&self) -> bool {
+        !self.is_dead() && self.shared.lend()
+    }
+
+    /// Gives back a lent wait session whose wait was never queued.
+    pub(crate) fn unlend(&self) {
+        self.shared.unlocked();
+    }
+
+    /// `pg_advisory_lock[_shared]` with `lock_timeout` = `millis`, on a wait
+    /// session lent for it ([`Session::lend`]). Granted, or an error
+    /// (SQLSTATE 55P03 when the time is up). If the returned future is
+    /// dropped before the answer, a grant is given back.
+    pub(crate) fn wait(
+        &self,
+        key: KeyId,
+        mode: Mode,
+        millis: i64,
+    ) -> impl Future<Output = Reply> + Send + 'static {
+        self.request(Kind::Wait(millis), key, mode)
     }
 
     fn request(
@@ -345,8 +523,17 @@ fn unlock_kind(notify: bool) -> Kind {
     }
 }
 
-async fn prepare_all(client: &Client, fencing: bool) -> Result<Statements, tokio_postgres::Error> {
+async fn prepare_all(
+    client: &Client,
+    fencing: bool,
+    role: Role,
+) -> Result<Statements, tokio_postgres::Error> {
     let single = futures_util::future::try_join_all(SINGLE.iter().map(|sql| client.prepare(sql)));
+    let wait_sql = match role {
+        Role::Lock => Vec::new(),
+        Role::Wait => crate::waiting::wait_statements(),
+    };
+    let wait = futures_util::future::try_join_all(wait_sql.iter().map(|sql| client.prepare(sql)));
     let fenced_sql = if fencing {
         crate::fence::fenced_statements()
     } else {
@@ -357,13 +544,14 @@ async fn prepare_all(client: &Client, fencing: bool) -> Result<Statements, tokio
     let two = crate::dispatch::two_requests();
     let pairs_sql = crate::dispatch::pair_requests();
     let pairs = futures_util::future::try_join_all(pairs_sql.iter().map(|sql| client.prepare(sql)));
-    let (ping, single, two, batch, fenced, pairs) = tokio::join!(
+    let (ping, single, two, batch, fenced, pairs, wait) = tokio::join!(
         client.prepare("SELECT true"),
         single,
         client.prepare(&two),
         client.prepare(BATCH),
         fenced,
         pairs,
+        wait,
     );
     Ok(Statements {
         ping: ping?,
@@ -372,6 +560,7 @@ async fn prepare_all(client: &Client, fencing: bool) -> Result<Statements, tokio
         pairs: pairs?,
         batch: batch?,
         fenced: fenced?,
+        wait: wait?,
     })
 }
 

@@ -37,6 +37,9 @@ pub struct Stats {
     pub sessions_opened: u64,
     /// Heartbeats sent on idle sessions (not counted in `statements`).
     pub heartbeats: u64,
+    /// Waits sent to the server on wait sessions (one per `lock_timeout`
+    /// slice; see [`LockConfig::wait_sessions`](crate::LockConfig::wait_sessions)).
+    pub server_waits: u64,
     /// Keys this process holds or is acquiring right now.
     pub keys: u64,
 }
@@ -55,6 +58,7 @@ impl Stats {
             local_joined: self.local_joined + o.local_joined,
             sessions_opened: self.sessions_opened + o.sessions_opened,
             heartbeats: self.heartbeats + o.heartbeats,
+            server_waits: self.server_waits + o.server_waits,
             keys: self.keys + o.keys,
         }
     }
@@ -72,6 +76,7 @@ pub(crate) struct Counters {
     pub(crate) local_joined: AtomicU64,
     pub(crate) sessions_opened: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
+    pub(crate) server_waits: AtomicU64,
 }
 
 impl Counters {
@@ -91,6 +96,7 @@ impl Counters {
             local_joined: self.local_joined.load(Relaxed),
             sessions_opened: self.sessions_opened.load(Relaxed),
             heartbeats: self.heartbeats.load(Relaxed),
+            server_waits: self.server_waits.load(Relaxed),
             keys: keys as u64,
         }
     }

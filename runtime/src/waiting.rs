@@ -1,0 +1,417 @@
+//! Waiting on the server: wait sessions.
+//!
+//! A wait-mode call whose try-lock found the key held by another process
+//! borrows an idle *wait session* and sends `pg_advisory_lock[_shared]`
+//! there, which the server grants the moment the holder releases: one step,
+//! where the notify/backoff path of [`crate::server`] needs the holder's
+//! notification to reach this process and then one more try-lock.
+//!
+//! - A wait session is a [`Session`] like the lock sessions (its own
+//!   dispatcher, heartbeat and loss detection; named alike), but it serves
+//!   one wait at a time and does not `LISTEN`. It is lent only while it holds
+//!   no lock and has no wait in flight: anything queued behind a blocking
+//!   statement (an unlock above all) would wait for it.
+//! - Each wait is bounded on the server by `lock_timeout`, set in the same
+//!   statement: at most the caller's remaining time, and at most half the
+//!   dispatcher's answer timeout ([`Liveness`]), which closes a session whose
+//!   statement stays unanswered that long. A wait that ends with
+//!   `lock_timeout` (SQLSTATE 55P03) is sent again until the caller's
+//!   deadline. Any failed wait may have been granted just before its error
+//!   (session locks survive errors, and the server can grant the lock just
+//!   as the timeout fires): the dispatcher then queues an unlock that
+//!   releases the key only if the session holds it.
+//! - The lock granted is held on the wait session until released, as on any
+//!   session: the guard's unlock goes there, and loss is detected there. A
+//!   caller dropped while waiting leaves a grant nobody takes, which the
+//!   dispatcher gives back (see [`crate::dispatch::Grant`]).
+//! - Wait sessions open when first needed, at most
+//!   [`LockConfig::wait_sessions`](crate::LockConfig::wait_sessions), and are
+//!   replaced when they die. With none free (or one failing to open), the
+//!   call waits as without them.
+//! - The unlock of a lock held on a wait session travels on that session,
+//!   while a later lock of the same key from this process goes to a lock
+//!   session. So that it can't overtake the unlock (and find its own
+//!   process's lock busy), it waits for the unlock's answer first
+//!   ([`WaitPool::settled`]).
+//!
+//! Entries with fencing tokens don't use wait sessions: their token is taken
+//! in the try-lock statement, together with the grant.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::time::Instant as TokioInstant;
+
+use crate::config::Settings;
+use crate::dispatch::{Answer, Grant, Liveness, RequestError};
+use crate::session::{Role, Session};
+use crate::stats::Counters;
+use crate::wakeup::Waiters;
+use crate::{Error, KeyId, LockKey, Mode};
+
+/// The blocking waits (codes 20..=23: exclusive/shared x int8/pair) and the
+/// unlocks after a failed one (24..=27), indexed by `code - 20`.
+/// Parameters: the key (`$1`, or `$1, $2` for a pair) and, for a wait, the
+/// `lock_timeout` in milliseconds after it. Both answer a boolean.
+///
+/// `set_config` runs in a sub-query of its own (not pulled up: it is
+/// volatile), which the server evaluates before the select list, so the
+/// timeout is in force when the wait starts (checked on PostgreSQL 15).
+/// An unlock after a failed wait releases the key only if `pg_locks` shows
+/// this session holding it, which avoids the server's warning for an unlock
+/// of a key not held at every `lock_timeout`.
+pub(crate) fn wait_statements() -> Vec<String> {
+    let int = (
+        "$1::int8",
+        "$2",
+        "1",
+        "(($1::int8 >> 32) & 4294967295)::oid",
+        "($1::int8 & 4294967295)::oid",
+    );
+    let pair = (
+        "$1::int4, $2::int4",
+        "$3",
+        "2",
+        "$1::int4::oid",
+        "$2::int4::oid",
+    );
+    let kinds = [(int, false), (int, true), (pair, false), (pair, true)];
+    let mut out = Vec::with_capacity(8);
+    for ((args, millis, _, _, _), shared) in kinds {
+        let f = if shared {
+            "pg_advisory_lock_shared"
+        } else {
+            "pg_advisory_lock"
+        };
+        // pg_advisory_lock returns void: num_nulls(..) = 0 makes it true.
+        out.push(format!(
+            "SELECT num_nulls({f}({args})) = 0 \
+             FROM (SELECT set_config('lock_timeout', {millis}::int8::text, false)) AS s"
+        ));
+    }
+    for ((args, _, subid, classid, objid), shared) in kinds {
+        let (f, mode) = if shared {
+            ("pg_advisory_unlock_shared", "ShareLock")
+        } else {
+            ("pg_advisory_unlock", "ExclusiveLock")
+        };
+        out.push(format!(
+            "SELECT CASE WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' \
+             AND pid = pg_backend_pid() AND granted AND mode = '{mode}' AND objsubid = {subid} \
+             AND classid = {classid} AND objid = {objid}) THEN {f}({args}) ELSE false END"
+        ));
+    }
+    out
+}
+
+/// The longest single wait: half the dispatcher's answer timeout.
+fn longest_slice(settings: &Settings) -> Duration {
+    let timeout = Liveness::within(settings.loss_detection).timeout;
+    (timeout / 2).max(Duration::from_millis(1))
+}
+
+/// How a wait on a wait session ended.
+pub(crate) enum Waited {
+    /// Granted on this session; the caller keeps or drops the grant.
+    Granted(Arc<Session>, Grant),
+    /// The caller's deadline passed.
+    TimedOut,
+    /// The wait session ended while waiting: try again (the key may be free).
+    Again,
+    /// No wait session is free (or can be opened now): wait without one.
+    Unavailable,
+}
+
+/// The wait sessions of one registry entry (of one server).
+pub(crate) struct WaitPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    settings: Settings,
+    counters: Arc<Counters>,
+    waiters: Arc<Waiters>,
+    longest: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: Vec<Arc<Session>>,
+    /// Connects under way.
+    connecting: usize,
+    /// Failures in a row (failed connects, sessions that ended while
+    /// waiting), and when the next connect may be tried.
+    failures: u32,
+    next_connect: Option<Instant>,
+}
+
+impl WaitPool {
+    pub(crate) fn new(
+        settings: &Settings,
+        counters: &Arc<Counters>,
+        waiters: &Arc<Waiters>,
+    ) -> WaitPool {
+        WaitPool {
+            inner: Arc::new(PoolInner {
+                settings: settings.clone(),
+                counters: counters.clone(),
+                waiters: waiters.clone(),
+                longest: longest_slice(settings),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// False when the entry has none (`wait_sessions(0)`) or uses fencing
+    /// tokens.
+    pub(crate) fn enabled(&self) -> bool {
+        let s = &self.inner.settings;
+        s.wait_sessions > 0 && !s.fencing && !s.transaction_scope_only
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves once no wait session has an unanswered unlock of `id` (see
+    /// the module notes). Bounded: an unlock is answered, or its session is
+    /// declared lost, within the loss-detection bound.
+    pub(crate) async fn settled(&self, id: KeyId) {
+        loop {
+            let pending = {
+                let state = self.state();
+                state.sessions.iter().find(|s| s.is_unlocking(id)).cloned()
+            };
+            match pending {
+                Some(session) => session.unlock_settled(id).await,
+                None => return,
+            }
+        }
+    }
+
+    /// Waits on the server for `key` (reserved in the caller's table), in
+    /// slices, until it is granted or `deadline` passes.
+    pub(crate) async fn wait(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        deadline: Option<TokioInstant>,
+    ) -> Result<Waited, Error> {
+        let id = key.id();
+        loop {
+            let Some(session) = self.lend(deadline).await? else {
+                return Ok(Waited::Unavailable);
+            };
+            let slice = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(TokioInstant::now());
+                    if left < Duration::from_millis(1) {
+                        session.unlend();
+                        return Ok(Waited::TimedOut);
+                    }
+                    left.min(self.inner.longest)
+                }
+                None => self.inner.longest,
+            };
+            // Whole milliseconds, rounded up (lock_timeout's unit).
+            let millis = slice.as_micros().div_ceil(1000) as i64;
+            Counters::add(&self.inner.counters.server_waits, 1);
+            tracing::debug!(pool = %self.inner.settings.name, key = %key.name(), session = session.id(), lock_timeout_ms = millis, "advisory-locked: waiting on the server");
+            match session.wait(id, mode, millis).await {
+                Ok(Answer::Granted(grant)) => {
+                    self.state().failures = 0;
+                    return Ok(Waited::Granted(session, grant));
+                }
+                // Not sent by a blocking wait (the session is lendable again).
+                Ok(_) => return Ok(Waited::Unavailable),
+                Err(RequestError::Db(e))
+                    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    // lock_timeout: this slice is over.
+                    self.state().failures = 0;
+                    if deadline.is_some_and(|d| TokioInstant::now() >= d) {
+                        return Ok(Waited::TimedOut);
+                    }
+                }
+                Err(RequestError::Db(source)) => {
+                    tracing::warn!(pool = %self.inner.settings.name, key = %key.name(), error = %crate::error::cause(&source), "advisory-locked: a wait on the server failed");
+                    return Err(Error::Query {
+                        key: key.name().to_owned(),
+                        source,
+                    });
+                }
+                Err(RequestError::Ended) => {
+                    // It may not know yet: replaced at the next lend.
+                    session.kill();
+                    tracing::info!(pool = %self.inner.settings.name, key = %key.name(), session = session.id(), "advisory-locked: wait session ended while waiting; trying again");
+                    self.failed();
+                    return Ok(Waited::Again);
+                }
+            }
+        }
+    }
+
+    /// An idle wait session, lent for one wait; a new one if none is idle
+    /// and fewer than the maximum are open; `None` if none can be had now.
+    async fn lend(&self, deadline: Option<TokioInstant>) -> Result<Option<Arc<Session>>, Error> {
+        loop {
+            {
+                let mut state = self.state();
+                state.sessions.retain(|s| !s.is_dead());
+                if let Some(s) = state.sessions.iter().find(|s| s.lend()) {
+                    return Ok(Some(s.clone()));
+                }
+                let open = state.sessions.len() + state.connecting;
+                let backing_off = state.next_connect.is_some_and(|t| Instant::now() < t);
+                if open >= self.inner.settings.wait_sessions || backing_off {
+                    return Ok(None);
+                }
+                state.connecting += 1;
+            }
+            // In a task of its own: a connect finishes (and its session
+            // joins the pool) even if this caller is dropped.
+            let pool = WaitPool {
+                inner: self.inner.clone(),
+            };
+            let connecting = tokio::spawn(async move { pool.connect().await });
+            let connected = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, connecting).await {
+                    Ok(joined) => joined,
+                    Err(_) => return Ok(None),
+                },
+                None => connecting.await,
+            };
+            match connected {
+                // Lend it unless another caller was quicker (then look again).
+                Ok(Some(session)) => {
+                    if session.lend() {
+                        return Ok(Some(session));
+                    }
+                }
+                Ok(None) => return Ok(None),
+                // Only if the runtime is shutting down.
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Opens a wait session and adds it to the pool (idle).
+    async fn connect(&self) -> Option<Arc<Session>> {
+        let inner = &self.inner;
+        let result =
+            Session::connect_as(Role::Wait, &inner.settings, &inner.counters, &inner.waiters).await;
+        let mut state = self.state();
+        state.connecting -= 1;
+        match result {
+            Ok(session) => {
+                tracing::debug!(pool = %inner.settings.name, session = session.id(), backend_pid = session.backend_pid, "advisory-locked: wait session opened");
+                state.next_connect = None;
+                state.sessions.push(session.clone());
+                Some(session)
+            }
+            Err(e) => {
+                drop(state);
+                let retry_in = self.failed();
+                tracing::warn!(pool = %inner.settings.name, error = %e, retry_in_ms = retry_in.as_millis() as u64,
+                    "advisory-locked: cannot open a wait session; waiting without one until the next attempt");
+                None
+            }
+        }
+    }
+
+    /// Records a failure: no connect before the backoff has passed.
+    fn failed(&self) -> Duration {
+        let mut state = self.state();
+        state.failures = state.failures.saturating_add(1);
+        let wait = crate::backoff::reconnect(state.failures);
+        state.next_connect = Some(Instant::now() + wait);
+        wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every wait statement and every unlock after a failed wait, on the
+    /// real server, each key form and mode: a wait takes a free key at once;
+    /// a busy one ends with lock_timeout (55P03) after about that long; the
+    /// unlock releases a held key (true) and answers false, without a
+    /// warning, for one not held.
+    #[tokio::test]
+    async fn wait_statements_on_the_server() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let connect = || async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("the test server (DATABASE_URL)");
+            tokio::spawn(conn);
+            client
+        };
+        let (waiter, holder) = (connect().await, connect().await);
+        let sql = wait_statements();
+        assert_eq!(sql.len(), 8);
+        let base = (i64::from(std::process::id()) << 24) | (1 << 62);
+        let pair = (std::process::id() as i32, -7);
+        for (i, shared) in [(0, false), (1, true), (2, false), (3, true)] {
+            let wait = waiter.prepare(&sql[i]).await.unwrap();
+            let unlock = waiter.prepare(&sql[i + 4]).await.unwrap();
+            let k = base + i as i64;
+            let (hold, free) = if i < 2 {
+                (
+                    format!("SELECT pg_advisory_lock({k})"),
+                    "SELECT pg_advisory_unlock_all()".to_owned(),
+                )
+            } else {
+                (
+                    format!("SELECT pg_advisory_lock({}, {})", pair.0, pair.1),
+                    "SELECT pg_advisory_unlock_all()".to_owned(),
+                )
+            };
+            let ms: i64 = 150;
+            let run_wait = |stmt| {
+                let w = &waiter;
+                async move {
+                    if i < 2 {
+                        w.query_one(stmt, &[&k, &ms]).await
+                    } else {
+                        w.query_one(stmt, &[&pair.0, &pair.1, &ms]).await
+                    }
+                }
+            };
+            let run_unlock = |stmt| {
+                let w = &waiter;
+                async move {
+                    if i < 2 {
+                        w.query_one(stmt, &[&k]).await
+                    } else {
+                        w.query_one(stmt, &[&pair.0, &pair.1]).await
+                    }
+                }
+            };
+            // Free: granted at once.
+            let row = run_wait(&wait).await.unwrap();
+            assert!(row.get::<_, bool>(0), "{i}");
+            assert!(run_unlock(&unlock).await.unwrap().get::<_, bool>(0), "{i}");
+            // Not held: false.
+            assert!(!run_unlock(&unlock).await.unwrap().get::<_, bool>(0), "{i}");
+            // Busy (held exclusively by another session): lock_timeout.
+            holder.batch_execute(&hold).await.unwrap();
+            let started = Instant::now();
+            let err = run_wait(&wait).await.expect_err("busy key granted");
+            let took = started.elapsed();
+            assert_eq!(
+                err.code(),
+                Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+                "{i}: {err}"
+            );
+            assert!(
+                took >= Duration::from_millis(140) && took < Duration::from_secs(2),
+                "{i} shared={shared}: {took:?}"
+            );
+            holder.batch_execute(&free).await.unwrap();
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! Wait sessions (`LockConfig::wait_sessions`): a wait-mode call whose key is
+//! held by another process waits on the server (`pg_advisory_lock` on a wait
+//! session, bounded by `lock_timeout`) and gets the lock as the holder
+//! releases it. Checked against the server's own view (`pg_stat_activity`,
+//! `pg_locks`): who waits, who holds, and that nothing leaks when a waiter
+//! is dropped, times out, or loses its wait session.
+//!
+//! Two `Locker`s connected separately have separate sessions: to the server
+//! and to each other they are two processes.
+
+use std::time::{Duration, Instant};
+
+use advisory_locked::{Error, KeyId, LockConfig, LockKey, Locker, Mode};
+use advisory_locked_tests::{
+    advisory_locks, db_url, db_url_with_app, raw_connect, terminate_backend, unique,
+    wait_until_unlocked,
+};
+use tokio_postgres::Client;
+
+/// Every poll of the server below gives up after this long.
+const BOUND: Duration = Duration::from_secs(10);
+
+async fn locker_at(url: &str, wait_sessions: usize) -> Locker {
+    LockConfig::from_url(url)
+        .unwrap()
+        .sessions(2)
+        .wait_sessions(wait_sessions)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A waiter `Locker` whose sessions carry their own `application_name`.
+async fn waiter(app: &str, wait_sessions: usize) -> Locker {
+    locker_at(&db_url_with_app(app), wait_sessions).await
+}
+
+/// The backends named `app` that wait for a heavyweight lock now
+/// (`wait_event_type = 'Lock'`, `wait_event = 'advisory'`).
+async fn waiting_backends(client: &Client, app: &str) -> Vec<i32> {
+    client
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+             AND wait_event_type = 'Lock' AND wait_event = 'advisory' ORDER BY pid",
+            &[&app],
+        )
+        .await
+        .expect("pg_stat_activity query failed")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Polls until a backend named `app` waits on the server for `key` (also in
+/// `pg_locks`, not granted); its pid.
+async fn until_waiting_on_server(client: &Client, app: &str, key: KeyId) -> i32 {
+    let start = Instant::now();
+    loop {
+        let waiting = waiting_backends(client, app).await;
+        let locks = advisory_locks(client, &[key]).await;
+        if let Some(pid) = waiting
+            .iter()
+            .find(|pid| locks.iter().any(|l| l.pid == **pid && !l.granted))
+        {
+            return *pid;
+        }
+        assert!(
+            start.elapsed() < BOUND,
+            "no backend of {app} waits on the server for the key: waiting {waiting:?}, pg_locks {locks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_in_another_process_waits_on_the_server_and_gets_the_lock_at_release() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-handover");
+    let holder = locker_at(&db_url(), 2).await;
+    let b = waiter(&app, 2).await;
+    for (i, (key, mode)) in [
+        (LockKey::named(unique("ws:handover")), Mode::Exclusive),
+        (LockKey::pair(std::process::id() as i32, -41), Mode::Shared),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = key.id();
+        let guard = holder
+            .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+            .await
+            .unwrap();
+        let holder_pid = guard.backend_pid();
+        let waiting = {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move {
+                let g = b.lock(key, mode, Some(BOUND)).await;
+                (g, Instant::now())
+            })
+        };
+        let pid = until_waiting_on_server(&client, &app, id).await;
+        // Still held by the holder, still awaited by the waiter.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let locks = advisory_locks(&client, &[id]).await;
+        assert!(
+            locks
+                .iter()
+                .any(|l| l.pid == holder_pid && l.granted && l.mode == "ExclusiveLock"),
+            "{locks:?}"
+        );
+        assert!(
+            locks.iter().any(|l| l.pid == pid && !l.granted),
+            "{locks:?}"
+        );
+        assert!(!waiting.is_finished(), "the waiter got a lock that is held");
+
+        let released = Instant::now();
+        guard.release().await.unwrap();
+        let (got, at) = tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("the waiter never got the lock")
+            .unwrap();
+        let got = got.unwrap();
+        let after = at.saturating_duration_since(released);
+        println!("case {i}: the waiter got the lock {after:?} after the release");
+        // One server-side wake-up, not a notification plus a try-lock
+        // (generous: the machine may be busy).
+        assert!(after < Duration::from_millis(100), "{after:?}");
+        // Held on the session that waited, in the mode asked.
+        assert_eq!(got.backend_pid(), pid);
+        let locks = advisory_locks(&client, &[id]).await;
+        let want = if mode == Mode::Shared {
+            "ShareLock"
+        } else {
+            "ExclusiveLock"
+        };
+        assert_eq!(locks.len(), 1, "{locks:?}");
+        assert!(
+            locks[0].pid == pid && locks[0].granted && locks[0].mode == want,
+            "{locks:?}"
+        );
+        got.release().await.unwrap();
+        assert!(wait_until_unlocked(&client, &[id], BOUND).await.is_empty());
+    }
+    assert!(b.stats().server_waits >= 2, "{:?}", b.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_dropped_while_it_waits_on_the_server_leaks_nothing() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-dropped");
+    let holder = locker_at(&db_url(), 2).await;
+    let b = waiter(&app, 2).await;
+    let key = LockKey::named(unique("ws:dropped"));
+    let id = key.id();
+    for round in 0..3 {
+        let guard = holder
+            .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+            .await
+            .unwrap();
+        let waiting = {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move { b.lock(key, Mode::Exclusive, None).await })
+        };
+        let pid = until_waiting_on_server(&client, &app, id).await;
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        // Round 0: released at once (the wait session is granted the lock
+        // for a caller that is gone); round 1: after a while; round 2:
+        // while the wait is still on the server after the drop.
+        if round == 1 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        guard.release().await.unwrap();
+        let left = wait_until_unlocked(&client, &[id], BOUND).await;
+        assert!(
+            left.is_empty(),
+            "round {round}: {left:?} (waiter pid {pid})"
+        );
+        // The waiter's process took nothing with it: it gets the key at once.
+        let again = b
+            .try_lock(key.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+            .expect("the key is free");
+        again.release().await.unwrap();
+    }
+    assert!(advisory_locks(&client, &[id]).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_wait_on_the_server_ends_near_its_timeout() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-timeout");
+    let holder = locker_at(&db_url(), 2).await;
+    // A long loss-detection bound makes the longest wait slice 3.75 s: a
+    // timeout that waited a whole slice would show.
+    let b = LockConfig::from_url(&db_url_with_app(&app))
+        .unwrap()
+        .loss_detection(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let key = LockKey::named(unique("ws:timeout"));
+    let guard = holder
+        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+        .await
+        .unwrap();
+    for timeout in [Duration::from_millis(300), Duration::from_millis(120)] {
+        let start = Instant::now();
+        let result =
+            tokio::time::timeout(BOUND, b.lock(key.clone(), Mode::Exclusive, Some(timeout)))
+                .await
+                .expect("the timed wait did not end");
+        let took = start.elapsed();
+        match result {
+            Err(Error::WaitTimeout { waited, .. }) => {
+                println!("timeout {timeout:?}: WaitTimeout after {took:?} (says {waited:?})");
+                assert!(waited >= timeout, "{waited:?}");
+            }
+            other => panic!("expected WaitTimeout, got {other:?}"),
+        }
+        assert!(
+            took >= timeout && took < timeout + Duration::from_millis(250),
+            "timeout {timeout:?}, took {took:?}"
+        );
+    }
+    assert!(b.stats().server_waits >= 2, "{:?}", b.stats());
+    // Nothing of the waiter's is left on the server: only the holder's lock.
+    let locks = advisory_locks(&client, &[key.id()]).await;
+    assert!(
+        locks.len() == 1 && locks[0].pid == guard.backend_pid(),
+        "{locks:?}"
+    );
+    assert!(waiting_backends(&client, &app).await.is_empty());
+    guard.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_wait_session_is_survived_and_replaced() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-terminate");
+    let holder = locker_at(&db_url(), 2).await;
+    let b = waiter(&app, 2).await;
+    let key = LockKey::named(unique("ws:terminate"));
+    let id = key.id();
+
+    let guard = holder
+        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+        .await
+        .unwrap();
+    let waiting = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.lock(key, Mode::Exclusive, Some(BOUND)).await })
+    };
+    let pid = until_waiting_on_server(&client, &app, id).await;
+    assert!(terminate_backend(&client, pid).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    guard.release().await.unwrap();
+    let result = tokio::time::timeout(BOUND + BOUND, waiting)
+        .await
+        .expect("the wait hung after its wait session was terminated")
+        .expect("the wait panicked");
+    match result {
+        Ok(g) => {
+            // Held by a live session of the waiter, not the terminated one.
+            assert_ne!(g.backend_pid(), pid);
+            let locks = advisory_locks(&client, &[id]).await;
+            assert!(
+                locks.len() == 1 && locks[0].pid == g.backend_pid() && locks[0].granted,
+                "{locks:?}"
+            );
+            g.release().await.unwrap();
+        }
+        // A typed error is acceptable too.
+        Err(e) => println!("the wait ended with: {e}"),
+    }
+    assert!(wait_until_unlocked(&client, &[id], BOUND).await.is_empty());
+
+    // The next wait waits on the server again, on a fresh wait session.
+    let guard = holder
+        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+        .await
+        .unwrap();
+    let waiting = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.lock(key, Mode::Exclusive, Some(BOUND)).await })
+    };
+    let fresh = until_waiting_on_server(&client, &app, id).await;
+    assert_ne!(fresh, pid);
+    guard.release().await.unwrap();
+    let g = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the second wait hung")
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.backend_pid(), fresh);
+    g.release().await.unwrap();
+    assert!(wait_until_unlocked(&client, &[id], BOUND).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_lock_from_the_same_process_does_not_overtake_the_release() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-order");
+    let holder = locker_at(&db_url(), 2).await;
+    let b = waiter(&app, 2).await;
+    for round in 0..20 {
+        let key = LockKey::named(unique("ws:order"));
+        let guard = holder
+            .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+            .await
+            .unwrap();
+        let waiting = {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move { b.lock(key, Mode::Exclusive, Some(BOUND)).await })
+        };
+        until_waiting_on_server(&client, &app, key.id()).await;
+        guard.release().await.unwrap();
+        let got = tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("the waiter never got the lock")
+            .unwrap()
+            .unwrap();
+        // Dropped: its unlock goes out on the wait session, in the
+        // background. A try-lock at once from this process goes to a lock
+        // session, and must not find the key busy with its own lock.
+        drop(got);
+        let again = b
+            .try_lock(key.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| {
+                panic!("round {round}: the key was busy with this process's own released lock")
+            });
+        again.release().await.unwrap();
+        assert!(advisory_locks(&client, &[key.id()]).await.is_empty());
+    }
+}
+
+/// The handover of the old path: a notified release or a backoff tick, then
+/// a try-lock. Returns (how long after the release the waiter got the lock,
+/// whether any backend of `app` was seen waiting on the server meanwhile).
+async fn handover_without_server_wait(
+    client: &Client,
+    holder: &Locker,
+    b: &Locker,
+    app: &str,
+    key: LockKey,
+) -> (Duration, bool) {
+    let guard = holder
+        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+        .await
+        .unwrap();
+    let waiting = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move {
+            let g = b.lock(key, Mode::Exclusive, Some(BOUND)).await.unwrap();
+            (Instant::now(), g.fencing_token(), g.release().await)
+        })
+    };
+    let mut seen = false;
+    for _ in 0..30 {
+        seen |= !waiting_backends(client, app).await.is_empty();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let (at, _, release) = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the waiter never got the lock")
+        .unwrap();
+    release.unwrap();
+    (at.saturating_duration_since(released), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_wait_sessions_and_with_fencing_waits_work_as_before() {
+    let client = raw_connect(&db_url()).await;
+    let holder = locker_at(&db_url(), 2).await;
+
+    // wait_sessions(0): no wait on the server, the notified release wakes
+    // the waiter.
+    let app = unique("ws-off");
+    let b = waiter(&app, 0).await;
+    let (after, seen) =
+        handover_without_server_wait(&client, &holder, &b, &app, LockKey::named(unique("ws:off")))
+            .await;
+    println!("wait_sessions(0): got the lock {after:?} after the release");
+    assert!(
+        !seen,
+        "a backend waited on the server with wait_sessions(0)"
+    );
+    assert!(after < Duration::from_millis(100), "{after:?}");
+    assert_eq!(b.stats().server_waits, 0);
+
+    // Fencing tokens: the token is taken with the try-lock, so no wait on
+    // the server; tokens still increase.
+    let app = unique("ws-fenced");
+    let fenced = |url: String| async move {
+        LockConfig::from_url(&url)
+            .unwrap()
+            .fencing_tokens(true)
+            .connect()
+            .await
+            .unwrap()
+    };
+    let fenced_holder = fenced(db_url()).await;
+    let b = fenced(db_url_with_app(&app)).await;
+    let key = LockKey::named(unique("ws:fenced"));
+    let mut last = 0;
+    for _ in 0..2 {
+        let first = fenced_holder
+            .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+            .await
+            .unwrap();
+        let token = first.fencing_token().unwrap();
+        assert!(token > last);
+        let waiting = {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move {
+                let g = b.lock(key, Mode::Exclusive, Some(BOUND)).await.unwrap();
+                let t = g.fencing_token();
+                g.release().await.unwrap();
+                t
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(waiting_backends(&client, &app).await.is_empty());
+        first.release().await.unwrap();
+        let t = tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("the fenced waiter never got the lock")
+            .unwrap()
+            .unwrap();
+        assert!(t > token, "{t} after {token}");
+        last = t;
+    }
+    assert_eq!(b.stats().server_waits, 0);
+    let _ = holder;
+}
+
+#[tokio::test]
+async fn too_many_wait_sessions_is_a_configuration_error() {
+    let e = LockConfig::from_url(&db_url())
+        .unwrap()
+        .wait_sessions(10_001)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { .. }), "{e:?}");
+    // 0 is valid: no wait sessions.
+    let l = LockConfig::from_url(&db_url())
+        .unwrap()
+        .wait_sessions(0)
+        .connect()
+        .await
+        .unwrap();
+    let key = LockKey::named(unique("ws:zero"));
+    l.lock(key, Mode::Exclusive, Some(BOUND))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
