@@ -201,8 +201,11 @@ impl Op {
             12.. => self.code - 12,
             _ => self.code,
         };
+        // A lock a blocking wait got was waited for: giving it back wakes
+        // waiters in other processes, as its holder's release would have.
+        let unlock = if self.is_wait() { 8 } else { 4 };
         Op {
-            code: lock + 4,
+            code: lock + unlock,
             key: self.key,
             floor: 0,
             reply: None,
@@ -218,6 +221,8 @@ impl Op {
     fn undo_unknown(&self) -> Op {
         let mut undo = self.undo();
         if self.is_wait() {
+            // The checked unlock (no notification: almost always nothing
+            // was held).
             undo.code = self.code + 4;
         }
         undo.tolerant = true;

@@ -118,6 +118,7 @@ impl ServerLocker {
         &self,
         id: KeyId,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.keep_listening();
         self.inner.waiters.subscribe(id)
     }
 
@@ -189,7 +190,14 @@ impl ServerLocker {
             }
             ready.store(true, std::sync::atomic::Ordering::Release);
         }
-        match Session::connect(
+        // One session listens (see crate::wakeup): the first slot's.
+        let role = if index == 0 {
+            crate::session::Role::Listening
+        } else {
+            crate::session::Role::Lock
+        };
+        match Session::connect_as(
+            role,
             &self.inner.settings,
             &self.inner.counters,
             &self.inner.waiters,
@@ -302,7 +310,7 @@ impl ServerLocker {
                         }
                         WaitedHere::TimedOut => return Err(timed_out()),
                         WaitedHere::Again => continue,
-                        WaitedHere::Fallback => {}
+                        WaitedHere::Fallback => self.keep_listening(),
                     }
                     let pause = tokio::time::Instant::now() + crate::backoff::retry_busy(attempt);
                     attempt += 1;
@@ -427,6 +435,19 @@ impl ServerLocker {
             Waited::Again => WaitedHere::Again,
             Waited::Unavailable => WaitedHere::Fallback,
         })
+    }
+
+    /// Reconnects the listening session (the first slot's, see
+    /// [`crate::wakeup`]) in the background if it died, so that a waiter on
+    /// the notify path is woken again even if no key of that slot is used.
+    fn keep_listening(&self) {
+        if self.inner.slots.first().is_some_and(|s| s.live().is_none()) {
+            let locker = self.clone();
+            // Failures back off (and are logged) as for any slot.
+            tokio::spawn(async move {
+                let _ = locker.reconnect(0).await;
+            });
+        }
     }
 
     /// The session that granted the lock (and the grant's fencing token),

@@ -25,7 +25,8 @@ use crate::wakeup::{parse_payload, Waiters, CHANNEL};
 const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
 
 /// Run once per session: listen for releases that wake waiters (see
-/// [`crate::wakeup`]), and make the server notice a vanished client soon, so
+/// [`crate::wakeup`]; only the sessions of [`Role::Listening`], the rest
+/// run this without its `LISTEN`), and make the server notice a vanished client soon, so
 /// that it frees the session's locks: TCP keepalive after 1 s idle, then
 /// every 1 s, 3 probes (about 4 s in all), and, from PostgreSQL 14,
 /// `client_connection_check_interval` while a statement runs.
@@ -41,11 +42,13 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 /// What a session is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
-    /// A lock session: try-locks and unlocks of many keys, pipelined; it
-    /// listens for releases that wake waiters.
+    /// A lock session that also listens for releases that wake waiters
+    /// (see [`crate::wakeup`]): an entry's first slot.
+    Listening,
+    /// A lock session: try-locks and unlocks of many keys, pipelined.
     Lock,
     /// A wait session (see [`crate::waiting`]): one blocking wait at a time,
-    /// then the lock it got. It does not listen.
+    /// then the lock it got.
     Wait,
 }
 
@@ -175,7 +178,7 @@ impl Session {
         counters: &Arc<Counters>,
         waiters: &Arc<Waiters>,
     ) -> Result<Arc<Session>, Error> {
-        Self::connect_as(Role::Lock, settings, counters, waiters).await
+        Self::connect_as(Role::Listening, settings, counters, waiters).await
     }
 
     /// [`Session::connect`] for a session of `role`.
@@ -258,10 +261,10 @@ impl Session {
         // Set-up, all pipelined, with the connection driven alongside.
         // (join! polls in order, so the requests go out in this order.)
         let session_setup = match role {
-            Role::Lock => SESSION_SETUP,
-            // The same without LISTEN: a blocked wait session learns of
-            // the release from the server itself.
-            Role::Wait => SESSION_SETUP
+            Role::Listening => SESSION_SETUP,
+            // The same without LISTEN: each listening session is woken by
+            // every release that notifies, in every process.
+            Role::Lock | Role::Wait => SESSION_SETUP
                 .strip_prefix("LISTEN advisory_locked; ")
                 .unwrap_or(SESSION_SETUP),
         };
@@ -530,7 +533,7 @@ async fn prepare_all(
 ) -> Result<Statements, tokio_postgres::Error> {
     let single = futures_util::future::try_join_all(SINGLE.iter().map(|sql| client.prepare(sql)));
     let wait_sql = match role {
-        Role::Lock => Vec::new(),
+        Role::Listening | Role::Lock => Vec::new(),
         Role::Wait => crate::waiting::wait_statements(),
     };
     let wait = futures_util::future::try_join_all(wait_sql.iter().map(|sql| client.prepare(sql)));

@@ -1,11 +1,15 @@
 //! Waking waiters in other processes: LISTEN/NOTIFY.
 //!
-//! Every lock session listens on [`CHANNEL`]. Releasing a lock that was
-//! taken in wait mode sends `pg_notify(CHANNEL, key)` in the same statement
-//! as the unlock; each session that receives it wakes this process's waiters
-//! for that key, which then try again at once instead of at their next
-//! backoff tick. Polling with backoff stays as the fallback for releases
-//! that notify nobody (a crashed holder, a skip-mode holder, psql).
+//! One lock session per registry entry listens on [`CHANNEL`]: the first
+//! slot's (every listening backend, and its client, is woken by every
+//! notification, whatever the key). Releasing a lock that was taken in wait
+//! mode sends `pg_notify(CHANNEL, key)` in the same statement as the unlock;
+//! the listening session that receives it wakes this process's waiters for
+//! that key, which then try again at once instead of at their next backoff
+//! tick. If the listening session dies, a waiter reconnects it. Polling with
+//! backoff stays as the fallback for releases that notify nobody (a crashed
+//! holder, a skip-mode holder, psql) and for notifications sent while no
+//! session listened.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +19,7 @@ use tokio::sync::Notify;
 
 use crate::KeyId;
 
-/// The notification channel of every lock session.
+/// The notification channel of the listening lock sessions.
 pub(crate) const CHANNEL: &str = "advisory_locked";
 
 /// The payload of a key: `"<i64>"` or `"<i32>:<i32>"`, as the unlock

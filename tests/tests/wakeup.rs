@@ -8,12 +8,22 @@
 use std::time::{Duration, Instant};
 
 use advisory_locked::{LockConfig, LockKey, Locker, Mode};
-use advisory_locked_tests::{db_url, join_all, named, pg_lock, pg_unlock, raw_connect, unique};
+use advisory_locked_tests::{
+    backends_named, db_url, db_url_with_app, join_all, named, pg_lock, pg_unlock, raw_connect,
+    terminate_backend, unique,
+};
 
+/// Without wait sessions: their waits don't need the notification (see
+/// wait_sessions.rs), and with them these waiters would not all use it.
 async fn locker() -> Locker {
-    LockConfig::from_url(&db_url())
+    locker_at(&db_url()).await
+}
+
+async fn locker_at(url: &str) -> Locker {
+    LockConfig::from_url(url)
         .unwrap()
         .sessions(2)
+        .wait_sessions(0)
         .connect()
         .await
         .unwrap()
@@ -22,12 +32,16 @@ async fn locker() -> Locker {
 /// Holds `key` on `holder` for `hold`, while `waiter` waits for it; returns
 /// how long after the release the waiter got the lock.
 async fn handover(holder: &Locker, waiter: &Locker, key: &str, hold: Duration) -> Duration {
+    handover_of(holder, waiter, LockKey::named(key.to_owned()), hold).await
+}
+
+async fn handover_of(holder: &Locker, waiter: &Locker, key: LockKey, hold: Duration) -> Duration {
     let guard = holder
-        .lock(LockKey::named(key.to_owned()), Mode::Exclusive, None)
+        .lock(key.clone(), Mode::Exclusive, None)
         .await
         .unwrap();
     let waiter = waiter.clone();
-    let wkey = LockKey::named(key.to_owned());
+    let wkey = key;
     let waiting = tokio::spawn(async move {
         let g = waiter
             .lock(wkey, Mode::Exclusive, Some(Duration::from_secs(20)))
@@ -100,4 +114,55 @@ async fn a_release_that_notifies_nobody_is_found_by_polling() {
     println!("found a silent release after waiting {waited:?}");
     // Held for 300 ms; the backoff steps are at most 250 ms.
     assert!(waited >= Duration::from_millis(300) && waited < Duration::from_millis(800));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_again_after_the_listening_session_is_replaced() {
+    // One session of an entry listens: the first slot's. Kill all of the
+    // waiter's sessions, then wait on keys of the other slot only (odd
+    // numbers: slot 1 of 2): the listening slot must come back by itself.
+    let client = raw_connect(&db_url()).await;
+    let app = unique("wakeup-relisten");
+    let a = locker().await;
+    let b = locker_at(&db_url_with_app(&app)).await;
+    let base = (i64::from(std::process::id()) << 24) | 1;
+    let keys: Vec<LockKey> = (0..4).map(|i| LockKey::int(base + 2 * i)).collect();
+    for k in &keys {
+        // Connects slot 1.
+        b.try_lock(k.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+            .expect("free")
+            .release()
+            .await
+            .unwrap();
+    }
+    let before = backends_named(&client, &app).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    for pid in &before {
+        assert!(terminate_backend(&client, *pid).await);
+    }
+    let start = Instant::now();
+    while !backends_named(&client, &app).await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "backends still there"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Let the waiter's sessions notice.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let runs = keys
+        .iter()
+        .map(|k| handover_of(&a, &b, k.clone(), Duration::from_millis(700)));
+    let delays = join_all(runs.collect()).await;
+    println!("handover delays after the listening session was replaced: {delays:?}");
+    let after = backends_named(&client, &app).await;
+    assert_eq!(after.len(), 2, "slot 0 not reconnected: {after:?}");
+    for d in &delays {
+        assert!(
+            *d < Duration::from_millis(40),
+            "a waiter was not woken by the release: {delays:?}"
+        );
+    }
 }
