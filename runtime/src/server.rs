@@ -267,7 +267,10 @@ impl ServerLocker {
     /// Waits for the lock, at most `timeout` (`None`: as long as it takes).
     ///
     /// Waiting never blocks a lock session. A key busy in this process is
-    /// awaited in memory. A key held by another process is tried again when
+    /// awaited in memory. A key held by another process is awaited on the
+    /// server, on a wait session if one is free (see
+    /// [`LockConfig::wait_sessions`](crate::LockConfig::wait_sessions));
+    /// otherwise it is tried again when
     /// its holder's release notifies (a lock taken with `lock` notifies
     /// waiters in other processes when it is released, in the same
     /// statement as the unlock), and in any case with backoff (2 ms doubling
