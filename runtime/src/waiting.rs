@@ -37,6 +37,7 @@
 //! Entries with fencing tokens don't use wait sessions: their token is taken
 //! in the try-lock statement, together with the grant.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -132,6 +133,9 @@ struct PoolInner {
     counters: Arc<Counters>,
     waiters: Arc<Waiters>,
     longest: Duration,
+    /// A wait session was ever opened (before that, [`WaitPool::settled`]
+    /// costs one load: the path of every try-lock).
+    opened: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -158,6 +162,7 @@ impl WaitPool {
                 counters: counters.clone(),
                 waiters: waiters.clone(),
                 longest: longest_slice(settings),
+                opened: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -178,6 +183,9 @@ impl WaitPool {
     /// the module notes). Bounded: an unlock is answered, or its session is
     /// declared lost, within the loss-detection bound.
     pub(crate) async fn settled(&self, id: KeyId) {
+        if !self.inner.opened.load(Ordering::Acquire) {
+            return;
+        }
         loop {
             let pending = {
                 let state = self.state();
@@ -308,6 +316,7 @@ impl WaitPool {
                 tracing::debug!(pool = %inner.settings.name, session = session.id(), backend_pid = session.backend_pid, "advisory-locked: wait session opened");
                 state.next_connect = None;
                 state.sessions.push(session.clone());
+                inner.opened.store(true, Ordering::Release);
                 Some(session)
             }
             Err(e) => {
