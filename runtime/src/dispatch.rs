@@ -127,7 +127,8 @@ pub(crate) enum Kind {
     Unlock,
     /// Release the lock and, if it was held, wake waiters in other
     /// processes (`pg_notify` on [`CHANNEL`](crate::wakeup::CHANNEL), in
-    /// the same statement).
+    /// the same statement), unless the key is held exclusively right after
+    /// the unlock (a waiter blocked on the server got it).
     UnlockNotify,
     /// Try to take the lock and, if granted, take the key's next fencing
     /// token in the same statement (see [`crate::fence`]).
@@ -240,15 +241,26 @@ pub(crate) const SINGLE: [&str; 12] = [
     "SELECT pg_advisory_unlock_shared($1::int8)",
     "SELECT pg_advisory_unlock($1::int4, $2::int4)",
     "SELECT pg_advisory_unlock_shared($1::int4, $2::int4)",
+    // Unlock, then notify only if the key is not held exclusively now (a
+    // shared try-lock, given back at once, tells): a waiter blocked on the
+    // server that was just granted the key makes a notification pointless.
     // pg_notify returns void: num_nulls(..) = 0 only makes it a boolean.
     "SELECT CASE WHEN pg_advisory_unlock($1::int8) \
-     THEN num_nulls(pg_notify('advisory_locked', $1::int8::text)) = 0 ELSE false END",
+     THEN CASE WHEN pg_try_advisory_lock_shared($1::int8) \
+     THEN num_nulls(pg_advisory_unlock_shared($1::int8), pg_notify('advisory_locked', $1::int8::text)) = 0 \
+     ELSE true END ELSE false END",
     "SELECT CASE WHEN pg_advisory_unlock_shared($1::int8) \
-     THEN num_nulls(pg_notify('advisory_locked', $1::int8::text)) = 0 ELSE false END",
+     THEN CASE WHEN pg_try_advisory_lock_shared($1::int8) \
+     THEN num_nulls(pg_advisory_unlock_shared($1::int8), pg_notify('advisory_locked', $1::int8::text)) = 0 \
+     ELSE true END ELSE false END",
     "SELECT CASE WHEN pg_advisory_unlock($1::int4, $2::int4) \
-     THEN num_nulls(pg_notify('advisory_locked', $1::int4::text || ':' || $2::int4::text)) = 0 ELSE false END",
+     THEN CASE WHEN pg_try_advisory_lock_shared($1::int4, $2::int4) \
+     THEN num_nulls(pg_advisory_unlock_shared($1::int4, $2::int4), pg_notify('advisory_locked', $1::int4::text || ':' || $2::int4::text)) = 0 \
+     ELSE true END ELSE false END",
     "SELECT CASE WHEN pg_advisory_unlock_shared($1::int4, $2::int4) \
-     THEN num_nulls(pg_notify('advisory_locked', $1::int4::text || ':' || $2::int4::text)) = 0 ELSE false END",
+     THEN CASE WHEN pg_try_advisory_lock_shared($1::int4, $2::int4) \
+     THEN num_nulls(pg_advisory_unlock_shared($1::int4, $2::int4), pg_notify('advisory_locked', $1::int4::text || ':' || $2::int4::text)) = 0 \
+     ELSE true END ELSE false END",
 ];
 
 /// Many requests in one statement, answered in order.
@@ -263,13 +275,21 @@ SELECT CASE t.op \
  WHEN 6 THEN pg_advisory_unlock(t.a, t.b) \
  WHEN 7 THEN pg_advisory_unlock_shared(t.a, t.b) \
  WHEN 8 THEN CASE WHEN pg_advisory_unlock(t.k) \
-   THEN num_nulls(pg_notify('advisory_locked', t.k::text)) = 0 ELSE false END \
+   THEN CASE WHEN pg_try_advisory_lock_shared(t.k) \
+   THEN num_nulls(pg_advisory_unlock_shared(t.k), pg_notify('advisory_locked', t.k::text)) = 0 \
+   ELSE true END ELSE false END \
  WHEN 9 THEN CASE WHEN pg_advisory_unlock_shared(t.k) \
-   THEN num_nulls(pg_notify('advisory_locked', t.k::text)) = 0 ELSE false END \
+   THEN CASE WHEN pg_try_advisory_lock_shared(t.k) \
+   THEN num_nulls(pg_advisory_unlock_shared(t.k), pg_notify('advisory_locked', t.k::text)) = 0 \
+   ELSE true END ELSE false END \
  WHEN 10 THEN CASE WHEN pg_advisory_unlock(t.a, t.b) \
-   THEN num_nulls(pg_notify('advisory_locked', t.a::text || ':' || t.b::text)) = 0 ELSE false END \
+   THEN CASE WHEN pg_try_advisory_lock_shared(t.a, t.b) \
+   THEN num_nulls(pg_advisory_unlock_shared(t.a, t.b), pg_notify('advisory_locked', t.a::text || ':' || t.b::text)) = 0 \
+   ELSE true END ELSE false END \
  WHEN 11 THEN CASE WHEN pg_advisory_unlock_shared(t.a, t.b) \
-   THEN num_nulls(pg_notify('advisory_locked', t.a::text || ':' || t.b::text)) = 0 ELSE false END \
+   THEN CASE WHEN pg_try_advisory_lock_shared(t.a, t.b) \
+   THEN num_nulls(pg_advisory_unlock_shared(t.a, t.b), pg_notify('advisory_locked', t.a::text || ':' || t.b::text)) = 0 \
+   ELSE true END ELSE false END \
  END \
 FROM unnest($1::int2[], $2::int8[], $3::int4[], $4::int4[]) WITH ORDINALITY AS t(op, k, a, b, n) \
 ORDER BY t.n";
@@ -281,9 +301,16 @@ ORDER BY t.n";
 pub(crate) fn two_requests() -> String {
     let one = |c: usize| {
         let (k, a, b) = (c + 1, c + 2, c + 3);
-        let notify_k = format!("num_nulls(pg_notify('advisory_locked', ${k}::int8::text)) = 0");
+        // As in SINGLE: notify unless the key is held exclusively now.
+        let notify_k = format!(
+            "CASE WHEN pg_try_advisory_lock_shared(${k}::int8) \
+             THEN num_nulls(pg_advisory_unlock_shared(${k}::int8), \
+             pg_notify('advisory_locked', ${k}::int8::text)) = 0 ELSE true END"
+        );
         let notify_ab = format!(
-            "num_nulls(pg_notify('advisory_locked', ${a}::int4::text || ':' || ${b}::int4::text)) = 0"
+            "CASE WHEN pg_try_advisory_lock_shared(${a}::int4, ${b}::int4) \
+             THEN num_nulls(pg_advisory_unlock_shared(${a}::int4, ${b}::int4), \
+             pg_notify('advisory_locked', ${a}::int4::text || ':' || ${b}::int4::text)) = 0 ELSE true END"
         );
         format!(
             "CASE ${c}::int2 \
@@ -795,6 +822,141 @@ fn fail(batch: Vec<Op>, e: RequestError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The unlock-and-notify statements, on the real server: a release
+    /// that leaves the key free notifies; one whose key a waiter blocked on
+    /// the server gets at once does not (and still answers true).
+    #[tokio::test]
+    async fn unlock_notify_skips_the_notification_when_a_blocked_waiter_got_the_key() {
+        use futures_util::FutureExt;
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let connect = || async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("the test server (DATABASE_URL)");
+            (client, conn)
+        };
+        let plain = || async {
+            let (client, conn) = connect().await;
+            tokio::spawn(conn);
+            client
+        };
+        // The listener: its notifications' payloads on a channel.
+        let (listener, mut conn) = connect().await;
+        let (tx, mut notes) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                match m {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        let _ = tx.send(n.payload().to_owned());
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        listener
+            .batch_execute("LISTEN advisory_locked")
+            .await
+            .unwrap();
+        let (holder, waiter) = (plain().await, plain().await);
+        let k = (i64::from(std::process::id()) << 24) | (1 << 61);
+        let (a, b) = (std::process::id() as i32, -1234);
+        for (code, statement) in SINGLE.iter().enumerate().skip(8) {
+            let pair = code >= 10;
+            let shared = code % 2 == 1;
+            let f = if shared {
+                "pg_advisory_lock_shared"
+            } else {
+                "pg_advisory_lock"
+            };
+            let args = if pair {
+                format!("{a}, {b}")
+            } else {
+                k.to_string()
+            };
+            let payload = if pair {
+                format!("{a}:{b}")
+            } else {
+                k.to_string()
+            };
+            let release = || async {
+                let row = if pair {
+                    holder.query_one(*statement, &[&a, &b]).await
+                } else {
+                    holder.query_one(*statement, &[&k]).await
+                };
+                assert!(row.unwrap().get::<_, bool>(0), "code {code}");
+            };
+            // Nobody waits: notified.
+            holder
+                .batch_execute(&format!("SELECT {f}({args})"))
+                .await
+                .unwrap();
+            release().await;
+            // (Other programs on the server may notify too.)
+            let ours = async {
+                while let Some(p) = notes.recv().await {
+                    if p == payload {
+                        return true;
+                    }
+                }
+                false
+            };
+            let got = tokio::time::timeout(Duration::from_secs(5), ours).await;
+            assert!(
+                got == Ok(true),
+                "code {code}: no notification for a release that left the key free"
+            );
+            // A waiter blocked on the server gets it: no notification.
+            holder
+                .batch_execute(&format!("SELECT {f}({args})"))
+                .await
+                .unwrap();
+            let blocked = {
+                let sql = format!("SELECT pg_advisory_lock({args})");
+                let w = &waiter;
+                async move { w.batch_execute(&sql).await }
+            };
+            let mut blocked = Box::pin(blocked);
+            // Until the server shows it waiting.
+            for _ in 0..500 {
+                assert!(
+                    (&mut blocked).now_or_never().is_none(),
+                    "code {code}: not blocked"
+                );
+                let n: i64 = holder
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if n > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            release().await;
+            blocked.await.unwrap();
+            let ours = async {
+                while let Some(p) = notes.recv().await {
+                    if p == payload {
+                        return true;
+                    }
+                }
+                false
+            };
+            let none = tokio::time::timeout(Duration::from_millis(300), ours).await;
+            assert!(none.is_err(), "code {code}: notified anyway");
+            waiter
+                .batch_execute("SELECT pg_advisory_unlock_all()")
+                .await
+                .unwrap();
+        }
+    }
 
     /// Every pair statement, run on the real server: both requests take
     /// effect, left to right (a lock then an unlock of one key leaves it
