@@ -2,10 +2,12 @@
 //!
 //! Its kernel closes its sockets, so the server sees the lock session's
 //! connection end at once and frees the lock; a waiter in another process
-//! (here: a `Locker` of the test process, in wait mode) gets the key at its
-//! next retry — no release notifies it, so its backoff (at most 250 ms plus
-//! jitter) bounds the handover. The test measures when the server dropped
-//! the dead holder's lock and when the waiter got it, and asserts < 5 s.
+//! (here: a `Locker` of the test process, in wait mode) gets the key: at
+//! once if it waits on the server on a wait session (the default), else at
+//! its next retry — no release notifies it, so its backoff (at most 250 ms
+//! plus jitter) bounds the handover. The test measures when the server
+//! dropped the dead holder's lock and when the waiter got it, and asserts
+//! < 5 s.
 
 use std::time::{Duration, Instant};
 
