@@ -33,7 +33,8 @@ pub struct Stats {
     /// Shared requests that joined a shared lock this process already
     /// held, without a round trip.
     pub local_joined: u64,
-    /// Lock sessions (connections) opened, the first included.
+    /// Lock sessions and wait sessions (connections) opened, the first
+    /// included.
     pub sessions_opened: u64,
     /// Heartbeats sent on idle sessions (not counted in `statements`).
     pub heartbeats: u64,
