@@ -100,6 +100,9 @@ pub(crate) struct Op {
     /// An unlock sent when it is not known whether the lock was granted:
     /// "not held" is no error then.
     tolerant: bool,
+    /// An unlock of a lock the in-process table held: counted in
+    /// [`Shared::unlocks_done`] once answered (see [`crate::lanes`]).
+    tracked: bool,
 }
 
 /// What a request asks of the server.
@@ -147,7 +150,14 @@ impl Op {
             floor,
             reply,
             tolerant: false,
+            tracked: false,
         }
+    }
+
+    /// Marks an unlock as one the in-process table asked for.
+    pub(crate) fn tracked(mut self) -> Op {
+        self.tracked = true;
+        self
     }
 
     fn is_unlock(&self) -> bool {
@@ -180,6 +190,7 @@ impl Op {
             floor: 0,
             reply: None,
             tolerant: false,
+            tracked: false,
         }
     }
 }
@@ -602,6 +613,12 @@ fn finish(
     backlog: &mut Vec<Op>,
 ) {
     let (batch, result) = done;
+    // Answered (or the session is closing): the table's unlocks in this
+    // statement have taken effect on the server, if the session lives on.
+    let tracked = batch.iter().filter(|op| op.tracked).count() as u64;
+    if tracked > 0 {
+        shared.unlocks_answered(tracked);
+    }
     match result {
         Ok(answers) if answers.len() == batch.len() => {
             for (op, (yes, token)) in batch.into_iter().zip(answers) {

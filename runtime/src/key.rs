@@ -143,16 +143,6 @@ impl KeyId {
             KeyId::Pair(a, b) => (0, a, b),
         }
     }
-
-    /// A number used to spread keys over the lock sessions.
-    pub(crate) fn spread(self) -> u64 {
-        match self {
-            KeyId::Int(k) => k as u64,
-            KeyId::Pair(a, b) => {
-                ((a as u32 as u64) << 32 | b as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            }
-        }
-    }
 }
 
 impl fmt::Display for KeyId {

@@ -6,7 +6,7 @@
 //! holders can learn that their locks are gone.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -49,6 +49,11 @@ pub(crate) struct Shared {
     /// Wakes the session's task to close the connection.
     pub(crate) killer: Notify,
     pub(crate) counters: Arc<Counters>,
+    /// The table's unlocks answered so far, in queue order (see
+    /// [`crate::lanes`]).
+    unlocks_done: AtomicU64,
+    /// Wakes callers waiting for an unlock to be answered.
+    unlock_progress: Notify,
 }
 
 impl Shared {
@@ -65,6 +70,13 @@ impl Shared {
         self.killed.store(true, Ordering::Release);
         // A stored permit if the task is busy: it stops at its next turn.
         self.killer.notify_one();
+        self.unlock_progress.notify_waiters();
+    }
+
+    /// The dispatcher has the answers to `n` more of the table's unlocks.
+    pub(crate) fn unlocks_answered(&self, n: u64) {
+        self.unlocks_done.fetch_add(n, Ordering::Release);
+        self.unlock_progress.notify_waiters();
     }
 }
 
@@ -73,6 +85,12 @@ pub(crate) struct Session {
     /// The server's process id for this session (`pg_backend_pid()`).
     pub(crate) backend_pid: i32,
     ops: mpsc::UnboundedSender<Op>,
+    /// Locks of this process on this session: held, or asked for and not
+    /// yet answered (see [`crate::lanes`]).
+    load: AtomicUsize,
+    /// The table's unlocks queued so far; the n-th is answered once
+    /// `Shared::unlocks_done` reaches n.
+    unlocks_queued: AtomicU64,
 }
 
 impl Session {
@@ -203,6 +221,8 @@ impl Session {
             killed: AtomicBool::new(false),
             killer: Notify::new(),
             counters: counters.clone(),
+            unlocks_done: AtomicU64::new(0),
+            unlock_progress: Notify::new(),
         });
         let (ops, rx) = mpsc::unbounded_channel();
         let session = crate::dispatch::Dispatcher {
@@ -233,6 +253,8 @@ impl Session {
             shared,
             backend_pid,
             ops,
+            load: AtomicUsize::new(0),
+            unlocks_queued: AtomicU64::new(0),
         }))
     }
 
@@ -280,20 +302,85 @@ impl Session {
         self.request(Kind::Raise(floor), key, Mode::Exclusive)
     }
 
-    /// `pg_advisory_unlock[_shared]`, answered.
+    /// `pg_advisory_unlock[_shared]` of a lock the in-process table held,
+    /// answered. Called under the table's lock (see
+    /// [`crate::table::Table::release_with`]); the number of this unlock is
+    /// then [`Session::unlocks_queued`].
     pub(crate) fn unlock(
         &self,
         key: KeyId,
         mode: Mode,
         notify: bool,
     ) -> impl Future<Output = Reply> + Send + 'static {
-        self.request(unlock_kind(notify), key, mode)
+        let (tx, rx) = oneshot::channel();
+        let queued = self.queue_unlock(Op::new(unlock_kind(notify), key, mode, Some(tx)));
+        Self::answer(queued, rx)
     }
 
     /// `pg_advisory_unlock[_shared]` without waiting: the dispatcher checks
-    /// the answer (and closes the session if the lock was not held).
+    /// the answer (and closes the session if the lock was not held). As
+    /// [`Session::unlock`] otherwise.
     pub(crate) fn unlock_later(&self, key: KeyId, mode: Mode, notify: bool) {
-        let _ = self.ops.send(Op::new(unlock_kind(notify), key, mode, None));
+        self.queue_unlock(Op::new(unlock_kind(notify), key, mode, None));
+    }
+
+    fn queue_unlock(&self, op: Op) -> bool {
+        self.unlocks_queued.fetch_add(1, Ordering::Relaxed);
+        self.release_load();
+        self.ops.send(op.tracked()).is_ok()
+    }
+
+    /// How many of the table's unlocks have been queued on this session.
+    pub(crate) fn unlocks_queued(&self) -> u64 {
+        self.unlocks_queued.load(Ordering::Relaxed)
+    }
+
+    /// True while the table's unlock number `n` is queued or on the wire
+    /// (a lock of that key on another session could overtake it).
+    pub(crate) fn unlock_pending(&self, n: u64) -> bool {
+        !self.is_dead() && self.shared.unlocks_done.load(Ordering::Acquire) < n
+    }
+
+    /// Resolves once the table's unlock number `n` is answered, or the
+    /// session has ended.
+    pub(crate) async fn unlock_answered(&self, n: u64) {
+        let closed = self.closed();
+        tokio::pin!(closed);
+        loop {
+            let progress = self.shared.unlock_progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if !self.unlock_pending(n) {
+                return;
+            }
+            tokio::select! {
+                () = progress => {}
+                () = &mut closed => return,
+            }
+        }
+    }
+
+    /// This process's locks on this session, held or asked for.
+    pub(crate) fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// A try-lock is about to be sent here: counted in [`Session::load`]
+    /// until it is answered busy (or fails), or, if granted, until its
+    /// unlock is queued. The returned ticket uncounts it when dropped
+    /// unless [`LoadTicket::granted`] is called.
+    pub(crate) fn routed(&self) -> LoadTicket<'_> {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        LoadTicket {
+            session: self,
+            counted: true,
+        }
+    }
+
+    fn release_load(&self) {
+        let _ = self
+            .load
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     fn request(
@@ -304,17 +391,41 @@ impl Session {
     ) -> impl Future<Output = Reply> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let queued = self.ops.send(Op::new(kind, key, mode, Some(tx))).is_ok();
-        async move {
-            if !queued {
-                return Err(RequestError::Ended);
-            }
-            rx.await.unwrap_or(Err(RequestError::Ended))
+        Self::answer(queued, rx)
+    }
+
+    async fn answer(queued: bool, rx: oneshot::Receiver<Reply>) -> Reply {
+        if !queued {
+            return Err(RequestError::Ended);
         }
+        rx.await.unwrap_or(Err(RequestError::Ended))
     }
 
     /// See [`Shared::kill`].
     pub(crate) fn kill(&self) {
         self.shared.kill();
+    }
+}
+
+/// A try-lock counted in its session's [`Session::load`] (see
+/// [`Session::routed`]).
+pub(crate) struct LoadTicket<'a> {
+    session: &'a Session,
+    counted: bool,
+}
+
+impl LoadTicket<'_> {
+    /// Granted: the lock stays counted until its unlock is queued.
+    pub(crate) fn granted(mut self) {
+        self.counted = false;
+    }
+}
+
+impl Drop for LoadTicket<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.session.release_load();
+        }
     }
 }
 

@@ -29,10 +29,22 @@ enum Entry {
     },
 }
 
+/// A key this process released lately: the session it was held on, and
+/// the number of its unlock there (see [`crate::lanes`]).
+#[derive(Clone)]
+pub(crate) struct Recent {
+    pub(crate) session: Arc<Session>,
+    pub(crate) unlock: u64,
+}
+
+/// Released keys remembered at most (more while their unlocks are pending).
+const RECENT_KEYS: usize = 4096;
+
 /// What [`Table::begin`] decided.
 pub(crate) enum Begin {
-    /// The caller reserved the key and must ask the server.
-    Reserved,
+    /// The caller reserved the key and must ask the server; with where it
+    /// was held last if this process released it lately.
+    Reserved(Option<Recent>),
     /// The caller joined a shared lock this process already holds (with
     /// that grant's fencing token).
     Joined(Arc<Session>, Option<i64>),
@@ -44,7 +56,35 @@ pub(crate) enum Begin {
 
 #[derive(Default)]
 pub(crate) struct Table {
-    entries: Mutex<HashMap<KeyId, Entry>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<KeyId, Entry>,
+    /// Keys released lately and not taken since.
+    recent: HashMap<KeyId, Recent>,
+    /// `recent` is trimmed when it grows past this.
+    recent_limit: usize,
+}
+
+impl State {
+    fn remember(&mut self, id: KeyId, session: &Arc<Session>) {
+        let unlock = session.unlocks_queued();
+        self.recent.insert(
+            id,
+            Recent {
+                session: session.clone(),
+                unlock,
+            },
+        );
+        if self.recent.len() > self.recent_limit.max(RECENT_KEYS) {
+            // Only keys whose unlock is still on its way must be kept.
+            self.recent
+                .retain(|_, r| r.session.unlock_pending(r.unlock));
+            self.recent_limit = 2 * self.recent.len();
+        }
+    }
 }
 
 fn enabled(n: &Arc<Notify>) -> OwnedNotified {
@@ -54,24 +94,27 @@ fn enabled(n: &Arc<Notify>) -> OwnedNotified {
 }
 
 impl Table {
-    fn lock(&self) -> MutexGuard<'_, HashMap<KeyId, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // Every change below is a single insert/remove/assignment: a panic
-        // elsewhere can't leave the map inconsistent.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        // elsewhere can't leave the maps inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn begin(&self, id: KeyId, mode: Mode) -> Begin {
-        let mut t = self.lock();
-        match t.get_mut(&id) {
+        let mut state = self.lock();
+        let State {
+            entries, recent, ..
+        } = &mut *state;
+        match entries.get_mut(&id) {
             None => {
-                t.insert(
+                entries.insert(
                     id,
                     Entry::Acquiring {
                         mode,
                         changed: Arc::new(Notify::new()),
                     },
                 );
-                Begin::Reserved
+                Begin::Reserved(recent.remove(&id))
             }
             Some(Entry::Acquiring {
                 mode: Mode::Shared,
@@ -95,7 +138,7 @@ impl Table {
     /// The server granted a reserved key.
     pub(crate) fn granted(&self, id: KeyId, session: Arc<Session>, token: Option<i64>) {
         let mut t = self.lock();
-        if let Some(entry) = t.get_mut(&id) {
+        if let Some(entry) = t.entries.get_mut(&id) {
             if let Entry::Acquiring { mode, changed } = entry {
                 let changed = changed.clone();
                 *entry = Entry::Held {
@@ -113,9 +156,9 @@ impl Table {
     /// A reservation ended without a grant.
     pub(crate) fn abandon(&self, id: KeyId) {
         let mut t = self.lock();
-        if let Some(Entry::Acquiring { changed, .. }) = t.get(&id) {
+        if let Some(Entry::Acquiring { changed, .. }) = t.entries.get(&id) {
             changed.notify_waiters();
-            t.remove(&id);
+            t.entries.remove(&id);
         }
     }
 
@@ -124,22 +167,26 @@ impl Table {
     /// the table is still locked: the unlock is queued before anyone of this
     /// process can take the key again (and so before any unlock that a
     /// failed try-lock of that key may queue; see `dispatch::finish`).
+    /// `last` must queue the unlock with [`Session::unlock`] or
+    /// [`Session::unlock_later`]: the key is remembered with that unlock's
+    /// number (see [`Recent`]).
     pub(crate) fn release_with(
         &self,
         id: KeyId,
         last: impl FnOnce(&Arc<Session>),
     ) -> Option<Arc<Session>> {
         let mut t = self.lock();
-        match t.get_mut(&id) {
+        match t.entries.get_mut(&id) {
             Some(Entry::Held { holders, .. }) if *holders > 1 => {
                 *holders -= 1;
                 None
             }
-            Some(Entry::Held { .. }) => match t.remove(&id) {
+            Some(Entry::Held { .. }) => match t.entries.remove(&id) {
                 Some(Entry::Held {
                     session, changed, ..
                 }) => {
                     last(&session);
+                    t.remember(id, &session);
                     changed.notify_waiters();
                     Some(session)
                 }
@@ -151,6 +198,6 @@ impl Table {
 
     /// How many keys this process holds or is acquiring.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 }
