@@ -145,6 +145,75 @@ impl KeyId {
     }
 }
 
+/// A map keyed by [`KeyId`], with [`KeyIdHasher`].
+pub(crate) type KeyMap<V> = std::collections::HashMap<KeyId, V, BuildKeyIdHasher>;
+
+/// Hashes [`KeyId`]s for the in-process maps (a few per lock on the hot
+/// path): a multiply-rotate mix with a per-process random seed, much
+/// cheaper than the default SipHash. Keys are chosen by the application,
+/// not by remote input; the seed keeps collisions from being the same in
+/// every process.
+#[derive(Clone, Copy)]
+pub(crate) struct BuildKeyIdHasher {
+    seed: u64,
+}
+
+impl Default for BuildKeyIdHasher {
+    fn default() -> Self {
+        static SEED: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        BuildKeyIdHasher { seed: *SEED }
+    }
+}
+
+impl std::hash::BuildHasher for BuildKeyIdHasher {
+    type Hasher = KeyIdHasher;
+    fn build_hasher(&self) -> KeyIdHasher {
+        KeyIdHasher(self.seed)
+    }
+}
+
+/// See [`BuildKeyIdHasher`].
+pub(crate) struct KeyIdHasher(u64);
+
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl std::hash::Hasher for KeyIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(buf));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(MIX).rotate_left(29);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.write_u64(n as u32 as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The top bits pick the bucket group in hashbrown: mix them well.
+        let x = self.0 ^ (self.0 >> 32);
+        x.wrapping_mul(MIX) ^ (x >> 29)
+    }
+}
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -235,5 +304,31 @@ mod tests {
     fn const_evaluation() {
         const K: i64 = key_hash("report:daily");
         assert_eq!(K, key_hash("report:daily"));
+    }
+}
+
+#[cfg(test)]
+mod hasher_tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_hash_apart() {
+        use std::hash::BuildHasher;
+        let b = BuildKeyIdHasher::default();
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..1000i64 {
+            seen.insert(b.hash_one(KeyId::Int(k)));
+            seen.insert(b.hash_one(KeyId::Pair(k as i32, 0)));
+            seen.insert(b.hash_one(KeyId::Pair(0, k as i32)));
+        }
+        assert_eq!(seen.len(), 3000 - 1, "only Pair(0, 0) twice");
+        // Sequential keys spread over the top bits (hashbrown's groups).
+        let tops: std::collections::HashSet<u64> = (0..256i64)
+            .map(|k| b.hash_one(KeyId::Int(k)) >> 57)
+            .collect();
+        assert!(tops.len() > 64, "{}", tops.len());
+        let mut m: KeyMap<i64> = KeyMap::default();
+        m.insert(KeyId::Int(7), 1);
+        assert_eq!(m.get(&KeyId::Int(7)), Some(&1));
     }
 }

@@ -6,18 +6,18 @@
 //! key is at most once in flight to the server and at most once held on it
 //! by this process; shared holders of this process share one server lock.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
+use crate::key::KeyMap;
 use crate::session::Session;
 use crate::{KeyId, Mode};
 
 enum Entry {
     /// A try-lock for this key is in flight to the server.
-    Acquiring { mode: Mode, changed: Arc<Notify> },
+    Acquiring { mode: Mode, changed: Changed },
     /// This process holds the key on `session`, for `holders` guards.
     Held {
         mode: Mode,
@@ -25,7 +25,7 @@ enum Entry {
         session: Arc<Session>,
         /// The grant's fencing token, shared by the joined holders.
         token: Option<i64>,
-        changed: Arc<Notify>,
+        changed: Changed,
     },
 }
 
@@ -61,9 +61,9 @@ pub(crate) struct Table {
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<KeyId, Entry>,
+    entries: KeyMap<Entry>,
     /// Keys released lately and not taken since.
-    recent: HashMap<KeyId, Recent>,
+    recent: KeyMap<Recent>,
     /// `recent` is trimmed when it grows past this.
     recent_limit: usize,
 }
@@ -87,10 +87,22 @@ impl State {
     }
 }
 
-fn enabled(n: &Arc<Notify>) -> OwnedNotified {
+/// Wakes the tasks waiting for an entry to change; created by the first
+/// of them (most keys are never waited for).
+type Changed = Option<Arc<Notify>>;
+
+fn enabled(n: &mut Changed) -> OwnedNotified {
     // Created under the table's mutex: it receives every notify_waiters()
     // that happens after this point, even before it is first polled.
-    n.clone().notified_owned()
+    n.get_or_insert_with(Default::default)
+        .clone()
+        .notified_owned()
+}
+
+fn wake(changed: Changed) {
+    if let Some(n) = changed {
+        n.notify_waiters();
+    }
 }
 
 impl Table {
@@ -111,7 +123,7 @@ impl Table {
                     id,
                     Entry::Acquiring {
                         mode,
-                        changed: Arc::new(Notify::new()),
+                        changed: None,
                     },
                 );
                 Begin::Reserved(recent.remove(&id))
@@ -140,15 +152,15 @@ impl Table {
         let mut t = self.lock();
         if let Some(entry) = t.entries.get_mut(&id) {
             if let Entry::Acquiring { mode, changed } = entry {
-                let changed = changed.clone();
+                let changed = changed.take();
                 *entry = Entry::Held {
                     mode: *mode,
                     holders: 1,
                     session,
                     token,
-                    changed: changed.clone(),
+                    changed: None,
                 };
-                changed.notify_waiters();
+                wake(changed);
             }
         }
     }
@@ -156,8 +168,8 @@ impl Table {
     /// A reservation ended without a grant.
     pub(crate) fn abandon(&self, id: KeyId) {
         let mut t = self.lock();
-        if let Some(Entry::Acquiring { changed, .. }) = t.entries.get(&id) {
-            changed.notify_waiters();
+        if let Some(Entry::Acquiring { changed, .. }) = t.entries.get_mut(&id) {
+            wake(changed.take());
             t.entries.remove(&id);
         }
     }
@@ -187,7 +199,7 @@ impl Table {
                 }) => {
                     last(&session);
                     t.remember(id, &session);
-                    changed.notify_waiters();
+                    wake(changed);
                     Some(session)
                 }
                 _ => None,
