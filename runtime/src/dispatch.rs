@@ -470,9 +470,13 @@ impl Dispatcher {
 /// are kept and reused (a statement's future is large, and this is the hot
 /// path of every lock).
 struct Pipeline<F: Future> {
-    running: VecDeque<(Pin<Box<Option<F>>>, Option<F::Output>)>,
-    spare: Vec<Pin<Box<Option<F>>>>,
+    /// Each statement's slot, with its output once that is there.
+    running: VecDeque<(Slot<F>, Option<F::Output>)>,
+    spare: Vec<Slot<F>>,
 }
+
+/// A pinned place for one statement's future, kept for reuse.
+type Slot<F> = Pin<Box<Option<F>>>;
 
 impl<F: Future> Pipeline<F> {
     fn new() -> Self {
