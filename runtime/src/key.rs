@@ -237,8 +237,78 @@ impl fmt::Display for KeyId {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LockKey {
-    name: Cow<'static, str>,
+    name: Name,
     id: KeyId,
+}
+
+/// A key's name. Numbers are written into an inline buffer: a raw key
+/// costs no allocation to make or to clone (a guard keeps a clone).
+#[derive(Clone)]
+enum Name {
+    Text(Cow<'static, str>),
+    Number { len: u8, buf: [u8; NUMBER_LEN] },
+}
+
+/// Enough for `(-2147483648, -2147483648)` and any i64.
+const NUMBER_LEN: usize = 26;
+
+impl Name {
+    fn number(args: fmt::Arguments<'_>) -> Name {
+        struct Buf {
+            len: usize,
+            buf: [u8; NUMBER_LEN],
+        }
+        impl fmt::Write for Buf {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let end = self.len + s.len();
+                let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+                dst.copy_from_slice(s.as_bytes());
+                self.len = end;
+                Ok(())
+            }
+        }
+        let mut b = Buf {
+            len: 0,
+            buf: [0; NUMBER_LEN],
+        };
+        match fmt::write(&mut b, args) {
+            Ok(()) => Name::Number {
+                len: b.len as u8,
+                buf: b.buf,
+            },
+            // Can't happen for the numbers written here; stay correct anyway.
+            Err(_) => Name::Text(Cow::Owned(args.to_string())),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Text(t) => t,
+            Name::Number { len, buf } => {
+                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
+            }
+        }
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Name {}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl LockKey {
@@ -246,14 +316,17 @@ impl LockKey {
     pub fn named(name: impl Into<Cow<'static, str>>) -> Self {
         let name = name.into();
         let id = KeyId::Int(key_hash(&name));
-        LockKey { name, id }
+        LockKey {
+            name: Name::Text(name),
+            id,
+        }
     }
 
     /// A key with a name and a number computed beforehand (used by the
     /// attribute, which hashes literal names at compile time).
     pub const fn with_id(name: &'static str, id: KeyId) -> Self {
         LockKey {
-            name: Cow::Borrowed(name),
+            name: Name::Text(Cow::Borrowed(name)),
             id,
         }
     }
@@ -261,7 +334,7 @@ impl LockKey {
     /// A raw 64-bit key, for interop with existing lock ids.
     pub fn int(id: i64) -> Self {
         LockKey {
-            name: Cow::Owned(id.to_string()),
+            name: Name::number(format_args!("{id}")),
             id: KeyId::Int(id),
         }
     }
@@ -269,14 +342,14 @@ impl LockKey {
     /// A key in the two-int4 key space, `pg_advisory_lock(a, b)`.
     pub fn pair(a: i32, b: i32) -> Self {
         LockKey {
-            name: Cow::Owned(format!("({a}, {b})")),
+            name: Name::number(format_args!("({a}, {b})")),
             id: KeyId::Pair(a, b),
         }
     }
 
     /// The human name of the key.
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     /// The number PostgreSQL locks.
@@ -330,5 +403,24 @@ mod hasher_tests {
         let mut m: KeyMap<i64> = KeyMap::default();
         m.insert(KeyId::Int(7), 1);
         assert_eq!(m.get(&KeyId::Int(7)), Some(&1));
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn raw_key_names_are_the_numbers() {
+        assert_eq!(LockKey::int(i64::MIN).name(), "-9223372036854775808");
+        assert_eq!(LockKey::int(42).name(), "42");
+        let p = LockKey::pair(i32::MIN, i32::MIN);
+        assert_eq!(p.name(), "(-2147483648, -2147483648)");
+        assert_eq!(p.clone(), p);
+        assert_eq!(
+            format!("{:?}", LockKey::int(7)),
+            "LockKey { name: \"7\", id: Int(7) }"
+        );
+        assert_eq!(LockKey::int(7).to_string(), "\"7\" (7)");
     }
 }
