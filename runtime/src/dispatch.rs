@@ -22,12 +22,15 @@
 //! The same task drives the connection and the session's heartbeat (see
 //! [`Liveness`]).
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Connection, Statement};
@@ -90,9 +93,6 @@ impl Drop for Grant {
     fn drop(&mut self) {
         if let (Some(undo), Some(ops)) = (self.undo.take(), self.ops.upgrade()) {
             tracing::debug!(key = %undo.key, "advisory-locked: caller gone; releasing its grant");
-            if let Some(shared) = &self.lent {
-                shared.unlock_queued(undo.key);
-            }
             let _ = ops.send(undo);
             if let Some(shared) = &self.lent {
                 // Queued before the session can be lent again.
@@ -116,6 +116,9 @@ pub(crate) struct Op {
     /// An unlock sent when it is not known whether the lock was granted:
     /// "not held" is no error then.
     tolerant: bool,
+    /// An unlock of a lock the in-process table held: counted in
+    /// [`Shared::unlocks_done`] once answered (see [`crate::lanes`]).
+    tracked: bool,
 }
 
 /// What a request asks of the server.
@@ -170,7 +173,14 @@ impl Op {
             floor,
             reply,
             tolerant: false,
+            tracked: false,
         }
+    }
+
+    /// Marks an unlock as one the in-process table asked for.
+    pub(crate) fn tracked(mut self) -> Op {
+        self.tracked = true;
+        self
     }
 
     fn is_unlock(&self) -> bool {
@@ -211,6 +221,7 @@ impl Op {
             floor: 0,
             reply: None,
             tolerant: false,
+            tracked: false,
         }
     }
 
@@ -429,7 +440,7 @@ impl Dispatcher {
             liveness,
         } = self;
         let (client, statements, shared) = (&client, &statements, &shared);
-        let mut in_flight = FuturesOrdered::new();
+        let mut in_flight = Pipeline::new();
         // Unlocks of grants whose callers were gone, for the next statement.
         let mut backlog: Vec<Op> = Vec::new();
         let mut closed = false;
@@ -482,7 +493,7 @@ impl Dispatcher {
                     // Idle for `interval`: ask the server whether it is there.
                     in_flight.push_back(send(client, statements, shared, Vec::new()));
                 }
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                done = std::future::poll_fn(|cx| in_flight.poll_next(cx)), if !in_flight.is_empty() => {
                     last_heard = Instant::now();
                     waiting_since = (!in_flight.is_empty()).then_some(last_heard);
                     finish(done, shared, &weak, &mut backlog);
@@ -524,6 +535,70 @@ impl Dispatcher {
         // Returning drops the connection (the server frees the session's
         // locks) and every request still queued or in flight, whose callers
         // then hear "ended".
+    }
+}
+
+/// The statements on the wire, answered in order. Like `FuturesOrdered`,
+/// without an allocation and a task node per statement: the pinned slots
+/// are kept and reused (a statement's future is large, and this is the hot
+/// path of every lock).
+struct Pipeline<F: Future> {
+    /// Each statement's slot, with its output once that is there.
+    running: VecDeque<(Slot<F>, Option<F::Output>)>,
+    spare: Vec<Slot<F>>,
+}
+
+/// A pinned place for one statement's future, kept for reuse.
+type Slot<F> = Pin<Box<Option<F>>>;
+
+impl<F: Future> Pipeline<F> {
+    fn new() -> Self {
+        Pipeline {
+            running: VecDeque::with_capacity(MAX_IN_FLIGHT + 1),
+            spare: Vec::with_capacity(MAX_IN_FLIGHT + 1),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    fn push_back(&mut self, future: F) {
+        let mut slot = self.spare.pop().unwrap_or_else(|| Box::pin(None));
+        slot.set(Some(future));
+        self.running.push_back((slot, None));
+    }
+
+    /// The oldest statement's output once it is there. Every running
+    /// statement is polled (a later one sends its request when first
+    /// polled); an output that arrives early waits for those before it.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        for (slot, out) in self.running.iter_mut() {
+            if out.is_some() {
+                continue;
+            }
+            if let Some(future) = slot.as_mut().as_pin_mut() {
+                if let Poll::Ready(o) = future.poll(cx) {
+                    *out = Some(o);
+                    slot.set(None);
+                }
+            }
+        }
+        match self.running.front() {
+            Some((_, Some(_))) => {}
+            _ => return Poll::Pending,
+        }
+        match self.running.pop_front() {
+            Some((slot, Some(out))) => {
+                self.spare.push(slot);
+                Poll::Ready(out)
+            }
+            _ => Poll::Pending,
+        }
     }
 }
 
@@ -700,9 +775,11 @@ fn finish(
     backlog: &mut Vec<Op>,
 ) {
     let (batch, result) = done;
-    for op in batch.iter().filter(|op| op.is_unlock()) {
-        // Answered or failed: either way no longer ahead of later requests.
-        shared.unlock_answered(op.key);
+    // Answered (or the session is closing): the table's unlocks in this
+    // statement have taken effect on the server, if the session lives on.
+    let tracked = batch.iter().filter(|op| op.tracked).count() as u64;
+    if tracked > 0 {
+        shared.unlocks_answered(tracked);
     }
     match result {
         Ok(answers) if answers.len() == batch.len() => {
@@ -743,7 +820,6 @@ fn finish(
                             // The caller is gone: give the grant back with
                             // the next statement.
                             if let Some(undo) = grant.undo.take() {
-                                shared.unlock_queued(undo.key);
                                 backlog.push(undo);
                                 shared.unlocked();
                             }
@@ -751,7 +827,6 @@ fn finish(
                     }
                     (None, Answer::Granted(mut grant)) => {
                         if let Some(undo) = grant.undo.take() {
-                            shared.unlock_queued(undo.key);
                             backlog.push(undo);
                             shared.unlocked();
                         }
@@ -782,9 +857,6 @@ fn finish(
                 // lock_timeout: the server can grant the lock just as the
                 // timeout fires and then still raise the timeout's error.
                 [op] if op.is_lock() => {
-                    if op.is_wait() {
-                        shared.unlock_queued(op.key);
-                    }
                     backlog.push(op.undo_unknown());
                     if op.is_wait() {
                         // The unlock is queued before any later request.
@@ -956,6 +1028,31 @@ mod tests {
                 .await
                 .unwrap();
         }
+    }
+
+    /// Statements answer in the order sent, even when a later future is
+    /// ready first; slots are reused.
+    #[tokio::test]
+    async fn pipeline_answers_in_order() {
+        let (tx1, rx1) = oneshot::channel::<u32>();
+        let (tx2, rx2) = oneshot::channel::<u32>();
+        let (tx3, rx3) = oneshot::channel::<u32>();
+        let mut p = Pipeline::new();
+        p.push_back(rx1);
+        p.push_back(rx2);
+        tx2.send(2).unwrap();
+        let pending = std::future::poll_fn(|cx| Poll::Ready(p.poll_next(cx).is_pending())).await;
+        assert!(pending, "the second answer waits for the first");
+        tx1.send(1).unwrap();
+        let a = std::future::poll_fn(|cx| p.poll_next(cx)).await.unwrap();
+        let b = std::future::poll_fn(|cx| p.poll_next(cx)).await.unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert!(p.is_empty());
+        p.push_back(rx3);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.spare.len(), 1, "a kept slot was reused");
+        tx3.send(3).unwrap();
+        assert_eq!(std::future::poll_fn(|cx| p.poll_next(cx)).await.unwrap(), 3);
     }
 
     /// Every pair statement, run on the real server: both requests take

@@ -143,15 +143,74 @@ impl KeyId {
             KeyId::Pair(a, b) => (0, a, b),
         }
     }
+}
 
-    /// A number used to spread keys over the lock sessions.
-    pub(crate) fn spread(self) -> u64 {
-        match self {
-            KeyId::Int(k) => k as u64,
-            KeyId::Pair(a, b) => {
-                ((a as u32 as u64) << 32 | b as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            }
+/// A map keyed by [`KeyId`], with [`KeyIdHasher`].
+pub(crate) type KeyMap<V> = std::collections::HashMap<KeyId, V, BuildKeyIdHasher>;
+
+/// Hashes [`KeyId`]s for the in-process maps (a few per lock on the hot
+/// path): a multiply-rotate mix with a per-process random seed, much
+/// cheaper than the default SipHash. Keys are chosen by the application,
+/// not by remote input; the seed keeps collisions from being the same in
+/// every process.
+#[derive(Clone, Copy)]
+pub(crate) struct BuildKeyIdHasher {
+    seed: u64,
+}
+
+impl Default for BuildKeyIdHasher {
+    fn default() -> Self {
+        static SEED: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
+        BuildKeyIdHasher { seed: *SEED }
+    }
+}
+
+impl std::hash::BuildHasher for BuildKeyIdHasher {
+    type Hasher = KeyIdHasher;
+    fn build_hasher(&self) -> KeyIdHasher {
+        KeyIdHasher(self.seed)
+    }
+}
+
+/// See [`BuildKeyIdHasher`].
+pub(crate) struct KeyIdHasher(u64);
+
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl std::hash::Hasher for KeyIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(buf));
         }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(MIX).rotate_left(29);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.write_u64(n as u32 as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The top bits pick the bucket group in hashbrown: mix them well.
+        let x = self.0 ^ (self.0 >> 32);
+        x.wrapping_mul(MIX) ^ (x >> 29)
     }
 }
 
@@ -178,8 +237,78 @@ impl fmt::Display for KeyId {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LockKey {
-    name: Cow<'static, str>,
+    name: Name,
     id: KeyId,
+}
+
+/// A key's name. Numbers are written into an inline buffer: a raw key
+/// costs no allocation to make or to clone (a guard keeps a clone).
+#[derive(Clone)]
+enum Name {
+    Text(Cow<'static, str>),
+    Number { len: u8, buf: [u8; NUMBER_LEN] },
+}
+
+/// Enough for `(-2147483648, -2147483648)` and any i64.
+const NUMBER_LEN: usize = 26;
+
+impl Name {
+    fn number(args: fmt::Arguments<'_>) -> Name {
+        struct Buf {
+            len: usize,
+            buf: [u8; NUMBER_LEN],
+        }
+        impl fmt::Write for Buf {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let end = self.len + s.len();
+                let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+                dst.copy_from_slice(s.as_bytes());
+                self.len = end;
+                Ok(())
+            }
+        }
+        let mut b = Buf {
+            len: 0,
+            buf: [0; NUMBER_LEN],
+        };
+        match fmt::write(&mut b, args) {
+            Ok(()) => Name::Number {
+                len: b.len as u8,
+                buf: b.buf,
+            },
+            // Can't happen for the numbers written here; stay correct anyway.
+            Err(_) => Name::Text(Cow::Owned(args.to_string())),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Text(t) => t,
+            Name::Number { len, buf } => {
+                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
+            }
+        }
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Name {}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl LockKey {
@@ -187,14 +316,17 @@ impl LockKey {
     pub fn named(name: impl Into<Cow<'static, str>>) -> Self {
         let name = name.into();
         let id = KeyId::Int(key_hash(&name));
-        LockKey { name, id }
+        LockKey {
+            name: Name::Text(name),
+            id,
+        }
     }
 
     /// A key with a name and a number computed beforehand (used by the
     /// attribute, which hashes literal names at compile time).
     pub const fn with_id(name: &'static str, id: KeyId) -> Self {
         LockKey {
-            name: Cow::Borrowed(name),
+            name: Name::Text(Cow::Borrowed(name)),
             id,
         }
     }
@@ -202,7 +334,7 @@ impl LockKey {
     /// A raw 64-bit key, for interop with existing lock ids.
     pub fn int(id: i64) -> Self {
         LockKey {
-            name: Cow::Owned(id.to_string()),
+            name: Name::number(format_args!("{id}")),
             id: KeyId::Int(id),
         }
     }
@@ -210,14 +342,14 @@ impl LockKey {
     /// A key in the two-int4 key space, `pg_advisory_lock(a, b)`.
     pub fn pair(a: i32, b: i32) -> Self {
         LockKey {
-            name: Cow::Owned(format!("({a}, {b})")),
+            name: Name::number(format_args!("({a}, {b})")),
             id: KeyId::Pair(a, b),
         }
     }
 
     /// The human name of the key.
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     /// The number PostgreSQL locks.
@@ -245,5 +377,50 @@ mod tests {
     fn const_evaluation() {
         const K: i64 = key_hash("report:daily");
         assert_eq!(K, key_hash("report:daily"));
+    }
+}
+
+#[cfg(test)]
+mod hasher_tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_hash_apart() {
+        use std::hash::BuildHasher;
+        let b = BuildKeyIdHasher::default();
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..1000i64 {
+            seen.insert(b.hash_one(KeyId::Int(k)));
+            seen.insert(b.hash_one(KeyId::Pair(k as i32, 0)));
+            seen.insert(b.hash_one(KeyId::Pair(0, k as i32)));
+        }
+        assert_eq!(seen.len(), 3000 - 1, "only Pair(0, 0) twice");
+        // Sequential keys spread over the top bits (hashbrown's groups).
+        let tops: std::collections::HashSet<u64> = (0..256i64)
+            .map(|k| b.hash_one(KeyId::Int(k)) >> 57)
+            .collect();
+        assert!(tops.len() > 64, "{}", tops.len());
+        let mut m: KeyMap<i64> = KeyMap::default();
+        m.insert(KeyId::Int(7), 1);
+        assert_eq!(m.get(&KeyId::Int(7)), Some(&1));
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn raw_key_names_are_the_numbers() {
+        assert_eq!(LockKey::int(i64::MIN).name(), "-9223372036854775808");
+        assert_eq!(LockKey::int(42).name(), "42");
+        let p = LockKey::pair(i32::MIN, i32::MIN);
+        assert_eq!(p.name(), "(-2147483648, -2147483648)");
+        assert_eq!(p.clone(), p);
+        assert_eq!(
+            format!("{:?}", LockKey::int(7)),
+            "LockKey { name: \"7\", id: Int(7) }"
+        );
+        assert_eq!(LockKey::int(7).to_string(), "\"7\" (7)");
     }
 }

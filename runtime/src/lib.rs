@@ -43,6 +43,7 @@ mod dispatch;
 mod error;
 mod fence;
 mod key;
+mod lanes;
 mod leader;
 mod limit;
 mod locker;

@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::dispatch::{Answer, RequestError};
 use crate::session::Session;
 use crate::stats::{Counters, Stats};
-use crate::table::{Begin, Table};
+use crate::table::{Begin, Recent, Table};
 use crate::wakeup::Waiters;
 use crate::{Error, KeyId, LockKey, Mode};
 
@@ -26,8 +26,8 @@ pub(crate) struct ServerLocker {
 
 struct Inner {
     settings: Settings,
-    /// Keys are spread over the sessions by their number, so every request
-    /// for one key goes through the same session while it lives.
+    /// The lock sessions; which one a new lock goes to is chosen by
+    /// [`crate::lanes`].
     slots: Vec<Slot>,
     table: Table,
     counters: Arc<Counters>,
@@ -141,10 +141,48 @@ impl ServerLocker {
         &self.inner.settings.name
     }
 
-    /// The live session for a key, connecting a fresh one if the last died.
-    async fn session_for(&self, id: KeyId) -> Result<Arc<Session>, Error> {
+    /// The live session for a new lock of a key (see [`crate::lanes`]),
+    /// connecting a fresh one if the chosen slot's session died. `recent`:
+    /// where this process held the key last, if it released it lately.
+    async fn session_for(&self, recent: Option<&Recent>) -> Result<Arc<Session>, Error> {
         let slots = &self.inner.slots;
-        let index = (id.spread() % slots.len() as u64) as usize;
+        let index = if slots.len() == 1 {
+            0
+        } else {
+            let mut buf = [None; 8];
+            let mut heap = Vec::new();
+            let loads: &mut [crate::lanes::Load] = if slots.len() <= buf.len() {
+                &mut buf[..slots.len()]
+            } else {
+                heap.resize(slots.len(), None);
+                &mut heap
+            };
+            for (load, slot) in loads.iter_mut().zip(slots) {
+                *load = slot.live().map(|s| s.load());
+            }
+            match recent {
+                None => crate::lanes::packed(loads),
+                Some(r) => {
+                    let light = crate::lanes::lightest(loads);
+                    let least = loads[light].unwrap_or(0);
+                    let home = &r.session;
+                    // A wait session is never a home: a try-lock there
+                    // could queue behind a blocking wait (crate::waiting).
+                    if !home.is_dead()
+                        && !home.is_wait()
+                        && !crate::lanes::much_heavier(home.load(), least)
+                    {
+                        return Ok(home.clone());
+                    }
+                    if home.unlock_pending(r.unlock) {
+                        // Moving to a lighter session: not before the last
+                        // unlock is answered, or this lock could overtake it.
+                        home.unlock_answered(r.unlock).await;
+                    }
+                    light
+                }
+            }
+        };
         if let Some(s) = slots[index].live() {
             return Ok(s);
         }
@@ -242,8 +280,8 @@ impl ServerLocker {
     ) -> Result<Option<ServerGuard>, Error> {
         loop {
             match self.inner.table.begin(key.id(), mode) {
-                Begin::Reserved => {
-                    let got = self.ask_server(&key, mode, notify).await?;
+                Begin::Reserved(recent) => {
+                    let got = self.ask_server(&key, mode, notify, recent).await?;
                     if got.is_none() {
                         tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in another session)");
                     }
@@ -294,11 +332,11 @@ impl ServerLocker {
         let mut attempt = 0;
         loop {
             match self.inner.table.begin(id, mode) {
-                Begin::Reserved => {
+                Begin::Reserved(recent) => {
                     // Subscribed before the try-lock: a release right after
                     // it wakes this waiter.
                     let woken = self.inner.waiters.subscribe(id);
-                    if let Some(guard) = self.ask_server(&key, mode, true).await? {
+                    if let Some(guard) = self.ask_server(&key, mode, true, recent).await? {
                         if attempt > 0 {
                             tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
                         }
@@ -328,8 +366,10 @@ impl ServerLocker {
                     if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         // One last try at the deadline.
                         match self.inner.table.begin(id, mode) {
-                            Begin::Reserved => {
-                                if let Some(guard) = self.ask_server(&key, mode, true).await? {
+                            Begin::Reserved(recent) => {
+                                if let Some(guard) =
+                                    self.ask_server(&key, mode, true, recent).await?
+                                {
                                     return Ok(guard);
                                 }
                             }
@@ -374,13 +414,14 @@ impl ServerLocker {
         key: &LockKey,
         mode: Mode,
         notify: bool,
+        recent: Option<Recent>,
     ) -> Result<Option<ServerGuard>, Error> {
         let mut reservation = Reservation {
             locker: self.clone(),
             id: key.id(),
             armed: true,
         };
-        let result = self.try_on_server(key, mode).await;
+        let result = self.try_on_server(key, mode, recent).await;
         match result {
             Ok(Some((session, token))) => {
                 reservation.armed = false;
@@ -408,7 +449,9 @@ impl ServerLocker {
             return Ok(WaitedHere::Fallback);
         }
         match self.inner.table.begin(key.id(), mode) {
-            Begin::Reserved => {}
+            // Where this process held it last does not matter here: a wait
+            // on the server waits for any unlock still on its way.
+            Begin::Reserved(_) => {}
             Begin::Joined(session, token) => {
                 Counters::add(&self.inner.counters.local_joined, 1);
                 return Ok(WaitedHere::Got(self.guard(
@@ -459,19 +502,20 @@ impl ServerLocker {
         &self,
         key: &LockKey,
         mode: Mode,
+        recent: Option<Recent>,
     ) -> Result<Option<(Arc<Session>, Option<i64>)>, Error> {
         let fenced = self.inner.settings.fencing;
         // A session that died unnoticed fails the request: then one more try
         // on a fresh session.
         let mut retried = false;
-        // Not before this process's unlock of the key on a wait session.
-        self.inner.waits.settled(key.id()).await;
         loop {
-            let session = self.session_for(key.id()).await?;
+            let session = self.session_for(recent.as_ref()).await?;
+            let ticket = session.routed();
             let error = match session.try_lock(key.id(), mode, fenced).await {
                 Ok(Answer::Granted(grant)) => {
                     let token = grant.token;
                     grant.keep();
+                    ticket.granted();
                     return Ok(Some((session, token)));
                 }
                 Ok(Answer::Busy | Answer::Unlocked(_) | Answer::Raised(_)) => return Ok(None),
@@ -745,9 +789,9 @@ impl Drop for ServerGuard {
             return;
         }
         // Queued, not awaited: the dispatcher sends it at once (or with the
-        // next statement) and checks the answer. Requests for one key always
-        // go through one session, in order, so a new lock of this key from
-        // this process can't overtake it to another session.
+        // next statement) and checks the answer. A new lock of this key from
+        // this process stays on this session until the unlock is answered
+        // (see crate::lanes), so it can't overtake it on another session.
         tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
     }
 }

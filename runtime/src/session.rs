@@ -5,7 +5,6 @@
 //! connection task reports the session's death through a watch channel, so
 //! holders can learn that their locks are gone.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -74,21 +73,11 @@ pub(crate) struct Shared {
     /// A wait session's state ([`IDLE`], [`WAITING`], [`HOLDING`]); always
     /// idle on a lock session.
     lending: AtomicU8,
-    /// On a wait session: the unlocks queued and not yet answered, per key
-    /// (see [`Session::unlock_settled`]). `None` on a lock session.
-    unlocking: Option<Unlocking>,
-}
-
-/// A wait session's unanswered unlocks. A later lock of such a key from this
-/// process goes to a lock session, where it could overtake the unlock: it
-/// waits for the answer first.
-#[derive(Default)]
-struct Unlocking {
-    /// How many keys have an unlock pending (a fast check for none).
-    count: AtomicUsize,
-    keys: std::sync::Mutex<HashMap<KeyId, usize>>,
-    /// Notified when an unlock is answered.
-    answered: Notify,
+    /// The table's unlocks answered so far, in queue order (see
+    /// [`crate::lanes`]).
+    unlocks_done: AtomicU64,
+    /// Wakes callers waiting for an unlock to be answered.
+    unlock_progress: Notify,
 }
 
 impl Shared {
@@ -105,6 +94,13 @@ impl Shared {
         self.killed.store(true, Ordering::Release);
         // A stored permit if the task is busy: it stops at its next turn.
         self.killer.notify_one();
+        self.unlock_progress.notify_waiters();
+    }
+
+    /// The dispatcher has the answers to `n` more of the table's unlocks.
+    pub(crate) fn unlocks_answered(&self, n: u64) {
+        self.unlocks_done.fetch_add(n, Ordering::Release);
+        self.unlock_progress.notify_waiters();
     }
 
     /// Lends an idle wait session for one blocking wait; false if it is
@@ -113,42 +109,6 @@ impl Shared {
         self.lending
             .compare_exchange(IDLE, WAITING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
-    }
-
-    /// An unlock of `key` is about to be queued on this session.
-    pub(crate) fn unlock_queued(&self, key: KeyId) {
-        if let Some(u) = &self.unlocking {
-            let mut keys = u.keys.lock().unwrap_or_else(|p| p.into_inner());
-            *keys.entry(key).or_insert(0) += 1;
-            u.count.store(keys.len(), Ordering::Release);
-        }
-    }
-
-    /// An unlock of `key` on this session was answered (or failed).
-    pub(crate) fn unlock_answered(&self, key: KeyId) {
-        if let Some(u) = &self.unlocking {
-            let mut keys = u.keys.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = keys.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    keys.remove(&key);
-                }
-            }
-            u.count.store(keys.len(), Ordering::Release);
-            drop(keys);
-            u.answered.notify_waiters();
-        }
-    }
-
-    /// True while an unlock of `key` on this session waits for its answer.
-    fn is_unlocking(&self, key: KeyId) -> bool {
-        self.unlocking.as_ref().is_some_and(|u| {
-            u.count.load(Ordering::Acquire) > 0
-                && u.keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&key)
-        })
     }
 
     /// The blocking wait was granted: the session holds that lock.
@@ -168,6 +128,13 @@ pub(crate) struct Session {
     /// The server's process id for this session (`pg_backend_pid()`).
     pub(crate) backend_pid: i32,
     ops: mpsc::UnboundedSender<Op>,
+    /// Locks of this process on this session: held, or asked for and not
+    /// yet answered (see [`crate::lanes`]).
+    load: AtomicUsize,
+    /// The table's unlocks queued so far; the n-th is answered once
+    /// `Shared::unlocks_done` reaches n.
+    unlocks_queued: AtomicU64,
+    role: Role,
 }
 
 impl Session {
@@ -325,7 +292,8 @@ impl Session {
             killer: Notify::new(),
             counters: counters.clone(),
             lending: AtomicU8::new(IDLE),
-            unlocking: (role == Role::Wait).then(Unlocking::default),
+            unlocks_done: AtomicU64::new(0),
+            unlock_progress: Notify::new(),
         });
         let (ops, rx) = mpsc::unbounded_channel();
         let session = crate::dispatch::Dispatcher {
@@ -356,6 +324,9 @@ impl Session {
             shared,
             backend_pid,
             ops,
+            load: AtomicUsize::new(0),
+            unlocks_queued: AtomicU64::new(0),
+            role,
         }))
     }
 
@@ -403,55 +374,94 @@ impl Session {
         self.request(Kind::Raise(floor), key, Mode::Exclusive)
     }
 
-    /// `pg_advisory_unlock[_shared]`, answered.
+    /// `pg_advisory_unlock[_shared]` of a lock the in-process table held,
+    /// answered. Called under the table's lock (see
+    /// [`crate::table::Table::release_with`]); the number of this unlock is
+    /// then [`Session::unlocks_queued`].
     pub(crate) fn unlock(
         &self,
         key: KeyId,
         mode: Mode,
         notify: bool,
     ) -> impl Future<Output = Reply> + Send + 'static {
-        self.shared.unlock_queued(key);
-        let answer = self.request(unlock_kind(notify), key, mode);
-        // A wait session holds one lock at most: queued, it is given back.
-        self.shared.unlocked();
-        answer
+        let (tx, rx) = oneshot::channel();
+        let queued = self.queue_unlock(Op::new(unlock_kind(notify), key, mode, Some(tx)));
+        Self::answer(queued, rx)
     }
 
     /// `pg_advisory_unlock[_shared]` without waiting: the dispatcher checks
-    /// the answer (and closes the session if the lock was not held).
+    /// the answer (and closes the session if the lock was not held). As
+    /// [`Session::unlock`] otherwise.
     pub(crate) fn unlock_later(&self, key: KeyId, mode: Mode, notify: bool) {
-        self.shared.unlock_queued(key);
-        let _ = self.ops.send(Op::new(unlock_kind(notify), key, mode, None));
-        self.shared.unlocked();
+        self.queue_unlock(Op::new(unlock_kind(notify), key, mode, None));
     }
 
-    /// Resolves once no unlock of `key` queued on this (wait) session
-    /// waits for its answer, or the session has ended: at most about one
-    /// round trip, or the session's loss-detection bound.
-    pub(crate) async fn unlock_settled(&self, key: KeyId) {
-        let Some(u) = &self.shared.unlocking else {
-            return;
-        };
+    fn queue_unlock(&self, op: Op) -> bool {
+        self.unlocks_queued.fetch_add(1, Ordering::Relaxed);
+        self.release_load();
+        let queued = self.ops.send(op.tracked()).is_ok();
+        // A wait session holds one lock at most: queued, it is given back.
+        self.shared.unlocked();
+        queued
+    }
+
+    /// How many of the table's unlocks have been queued on this session.
+    pub(crate) fn unlocks_queued(&self) -> u64 {
+        self.unlocks_queued.load(Ordering::Relaxed)
+    }
+
+    /// True while the table's unlock number `n` is queued or on the wire
+    /// (a lock of that key on another session could overtake it).
+    pub(crate) fn unlock_pending(&self, n: u64) -> bool {
+        !self.is_dead() && self.shared.unlocks_done.load(Ordering::Acquire) < n
+    }
+
+    /// Resolves once the table's unlock number `n` is answered, or the
+    /// session has ended.
+    pub(crate) async fn unlock_answered(&self, n: u64) {
         let closed = self.closed();
         tokio::pin!(closed);
         loop {
-            let answered = u.answered.notified();
-            tokio::pin!(answered);
-            answered.as_mut().enable();
-            if self.is_dead() || !self.shared.is_unlocking(key) {
+            let progress = self.shared.unlock_progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            if !self.unlock_pending(n) {
                 return;
             }
             tokio::select! {
-                () = answered => {}
+                () = progress => {}
                 () = &mut closed => return,
             }
         }
     }
 
-    /// True while an unlock of `key` on this (wait) session waits for its
-    /// answer.
-    pub(crate) fn is_unlocking(&self, key: KeyId) -> bool {
-        !self.is_dead() && self.shared.is_unlocking(key)
+    /// This process's locks on this session, held or asked for.
+    pub(crate) fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// A try-lock is about to be sent here: counted in [`Session::load`]
+    /// until it is answered busy (or fails), or, if granted, until its
+    /// unlock is queued. The returned ticket uncounts it when dropped
+    /// unless [`LoadTicket::granted`] is called.
+    pub(crate) fn routed(&self) -> LoadTicket<'_> {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        LoadTicket {
+            session: self,
+            counted: true,
+        }
+    }
+
+    fn release_load(&self) {
+        let _ = self
+            .load
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// True for a wait session (see [`crate::waiting`]): a try-lock never
+    /// goes there, only a wait.
+    pub(crate) fn is_wait(&self) -> bool {
+        self.role == Role::Wait
     }
 
     /// Lends this wait session for one blocking wait (see [`Shared::lend`]).
@@ -485,17 +495,41 @@ impl Session {
     ) -> impl Future<Output = Reply> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let queued = self.ops.send(Op::new(kind, key, mode, Some(tx))).is_ok();
-        async move {
-            if !queued {
-                return Err(RequestError::Ended);
-            }
-            rx.await.unwrap_or(Err(RequestError::Ended))
+        Self::answer(queued, rx)
+    }
+
+    async fn answer(queued: bool, rx: oneshot::Receiver<Reply>) -> Reply {
+        if !queued {
+            return Err(RequestError::Ended);
         }
+        rx.await.unwrap_or(Err(RequestError::Ended))
     }
 
     /// See [`Shared::kill`].
     pub(crate) fn kill(&self) {
         self.shared.kill();
+    }
+}
+
+/// A try-lock counted in its session's [`Session::load`] (see
+/// [`Session::routed`]).
+pub(crate) struct LoadTicket<'a> {
+    session: &'a Session,
+    counted: bool,
+}
+
+impl LoadTicket<'_> {
+    /// Granted: the lock stays counted until its unlock is queued.
+    pub(crate) fn granted(mut self) {
+        self.counted = false;
+    }
+}
+
+impl Drop for LoadTicket<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.session.release_load();
+        }
     }
 }
 

@@ -6,18 +6,18 @@
 //! key is at most once in flight to the server and at most once held on it
 //! by this process; shared holders of this process share one server lock.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
+use crate::key::KeyMap;
 use crate::session::Session;
 use crate::{KeyId, Mode};
 
 enum Entry {
     /// A try-lock for this key is in flight to the server.
-    Acquiring { mode: Mode, changed: Arc<Notify> },
+    Acquiring { mode: Mode, changed: Changed },
     /// This process holds the key on `session`, for `holders` guards.
     Held {
         mode: Mode,
@@ -25,14 +25,26 @@ enum Entry {
         session: Arc<Session>,
         /// The grant's fencing token, shared by the joined holders.
         token: Option<i64>,
-        changed: Arc<Notify>,
+        changed: Changed,
     },
 }
 
+/// A key this process released lately: the session it was held on, and
+/// the number of its unlock there (see [`crate::lanes`]).
+#[derive(Clone)]
+pub(crate) struct Recent {
+    pub(crate) session: Arc<Session>,
+    pub(crate) unlock: u64,
+}
+
+/// Released keys remembered at most (more while their unlocks are pending).
+const RECENT_KEYS: usize = 4096;
+
 /// What [`Table::begin`] decided.
 pub(crate) enum Begin {
-    /// The caller reserved the key and must ask the server.
-    Reserved,
+    /// The caller reserved the key and must ask the server; with where it
+    /// was held last if this process released it lately.
+    Reserved(Option<Recent>),
     /// The caller joined a shared lock this process already holds (with
     /// that grant's fencing token).
     Joined(Arc<Session>, Option<i64>),
@@ -44,34 +56,77 @@ pub(crate) enum Begin {
 
 #[derive(Default)]
 pub(crate) struct Table {
-    entries: Mutex<HashMap<KeyId, Entry>>,
+    state: Mutex<State>,
 }
 
-fn enabled(n: &Arc<Notify>) -> OwnedNotified {
+#[derive(Default)]
+struct State {
+    entries: KeyMap<Entry>,
+    /// Keys released lately and not taken since.
+    recent: KeyMap<Recent>,
+    /// `recent` is trimmed when it grows past this.
+    recent_limit: usize,
+}
+
+impl State {
+    fn remember(&mut self, id: KeyId, session: &Arc<Session>) {
+        let unlock = session.unlocks_queued();
+        self.recent.insert(
+            id,
+            Recent {
+                session: session.clone(),
+                unlock,
+            },
+        );
+        if self.recent.len() > self.recent_limit.max(RECENT_KEYS) {
+            // Only keys whose unlock is still on its way must be kept.
+            self.recent
+                .retain(|_, r| r.session.unlock_pending(r.unlock));
+            self.recent_limit = 2 * self.recent.len();
+        }
+    }
+}
+
+/// Wakes the tasks waiting for an entry to change; created by the first
+/// of them (most keys are never waited for).
+type Changed = Option<Arc<Notify>>;
+
+fn enabled(n: &mut Changed) -> OwnedNotified {
     // Created under the table's mutex: it receives every notify_waiters()
     // that happens after this point, even before it is first polled.
-    n.clone().notified_owned()
+    n.get_or_insert_with(Default::default)
+        .clone()
+        .notified_owned()
+}
+
+fn wake(changed: Changed) {
+    if let Some(n) = changed {
+        n.notify_waiters();
+    }
 }
 
 impl Table {
-    fn lock(&self) -> MutexGuard<'_, HashMap<KeyId, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // Every change below is a single insert/remove/assignment: a panic
-        // elsewhere can't leave the map inconsistent.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        // elsewhere can't leave the maps inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn begin(&self, id: KeyId, mode: Mode) -> Begin {
-        let mut t = self.lock();
-        match t.get_mut(&id) {
+        let mut state = self.lock();
+        let State {
+            entries, recent, ..
+        } = &mut *state;
+        match entries.get_mut(&id) {
             None => {
-                t.insert(
+                entries.insert(
                     id,
                     Entry::Acquiring {
                         mode,
-                        changed: Arc::new(Notify::new()),
+                        changed: None,
                     },
                 );
-                Begin::Reserved
+                Begin::Reserved(recent.remove(&id))
             }
             Some(Entry::Acquiring {
                 mode: Mode::Shared,
@@ -95,17 +150,17 @@ impl Table {
     /// The server granted a reserved key.
     pub(crate) fn granted(&self, id: KeyId, session: Arc<Session>, token: Option<i64>) {
         let mut t = self.lock();
-        if let Some(entry) = t.get_mut(&id) {
+        if let Some(entry) = t.entries.get_mut(&id) {
             if let Entry::Acquiring { mode, changed } = entry {
-                let changed = changed.clone();
+                let changed = changed.take();
                 *entry = Entry::Held {
                     mode: *mode,
                     holders: 1,
                     session,
                     token,
-                    changed: changed.clone(),
+                    changed: None,
                 };
-                changed.notify_waiters();
+                wake(changed);
             }
         }
     }
@@ -113,9 +168,9 @@ impl Table {
     /// A reservation ended without a grant.
     pub(crate) fn abandon(&self, id: KeyId) {
         let mut t = self.lock();
-        if let Some(Entry::Acquiring { changed, .. }) = t.get(&id) {
-            changed.notify_waiters();
-            t.remove(&id);
+        if let Some(Entry::Acquiring { changed, .. }) = t.entries.get_mut(&id) {
+            wake(changed.take());
+            t.entries.remove(&id);
         }
     }
 
@@ -124,23 +179,27 @@ impl Table {
     /// the table is still locked: the unlock is queued before anyone of this
     /// process can take the key again (and so before any unlock that a
     /// failed try-lock of that key may queue; see `dispatch::finish`).
+    /// `last` must queue the unlock with [`Session::unlock`] or
+    /// [`Session::unlock_later`]: the key is remembered with that unlock's
+    /// number (see [`Recent`]).
     pub(crate) fn release_with(
         &self,
         id: KeyId,
         last: impl FnOnce(&Arc<Session>),
     ) -> Option<Arc<Session>> {
         let mut t = self.lock();
-        match t.get_mut(&id) {
+        match t.entries.get_mut(&id) {
             Some(Entry::Held { holders, .. }) if *holders > 1 => {
                 *holders -= 1;
                 None
             }
-            Some(Entry::Held { .. }) => match t.remove(&id) {
+            Some(Entry::Held { .. }) => match t.entries.remove(&id) {
                 Some(Entry::Held {
                     session, changed, ..
                 }) => {
                     last(&session);
-                    changed.notify_waiters();
+                    t.remember(id, &session);
+                    wake(changed);
                     Some(session)
                 }
                 _ => None,
@@ -151,6 +210,6 @@ impl Table {
 
     /// How many keys this process holds or is acquiring.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 }

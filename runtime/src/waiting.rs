@@ -30,14 +30,13 @@
 //!   call waits as without them.
 //! - The unlock of a lock held on a wait session travels on that session,
 //!   while a later lock of the same key from this process goes to a lock
-//!   session. So that it can't overtake the unlock (and find its own
-//!   process's lock busy), it waits for the unlock's answer first
-//!   ([`WaitPool::settled`]).
+//!   session (a wait session is never a key's home, see [`crate::lanes`]).
+//!   So that it can't overtake the unlock (and find its own process's lock
+//!   busy), it waits for the unlock's answer first.
 //!
 //! Entries with fencing tokens don't use wait sessions: their token is taken
 //! in the try-lock statement, together with the grant.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,7 +47,7 @@ use crate::dispatch::{Answer, Grant, Liveness, RequestError};
 use crate::session::{Role, Session};
 use crate::stats::Counters;
 use crate::wakeup::Waiters;
-use crate::{Error, KeyId, LockKey, Mode};
+use crate::{Error, LockKey, Mode};
 
 /// The blocking waits (codes 20..=23: exclusive/shared x int8/pair) and the
 /// unlocks after a failed one (24..=27), indexed by `code - 20`.
@@ -133,9 +132,6 @@ struct PoolInner {
     counters: Arc<Counters>,
     waiters: Arc<Waiters>,
     longest: Duration,
-    /// A wait session was ever opened (before that, [`WaitPool::settled`]
-    /// costs one load: the path of every try-lock).
-    opened: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -162,7 +158,6 @@ impl WaitPool {
                 counters: counters.clone(),
                 waiters: waiters.clone(),
                 longest: longest_slice(settings),
-                opened: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -177,25 +172,6 @@ impl WaitPool {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Resolves once no wait session has an unanswered unlock of `id` (see
-    /// the module notes). Bounded: an unlock is answered, or its session is
-    /// declared lost, within the loss-detection bound.
-    pub(crate) async fn settled(&self, id: KeyId) {
-        if !self.inner.opened.load(Ordering::Acquire) {
-            return;
-        }
-        loop {
-            let pending = {
-                let state = self.state();
-                state.sessions.iter().find(|s| s.is_unlocking(id)).cloned()
-            };
-            match pending {
-                Some(session) => session.unlock_settled(id).await,
-                None => return,
-            }
-        }
     }
 
     /// Waits on the server for `key` (reserved in the caller's table), in
@@ -316,7 +292,6 @@ impl WaitPool {
                 tracing::debug!(pool = %inner.settings.name, session = session.id(), backend_pid = session.backend_pid, "advisory-locked: wait session opened");
                 state.next_connect = None;
                 state.sessions.push(session.clone());
-                inner.opened.store(true, Ordering::Release);
                 Some(session)
             }
             Err(e) => {

@@ -14,12 +14,12 @@
 //! holder, a skip-mode holder, psql) and for notifications sent while no
 //! session listened.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
+use crate::key::KeyMap;
 use crate::KeyId;
 
 /// The notification channel of the listening lock sessions.
@@ -37,11 +37,11 @@ pub(crate) fn parse_payload(payload: &str) -> Option<KeyId> {
 /// This process's waiters for keys held in other sessions, per registry entry.
 #[derive(Default)]
 pub(crate) struct Waiters {
-    keys: Mutex<HashMap<KeyId, Arc<Notify>>>,
+    keys: Mutex<KeyMap<Arc<Notify>>>,
 }
 
 impl Waiters {
-    fn lock(&self) -> MutexGuard<'_, HashMap<KeyId, Arc<Notify>>> {
+    fn lock(&self) -> MutexGuard<'_, KeyMap<Arc<Notify>>> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 

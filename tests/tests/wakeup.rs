@@ -118,18 +118,33 @@ async fn a_release_that_notifies_nobody_is_found_by_polling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_woken_again_after_the_listening_session_is_replaced() {
-    // One session of an entry listens: the first slot's. Kill all of the
-    // waiter's sessions, then wait on keys of the other slot only (odd
-    // numbers: slot 1 of 2): the listening slot must come back by itself.
+    // One session of an entry listens: the first slot's. Kill it while the
+    // other slot's session lives on and takes the new locks: the listening
+    // slot must come back by itself.
     let client = raw_connect(&db_url()).await;
     let app = unique("wakeup-relisten");
     let a = locker().await;
     let b = locker_at(&db_url_with_app(&app)).await;
-    let base = (i64::from(std::process::id()) << 24) | 1;
-    let keys: Vec<LockKey> = (0..4).map(|i| LockKey::int(base + 2 * i)).collect();
-    for k in &keys {
-        // Connects slot 1.
-        b.try_lock(k.clone(), Mode::Exclusive)
+    let base = i64::from(std::process::id()) << 24;
+    // Held keys pack into the first slot (see lanes.rs); a key released and
+    // taken again then moves to the lighter second slot, which connects.
+    let held: Vec<_> = {
+        let mut held = Vec::new();
+        for i in 0..20 {
+            let key = LockKey::int(base + 100 + i);
+            held.push(
+                b.try_lock(key, Mode::Exclusive)
+                    .await
+                    .unwrap()
+                    .expect("free"),
+            );
+        }
+        held
+    };
+    let listening = held[0].backend_pid();
+    let hot = LockKey::int(base + 200);
+    for _ in 0..2 {
+        b.try_lock(hot.clone(), Mode::Exclusive)
             .await
             .unwrap()
             .expect("free")
@@ -137,21 +152,23 @@ async fn waiters_are_woken_again_after_the_listening_session_is_replaced() {
             .await
             .unwrap();
     }
+    for g in held {
+        g.release().await.unwrap();
+    }
     let before = backends_named(&client, &app).await;
     assert_eq!(before.len(), 2, "{before:?}");
-    for pid in &before {
-        assert!(terminate_backend(&client, *pid).await);
-    }
+    assert!(terminate_backend(&client, listening).await);
     let start = Instant::now();
-    while !backends_named(&client, &app).await.is_empty() {
+    while backends_named(&client, &app).await.contains(&listening) {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "backends still there"
+            "backend still there"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Let the waiter's sessions notice.
+    // Let the waiter's session notice.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let keys: Vec<LockKey> = (0..4).map(|i| LockKey::int(base + 300 + i)).collect();
     let runs = keys
         .iter()
         .map(|k| handover_of(&a, &b, k.clone(), Duration::from_millis(700)));

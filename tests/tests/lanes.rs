@@ -1,0 +1,164 @@
+//! Lanes (runtime/src/lanes.rs): long-held locks gather in one session, and
+//! keys locked and released again and again run on a session that holds
+//! (almost) nothing, so their cost does not grow with the locks held.
+//! A key that moves to a lighter session never overtakes its own unlock.
+
+use std::collections::HashMap;
+
+use advisory_locked::{KeyId, LockConfig, LockGuard, LockKey, Locker, Mode};
+use advisory_locked_tests::{advisory_locks, db_url, join_all, raw_connect, unique};
+
+async fn locker(sessions: usize) -> Locker {
+    LockConfig::from_url(&db_url())
+        .unwrap()
+        .name(unique("lanes"))
+        .sessions(sessions)
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn key(tag: &str, i: usize) -> LockKey {
+    LockKey::named(unique(&format!("lanes:{tag}:{i}")))
+}
+
+/// Takes `n` fresh keys, 32 at a time.
+async fn hold_many(locker: &Locker, tag: &str, n: usize) -> Vec<LockGuard> {
+    let mut held = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let tries: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let locker = locker.clone();
+                async move { locker.try_lock(key(tag, i), Mode::Exclusive).await }
+            })
+            .collect();
+        for got in join_all(tries).await {
+            held.push(got.unwrap().expect("a fresh key was busy"));
+        }
+    }
+    held
+}
+
+/// How many of `keys` each server process holds.
+async fn holders(admin: &tokio_postgres::Client, keys: &[KeyId]) -> HashMap<i32, usize> {
+    let mut by_pid = HashMap::new();
+    for l in advisory_locks(admin, keys).await {
+        assert!(l.granted, "nothing here waits");
+        *by_pid.entry(l.pid).or_insert(0) += 1;
+    }
+    by_pid
+}
+
+#[tokio::test]
+async fn held_locks_pack_and_repeated_keys_run_on_a_light_session() {
+    let admin = raw_connect(&db_url()).await;
+    let locker = locker(3).await;
+    let held = hold_many(&locker, "cold", 300).await;
+    let cold: Vec<KeyId> = held.iter().map(|g| g.key().id()).collect();
+    let by_pid = holders(&admin, &cold).await;
+    assert_eq!(
+        by_pid.len(),
+        1,
+        "keys taken once are packed into one session: {by_pid:?}"
+    );
+    let packed_pid = *by_pid.keys().next().unwrap();
+
+    // A key locked and released again and again moves off the full session
+    // (after its first release) and stays where it is light.
+    let hot = key("hot", 0);
+    let mut pids = Vec::new();
+    for _ in 0..50 {
+        let g = locker
+            .try_lock(hot.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+            .expect("the hot key was busy: a lock overtook its own unlock");
+        pids.push(g.backend_pid());
+        drop(g);
+    }
+    assert_eq!(pids[0], packed_pid, "a key taken the first time is packed");
+    assert!(
+        pids[1..].iter().all(|&p| p != packed_pid),
+        "a released key runs on a lighter session: {pids:?} (full: {packed_pid})"
+    );
+    assert!(
+        pids[2..].windows(2).all(|w| w[0] == w[1]),
+        "and stays there: {pids:?}"
+    );
+    // The server agrees about where the held ones are.
+    let g = locker.try_lock(hot.clone(), Mode::Exclusive).await.unwrap();
+    let g = g.expect("hot key busy");
+    let on_server = holders(&admin, &[hot.id()]).await;
+    assert_eq!(on_server.get(&g.backend_pid()), Some(&1));
+    assert_eq!(holders(&admin, &cold).await.get(&g.backend_pid()), None);
+    drop(g);
+    drop(held);
+}
+
+/// Many keys, each released and at once taken again in a tight loop while
+/// the session it was on is full: each moves to a light session, and the
+/// new lock must never reach the server before the unlock (it would be
+/// refused as busy).
+#[tokio::test]
+async fn a_moving_key_never_overtakes_its_unlock() {
+    let locker = locker(2).await;
+    let held = hold_many(&locker, "fill", 200).await;
+    for round in 0..100 {
+        let k = key("move", round);
+        // First taken: packed with the 200.
+        let first = locker.try_lock(k.clone(), Mode::Exclusive).await.unwrap();
+        let first = first.expect("fresh key busy");
+        let full = first.backend_pid();
+        drop(first);
+        // Released (unlock queued, not answered) and taken again at once.
+        let again = locker.try_lock(k.clone(), Mode::Exclusive).await.unwrap();
+        let again = again.unwrap_or_else(|| {
+            panic!("round {round}: taken again right after its release, the key was busy")
+        });
+        assert_ne!(again.backend_pid(), full, "round {round}: did not move");
+        // Also in wait mode, released through `release()`.
+        again.release().await.unwrap();
+        let g = locker
+            .lock(
+                k.clone(),
+                Mode::Exclusive,
+                Some(std::time::Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        drop(g);
+    }
+    drop(held);
+}
+
+/// Shared holders of one process share one server lock; releasing them and
+/// taking the key exclusively right away works on whatever session.
+#[tokio::test]
+async fn shared_then_exclusive_again_and_again() {
+    let admin = raw_connect(&db_url()).await;
+    let locker = locker(2).await;
+    let held = hold_many(&locker, "bulk", 100).await;
+    let k = key("sx", 0);
+    for round in 0..30 {
+        let a = locker.try_lock(k.clone(), Mode::Shared).await.unwrap();
+        let b = locker.try_lock(k.clone(), Mode::Shared).await.unwrap();
+        let (a, b) = (a.expect("shared busy"), b.expect("shared join busy"));
+        assert_eq!(a.backend_pid(), b.backend_pid());
+        drop(a);
+        drop(b);
+        let x = locker.try_lock(k.clone(), Mode::Exclusive).await.unwrap();
+        let x =
+            x.unwrap_or_else(|| panic!("round {round}: exclusive refused after shared release"));
+        drop(x);
+    }
+    // Nothing of the hot key is left on the server once its unlock is in.
+    let left = advisory_locked_tests::wait_until_unlocked(
+        &admin,
+        &[k.id()],
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert!(left.is_empty(), "leaked: {left:?}");
+    drop(held);
+}
