@@ -315,7 +315,7 @@ async fn a_later_lock_from_the_same_process_does_not_overtake_the_release() {
             let (b, key) = (b.clone(), key.clone());
             tokio::spawn(async move { b.lock(key, Mode::Exclusive, Some(BOUND)).await })
         };
-        until_waiting_on_server(&client, &app, key.id()).await;
+        let waited_on = until_waiting_on_server(&client, &app, key.id()).await;
         guard.release().await.unwrap();
         let got = tokio::time::timeout(BOUND, waiting)
             .await
@@ -333,6 +333,9 @@ async fn a_later_lock_from_the_same_process_does_not_overtake_the_release() {
             .unwrap_or_else(|| {
                 panic!("round {round}: the key was busy with this process's own released lock")
             });
+        // Taken on a lock session: a try-lock never goes to a wait session
+        // (it could queue behind a blocking wait there).
+        assert_ne!(again.backend_pid(), waited_on, "round {round}");
         again.release().await.unwrap();
         assert!(advisory_locks(&client, &[key.id()]).await.is_empty());
     }
