@@ -926,6 +926,17 @@ async fn p3(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> {
         min: ref_samples.iter().map(|l| l.min).fold(f64::MAX, f64::min),
         max: ref_samples.iter().map(|l| l.max).fold(f64::MIN, f64::max),
     };
+    // A handover wakes processes that were asleep (the holder's server
+    // process, the waiter's, the waiter): a round trip from a process idle
+    // for the hold time, to a server process idle as long, shows that cost.
+    let mut idle = Vec::with_capacity(200);
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let t = std::time::Instant::now();
+        client.query_one(&sel, &[]).await?;
+        idle.push(t.elapsed().as_nanos() as u64);
+    }
+    let idle = Lat::from_nanos(idle);
     let [ours, sqlx] =
         <[crate::child::Handover; 2]>::try_from(handovers).map_err(|_| "P3: missing results")?;
     eprintln!(
@@ -964,6 +975,14 @@ async fn p3(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> {
     );
     rep.row(
         "P3",
+        "SELECT 1 after 3 ms asleep (a handover's wake-ups)",
+        lat_value(&idle),
+        lat_ratio(&idle, &f),
+        "reference",
+        Verdict::Info,
+    );
+    rep.row(
+        "P3",
         "ours Locker::lock wait mode, 2 processes",
         value(&ours),
         format!(
@@ -992,6 +1011,8 @@ async fn p3(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> {
         json!({
             "reference_select1": ref_samples.iter().map(Lat::json).collect::<Vec<_>>(),
             "reference_median_us": round2(f.median),
+            "select1_after_3ms_asleep": idle.json(),
+            "ours_over_asleep_select1": round2(ours.lat.median / idle.median),
             "ours": oj, "sqlx": sj, "hold_us": 3000, "pause_us": 1000,
         }),
     );
