@@ -147,6 +147,10 @@ impl ServerLocker {
     async fn session_for(&self, recent: Option<&Recent>) -> Result<Arc<Session>, Error> {
         let slots = &self.inner.slots;
         let index = if slots.len() == 1 {
+            // The only other home a key can have is a wait session.
+            if let Some(r) = recent.filter(|r| r.session.is_wait()) {
+                r.session.unlock_answered(r.unlock).await;
+            }
             0
         } else {
             let mut buf = [None; 8];

@@ -21,9 +21,13 @@ use tokio_postgres::Client;
 const BOUND: Duration = Duration::from_secs(10);
 
 async fn locker_at(url: &str, wait_sessions: usize) -> Locker {
+    locker_with(url, 2, wait_sessions).await
+}
+
+async fn locker_with(url: &str, sessions: usize, wait_sessions: usize) -> Locker {
     LockConfig::from_url(url)
         .unwrap()
-        .sessions(2)
+        .sessions(sessions)
         .wait_sessions(wait_sessions)
         .connect()
         .await
@@ -304,8 +308,11 @@ async fn a_later_lock_from_the_same_process_does_not_overtake_the_release() {
     let client = raw_connect(&db_url()).await;
     let app = unique("ws-order");
     let holder = locker_at(&db_url(), 2).await;
-    let b = waiter(&app, 2).await;
-    for round in 0..20 {
+    let b2 = waiter(&app, 2).await;
+    // With one lock session too (the path that chooses no lane).
+    let b1 = locker_with(&db_url_with_app(&app), 1, 2).await;
+    for round in 0..40 {
+        let b = if round % 2 == 0 { &b2 } else { &b1 };
         let key = LockKey::named(unique("ws:order"));
         let guard = holder
             .lock(key.clone(), Mode::Exclusive, Some(BOUND))
