@@ -25,6 +25,13 @@
 //! the unlock's answer (once; the key is then at home on a light session).
 //! Routing never risks two holders either way: the server excludes
 //! sessions from each other.
+//!
+//! Not covered: a try-lock dropped while on the wire whose grant the
+//! dispatcher then gives back. That unlock is not numbered; a new lock of
+//! the key from this process normally takes the same route (same hint, same
+//! loads), but if the loads changed enough to route it elsewhere it can
+//! find the key busy with that unlock still queued: a spurious "busy", never
+//! a second holder.
 
 /// A session holding this many locks takes no more cold keys while another
 /// session holds fewer.

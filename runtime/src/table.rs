@@ -62,7 +62,7 @@ pub(crate) struct Table {
 #[derive(Default)]
 struct State {
     entries: KeyMap<Entry>,
-    /// Keys released lately and not taken since.
+    /// Keys released lately and not granted since.
     recent: KeyMap<Recent>,
     /// `recent` is trimmed when it grows past this.
     recent_limit: usize,
@@ -126,7 +126,9 @@ impl Table {
                         changed: None,
                     },
                 );
-                Begin::Reserved(recent.remove(&id))
+                // Kept until granted: a try-lock that is dropped or
+                // refused leaves the hint for the next one.
+                Begin::Reserved(recent.get(&id).cloned())
             }
             Some(Entry::Acquiring {
                 mode: Mode::Shared,
@@ -150,6 +152,7 @@ impl Table {
     /// The server granted a reserved key.
     pub(crate) fn granted(&self, id: KeyId, session: Arc<Session>, token: Option<i64>) {
         let mut t = self.lock();
+        t.recent.remove(&id);
         if let Some(entry) = t.entries.get_mut(&id) {
             if let Entry::Acquiring { mode, changed } = entry {
                 let changed = changed.take();
