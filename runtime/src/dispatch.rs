@@ -255,6 +255,9 @@ pub(crate) const SINGLE: [&str; 12] = [
     // Unlock, then notify only if the key is not held exclusively now (a
     // shared try-lock, given back at once, tells): a waiter blocked on the
     // server that was just granted the key makes a notification pointless.
+    // (That try-lock needs a slot in the server's lock table: with the table
+    // full, the statement fails after the unlock, and the session is closed
+    // as after any failed unlock. Rare; releases without notify don't.)
     // pg_notify returns void: num_nulls(..) = 0 only makes it a boolean.
     "SELECT CASE WHEN pg_advisory_unlock($1::int8) \
      THEN CASE WHEN pg_try_advisory_lock_shared($1::int8) \

@@ -195,7 +195,21 @@ impl ServerLocker {
         // deep set-up future is not nested in the caller's.
         let locker = self.clone();
         match tokio::spawn(async move { locker.reconnect(index).await }).await {
-            Ok(result) => result,
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => {
+                // This slot can't connect (backing off, say at the server's
+                // max_connections); another live session serves meanwhile.
+                // Any session will do: the choice above waited for any
+                // unlock of this key still on its way.
+                let live = slots.iter().filter_map(Slot::live).min_by_key(|s| s.load());
+                match live {
+                    Some(session) => {
+                        tracing::debug!(pool = %self.name(), slot = index, error = %e, "advisory-locked: a lock session can't connect; using another");
+                        Ok(session)
+                    }
+                    None => Err(e),
+                }
+            }
             // Only if the runtime is shutting down.
             Err(_) => Err(Error::Unavailable {
                 target: self.inner.settings.target(),
@@ -452,7 +466,7 @@ impl ServerLocker {
         if !self.inner.waits.enabled() {
             return Ok(WaitedHere::Fallback);
         }
-        match self.inner.table.begin(key.id(), mode) {
+        match self.inner.table.begin_wait(key.id(), mode) {
             // Where this process held it last does not matter here: a wait
             // on the server waits for any unlock still on its way.
             Begin::Reserved(_) => {}

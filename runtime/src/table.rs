@@ -16,8 +16,14 @@ use crate::session::Session;
 use crate::{KeyId, Mode};
 
 enum Entry {
-    /// A try-lock for this key is in flight to the server.
-    Acquiring { mode: Mode, changed: Changed },
+    /// A try-lock for this key is in flight to the server, or (`waiting`)
+    /// a wait on a wait session, which may last long (see
+    /// [`crate::waiting`]).
+    Acquiring {
+        mode: Mode,
+        waiting: bool,
+        changed: Changed,
+    },
     /// This process holds the key on `session`, for `holders` guards.
     Held {
         mode: Mode,
@@ -113,6 +119,17 @@ impl Table {
     }
 
     pub(crate) fn begin(&self, id: KeyId, mode: Mode) -> Begin {
+        self.begin_as(id, mode, false)
+    }
+
+    /// [`Table::begin`] for a wait on the server: while it lasts, a shared
+    /// try-lock of this process finds the key busy instead of waiting for
+    /// the outcome.
+    pub(crate) fn begin_wait(&self, id: KeyId, mode: Mode) -> Begin {
+        self.begin_as(id, mode, true)
+    }
+
+    fn begin_as(&self, id: KeyId, mode: Mode, waiting: bool) -> Begin {
         let mut state = self.lock();
         let State {
             entries, recent, ..
@@ -123,6 +140,7 @@ impl Table {
                     id,
                     Entry::Acquiring {
                         mode,
+                        waiting,
                         changed: None,
                     },
                 );
@@ -132,6 +150,7 @@ impl Table {
             }
             Some(Entry::Acquiring {
                 mode: Mode::Shared,
+                waiting: false,
                 changed,
             }) if mode == Mode::Shared => Begin::Pending(enabled(changed)),
             Some(Entry::Acquiring { changed, .. }) => Begin::Busy(enabled(changed)),
@@ -154,7 +173,7 @@ impl Table {
         let mut t = self.lock();
         t.recent.remove(&id);
         if let Some(entry) = t.entries.get_mut(&id) {
-            if let Entry::Acquiring { mode, changed } = entry {
+            if let Entry::Acquiring { mode, changed, .. } = entry {
                 let changed = changed.take();
                 *entry = Entry::Held {
                     mode: *mode,

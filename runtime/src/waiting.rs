@@ -57,6 +57,9 @@ use crate::{Error, LockKey, Mode};
 /// `set_config` runs in a sub-query of its own (not pulled up: it is
 /// volatile), which the server evaluates before the select list, so the
 /// timeout is in force when the wait starts (checked on PostgreSQL 15).
+/// It is set for the statement's implicit transaction only (`is_local`):
+/// later statements of the session, such as an unlock + notify whose commit
+/// may queue for the notification lock, run without it.
 /// An unlock after a failed wait releases the key only if `pg_locks` shows
 /// this session holding it, which avoids the server's warning for an unlock
 /// of a key not held at every `lock_timeout`.
@@ -86,7 +89,7 @@ pub(crate) fn wait_statements() -> Vec<String> {
         // pg_advisory_lock returns void: num_nulls(..) = 0 makes it true.
         out.push(format!(
             "SELECT num_nulls({f}({args})) = 0 \
-             FROM (SELECT set_config('lock_timeout', {millis}::int8::text, false)) AS s"
+             FROM (SELECT set_config('lock_timeout', {millis}::int8::text, true)) AS s"
         ));
     }
     for ((args, _, subid, classid, objid), shared) in kinds {
@@ -396,6 +399,13 @@ mod tests {
                 "{i} shared={shared}: {took:?}"
             );
             holder.batch_execute(&free).await.unwrap();
+            // The timeout lasted for the wait's statement only.
+            let after: String = waiter
+                .query_one("SHOW lock_timeout", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(after, "0", "{i}: lock_timeout left set after a wait");
         }
     }
 }

@@ -162,3 +162,62 @@ async fn shared_then_exclusive_again_and_again() {
     assert!(left.is_empty(), "leaked: {left:?}");
     drop(held);
 }
+
+/// A lane whose session can't connect (here: the role's connection limit is
+/// reached) is not a dead end: the lock is taken on a live session.
+#[tokio::test]
+async fn a_slot_that_cannot_connect_is_passed_over() {
+    let admin = raw_connect(&db_url()).await;
+    let role = advisory_locked_tests::unique_ident("lanes_limited");
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .unwrap();
+    let url = {
+        let mut pg: tokio_postgres::Config = db_url().parse().unwrap();
+        pg.user(&role);
+        pg
+    };
+    let locker = LockConfig::new(url)
+        .name(unique("lanes-limited"))
+        .sessions(2)
+        .wait_sessions(0)
+        .connect()
+        .await
+        .unwrap();
+    // Only the first session is open; the configuration's probes are gone.
+    let count = format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'");
+    let start = std::time::Instant::now();
+    while admin.query_one(&count, &[]).await.unwrap().get::<_, i64>(0) != 1 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} CONNECTION LIMIT 1"))
+        .await
+        .unwrap();
+    // 20 held on the open session make a repeated key move to the other
+    // slot, which can't connect.
+    let held = hold_many(&locker, "limited", 20).await;
+    let k = key("limited-hot", 0);
+    let first = locker.try_lock(k.clone(), Mode::Exclusive).await.unwrap();
+    drop(first.expect("fresh key busy"));
+    let again = locker.try_lock(k.clone(), Mode::Exclusive).await;
+    let again = again
+        .expect("a lock failed although a live session could take it")
+        .expect("busy");
+    assert_eq!(again.backend_pid(), held[0].backend_pid());
+    drop(again);
+    drop(held);
+    drop(locker);
+    // The role goes once its session has closed.
+    let start = std::time::Instant::now();
+    while admin.query_one(&count, &[]).await.unwrap().get::<_, i64>(0) != 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    admin
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+}

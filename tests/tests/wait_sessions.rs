@@ -474,3 +474,38 @@ async fn too_many_wait_sessions_is_a_configuration_error() {
         .await
         .unwrap();
 }
+
+/// A shared wait on the server may last long; a shared try-lock of the same
+/// process meanwhile finds the key busy at once instead of waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_try_lock_does_not_wait_behind_a_shared_wait_on_the_server() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-shared-skip");
+    let holder = locker_at(&db_url(), 2).await;
+    let b = waiter(&app, 2).await;
+    let key = LockKey::named(unique("ws:shared-skip"));
+    let guard = holder
+        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+        .await
+        .unwrap();
+    let waiting = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.lock(key, Mode::Shared, None).await })
+    };
+    until_waiting_on_server(&client, &app, key.id()).await;
+    let tried = tokio::time::timeout(
+        Duration::from_secs(2),
+        b.try_lock(key.clone(), Mode::Shared),
+    )
+    .await
+    .expect("a shared try-lock waited behind a shared wait on the server");
+    assert!(tried.unwrap().is_none(), "busy: held exclusively elsewhere");
+    guard.release().await.unwrap();
+    let got = tokio::time::timeout(BOUND, waiting)
+        .await
+        .expect("the waiter never got the lock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.mode(), Mode::Shared);
+    got.release().await.unwrap();
+}
