@@ -163,6 +163,19 @@ async fn shared_then_exclusive_again_and_again() {
     drop(held);
 }
 
+/// Polls (bounded) until `role` has exactly `n` connections.
+async fn until_connections_of(admin: &tokio_postgres::Client, role: &str, n: i64) {
+    let count = format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'");
+    let start = std::time::Instant::now();
+    while admin.query_one(&count, &[]).await.unwrap().get::<_, i64>(0) != n {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{role} never had {n} connections"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A lane whose session can't connect (here: the role's connection limit is
 /// reached) is not a dead end: the lock is taken on a live session.
 #[tokio::test]
@@ -186,12 +199,7 @@ async fn a_slot_that_cannot_connect_is_passed_over() {
         .await
         .unwrap();
     // Only the first session is open; the configuration's probes are gone.
-    let count = format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}'");
-    let start = std::time::Instant::now();
-    while admin.query_one(&count, &[]).await.unwrap().get::<_, i64>(0) != 1 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(10));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_connections_of(&admin, &role, 1).await;
     admin
         .batch_execute(&format!("ALTER ROLE {role} CONNECTION LIMIT 1"))
         .await
@@ -211,11 +219,7 @@ async fn a_slot_that_cannot_connect_is_passed_over() {
     drop(held);
     drop(locker);
     // The role goes once its session has closed.
-    let start = std::time::Instant::now();
-    while admin.query_one(&count, &[]).await.unwrap().get::<_, i64>(0) != 0 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(10));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_connections_of(&admin, &role, 0).await;
     admin
         .batch_execute(&format!("DROP ROLE {role}"))
         .await

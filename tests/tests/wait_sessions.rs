@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use advisory_locked::{Error, KeyId, LockConfig, LockKey, Locker, Mode};
+use advisory_locked::{Error, KeyId, LockConfig, LockGuard, LockKey, Locker, Mode};
 use advisory_locked_tests::{
     advisory_locks, db_url, db_url_with_app, raw_connect, terminate_backend, unique,
     wait_until_unlocked,
@@ -74,6 +74,34 @@ async fn until_waiting_on_server(client: &Client, app: &str, key: KeyId) -> i32 
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// `holder` takes `key` exclusively; a spawned task of `b` then waits for it
+/// in `mode` (at most `wait`); returns once a backend of `app` waits for it
+/// on the server: the holder's guard, the waiting task, that backend's pid.
+async fn held_and_awaited(
+    client: &Client,
+    holder: &Locker,
+    b: &Locker,
+    app: &str,
+    key: &LockKey,
+    mode: Mode,
+    wait: Option<Duration>,
+) -> (
+    LockGuard,
+    tokio::task::JoinHandle<Result<LockGuard, Error>>,
+    i32,
+) {
+    let guard = holder
+        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+        .await
+        .unwrap();
+    let waiting = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.lock(key, mode, wait).await })
+    };
+    let pid = until_waiting_on_server(client, app, key.id()).await;
+    (guard, waiting, pid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,15 +186,8 @@ async fn a_waiter_dropped_while_it_waits_on_the_server_leaks_nothing() {
     let key = LockKey::named(unique("ws:dropped"));
     let id = key.id();
     for round in 0..3 {
-        let guard = holder
-            .lock(key.clone(), Mode::Exclusive, Some(BOUND))
-            .await
-            .unwrap();
-        let waiting = {
-            let (b, key) = (b.clone(), key.clone());
-            tokio::spawn(async move { b.lock(key, Mode::Exclusive, None).await })
-        };
-        let pid = until_waiting_on_server(&client, &app, id).await;
+        let (guard, waiting, pid) =
+            held_and_awaited(&client, &holder, &b, &app, &key, Mode::Exclusive, None).await;
         waiting.abort();
         assert!(waiting.await.unwrap_err().is_cancelled());
         // Round 0: released at once (the wait session is granted the lock
@@ -249,15 +270,16 @@ async fn a_terminated_wait_session_is_survived_and_replaced() {
     let key = LockKey::named(unique("ws:terminate"));
     let id = key.id();
 
-    let guard = holder
-        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
-        .await
-        .unwrap();
-    let waiting = {
-        let (b, key) = (b.clone(), key.clone());
-        tokio::spawn(async move { b.lock(key, Mode::Exclusive, Some(BOUND)).await })
-    };
-    let pid = until_waiting_on_server(&client, &app, id).await;
+    let (guard, waiting, pid) = held_and_awaited(
+        &client,
+        &holder,
+        &b,
+        &app,
+        &key,
+        Mode::Exclusive,
+        Some(BOUND),
+    )
+    .await;
     assert!(terminate_backend(&client, pid).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     guard.release().await.unwrap();
@@ -282,15 +304,16 @@ async fn a_terminated_wait_session_is_survived_and_replaced() {
     assert!(wait_until_unlocked(&client, &[id], BOUND).await.is_empty());
 
     // The next wait waits on the server again, on a fresh wait session.
-    let guard = holder
-        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
-        .await
-        .unwrap();
-    let waiting = {
-        let (b, key) = (b.clone(), key.clone());
-        tokio::spawn(async move { b.lock(key, Mode::Exclusive, Some(BOUND)).await })
-    };
-    let fresh = until_waiting_on_server(&client, &app, id).await;
+    let (guard, waiting, fresh) = held_and_awaited(
+        &client,
+        &holder,
+        &b,
+        &app,
+        &key,
+        Mode::Exclusive,
+        Some(BOUND),
+    )
+    .await;
     assert_ne!(fresh, pid);
     guard.release().await.unwrap();
     let g = tokio::time::timeout(BOUND, waiting)
@@ -314,15 +337,16 @@ async fn a_later_lock_from_the_same_process_does_not_overtake_the_release() {
     for round in 0..40 {
         let b = if round % 2 == 0 { &b2 } else { &b1 };
         let key = LockKey::named(unique("ws:order"));
-        let guard = holder
-            .lock(key.clone(), Mode::Exclusive, Some(BOUND))
-            .await
-            .unwrap();
-        let waiting = {
-            let (b, key) = (b.clone(), key.clone());
-            tokio::spawn(async move { b.lock(key, Mode::Exclusive, Some(BOUND)).await })
-        };
-        let waited_on = until_waiting_on_server(&client, &app, key.id()).await;
+        let (guard, waiting, waited_on) = held_and_awaited(
+            &client,
+            &holder,
+            b,
+            &app,
+            &key,
+            Mode::Exclusive,
+            Some(BOUND),
+        )
+        .await;
         guard.release().await.unwrap();
         let got = tokio::time::timeout(BOUND, waiting)
             .await
@@ -484,15 +508,8 @@ async fn a_shared_try_lock_does_not_wait_behind_a_shared_wait_on_the_server() {
     let holder = locker_at(&db_url(), 2).await;
     let b = waiter(&app, 2).await;
     let key = LockKey::named(unique("ws:shared-skip"));
-    let guard = holder
-        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
-        .await
-        .unwrap();
-    let waiting = {
-        let (b, key) = (b.clone(), key.clone());
-        tokio::spawn(async move { b.lock(key, Mode::Shared, None).await })
-    };
-    until_waiting_on_server(&client, &app, key.id()).await;
+    let (guard, waiting, _) =
+        held_and_awaited(&client, &holder, &b, &app, &key, Mode::Shared, None).await;
     let tried = tokio::time::timeout(
         Duration::from_secs(2),
         b.try_lock(key.clone(), Mode::Shared),
