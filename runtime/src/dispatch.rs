@@ -480,7 +480,7 @@ impl Dispatcher {
             }
             tokio::select! {
                 biased;
-                () = shared.killer.notified() => return Ok(()),
+                () = std::future::poll_fn(|cx| shared.poll_killed(cx)) => return Ok(()),
                 () = &mut timer => {
                     if Instant::now() < due {
                         // Set for an earlier deadline that has passed.

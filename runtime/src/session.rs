@@ -67,8 +67,10 @@ pub(crate) struct Shared {
     /// Set by [`Shared::kill`]: dead from that moment, before the aborted
     /// connection task has actually gone.
     killed: AtomicBool,
-    /// Wakes the session's task to close the connection.
-    pub(crate) killer: Notify,
+    /// Wakes the session's task to close the connection (with `killed`
+    /// set). A waker, not a `Notify`: the task checks it at every wake-up,
+    /// and registering a waker is far cheaper than a `Notify` waiter.
+    killer: futures_util::task::AtomicWaker,
     pub(crate) counters: Arc<Counters>,
     /// A wait session's state ([`IDLE`], [`WAITING`], [`HOLDING`]); always
     /// idle on a lock session.
@@ -92,9 +94,20 @@ impl Shared {
     /// session held. Used when the session's lock state can't be trusted.
     pub(crate) fn kill(&self) {
         self.killed.store(true, Ordering::Release);
-        // A stored permit if the task is busy: it stops at its next turn.
-        self.killer.notify_one();
+        // If the task is busy, it sees `killed` at its next turn.
+        self.killer.wake();
         self.unlock_progress.notify_waiters();
+    }
+
+    /// Ready once [`Shared::kill`] was called; registers the session task
+    /// to be woken by it.
+    pub(crate) fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.killer.register(cx.waker());
+        if self.killed.load(Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     /// The dispatcher has the answers to `n` more of the table's unlocks.
@@ -289,7 +302,7 @@ impl Session {
             id,
             dead,
             killed: AtomicBool::new(false),
-            killer: Notify::new(),
+            killer: futures_util::task::AtomicWaker::new(),
             counters: counters.clone(),
             lending: AtomicU8::new(IDLE),
             unlocks_done: AtomicU64::new(0),
