@@ -38,6 +38,10 @@ use crate::{Error, KeyId, Mode};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
+/// How often a new session checks, one round trip each, that its server
+/// process has not changed (a transaction-pooling proxy; see `set_up`).
+const PID_CHECKS: usize = 4;
+
 /// What a session is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -270,29 +274,34 @@ impl Session {
         let statements = statements.map_err(connect_err)?;
         listen.map_err(connect_err)?;
         let backend_pid: i32 = probe.get(1);
-        // Still the same server session after the set-up's statements? A
+        // Still the same server session after the set-up's statements, and
+        // at each of a few more, each a transaction of its own? A
         // transaction-pooling proxy moves a busy client between backends
         // (see [`crate::proxy`]; this catches it when the pooler is busy,
-        // where the probe connections may not).
-        let again = drive_until(
-            &mut connection,
-            waiters,
-            client.simple_query("SELECT pg_backend_pid()"),
-        )
-        .await
-        .map_err(connect_err)?
-        .map_err(connect_err)?;
-        let same = again.iter().any(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => {
-                row.get(0) == Some(backend_pid.to_string().as_str())
-            }
-            _ => false,
-        });
-        if !same {
-            tracing::error!(pool = %settings.name, target = %target, "advisory-locked: the lock session's server process changed between statements: a transaction-pooling proxy; refused");
-            return Err(Error::TransactionPooler {
-                target: target.to_owned(),
+        // where the probe connections may not). Each check is a chance for
+        // the move to show: with one, a CI run saw a busy pgbouncer
+        // accepted in 1 of 10 configurations.
+        for _ in 0..PID_CHECKS {
+            let again = drive_until(
+                &mut connection,
+                waiters,
+                client.simple_query("SELECT pg_backend_pid()"),
+            )
+            .await
+            .map_err(connect_err)?
+            .map_err(connect_err)?;
+            let same = again.iter().any(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    row.get(0) == Some(backend_pid.to_string().as_str())
+                }
+                _ => false,
             });
+            if !same {
+                tracing::error!(pool = %settings.name, target = %target, "advisory-locked: the lock session's server process changed between statements: a transaction-pooling proxy; refused");
+                return Err(Error::TransactionPooler {
+                    target: target.to_owned(),
+                });
+            }
         }
         tracing::debug!(pool = %settings.name, session = id, backend_pid, role = ?role, "advisory-locked: lock session connected");
         Counters::add(&counters.sessions_opened, 1);
