@@ -42,8 +42,9 @@
 //! pause, the probe alone with six statements caught 450 of 450 tries
 //! (with four it missed 8 of 450), yet a CI run once saw it miss 1 of 10
 //! under load: it now sends ten, and each lock session checks its own
-//! server process too (below), four times since another such miss (after
-//! which 1 busy configuration in about 500 was still accepted). The probe
+//! server process too (below), ten times since a CI run saw another miss
+//! with one check (with four, 50 runs of the pgbouncer test still saw one
+//! miss in 500 busy configurations). The probe
 //! runs once, at [`Locker::connect`](crate::Locker): a pooler whose mode is
 //! changed later is noticed only by sessions opened after that: each lock
 //! session also checks, at the end of its set-up, that its server process is

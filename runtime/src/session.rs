@@ -40,7 +40,8 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How often a new session checks, one round trip each, that its server
 /// process has not changed (a transaction-pooling proxy; see `set_up`).
-const PID_CHECKS: usize = 4;
+/// Connect time only: about a millisecond in all on loopback.
+const PID_CHECKS: usize = 10;
 
 /// What a session is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,12 +276,12 @@ impl Session {
         listen.map_err(connect_err)?;
         let backend_pid: i32 = probe.get(1);
         // Still the same server session after the set-up's statements, and
-        // at each of a few more, each a transaction of its own? A
+        // at each of several more, each a transaction of its own? A
         // transaction-pooling proxy moves a busy client between backends
         // (see [`crate::proxy`]; this catches it when the pooler is busy,
-        // where the probe connections may not). Each check is a chance for
-        // the move to show: with one, a CI run saw a busy pgbouncer
-        // accepted in 1 of 10 configurations.
+        // where the probe connections may not). Each check is one more
+        // chance for a move to show: with one check, a CI run saw a busy
+        // pgbouncer accepted in 1 of 10 configurations.
         for _ in 0..PID_CHECKS {
             let again = drive_until(
                 &mut connection,

@@ -95,7 +95,6 @@ async fn transaction_pooling_is_refused() {
             prewarm(&url, idle).await;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let busy_clients = busy;
         let busy = keep_busy(&url, busy, stop.clone()).await;
         let mut refused = 0;
         let mut other = Vec::new();
@@ -127,15 +126,10 @@ async fn transaction_pooling_is_refused() {
              refused {refused} of {ATTEMPTS}, mean {:?} a configuration; otherwise: {other:?}",
             took / ATTEMPTS as u32
         );
-        // Without other clients the detection is certain. Behind a busy
-        // pooler it is a matter of chance (see runtime/src/proxy.rs, "What
-        // is not detected"): about 1 configuration in 500 was accepted in
-        // 50 runs of this test, so one miss in the busy case is tolerated,
-        // and reported above; two fail.
-        let allowed_misses = usize::from(busy_clients > 0);
-        assert!(
-            refused + allowed_misses >= ATTEMPTS && other.iter().all(|o| o == "accepted"),
-            "{settings:?}: refused {refused} of {ATTEMPTS}: {other:?}\n{}",
+        assert_eq!(
+            refused,
+            ATTEMPTS,
+            "{settings:?}: {other:?}\n{}",
             proxy.log()
         );
     }
