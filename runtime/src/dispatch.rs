@@ -903,20 +903,8 @@ mod tests {
     /// the server gets at once does not (and still answers true).
     #[tokio::test]
     async fn unlock_notify_skips_the_notification_when_a_blocked_waiter_got_the_key() {
+        use crate::test_server::{client as plain, connect};
         use futures_util::FutureExt;
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let connect = || async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("the test server (DATABASE_URL)");
-            (client, conn)
-        };
-        let plain = || async {
-            let (client, conn) = connect().await;
-            tokio::spawn(conn);
-            client
-        };
         // The listener: its notifications' payloads on a channel.
         let (listener, mut conn) = connect().await;
         let (tx, mut notes) = mpsc::unbounded_channel::<String>();
@@ -1063,12 +1051,7 @@ mod tests {
     /// free).
     #[tokio::test]
     async fn pair_statements_do_both_requests_in_order() {
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("the test server (DATABASE_URL)");
-        tokio::spawn(conn);
+        let client = crate::test_server::client().await;
         let base = i64::from(std::process::id()) << 20;
         let sql = pair_requests();
         assert_eq!(sql.len(), PAIR_CODES.len() * PAIR_CODES.len());

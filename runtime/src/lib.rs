@@ -59,6 +59,8 @@ mod session;
 mod stats;
 pub mod status;
 mod table;
+#[cfg(test)]
+mod test_server;
 mod transaction;
 mod waiting;
 mod wakeup;

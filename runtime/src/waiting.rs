@@ -328,16 +328,8 @@ mod tests {
     /// warning, for one not held.
     #[tokio::test]
     async fn wait_statements_on_the_server() {
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let connect = || async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("the test server (DATABASE_URL)");
-            tokio::spawn(conn);
-            client
-        };
-        let (waiter, holder) = (connect().await, connect().await);
+        use crate::test_server::client;
+        let (waiter, holder) = (client().await, client().await);
         let sql = wait_statements();
         assert_eq!(sql.len(), 8);
         let base = (i64::from(std::process::id()) << 24) | (1 << 62);
