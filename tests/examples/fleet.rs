@@ -132,11 +132,13 @@ async fn call_partner(worker: usize, call: usize) {
 
 /// Prints one event line: `EVENT <millis since epoch> <worker> <text>`.
 fn event(worker: usize, text: &str) {
-    let ms = SystemTime::now()
+    // Microseconds: a handover between processes can take well under a
+    // millisecond, and an end and the next start must not tie.
+    let us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
+        .map(|d| d.as_micros())
         .unwrap_or(0);
-    println!("EVENT {ms} {worker} {text}");
+    println!("EVENT {us} {worker} {text}");
 }
 
 async fn worker(phase: &str, id: usize) -> Result<(), Box<dyn std::error::Error>> {
@@ -194,7 +196,8 @@ async fn worker(phase: &str, id: usize) -> Result<(), Box<dyn std::error::Error>
 // ------------------------------------------------------------- coordinator
 
 struct Event {
-    at_ms: u128,
+    /// Realtime clock, microseconds (comparable between the processes).
+    at_us: u128,
     worker: usize,
     text: String,
 }
@@ -222,11 +225,11 @@ async fn run_phase(url: &str, phase: &str) -> Result<Vec<Event>, Box<dyn std::er
             let mut events = Vec::new();
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut parts = line.splitn(4, ' ');
-                if let (Some("EVENT"), Some(ms), Some(w), Some(text)) =
+                if let (Some("EVENT"), Some(us), Some(w), Some(text)) =
                     (parts.next(), parts.next(), parts.next(), parts.next())
                 {
                     events.push(Event {
-                        at_ms: ms.parse().unwrap_or(0),
+                        at_us: us.parse().unwrap_or(0),
                         worker: w.parse().unwrap_or(0),
                         text: text.to_owned(),
                     });
@@ -247,12 +250,18 @@ async fn run_phase(url: &str, phase: &str) -> Result<Vec<Event>, Box<dyn std::er
     for r in readers {
         events.extend(r.await?);
     }
-    events.sort_by_key(|e| e.at_ms);
-    let t0 = events.first().map(|e| e.at_ms).unwrap_or(0);
+    // On a tie, ends before starts (an end is stamped before its release).
+    events.sort_by_key(|e| {
+        (
+            e.at_us,
+            !(e.text.contains("-end") || e.text.ends_with("-exit")),
+        )
+    });
+    let t0 = events.first().map(|e| e.at_us).unwrap_or(0);
     for e in &events {
         println!(
             "    {:>6} ms  worker {}  {}",
-            e.at_ms - t0,
+            (e.at_us - t0) / 1000,
             e.worker,
             e.text
         );
@@ -347,7 +356,7 @@ async fn coordinator() -> Result<(), Box<dyn std::error::Error>> {
     let takeovers: Vec<u128> = ev
         .windows(2)
         .filter(|w| w[0].text == "leader-exit" && w[1].text == "leader-start")
-        .map(|w| w[1].at_ms - w[0].at_ms)
+        .map(|w| (w[1].at_us - w[0].at_us) / 1000)
         .collect();
     println!("  => leadership passed {leaders:?}; at most {most} leader at a time; takeovers after {takeovers:?} ms");
     check(
@@ -407,10 +416,10 @@ async fn coordinator() -> Result<(), Box<dyn std::error::Error>> {
     let starts: Vec<u128> = ev
         .iter()
         .filter(|e| e.text.starts_with("partner-call"))
-        .map(|e| e.at_ms)
+        .map(|e| e.at_us / 1000)
         .collect();
-    // Any RATE + 1 consecutive starts span at least the period (less the
-    // event clock's millisecond rounding).
+    // Any RATE + 1 consecutive starts span at least the period (less a
+    // millisecond for the rounding to milliseconds here).
     let tightest = starts
         .windows(RATE + 1)
         .map(|w| w[RATE] - w[0])
