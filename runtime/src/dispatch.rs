@@ -23,17 +23,13 @@
 //! [`Liveness`]).
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Connection, Statement};
+use crate::wire::{Param, QueryError, Transport, Values, Wire};
 
 use crate::session::Shared;
 use crate::stats::Counters;
@@ -48,8 +44,8 @@ const MAX_BATCH: usize = 512;
 /// What a request may fail with.
 #[derive(Debug, Clone)]
 pub(crate) enum RequestError {
-    /// The statement failed on the server (or the driver).
-    Db(Arc<tokio_postgres::Error>),
+    /// The statement failed on the server.
+    Db(Arc<QueryError>),
     /// The session ended before the request was answered.
     Ended,
 }
@@ -369,26 +365,102 @@ pub(crate) fn pair_requests() -> Vec<String> {
     out
 }
 
-/// The prepared statements a dispatcher uses.
+/// The statements a session prepares (by name, at its set-up; see
+/// [`Statements::prepare_sql`]): the common ones, plus the fenced ones on
+/// an entry with fencing tokens, plus the blocking waits on a wait session.
+/// Their names are unique to the session in this process (as
+/// tokio-postgres's are): a server session that already knows one of them
+/// is not fresh, and comes from a pooler.
+#[derive(Debug, Clone)]
 pub(crate) struct Statements {
-    /// The heartbeat: `SELECT true`.
-    pub(crate) ping: Statement,
-    pub(crate) single: Vec<Statement>,
-    pub(crate) two: Statement,
-    /// [`pair_requests`], indexed by the positions of the two codes in
-    /// [`PAIR_CODES`] (`3 * x + y`; see `common_pair`).
-    pub(crate) pairs: Vec<Statement>,
-    pub(crate) batch: Statement,
-    /// [`crate::fence::fenced_statements`], prepared when the entry has
-    /// fencing tokens.
-    pub(crate) fenced: Vec<Statement>,
-    /// [`crate::waiting::wait_statements`], prepared on wait sessions.
-    pub(crate) wait: Vec<Statement>,
+    /// [`crate::fence::fenced_statements`] are prepared.
+    fenced: bool,
+    /// [`crate::waiting::wait_statements`] are prepared.
+    wait: bool,
+    /// Every name, at the offsets below.
+    names: Vec<String>,
+}
+
+/// Where each group's names start in [`Statements::names`].
+const PING: usize = 0;
+const TWO: usize = 1;
+const BATCH_AT: usize = 2;
+/// [`SINGLE`], by [`Op::code`].
+const SINGLE_AT: usize = 3;
+/// [`pair_requests`], indexed as there (`3 * x + y`).
+const PAIRS_AT: usize = SINGLE_AT + SINGLE.len();
+/// [`crate::fence::fenced_statements`] (`code - 12`).
+const FENCED_AT: usize = PAIRS_AT + 9;
+/// [`crate::waiting::wait_statements`] (`code - 20`).
+const WAIT_AT: usize = FENCED_AT + 8;
+const NAMES: usize = WAIT_AT + 8;
+
+impl Statements {
+    /// The statements of session `id` of this process.
+    pub(crate) fn new(id: u64, fenced: bool, wait: bool) -> Statements {
+        let prefix = format!("al{}_{id}_", std::process::id());
+        Statements {
+            fenced,
+            wait,
+            names: (0..NAMES).map(|i| format!("{prefix}{i}")).collect(),
+        }
+    }
+
+    fn name(&self, at: usize) -> &str {
+        &self.names[at]
+    }
+
+    /// `PREPARE` of every statement of the session, as one simple query
+    /// (sent with the set-up, through tokio-postgres).
+    pub(crate) fn prepare_sql(&self) -> String {
+        let mut all: Vec<(usize, String)> = vec![
+            (PING, "SELECT true".to_owned()),
+            (TWO, two_requests()),
+            (BATCH_AT, BATCH.to_owned()),
+        ];
+        all.extend(
+            SINGLE
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (SINGLE_AT + i, (*s).to_owned())),
+        );
+        all.extend(
+            pair_requests()
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| (PAIRS_AT + i, s)),
+        );
+        if self.fenced {
+            all.extend(
+                crate::fence::fenced_statements()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| (FENCED_AT + i, s)),
+            );
+        }
+        if self.wait {
+            all.extend(
+                crate::waiting::wait_statements()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| (WAIT_AT + i, s)),
+            );
+        }
+        let mut sql = String::new();
+        for (at, statement) in all {
+            sql.push_str("PREPARE ");
+            sql.push_str(self.name(at));
+            sql.push_str(" AS ");
+            sql.push_str(&statement);
+            sql.push_str("; ");
+        }
+        sql
+    }
 }
 
 /// A session's dispatcher, run by the session's one task.
 pub(crate) struct Dispatcher {
-    pub(crate) client: Client,
+    pub(crate) wire: Wire<Transport>,
     pub(crate) statements: Statements,
     pub(crate) ops: mpsc::UnboundedReceiver<Op>,
     /// For grants in transit, to queue their undo (see [`Grant`]).
@@ -425,16 +497,9 @@ impl Dispatcher {
     /// Drives the connection and serves requests until the connection ends,
     /// the session is killed, or every sender of `ops` is gone (the session
     /// was dropped) and nothing is left in flight.
-    pub(crate) async fn run<S, T>(
-        self,
-        mut connection: Connection<S, T>,
-    ) -> Result<(), tokio_postgres::Error>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-        T: AsyncRead + AsyncWrite + Unpin,
-    {
+    pub(crate) async fn run(self) -> Result<(), Arc<QueryError>> {
         let Dispatcher {
-            client,
+            mut wire,
             statements,
             mut ops,
             weak,
@@ -442,8 +507,10 @@ impl Dispatcher {
             waiters,
             liveness,
         } = self;
-        let (client, statements, shared) = (&client, &statements, &shared);
-        let mut in_flight = Pipeline::new();
+        let (shared, statements) = (&shared, &statements);
+        // The statements on the wire, answered in order (an empty one is a
+        // heartbeat).
+        let mut in_flight: VecDeque<Vec<Op>> = VecDeque::with_capacity(MAX_IN_FLIGHT + 1);
         // Unlocks of grants whose callers were gone, for the next statement.
         let mut backlog: Vec<Op> = Vec::new();
         let mut closed = false;
@@ -457,6 +524,13 @@ impl Dispatcher {
         // `interval + timeout` of the last answer, exactly.
         let timer = tokio::time::sleep_until(last_heard + liveness.interval);
         tokio::pin!(timer);
+        let mut on_notify = |channel: &str, payload: &str| {
+            if channel == crate::wakeup::CHANNEL {
+                if let Some(key) = crate::wakeup::parse_payload(payload) {
+                    waiters.wake(key);
+                }
+            }
+        };
         loop {
             if closed && in_flight.is_empty() && backlog.is_empty() {
                 return Ok(());
@@ -494,21 +568,35 @@ impl Dispatcher {
                         return Ok(());
                     }
                     // Idle for `interval`: ask the server whether it is there.
-                    in_flight.push_back(send(client, statements, shared, Vec::new()));
+                    send(&mut wire, statements, shared, &[]);
+                    in_flight.push_back(Vec::new());
                 }
-                done = std::future::poll_fn(|cx| in_flight.poll_next(cx)), if !in_flight.is_empty() => {
+                // Sends what is queued; an answer, or the connection's end.
+                answer = std::future::poll_fn(|cx| wire.poll_answer(cx, &mut on_notify)) => {
+                    let gone = matches!(&answer, Err(e) if e.ends_session());
+                    if gone {
+                        // Every request in flight hears of it.
+                        let e = answer.err();
+                        for batch in in_flight.drain(..) {
+                            let e = e.clone().unwrap_or_else(|| Arc::new(QueryError::Closed));
+                            finish((batch, Err(e)), shared, &weak, &mut backlog);
+                        }
+                        return match e {
+                            Some(e) => Err(e),
+                            None => Ok(()),
+                        };
+                    }
+                    let Some(batch) = in_flight.pop_front() else {
+                        tracing::error!(session = shared.id, "advisory-locked: the server answered a request that was not sent; closing the session");
+                        shared.kill();
+                        return Ok(());
+                    };
                     last_heard = Instant::now();
                     waiting_since = (!in_flight.is_empty()).then_some(last_heard);
-                    finish(done, shared, &weak, &mut backlog);
+                    let rows = answer.map(|values| rows_of(&batch, values));
+                    finish((batch, rows), shared, &weak, &mut backlog);
                     if shared.is_dead() {
                         return Ok(());
-                    }
-                }
-                msg = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
-                    match crate::session::on_message(msg, &waiters) {
-                        None => {}
-                        Some(Some(e)) => return Err(e),
-                        Some(None) => return Ok(()),
                     }
                 }
                 op = ops.recv(), if !closed && in_flight.len() < MAX_IN_FLIGHT => {
@@ -523,7 +611,8 @@ impl Dispatcher {
                                 }
                             }
                             for part in split(batch) {
-                                in_flight.push_back(send(client, statements, shared, part));
+                                send(&mut wire, statements, shared, &part);
+                                in_flight.push_back(part);
                             }
                         }
                         None => closed = true,
@@ -531,77 +620,14 @@ impl Dispatcher {
                 }
                 () = std::future::ready(()), if !backlog.is_empty() && in_flight.len() < MAX_IN_FLIGHT => {
                     let batch = std::mem::take(&mut backlog);
-                    in_flight.push_back(send(client, statements, shared, batch));
+                    send(&mut wire, statements, shared, &batch);
+                    in_flight.push_back(batch);
                 }
             }
         }
         // Returning drops the connection (the server frees the session's
         // locks) and every request still queued or in flight, whose callers
         // then hear "ended".
-    }
-}
-
-/// The statements on the wire, answered in order. Like `FuturesOrdered`,
-/// without an allocation and a task node per statement: the pinned slots
-/// are kept and reused (a statement's future is large, and this is the hot
-/// path of every lock).
-struct Pipeline<F: Future> {
-    /// Each statement's slot, with its output once that is there.
-    running: VecDeque<(Slot<F>, Option<F::Output>)>,
-    spare: Vec<Slot<F>>,
-}
-
-/// A pinned place for one statement's future, kept for reuse.
-type Slot<F> = Pin<Box<Option<F>>>;
-
-impl<F: Future> Pipeline<F> {
-    fn new() -> Self {
-        Pipeline {
-            running: VecDeque::with_capacity(MAX_IN_FLIGHT + 1),
-            spare: Vec::with_capacity(MAX_IN_FLIGHT + 1),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.running.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.running.is_empty()
-    }
-
-    fn push_back(&mut self, future: F) {
-        let mut slot = self.spare.pop().unwrap_or_else(|| Box::pin(None));
-        slot.set(Some(future));
-        self.running.push_back((slot, None));
-    }
-
-    /// The oldest statement's output once it is there. Every running
-    /// statement is polled (a later one sends its request when first
-    /// polled); an output that arrives early waits for those before it.
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
-        for (slot, out) in self.running.iter_mut() {
-            if out.is_some() {
-                continue;
-            }
-            if let Some(future) = slot.as_mut().as_pin_mut() {
-                if let Poll::Ready(o) = future.poll(cx) {
-                    *out = Some(o);
-                    slot.set(None);
-                }
-            }
-        }
-        match self.running.front() {
-            Some((_, Some(_))) => {}
-            _ => return Poll::Pending,
-        }
-        match self.running.pop_front() {
-            Some((slot, Some(out))) => {
-                self.spare.push(slot);
-                Poll::Ready(out)
-            }
-            _ => Poll::Pending,
-        }
     }
 }
 
@@ -632,91 +658,119 @@ fn split(batch: Vec<Op>) -> Vec<Vec<Op>> {
 /// One request's answer: true/false, and a fencing token if it carries one.
 type Row = (bool, Option<i64>);
 
-/// Sends one statement for `batch`; resolves to the batch and its answers.
-async fn send(
-    client: &Client,
-    statements: &Statements,
-    shared: &Shared,
-    batch: Vec<Op>,
-) -> (Vec<Op>, Result<Vec<Row>, tokio_postgres::Error>) {
+/// The key as parameters: one int8, or two int4.
+fn key_params(key: KeyId, out: &mut [Param<'static>; 3]) -> usize {
+    match key {
+        KeyId::Int(k) => {
+            out[0] = Param::I64(k);
+            1
+        }
+        KeyId::Pair(a, b) => {
+            out[0] = Param::I32(a);
+            out[1] = Param::I32(b);
+            2
+        }
+    }
+}
+
+/// Queues one statement for `batch` on the wire (an empty batch: a
+/// heartbeat).
+fn send(wire: &mut Wire<Transport>, statements: &Statements, shared: &Shared, batch: &[Op]) {
     let counters = &shared.counters;
     if batch.is_empty() {
-        // A heartbeat.
         Counters::add(&counters.heartbeats, 1);
-        let answer = client.query_one(&statements.ping, &[]).await;
-        return (batch, answer.map(|_| Vec::new()));
+        wire.execute(statements.name(PING), &[]);
+        return;
     }
     Counters::add(&counters.statements, 1);
     let unlocks = batch.iter().filter(|op| op.is_unlock()).count() as u64;
     Counters::add(&counters.unlock_requests, unlocks);
     Counters::add(&counters.lock_requests, batch.len() as u64 - unlocks);
-    let result = if let [op] = batch.as_slice() {
-        if op.code >= 20 {
-            send_wait(client, statements, op).await.map(|r| vec![r])
-        } else if op.goes_alone() {
-            send_fenced(client, statements, op).await.map(|r| vec![r])
-        } else {
-            let stmt = &statements.single[op.code as usize];
-            let row = match op.key {
-                KeyId::Int(k) => client.query_one(stmt, &[&k]).await,
-                KeyId::Pair(a, b) => client.query_one(stmt, &[&a, &b]).await,
-            };
-            row.and_then(|row| row.try_get::<_, bool>(0))
-                .map(|b| vec![(b, None)])
-        }
-    } else if let Some((pair, xk, yk)) = common_pair(&batch) {
-        client
-            .query_one(&statements.pairs[pair], &[&xk, &yk])
-            .await
-            .and_then(|row| {
-                Ok(vec![
-                    (row.try_get::<_, bool>(0)?, None),
-                    (row.try_get::<_, bool>(1)?, None),
-                ])
-            })
-    } else if let [x, y] = batch.as_slice() {
+    if let [op] = batch {
+        let mut params = [Param::I64(0); 3];
+        let mut n = key_params(op.key, &mut params);
+        let name = match op.code {
+            // A blocking wait (with its lock_timeout), or the unlock after one.
+            20.. => {
+                if op.is_wait() {
+                    params[n] = Param::I64(op.floor);
+                    n += 1;
+                }
+                WAIT_AT + (op.code as usize - 20) % 8
+            }
+            // A fenced try-lock, or a raise (with its floor).
+            12.. => {
+                if op.is_raise() {
+                    params[n] = Param::I64(op.floor);
+                    n += 1;
+                }
+                FENCED_AT + op.code as usize - 12
+            }
+            code => SINGLE_AT + code as usize,
+        };
+        wire.execute(statements.name(name), &params[..n]);
+    } else if let Some((pair, xk, yk)) = common_pair(batch) {
+        wire.execute(
+            statements.name(PAIRS_AT + pair),
+            &[Param::I64(xk), Param::I64(yk)],
+        );
+    } else if let [x, y] = batch {
         let (xk, xa, xb) = x.key.parts();
         let (yk, ya, yb) = y.key.parts();
-        let (xc, yc) = (x.code as i16, y.code as i16);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
-            [&xc, &xk, &xa, &xb, &yc, &yk, &ya, &yb];
-        client
-            .query_one(&statements.two, &params)
-            .await
-            .and_then(|row| {
-                Ok(vec![
-                    (row.try_get::<_, bool>(0)?, None),
-                    (row.try_get::<_, bool>(1)?, None),
-                ])
-            })
+        wire.execute(
+            statements.name(TWO),
+            &[
+                Param::I16(x.code as i16),
+                Param::I64(xk),
+                Param::I32(xa),
+                Param::I32(xb),
+                Param::I16(y.code as i16),
+                Param::I64(yk),
+                Param::I32(ya),
+                Param::I32(yb),
+            ],
+        );
     } else {
         let mut codes = Vec::with_capacity(batch.len());
         let mut keys = Vec::with_capacity(batch.len());
         let mut a = Vec::with_capacity(batch.len());
         let mut b = Vec::with_capacity(batch.len());
-        for op in &batch {
+        for op in batch {
             codes.push(op.code as i16);
             let (k, x, y) = op.key.parts();
             keys.push(k);
             a.push(x);
             b.push(y);
         }
-        match client
-            .query(&statements.batch, &[&codes, &keys, &a, &b])
-            .await
-        {
-            Ok(rows) => rows
-                .iter()
-                .map(|row| row.try_get::<_, bool>(0).map(|b| (b, None)))
-                .collect(),
-            Err(e) => Err(e),
-        }
-    };
-    (batch, result)
+        wire.execute(
+            statements.name(BATCH_AT),
+            &[
+                Param::I16s(&codes),
+                Param::I64s(&keys),
+                Param::I32s(&a),
+                Param::I32s(&b),
+            ],
+        );
+    }
+}
+
+/// The answers of `batch` from the values of its statement: one boolean a
+/// request, but a fenced try-lock's `(granted, token)` and a raise's
+/// `(token)`. (A count that does not match is caught by `finish`.)
+fn rows_of(batch: &[Op], values: Values) -> Vec<Row> {
+    match batch {
+        [] => Vec::new(),
+        [op] if op.is_raise() => values.first().map(|t| (true, *t)).into_iter().collect(),
+        [op] if (12..16).contains(&op.code) => match values.as_slice() {
+            [got, token] => vec![(*got == Some(1), *token)],
+            _ => Vec::new(),
+        },
+        _ => values.into_iter().map(|v| (v == Some(1), None)).collect(),
+    }
 }
 
 /// Two requests on 64-bit keys whose codes are both in [`PAIR_CODES`]: the
-/// index of their statement in [`Statements::pairs`], and the two keys.
+/// index of their statement among [`pair_requests`], and the two keys.
 fn common_pair(batch: &[Op]) -> Option<(usize, i64, i64)> {
     let [x, y] = batch else { return None };
     let (KeyId::Int(xk), KeyId::Int(yk)) = (x.key, y.key) else {
@@ -727,52 +781,9 @@ fn common_pair(batch: &[Op]) -> Option<(usize, i64, i64)> {
     Some((PAIR_CODES.len() * xi + yi, xk, yk))
 }
 
-/// A fenced try-lock or a raise, each its own statement.
-async fn send_fenced(
-    client: &Client,
-    statements: &Statements,
-    op: &Op,
-) -> Result<Row, tokio_postgres::Error> {
-    let Some(stmt) = statements.fenced.get(op.code as usize - 12) else {
-        // Only sent on entries with fencing, whose sessions prepare these.
-        return Ok((false, None));
-    };
-    let row = match (op.key, op.is_raise()) {
-        (KeyId::Int(k), false) => client.query_one(stmt, &[&k]).await?,
-        (KeyId::Pair(a, b), false) => client.query_one(stmt, &[&a, &b]).await?,
-        (KeyId::Int(k), true) => client.query_one(stmt, &[&k, &op.floor]).await?,
-        (KeyId::Pair(a, b), true) => client.query_one(stmt, &[&a, &b, &op.floor]).await?,
-    };
-    if op.is_raise() {
-        Ok((true, Some(row.try_get(0)?)))
-    } else {
-        Ok((row.try_get(0)?, row.try_get(1)?))
-    }
-}
-
-/// A blocking wait or the unlock after a failed one (a wait session's own
-/// statements, see [`crate::waiting::wait_statements`]).
-async fn send_wait(
-    client: &Client,
-    statements: &Statements,
-    op: &Op,
-) -> Result<Row, tokio_postgres::Error> {
-    let Some(stmt) = statements.wait.get(op.code as usize - 20) else {
-        // Only sent on wait sessions, which prepare these.
-        return Ok((false, None));
-    };
-    let row = match (op.key, op.is_wait()) {
-        (KeyId::Int(k), false) => client.query_one(stmt, &[&k]).await?,
-        (KeyId::Pair(a, b), false) => client.query_one(stmt, &[&a, &b]).await?,
-        (KeyId::Int(k), true) => client.query_one(stmt, &[&k, &op.floor]).await?,
-        (KeyId::Pair(a, b), true) => client.query_one(stmt, &[&a, &b, &op.floor]).await?,
-    };
-    Ok((row.try_get(0)?, None))
-}
-
 /// Hands the answers of one statement to the requests' callers.
 fn finish(
-    done: (Vec<Op>, Result<Vec<Row>, tokio_postgres::Error>),
+    done: (Vec<Op>, Result<Vec<Row>, Arc<QueryError>>),
     shared: &Arc<Shared>,
     weak: &mpsc::WeakUnboundedSender<Op>,
     backlog: &mut Vec<Op>,
@@ -845,7 +856,7 @@ fn finish(
             fail(batch, RequestError::Ended);
         }
         Err(e) => {
-            let ended = crate::session::ends_session(&e);
+            let ended = e.ends_session();
             match batch.as_slice() {
                 _ if ended || shared.is_dead() => {}
                 // A raise changes no lock: its caller decides.
@@ -879,7 +890,7 @@ fn finish(
                 shared.kill();
                 RequestError::Ended
             } else {
-                RequestError::Db(Arc::new(e))
+                RequestError::Db(e)
             };
             fail(batch, e);
         }
@@ -1019,31 +1030,6 @@ mod tests {
                 .await
                 .unwrap();
         }
-    }
-
-    /// Statements answer in the order sent, even when a later future is
-    /// ready first; slots are reused.
-    #[tokio::test]
-    async fn pipeline_answers_in_order() {
-        let (tx1, rx1) = oneshot::channel::<u32>();
-        let (tx2, rx2) = oneshot::channel::<u32>();
-        let (tx3, rx3) = oneshot::channel::<u32>();
-        let mut p = Pipeline::new();
-        p.push_back(rx1);
-        p.push_back(rx2);
-        tx2.send(2).unwrap();
-        let pending = std::future::poll_fn(|cx| Poll::Ready(p.poll_next(cx).is_pending())).await;
-        assert!(pending, "the second answer waits for the first");
-        tx1.send(1).unwrap();
-        let a = std::future::poll_fn(|cx| p.poll_next(cx)).await.unwrap();
-        let b = std::future::poll_fn(|cx| p.poll_next(cx)).await.unwrap();
-        assert_eq!((a, b), (1, 2));
-        assert!(p.is_empty());
-        p.push_back(rx3);
-        assert_eq!(p.len(), 1);
-        assert_eq!(p.spare.len(), 1, "a kept slot was reused");
-        tx3.send(3).unwrap();
-        assert_eq!(std::future::poll_fn(|cx| p.poll_next(cx)).await.unwrap(), 3);
     }
 
     /// Every pair statement, run on the real server: both requests take

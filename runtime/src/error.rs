@@ -34,13 +34,14 @@ pub enum Error {
 
     /// The server could not be reached or refused the connection (wrong
     /// credentials, unknown database, refused, ...).
-    #[error("advisory-locked: cannot connect to {target}: {}", cause(.source))]
+    #[error("advisory-locked: cannot connect to {target}: {}", cause(&**.source))]
     Connect {
         /// `host:port/dbname` of the server, without any password.
         target: String,
-        /// The driver's error.
+        /// The cause: the driver's error (a `tokio_postgres::Error`), or the
+        /// socket's.
         #[source]
-        source: tokio_postgres::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// Connecting took longer than the configured connect timeout.
@@ -91,13 +92,13 @@ pub enum Error {
 
     /// A statement on a lock session failed (the session died, a server
     /// timeout, out of lock memory, ...).
-    #[error("advisory-locked: lock statement for {key:?} failed: {}", cause(.source))]
+    #[error("advisory-locked: lock statement for {key:?} failed: {}", cause(&**.source))]
     Query {
         /// The key's name.
         key: String,
-        /// The driver's error (shared by the requests of one statement).
+        /// What failed (shared by the requests of one statement).
         #[source]
-        source: std::sync::Arc<tokio_postgres::Error>,
+        source: std::sync::Arc<crate::QueryError>,
     },
 
     /// The server could not be reached a moment ago: until the next
@@ -209,15 +210,24 @@ fn quorum_what(key: &Option<String>) -> String {
 /// `Result<T, advisory_locked::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The most telling text of a driver error: the server's own message (with
-/// its SQLSTATE) for a server error, else the error and its causes. Neither
-/// the driver nor the server repeats a password in these.
-pub(crate) fn cause(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
+/// The most telling text of an error: the server's own message (with its
+/// SQLSTATE) for a server error, else the error and its causes. Neither the
+/// driver nor the server repeats a password in these.
+pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(db) = e
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::as_db_error)
+    {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    if let Some(db) = e
+        .downcast_ref::<crate::QueryError>()
+        .and_then(crate::QueryError::as_server_error)
+    {
         return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());

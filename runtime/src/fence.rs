@@ -103,7 +103,7 @@ pub(crate) async fn ensure_table(settings: &Settings) -> Result<(), Error> {
         .map_err(|_| timed_out())?
         .map_err(|source| Error::Connect {
             target: target.clone(),
-            source,
+            source: Box::new(source),
         })?;
     // Two processes configuring at once would race on the catalog: one
     // creation at a time, under a transaction-level lock.

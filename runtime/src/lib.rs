@@ -64,6 +64,7 @@ mod test_server;
 mod transaction;
 mod waiting;
 mod wakeup;
+mod wire;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -87,6 +88,7 @@ pub use outcome::Outcome;
 pub use quorum::QuorumConfig;
 pub use stats::Stats;
 pub use transaction::{Transaction, TransactionResult};
+pub use wire::{QueryError, ServerError};
 
 /// The `rustls` crate that [`LockConfig::tls_config`] takes a configuration
 /// of (feature `tls-rustls`).

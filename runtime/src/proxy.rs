@@ -76,7 +76,12 @@ pub(crate) async fn refuse_transaction_pooling(
     let probed = tokio::time::timeout(after, probe(settings)).await;
     let seen = match probed {
         Err(_) => return Err(Error::ConnectTimeout { target, after }),
-        Ok(Err(source)) => return Err(Error::Connect { target, source }),
+        Ok(Err(source)) => {
+            return Err(Error::Connect {
+                target,
+                source: Box::new(source),
+            })
+        }
         Ok(Ok(seen)) => seen,
     };
     match shared_backend(first_backend_pid, &seen) {

@@ -14,8 +14,11 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 
 use crate::config::Settings;
-use crate::dispatch::{Kind, Op, Reply, RequestError, Statements, BATCH, SINGLE};
+use crate::dispatch::{Kind, Op, Reply, RequestError, Statements};
 use crate::wakeup::{parse_payload, Waiters, CHANNEL};
+#[cfg(feature = "tls-rustls")]
+use crate::wire::Socket;
+use crate::wire::{Lent, Transport, Wire};
 
 /// First of all: a `statement_timeout` set for the role or database must
 /// not cut the session's set-up or lock statements, which never wait (a
@@ -23,13 +26,12 @@ use crate::wakeup::{parse_payload, Waiters, CHANNEL};
 /// session). Waiting is done in memory, bounded by the caller's own timeout.
 const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
 
-/// Run once per session: listen for releases that wake waiters (see
-/// [`crate::wakeup`]; only the sessions of [`Role::Listening`], the rest
-/// run this without its `LISTEN`), and make the server notice a vanished client soon, so
+/// Run once per session: make the server notice a vanished client soon, so
 /// that it frees the session's locks: TCP keepalive after 1 s idle, then
 /// every 1 s, 3 probes (about 4 s in all), and, from PostgreSQL 14,
-/// `client_connection_check_interval` while a statement runs.
-const SESSION_SETUP: &str = "LISTEN advisory_locked; \
+/// `client_connection_check_interval` while a statement runs. (The sessions
+/// of [`Role::Listening`] also `LISTEN`, once the dispatcher has the socket.)
+const SESSION_SETUP: &str = "\
 SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; \
 DO $$ BEGIN IF current_setting('server_version_num')::int >= 140000 THEN \
 PERFORM set_config('client_connection_check_interval', '1000', false); END IF; END $$";
@@ -189,30 +191,67 @@ impl Session {
         waiters: &Arc<Waiters>,
         target: &str,
     ) -> Result<Arc<Session>, Error> {
-        let connect_err = |source| Error::Connect {
+        let connect_err = |source: tokio_postgres::Error| Error::Connect {
             target: target.to_owned(),
-            source,
+            source: Box::new(source),
         };
+        // The session's own socket, lent to tokio-postgres for the start-up
+        // and the set-up, then spoken to directly (see [`crate::wire`]).
+        let (socket, host) = crate::wire::open(&settings.pg)
+            .await
+            .map_err(|e| Error::Connect {
+                target: target.to_owned(),
+                source: Box::new(e),
+            })?;
+        let (lent, kept) = Lent::new(socket);
         #[cfg(feature = "tls-rustls")]
         if let Some(tls) = &settings.tls {
+            use tokio_postgres::tls::MakeTlsConnect;
+            let mut make = tls.clone();
+            let inner = MakeTlsConnect::<Lent<Socket>>::make_tls_connect(&mut make, &host)
+                .map_err(|e| Error::Connect {
+                    target: target.to_owned(),
+                    source: e.into(),
+                })?;
+            let back = Arc::new(std::sync::Mutex::new(None));
+            let tls = crate::wire::LendTls {
+                inner,
+                back: back.clone(),
+            };
             let (client, connection) = settings
                 .pg
-                .connect(tls.clone())
+                .connect_raw(lent, tls)
                 .await
                 .map_err(connect_err)?;
+            let take = move || -> Option<Transport> {
+                // TLS if it was made (over the lent socket), else the plain socket.
+                match back.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(tls) => tls.take().map(|t| Box::new(t) as Transport),
+                    None => kept.take().map(|s| Box::new(s) as Transport),
+                }
+            };
             return Self::set_up(
-                role, settings, counters, waiters, target, client, connection,
+                role, settings, counters, waiters, target, client, connection, take,
             )
             .await;
         }
-        let (client, connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
+        let _ = &host;
+        let (client, connection) = settings
+            .pg
+            .connect_raw(lent, NoTls)
+            .await
+            .map_err(connect_err)?;
+        let take = move || kept.take().map(|s| Box::new(s) as Transport);
         Self::set_up(
-            role, settings, counters, waiters, target, client, connection,
+            role, settings, counters, waiters, target, client, connection, take,
         )
         .await
     }
 
-    /// The rest of [`Session::connect`], for a connection of any transport.
+    /// The rest of [`Session::connect`], for a connection of any transport:
+    /// the set-up through tokio-postgres, then `take` gives the socket back
+    /// for the dispatcher.
+    #[allow(clippy::too_many_arguments)]
     async fn set_up<S, T>(
         role: Role,
         settings: &Settings,
@@ -221,16 +260,21 @@ impl Session {
         target: &str,
         client: Client,
         mut connection: Connection<S, T>,
+        take: impl FnOnce() -> Option<Transport>,
     ) -> Result<Arc<Session>, Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // A statement prepared a moment ago on this fresh connection that
-        // the server no longer knows: a pooler moved the connection to
-        // another server session (see [`crate::proxy`]).
+        // the server no longer knows, or one it knew before: a pooler moved
+        // the connection to another server session, or handed over one
+        // that served another client (see [`crate::proxy`]).
         let connect_err = |source: tokio_postgres::Error| {
-            if source.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME) {
+            use tokio_postgres::error::SqlState;
+            if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+                || source.code() == Some(&SqlState::DUPLICATE_PSTATEMENT)
+            {
                 tracing::error!(pool = %settings.name, target = %target, error = %crate::error::cause(&source), "advisory-locked: a prepared statement vanished while the session was set up: a transaction-pooling proxy; refused");
                 return Error::TransactionPooler {
                     target: target.to_owned(),
@@ -238,30 +282,27 @@ impl Session {
             }
             Error::Connect {
                 target: target.to_owned(),
-                source,
+                source: Box::new(source),
             }
         };
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
 
         // Set-up, all pipelined, with the connection driven alongside.
         // (join! polls in order, so the requests go out in this order.)
-        let session_setup = match role {
-            Role::Listening => SESSION_SETUP,
-            // The same without LISTEN: each listening session is woken by
-            // every release that notifies, in every process.
-            Role::Lock | Role::Wait => SESSION_SETUP
-                .strip_prefix("LISTEN advisory_locked; ")
-                .unwrap_or(SESSION_SETUP),
-        };
+        // LISTEN (a listening session's) comes after the hand-over, on the
+        // wire: until then, the server sends nothing unasked.
+        let session_setup = SESSION_SETUP;
+        let statements = Statements::new(id, settings.fencing, role == Role::Wait);
+        let prepare = statements.prepare_sql();
         let setup = async {
             tokio::join!(
                 client.batch_execute(NO_STATEMENT_TIMEOUT),
                 client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
-                prepare_all(&client, settings.fencing, role),
+                client.batch_execute(&prepare),
                 client.batch_execute(session_setup),
             )
         };
-        let (no_timeout, probe, statements, listen) = drive_until(&mut connection, waiters, setup)
+        let (no_timeout, probe, prepared, listen) = drive_until(&mut connection, waiters, setup)
             .await
             .map_err(connect_err)?;
         no_timeout.map_err(connect_err)?;
@@ -272,7 +313,7 @@ impl Session {
                 target: target.to_owned(),
             });
         }
-        let statements = statements.map_err(connect_err)?;
+        prepared.map_err(connect_err)?;
         listen.map_err(connect_err)?;
         let backend_pid: i32 = probe.get(1);
         // Still the same server session after the set-up's statements, and
@@ -304,6 +345,31 @@ impl Session {
                 });
             }
         }
+        // Every answer is in and the server sends nothing unasked (no
+        // LISTEN yet): nothing is left unread in the driver. It is let go
+        // without being polled again (so it sends nothing, not even its
+        // goodbye), and the socket is the dispatcher's.
+        drop(client);
+        drop(connection);
+        let unavailable = |cause: String| Error::Unavailable {
+            target: target.to_owned(),
+            retry_in: std::time::Duration::ZERO,
+            cause,
+        };
+        let Some(transport) = take() else {
+            return Err(unavailable(
+                "the lock session's socket could not be taken back after its set-up".to_owned(),
+            ));
+        };
+        let mut wire = Wire::new(transport);
+        if role == Role::Listening {
+            // Listen for releases that wake waiters (see [`crate::wakeup`]).
+            wire.simple("LISTEN advisory_locked")
+                .map_err(|e| unavailable(e.to_string()))?;
+            wire.answer()
+                .await
+                .map_err(|e| unavailable(format!("LISTEN failed: {e}")))?;
+        }
         tracing::debug!(pool = %settings.name, session = id, backend_pid, role = ?role, "advisory-locked: lock session connected");
         Counters::add(&counters.sessions_opened, 1);
 
@@ -320,7 +386,7 @@ impl Session {
         });
         let (ops, rx) = mpsc::unbounded_channel();
         let session = crate::dispatch::Dispatcher {
-            client,
+            wire,
             statements,
             ops: rx,
             weak: ops.downgrade(),
@@ -333,7 +399,7 @@ impl Session {
         // goes from its caller to the socket, and its answer back, with no
         // other task in between.
         tokio::spawn(crate::selfwake::Quiet::new(async move {
-            match session.run(connection).await {
+            match session.run().await {
                 Ok(()) => {
                     tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed")
                 }
@@ -581,47 +647,6 @@ fn unlock_kind(notify: bool) -> Kind {
     } else {
         Kind::Unlock
     }
-}
-
-async fn prepare_all(
-    client: &Client,
-    fencing: bool,
-    role: Role,
-) -> Result<Statements, tokio_postgres::Error> {
-    let single = futures_util::future::try_join_all(SINGLE.iter().map(|sql| client.prepare(sql)));
-    let wait_sql = match role {
-        Role::Listening | Role::Lock => Vec::new(),
-        Role::Wait => crate::waiting::wait_statements(),
-    };
-    let wait = futures_util::future::try_join_all(wait_sql.iter().map(|sql| client.prepare(sql)));
-    let fenced_sql = if fencing {
-        crate::fence::fenced_statements()
-    } else {
-        Vec::new()
-    };
-    let fenced =
-        futures_util::future::try_join_all(fenced_sql.iter().map(|sql| client.prepare(sql)));
-    let two = crate::dispatch::two_requests();
-    let pairs_sql = crate::dispatch::pair_requests();
-    let pairs = futures_util::future::try_join_all(pairs_sql.iter().map(|sql| client.prepare(sql)));
-    let (ping, single, two, batch, fenced, pairs, wait) = tokio::join!(
-        client.prepare("SELECT true"),
-        single,
-        client.prepare(&two),
-        client.prepare(BATCH),
-        fenced,
-        pairs,
-        wait,
-    );
-    Ok(Statements {
-        ping: ping?,
-        single: single?,
-        two: two?,
-        pairs: pairs?,
-        batch: batch?,
-        fenced: fenced?,
-        wait: wait?,
-    })
 }
 
 /// True if `e` means the session is gone even though its connection task

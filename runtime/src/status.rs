@@ -182,14 +182,19 @@ pub async fn held_locks(config: &LockConfig) -> Result<Vec<HeldLock>, Error> {
     let after = settings.connect_timeout;
     let client = match tokio::time::timeout(after, crate::session::connect_probe(&settings)).await {
         Ok(Ok(client)) => client,
-        Ok(Err(source)) => return Err(Error::Connect { target, source }),
+        Ok(Err(source)) => {
+            return Err(Error::Connect {
+                target,
+                source: Box::new(source),
+            })
+        }
         Err(_) => return Err(Error::ConnectTimeout { target, after }),
     };
     let rows = client.query(QUERY, &[]).await.map_err(|e| {
         tracing::warn!(target = %target, error = %crate::error::cause(&e), "advisory-locked: the pg_locks status query failed");
         Error::Query {
             key: "(status: pg_locks)".to_owned(),
-            source: std::sync::Arc::new(e),
+            source: std::sync::Arc::new(crate::QueryError::from(&e)),
         }
     })?;
     let mut locks = Vec::with_capacity(rows.len());

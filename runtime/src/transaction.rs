@@ -261,9 +261,9 @@ async fn open(settings: &Settings) -> Result<Conn, Error> {
 }
 
 async fn open_inner(settings: &Settings, target: &str) -> Result<Conn, Error> {
-    let connect_err = |source| Error::Connect {
+    let connect_err = |source: tokio_postgres::Error| Error::Connect {
         target: target.to_owned(),
-        source,
+        source: Box::new(source),
     };
     #[cfg(feature = "tls-rustls")]
     if let Some(tls) = &settings.tls {
@@ -316,7 +316,7 @@ where
         .await
         .map_err(|source| Error::Connect {
             target: target.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     let standby = rows
         .iter()
@@ -776,7 +776,7 @@ where
                 tracing::warn!(pool = %settings.name, key = %name, error = %crate::error::cause(&e), "advisory-locked: transaction-scope lock failed");
                 return Err(Error::Query {
                     key: name,
-                    source: Arc::new(e),
+                    source: Arc::new(crate::QueryError::from(&e)),
                 });
             }
         }
