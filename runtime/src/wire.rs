@@ -9,10 +9,13 @@
 //! encodes requests straight into its write buffer and decodes answers
 //! straight from its read buffer, on the session's own task.
 //!
-//! Connecting stays with tokio-postgres: [`handoff`] lends it the socket for
-//! the start-up (authentication, parameters) and takes it back, idle, with
-//! nothing unread (see there). Messages are parsed and built with
-//! `postgres-protocol`, tokio-postgres's own codec.
+//! Connecting stays with tokio-postgres: the session lends it the socket
+//! ([`Lent`]; with TLS, the stream its connector makes, `LendTls`) for the
+//! start-up (authentication, `sslmode`, parameters) and the set-up, and takes
+//! it back idle, with nothing unread: the set-up has no `LISTEN`, so the
+//! server sends nothing unasked before the hand-over (see
+//! `Session::set_up`). Backend messages are parsed with `postgres-protocol`,
+//! tokio-postgres's own codec.
 //!
 //! The session sends only prepared statements with binary parameters and
 //! binary results (booleans and integers), one Sync each, so every request
