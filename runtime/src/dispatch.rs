@@ -413,46 +413,26 @@ impl Statements {
     /// `PREPARE` of every statement of the session, as one simple query
     /// (sent with the set-up, through tokio-postgres).
     pub(crate) fn prepare_sql(&self) -> String {
-        let mut all: Vec<(usize, String)> = vec![
-            (PING, "SELECT true".to_owned()),
-            (TWO, two_requests()),
-            (BATCH_AT, BATCH.to_owned()),
-        ];
-        all.extend(
-            SINGLE
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (SINGLE_AT + i, (*s).to_owned())),
-        );
-        all.extend(
-            pair_requests()
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| (PAIRS_AT + i, s)),
-        );
+        let mut sql = String::new();
+        let mut add = |at: usize, statements: Vec<String>| {
+            for (i, statement) in statements.into_iter().enumerate() {
+                sql.push_str("PREPARE ");
+                sql.push_str(self.name(at + i));
+                sql.push_str(" AS ");
+                sql.push_str(&statement);
+                sql.push_str("; ");
+            }
+        };
+        add(PING, vec!["SELECT true".to_owned()]);
+        add(TWO, vec![two_requests()]);
+        add(BATCH_AT, vec![BATCH.to_owned()]);
+        add(SINGLE_AT, SINGLE.iter().map(|s| (*s).to_owned()).collect());
+        add(PAIRS_AT, pair_requests());
         if self.fenced {
-            all.extend(
-                crate::fence::fenced_statements()
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, s)| (FENCED_AT + i, s)),
-            );
+            add(FENCED_AT, crate::fence::fenced_statements());
         }
         if self.wait {
-            all.extend(
-                crate::waiting::wait_statements()
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, s)| (WAIT_AT + i, s)),
-            );
-        }
-        let mut sql = String::new();
-        for (at, statement) in all {
-            sql.push_str("PREPARE ");
-            sql.push_str(self.name(at));
-            sql.push_str(" AS ");
-            sql.push_str(&statement);
-            sql.push_str("; ");
+            add(WAIT_AT, crate::waiting::wait_statements());
         }
         sql
     }
@@ -524,13 +504,7 @@ impl Dispatcher {
         // `interval + timeout` of the last answer, exactly.
         let timer = tokio::time::sleep_until(last_heard + liveness.interval);
         tokio::pin!(timer);
-        let mut on_notify = |channel: &str, payload: &str| {
-            if channel == crate::wakeup::CHANNEL {
-                if let Some(key) = crate::wakeup::parse_payload(payload) {
-                    waiters.wake(key);
-                }
-            }
-        };
+        let mut on_notify = |channel: &str, payload: &str| waiters.notified(channel, payload);
         loop {
             if closed && in_flight.is_empty() && backlog.is_empty() {
                 return Ok(());

@@ -15,7 +15,7 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 
 use crate::config::Settings;
 use crate::dispatch::{Kind, Op, Reply, RequestError, Statements};
-use crate::wakeup::{parse_payload, Waiters, CHANNEL};
+use crate::wakeup::Waiters;
 #[cfg(feature = "tls-rustls")]
 use crate::wire::Socket;
 use crate::wire::{Lent, Transport, Wire};
@@ -235,7 +235,8 @@ impl Session {
             )
             .await;
         }
-        let _ = &host;
+        #[cfg(not(feature = "tls-rustls"))]
+        let _ = host; // (the TLS server name)
         let (client, connection) = settings
             .pg
             .connect_raw(lent, NoTls)
@@ -275,7 +276,7 @@ impl Session {
             if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
                 || source.code() == Some(&SqlState::DUPLICATE_PSTATEMENT)
             {
-                tracing::error!(pool = %settings.name, target = %target, error = %crate::error::cause(&source), "advisory-locked: a prepared statement vanished while the session was set up: a transaction-pooling proxy; refused");
+                tracing::error!(pool = %settings.name, target = %target, error = %crate::error::cause(&source), "advisory-locked: a prepared statement vanished, or was there already, while the session was set up: a transaction-pooling proxy; refused");
                 return Error::TransactionPooler {
                     target: target.to_owned(),
                 };
@@ -289,9 +290,8 @@ impl Session {
 
         // Set-up, all pipelined, with the connection driven alongside.
         // (join! polls in order, so the requests go out in this order.)
-        // LISTEN (a listening session's) comes after the hand-over, on the
-        // wire: until then, the server sends nothing unasked.
-        let session_setup = SESSION_SETUP;
+        // (A listening session's LISTEN comes after the hand-over, on the
+        // wire: until then, the server sends nothing unasked.)
         let statements = Statements::new(id, settings.fencing, role == Role::Wait);
         let prepare = statements.prepare_sql();
         let setup = async {
@@ -299,7 +299,7 @@ impl Session {
                 client.batch_execute(NO_STATEMENT_TIMEOUT),
                 client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
                 client.batch_execute(&prepare),
-                client.batch_execute(session_setup),
+                client.batch_execute(SESSION_SETUP),
             )
         };
         let (no_timeout, probe, prepared, listen) = drive_until(&mut connection, waiters, setup)
@@ -700,11 +700,7 @@ pub(crate) fn on_message(
 ) -> Option<Option<tokio_postgres::Error>> {
     match msg {
         Some(Ok(AsyncMessage::Notification(n))) => {
-            if n.channel() == CHANNEL {
-                if let Some(key) = parse_payload(n.payload()) {
-                    waiters.wake(key);
-                }
-            }
+            waiters.notified(n.channel(), n.payload());
             None
         }
         Some(Ok(_notice)) => None,

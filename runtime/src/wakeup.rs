@@ -53,6 +53,16 @@ impl Waiters {
         notify.notified_owned()
     }
 
+    /// A notification a lock session received: wakes the waiters of its
+    /// key if it is one of ours.
+    pub(crate) fn notified(&self, channel: &str, payload: &str) {
+        if channel == CHANNEL {
+            if let Some(key) = parse_payload(payload) {
+                self.wake(key);
+            }
+        }
+    }
+
     /// Wakes every waiter for `id`.
     pub(crate) fn wake(&self, id: KeyId) {
         if let Some(notify) = self.lock().remove(&id) {
