@@ -529,22 +529,6 @@ impl Dispatcher {
             tokio::select! {
                 biased;
                 () = std::future::poll_fn(|cx| shared.poll_killed(cx)) => return Ok(()),
-                () = &mut timer => {
-                    if Instant::now() < due {
-                        // Set for an earlier deadline that has passed.
-                        timer.as_mut().reset(due);
-                        continue;
-                    }
-                    if let Some(since) = waiting_since {
-                        tracing::error!(session = shared.id, waited_ms = since.elapsed().as_millis() as u64,
-                            "advisory-locked: the server has not answered in time; closing the session, its locks are lost");
-                        shared.kill();
-                        return Ok(());
-                    }
-                    // Idle for `interval`: ask the server whether it is there.
-                    send(&mut wire, statements, shared, &[]);
-                    in_flight.push_back(Vec::new());
-                }
                 // Sends what is queued; an answer, or the connection's end.
                 answer = std::future::poll_fn(|cx| wire.poll_answer(cx, &mut on_notify)) => {
                     let gone = matches!(&answer, Err(e) if e.ends_session());
@@ -567,8 +551,7 @@ impl Dispatcher {
                     };
                     last_heard = Instant::now();
                     waiting_since = (!in_flight.is_empty()).then_some(last_heard);
-                    let rows = answer.map(|values| rows_of(&batch, values));
-                    finish((batch, rows), shared, &weak, &mut backlog);
+                    finish((batch, answer), shared, &weak, &mut backlog);
                     if shared.is_dead() {
                         return Ok(());
                     }
@@ -584,9 +567,14 @@ impl Dispatcher {
                                     Err(_) => break,
                                 }
                             }
-                            for part in split(batch) {
-                                send(&mut wire, statements, shared, &part);
-                                in_flight.push_back(part);
+                            if batch.iter().any(Op::goes_alone) {
+                                for part in split(batch) {
+                                    send(&mut wire, statements, shared, &part);
+                                    in_flight.push_back(part);
+                                }
+                            } else {
+                                send(&mut wire, statements, shared, &batch);
+                                in_flight.push_back(batch);
                             }
                         }
                         None => closed = true,
@@ -597,6 +585,24 @@ impl Dispatcher {
                     send(&mut wire, statements, shared, &batch);
                     in_flight.push_back(batch);
                 }
+                // Last: when an answer or a request is ready, the session is
+                // alive and busy, and the timer need not be polled.
+                () = &mut timer => {
+                    if Instant::now() < due {
+                        // Set for an earlier deadline that has passed.
+                        timer.as_mut().reset(due);
+                        continue;
+                    }
+                    if let Some(since) = waiting_since {
+                        tracing::error!(session = shared.id, waited_ms = since.elapsed().as_millis() as u64,
+                            "advisory-locked: the server has not answered in time; closing the session, its locks are lost");
+                        shared.kill();
+                        return Ok(());
+                    }
+                    // Idle for `interval`: ask the server whether it is there.
+                    send(&mut wire, statements, shared, &[]);
+                    in_flight.push_back(Vec::new());
+                }
             }
         }
         // Returning drops the connection (the server frees the session's
@@ -605,12 +611,9 @@ impl Dispatcher {
     }
 }
 
-/// Splits requests into statements, in order: runs of plain requests share
-/// one; a fenced lock or a raise goes alone.
+/// Splits requests of which some go alone into statements, in order: runs
+/// of plain requests share one; a fenced lock or a raise goes alone.
 fn split(batch: Vec<Op>) -> Vec<Vec<Op>> {
-    if !batch.iter().any(Op::goes_alone) {
-        return vec![batch];
-    }
     let mut parts = Vec::new();
     let mut run = Vec::new();
     for op in batch {
@@ -728,18 +731,26 @@ fn send(wire: &mut Wire<Transport>, statements: &Statements, shared: &Shared, ba
     }
 }
 
-/// The answers of `batch` from the values of its statement: one boolean a
-/// request, but a fenced try-lock's `(granted, token)` and a raise's
-/// `(token)`. (A count that does not match is caught by `finish`.)
-fn rows_of(batch: &[Op], values: Values) -> Vec<Row> {
+/// The number of values a statement for `batch` answers: one boolean a
+/// request (and the heartbeat's one), but a fenced try-lock's
+/// `(granted, token)` (see [`row`]).
+fn values_for(batch: &[Op]) -> usize {
     match batch {
-        [] => Vec::new(),
-        [op] if op.is_raise() => values.first().map(|t| (true, *t)).into_iter().collect(),
-        [op] if (12..16).contains(&op.code) => match values.as_slice() {
-            [got, token] => vec![(*got == Some(1), *token)],
-            _ => Vec::new(),
-        },
-        _ => values.into_iter().map(|v| (v == Some(1), None)).collect(),
+        // The heartbeat's `SELECT true`.
+        [] => 1,
+        [op] if (12..16).contains(&op.code) => 2,
+        _ => batch.len(),
+    }
+}
+
+/// The answer to request `i` of `batch` from the values of its statement
+/// (as many as [`values_for`]): a boolean (1 is true), a fenced try-lock's
+/// `(granted, token)`, a raise's `(token)`.
+fn row(batch: &[Op], values: &[Option<i64>], i: usize) -> Row {
+    match batch {
+        [op] if op.is_raise() => (true, values[0]),
+        [op] if (12..16).contains(&op.code) => (values[0] == Some(1), values[1]),
+        _ => (values[i] == Some(1), None),
     }
 }
 
@@ -757,7 +768,7 @@ fn common_pair(batch: &[Op]) -> Option<(usize, i64, i64)> {
 
 /// Hands the answers of one statement to the requests' callers.
 fn finish(
-    done: (Vec<Op>, Result<Vec<Row>, Arc<QueryError>>),
+    done: (Vec<Op>, Result<Values, Arc<QueryError>>),
     shared: &Arc<Shared>,
     weak: &mpsc::WeakUnboundedSender<Op>,
     backlog: &mut Vec<Op>,
@@ -770,8 +781,12 @@ fn finish(
         shared.unlocks_answered(tracked);
     }
     match result {
-        Ok(answers) if answers.len() == batch.len() => {
-            for (op, (yes, token)) in batch.into_iter().zip(answers) {
+        Ok(values) if values.len() == values_for(&batch) => {
+            // (Read before the batch is taken apart: one request's answer
+            // may be a fenced or raise row.)
+            let single = (batch.len() == 1).then(|| row(&batch, &values, 0));
+            for (i, op) in batch.into_iter().enumerate() {
+                let (yes, token) = single.unwrap_or_else(|| (values[i] == Some(1), None));
                 let answer = if op.is_raise() {
                     Answer::Raised(token.unwrap_or(0))
                 } else if op.is_unlock() {
@@ -823,8 +838,8 @@ fn finish(
                 }
             }
         }
-        Ok(answers) => {
-            tracing::error!(session = shared.id, sent = batch.len(), answered = answers.len(),
+        Ok(values) => {
+            tracing::error!(session = shared.id, sent = batch.len(), answered = values.len(),
                 "advisory-locked: a lock statement answered the wrong number of rows; closing the session");
             shared.kill();
             fail(batch, RequestError::Ended);

@@ -52,6 +52,15 @@ async fn tokens_grow_with_every_grant_and_survive_lock_loss() {
                 .expect("the loss is noticed");
             assert!(!guard.is_held());
             drop(guard);
+            // The client hears the FATAL before the dying server process
+            // frees its locks: the next grant is tried once it has.
+            let left = advisory_locked_tests::wait_until_unlocked(
+                &admin,
+                &[key.id()],
+                Duration::from_secs(5),
+            )
+            .await;
+            assert!(left.is_empty(), "still held after the loss: {left:?}");
         } else {
             guard.release().await.unwrap();
         }
