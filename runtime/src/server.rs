@@ -162,7 +162,7 @@ impl ServerLocker {
                 &mut heap
             };
             for (load, slot) in loads.iter_mut().zip(slots) {
-                *load = slot.live().map(|s| s.load());
+                *load = slot.load();
             }
             match recent {
                 None => crate::lanes::packed(loads),
@@ -601,6 +601,14 @@ impl Slot {
 
     fn live(&self) -> Option<Arc<Session>> {
         self.guard().as_ref().filter(|s| !s.is_dead()).cloned()
+    }
+
+    /// The live session's [`Session::load`] (without taking a reference).
+    fn load(&self) -> crate::lanes::Load {
+        self.guard()
+            .as_ref()
+            .filter(|s| !s.is_dead())
+            .map(|s| s.load())
     }
 
     fn take(&self) -> Option<Arc<Session>> {

@@ -74,6 +74,10 @@ pub(crate) struct Shared {
     /// Set by [`Shared::kill`]: dead from that moment, before the aborted
     /// connection task has actually gone.
     killed: AtomicBool,
+    /// Set when the session's task ends, however it ends (see [`Ended`]):
+    /// what [`Shared::is_dead`] reads on every lock, one atomic load where
+    /// the watch channel would take its lock.
+    ended: AtomicBool,
     /// Wakes the session's task to close the connection (with `killed`
     /// set). A waker, not a `Notify`: the task checks it at every wake-up,
     /// and registering a waker is far cheaper than a `Notify` waiter.
@@ -92,9 +96,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// True once the connection has ended (or is known to be unusable).
     pub(crate) fn is_dead(&self) -> bool {
-        self.killed.load(Ordering::Acquire)
-            || *self.dead.borrow()
-            || self.dead.has_changed().is_err()
+        self.killed.load(Ordering::Acquire) || self.ended.load(Ordering::Acquire)
     }
 
     /// Closes the connection at once: the server then frees every lock the
@@ -378,6 +380,7 @@ impl Session {
             id,
             dead,
             killed: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             killer: futures_util::task::AtomicWaker::new(),
             counters: counters.clone(),
             lending: AtomicU8::new(IDLE),
@@ -398,7 +401,11 @@ impl Session {
         // One task drives both the dispatcher and the connection: a request
         // goes from its caller to the socket, and its answer back, with no
         // other task in between.
+        let ended = Ended(shared.clone());
         tokio::spawn(crate::selfwake::Quiet::new(async move {
+            // Marks the session ended when this future is dropped: at its
+            // end, or if the task is aborted or panics.
+            let ended = ended;
             match session.run().await {
                 Ok(()) => {
                     tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed")
@@ -407,6 +414,7 @@ impl Session {
                     tracing::warn!(pool = %pool, session = id, error = %e, "advisory-locked: lock session ended")
                 }
             }
+            drop(ended);
             let _ = dead_tx.send(true);
         }));
         Ok(Arc::new(Session {
@@ -597,6 +605,15 @@ impl Session {
     /// See [`Shared::kill`].
     pub(crate) fn kill(&self) {
         self.shared.kill();
+    }
+}
+
+/// Marks a session ended when dropped (see [`Shared::is_dead`]).
+struct Ended(Arc<Shared>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Release);
     }
 }
 
