@@ -338,6 +338,11 @@ impl ThrowawayServer {
     pub fn data_dir(&self) -> &Path {
         &self.data
     }
+
+    /// The directory of the server's Unix-domain socket (`-k`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for ThrowawayServer {
