@@ -543,10 +543,27 @@ pub async fn configure_from_env() -> Result<(), Error> {
 
 /// The [`Locker`] installed under `name`, or [`Error::NotConfigured`].
 pub fn locker(name: &str) -> Result<Locker, Error> {
-    registry()
+    // Every annotated call looks its entry up. Entries are never removed or
+    // replaced, so one found stays valid: each thread keeps those it found,
+    // and only a miss takes the registry's (process-wide) lock.
+    thread_local! {
+        static FOUND: std::cell::RefCell<Vec<(String, Locker)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let cached = FOUND.with_borrow(|found| {
+        found
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| l.clone())
+    });
+    if let Some(locker) = cached {
+        return Ok(locker);
+    }
+    let locker = registry()
         .get(name)
         .cloned()
         .ok_or_else(|| Error::NotConfigured {
             pool: name.to_owned(),
-        })
+        })?;
+    FOUND.with_borrow_mut(|found| found.push((name.to_owned(), locker.clone())));
+    Ok(locker)
 }
