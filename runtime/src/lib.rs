@@ -53,7 +53,6 @@ mod outcome;
 mod proxy;
 mod quorum;
 mod run;
-mod selfwake;
 mod server;
 mod session;
 mod stats;

@@ -402,7 +402,7 @@ impl Session {
         // goes from its caller to the socket, and its answer back, with no
         // other task in between.
         let ended = Ended(shared.clone());
-        tokio::spawn(crate::selfwake::Quiet::new(async move {
+        tokio::spawn(async move {
             // Marks the session ended when this future is dropped: at its
             // end, or if the task is aborted or panics.
             let ended = ended;
@@ -416,7 +416,7 @@ impl Session {
             }
             drop(ended);
             let _ = dead_tx.send(true);
-        }));
+        });
         Ok(Arc::new(Session {
             shared,
             backend_pid,
