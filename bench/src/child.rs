@@ -71,6 +71,33 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
             if let Some(g) = locker.try_lock(lock_key.clone(), Mode::Exclusive).await? {
                 g.release().await?;
             }
+            // And a wait session (opened at the first wait on the server, as
+            // the peers' connections are opened before): a key of this
+            // child's own, held by a second entry for a few milliseconds.
+            let warm_key =
+                LockKey::int(key ^ (1 << 23) ^ i64::from(std::process::id() & 0xffff) << 8);
+            let holder = LockConfig::from_url(url)?
+                .name("bench-handover-warm-up")
+                .sessions(1)
+                .connect()
+                .await?;
+            let held = holder
+                .try_lock(warm_key.clone(), Mode::Exclusive)
+                .await?
+                .ok_or("warm-up key busy")?;
+            let release = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                held.release().await
+            });
+            locker
+                .lock(warm_key, Mode::Exclusive, Some(WAIT_TIMEOUT))
+                .await?
+                .release()
+                .await?;
+            release.await??;
+            if locker.stats().server_waits == 0 {
+                return Err("warm-up: the wait did not go to a wait session".into());
+            }
             ready_then_go()?;
             let deadline = Instant::now() + CHILD_DEADLINE;
             for _ in 0..acquisitions {
@@ -82,10 +109,14 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
                     .lock(lock_key.clone(), Mode::Exclusive, Some(WAIT_TIMEOUT))
                     .await?;
                 events.push(('a', now_ns()));
-                tokio::time::sleep(hold).await;
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
                 events.push(('r', now_ns()));
                 g.release().await?;
-                tokio::time::sleep(pause).await;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
         "sqlx" => {
@@ -106,10 +137,43 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
                 events.push(('c', now_ns()));
                 let g = lock.acquire(&mut conn).await?;
                 events.push(('a', now_ns()));
-                tokio::time::sleep(hold).await;
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
                 events.push(('r', now_ns()));
                 g.release_now().await?;
-                tokio::time::sleep(pause).await;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        "raw" => {
+            // The floor: one connection blocking on the server, as sqlx, with
+            // tokio-postgres prepared statements.
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client.batch_execute("SET lock_timeout = '10s'").await?;
+            let lock = client.prepare("SELECT pg_advisory_lock($1)").await?;
+            let unlock = client.prepare("SELECT pg_advisory_unlock($1)").await?;
+            client.execute(&lock, &[&key]).await?;
+            client.execute(&unlock, &[&key]).await?;
+            ready_then_go()?;
+            let deadline = Instant::now() + CHILD_DEADLINE;
+            for _ in 0..acquisitions {
+                if Instant::now() > deadline {
+                    break;
+                }
+                events.push(('c', now_ns()));
+                client.execute(&lock, &[&key]).await?;
+                events.push(('a', now_ns()));
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
+                events.push(('r', now_ns()));
+                client.execute(&unlock, &[&key]).await?;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
         other => return Err(format!("unknown kind {other:?}").into()),
@@ -139,6 +203,8 @@ fn ready_then_go() -> Result<(), BoxErr> {
 /// What the parent makes of the two children's logs.
 pub struct Handover {
     pub lat: Lat,
+    /// The handover times, in nanoseconds (for pooling rounds).
+    pub samples: Vec<u64>,
     /// Releases after which the releaser itself got the lock again although
     /// the other process was waiting (not handovers).
     pub reacquired_by_releaser: usize,
@@ -166,6 +232,7 @@ pub async fn handover(
     url: &str,
     key: i64,
     handovers: usize,
+    (hold_us, pause_us): (u64, u64),
 ) -> Result<Handover, BoxErr> {
     let exe = std::env::current_exe()?;
     let acquisitions = handovers / 2 + 6;
@@ -178,8 +245,8 @@ pub async fn handover(
                 url,
                 &key.to_string(),
                 &acquisitions.to_string(),
-                "3000",
-                "1000",
+                &hold_us.to_string(),
+                &pause_us.to_string(),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -281,9 +348,32 @@ pub async fn handover(
         }
     }
     Ok(Handover {
-        lat: Lat::from_nanos(samples),
+        lat: Lat::from_nanos(samples.clone()),
+        samples,
         reacquired_by_releaser,
         not_waiting,
         acquisitions: acq,
     })
+}
+
+impl Handover {
+    /// The rounds of one contender, pooled.
+    pub fn pool(rounds: Vec<Handover>) -> Handover {
+        let mut samples = Vec::new();
+        let (mut re, mut nw, mut acq) = (0, 0, [0, 0]);
+        for h in rounds {
+            samples.extend(h.samples);
+            re += h.reacquired_by_releaser;
+            nw += h.not_waiting;
+            acq[0] += h.acquisitions[0];
+            acq[1] += h.acquisitions[1];
+        }
+        Handover {
+            lat: Lat::from_nanos(samples.clone()),
+            samples,
+            reacquired_by_releaser: re,
+            not_waiting: nw,
+            acquisitions: acq,
+        }
+    }
 }

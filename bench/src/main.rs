@@ -25,6 +25,7 @@ const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 const USAGE: &str = "\
 usage: bench [--quick] [--only p1,p2,..] [--json PATH] [--p2-secs SECS] [--p2-warmup SECS]
+             [--p3-hold-us US] [--p3-pause-us US]
 
   --quick           fewer iterations, shorter P2 (a fast check)
   --only LIST       run only these scenarios (p1..p6; p1 includes the floor)
@@ -33,6 +34,9 @@ usage: bench [--quick] [--only p1,p2,..] [--json PATH] [--p2-secs SECS] [--p2-wa
   --p2-secs SECS    P2 measuring time per contender, split over 3 rotating
                     windows (default 3; quick: 1, one window)
   --p2-warmup SECS  P2 warm-up before each window (default 0.3, quick 0.2)
+  --p3-hold-us US   P3: how long each process holds the key (default 3000)
+  --p3-pause-us US  P3: how long it pauses after a release (default 1000);
+                    below the hold, the other process is waiting at a release
 
 DATABASE_URL overrides postgres://postgres@127.0.0.1:5432/postgres.";
 
@@ -56,6 +60,9 @@ pub struct Opts {
     pub p2_warmup: Duration,
     pub p2_window: Duration,
     pub p3_handovers: usize,
+    /// P3: each process holds the key this long, then pauses this long.
+    pub p3_hold_us: u64,
+    pub p3_pause_us: u64,
     pub p4_keys: u32,
     pub p5_tries: usize,
     pub p6_seq: usize,
@@ -67,6 +74,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
     let mut json = None;
     let mut p2_secs = None;
     let mut p2_warm = None;
+    let mut p3_hold_us = 3_000;
+    let mut p3_pause_us = 1_000;
     let mut it = args.iter();
     let secs = |v: Option<&String>, name: &str| -> Result<f64, String> {
         let v = v.ok_or(format!("{name} needs a value"))?;
@@ -77,6 +86,15 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             return Err(format!("{name}: out of range (0..=600): {v}"));
         }
         Ok(s)
+    };
+    let micros = |v: Option<&String>, name: &str| -> Result<u64, String> {
+        let v = v.ok_or(format!("{name} needs a value"))?;
+        match v.parse::<u64>() {
+            Ok(us) if us <= 100_000 => Ok(us),
+            _ => Err(format!(
+                "{name}: not a whole number of microseconds up to 100000: {v}"
+            )),
+        }
     };
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -94,6 +112,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
             "--json" => json = Some(PathBuf::from(it.next().ok_or("--json needs a path")?)),
             "--p2-secs" => p2_secs = Some(secs(it.next(), "--p2-secs")?),
             "--p2-warmup" => p2_warm = Some(secs(it.next(), "--p2-warmup")?),
+            "--p3-hold-us" => p3_hold_us = micros(it.next(), "--p3-hold-us")?,
+            "--p3-pause-us" => p3_pause_us = micros(it.next(), "--p3-pause-us")?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -127,6 +147,8 @@ fn parse_args(args: &[String]) -> Result<Opts, String> {
         p2_warmup: Duration::from_secs_f64(p2_warm.unwrap_or(if quick { 0.2 } else { 0.3 })),
         p2_window: Duration::from_secs_f64(p2_secs.unwrap_or(if quick { 1.0 } else { 3.0 })),
         p3_handovers: p3,
+        p3_hold_us,
+        p3_pause_us,
         p4_keys: 10_000,
         p5_tries: 10_000,
         p6_seq: p6,

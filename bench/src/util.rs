@@ -98,6 +98,7 @@ pub mod scn {
     pub const P6_TARGET: u8 = 13;
     pub const P6_OTHERS: u8 = 14;
     pub const P6_RAW: u8 = 15;
+    pub const P3_RAW: u8 = 16;
 }
 
 /// Keys unique to this run: every integer key has the run's tag in its high

@@ -325,7 +325,9 @@ impl ServerLocker {
     /// Waiting never blocks a lock session. A key busy in this process is
     /// awaited in memory. A key held by another process is awaited on the
     /// server, on a wait session if one is free (see
-    /// [`LockConfig::wait_sessions`](crate::LockConfig::wait_sessions));
+    /// [`LockConfig::wait_sessions`](crate::LockConfig::wait_sessions);
+    /// a key last got that way is awaited there at once, see
+    /// [`crate::waiting`]);
     /// otherwise it is tried again when
     /// its holder's release notifies (a lock taken with `lock` notifies
     /// waiters in other processes when it is released, in the same
@@ -348,12 +350,35 @@ impl ServerLocker {
         let id = key.id();
         let _forget = ForgetWaiter(&self.inner.waiters, id);
         let mut attempt = 0;
+        // Whether a wait on the server without a try-lock first was tried.
+        let mut waited_at_once = false;
         loop {
             match self.inner.table.begin(id, mode) {
                 Begin::Reserved(recent) => {
                     // Subscribed before the try-lock: a release right after
                     // it wakes this waiter.
                     let woken = self.inner.waiters.subscribe(id);
+                    // A key this process last got by waiting on the server
+                    // is contended: wait there at once, queued behind the
+                    // other processes' waits, instead of a try-lock first
+                    // (a round trip longer, and a window in which this
+                    // process, just releasing, takes the key again before
+                    // a waiter's wait reaches the server).
+                    let home = recent.as_ref().map(|r| &r.session);
+                    if !waited_at_once
+                        && self.inner.waits.enabled()
+                        && home.is_some_and(|s| s.is_wait())
+                    {
+                        waited_at_once = true;
+                        let home = home.cloned();
+                        self.inner.table.abandon(id);
+                        match self.wait_on_server(&key, mode, deadline, home).await? {
+                            WaitedHere::Got(guard) => return Ok(guard),
+                            WaitedHere::TimedOut => return Err(timed_out()),
+                            // No wait session free: a try-lock first.
+                            WaitedHere::Again | WaitedHere::Fallback => continue,
+                        }
+                    }
                     if let Some(guard) = self.ask_server(&key, mode, true, recent).await? {
                         if attempt > 0 {
                             tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
@@ -362,7 +387,7 @@ impl ServerLocker {
                     }
                     // Busy in another session: wait on the server, on a
                     // wait session if one is free (see crate::waiting).
-                    match self.wait_on_server(&key, mode, deadline).await? {
+                    match self.wait_on_server(&key, mode, deadline, None).await? {
                         WaitedHere::Got(guard) => {
                             tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
                             return Ok(guard);
@@ -461,6 +486,7 @@ impl ServerLocker {
         key: &LockKey,
         mode: Mode,
         deadline: Option<tokio::time::Instant>,
+        prefer: Option<Arc<Session>>,
     ) -> Result<WaitedHere, Error> {
         use crate::waiting::Waited;
         if !self.inner.waits.enabled() {
@@ -488,17 +514,19 @@ impl ServerLocker {
             id: key.id(),
             armed: true,
         };
-        Ok(match self.inner.waits.wait(key, mode, deadline).await? {
-            Waited::Granted(session, grant) => {
-                grant.keep();
-                reservation.armed = false;
-                self.inner.table.granted(key.id(), session.clone(), None);
-                WaitedHere::Got(self.guard(key.clone(), mode, session, true, None))
-            }
-            Waited::TimedOut => WaitedHere::TimedOut,
-            Waited::Again => WaitedHere::Again,
-            Waited::Unavailable => WaitedHere::Fallback,
-        })
+        Ok(
+            match self.inner.waits.wait(key, mode, deadline, prefer).await? {
+                Waited::Granted(session, grant) => {
+                    grant.keep();
+                    reservation.armed = false;
+                    self.inner.table.granted(key.id(), session.clone(), None);
+                    WaitedHere::Got(self.guard(key.clone(), mode, session, true, None))
+                }
+                Waited::TimedOut => WaitedHere::TimedOut,
+                Waited::Again => WaitedHere::Again,
+                Waited::Unavailable => WaitedHere::Fallback,
+            },
+        )
     }
 
     /// Reconnects the listening session (the first slot's, see

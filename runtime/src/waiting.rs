@@ -6,6 +6,15 @@
 //! where the notify/backoff path of [`crate::server`] needs the holder's
 //! notification to reach this process and then one more try-lock.
 //!
+//! - A key this process last got by waiting on the server is *contended*:
+//!   the next wait-mode call for it sends the wait at once, without a
+//!   try-lock first, on the wait session the key was held on if that one is
+//!   idle (right after the unlock queued there). That saves a round trip,
+//!   and the wait joins the server's queue at once: with a try-lock first, a
+//!   process that releases and takes the key again quickly could take it
+//!   back in the window between the waiter's busy try-lock and its wait.
+//!   A free key is granted by the wait at once. With no wait session idle,
+//!   the call takes the try-lock path.
 //! - A wait session is a [`Session`] like the lock sessions (its own
 //!   dispatcher, heartbeat and loss detection; named alike), but it serves
 //!   one wait at a time and does not `LISTEN`. It is lent only while it holds
@@ -178,17 +187,26 @@ impl WaitPool {
     }
 
     /// Waits on the server for `key` (reserved in the caller's table), in
-    /// slices, until it is granted or `deadline` passes.
+    /// slices, until it is granted or `deadline` passes; on `prefer` (where
+    /// this process held the key last) if it is idle.
     pub(crate) async fn wait(
         &self,
         key: &LockKey,
         mode: Mode,
         deadline: Option<TokioInstant>,
+        mut prefer: Option<Arc<Session>>,
     ) -> Result<Waited, Error> {
         let id = key.id();
         loop {
-            let Some(session) = self.lend(deadline).await? else {
-                return Ok(Waited::Unavailable);
+            let preferred = prefer
+                .take()
+                .filter(|s| !s.is_dead() && s.is_wait() && s.lend());
+            let session = match preferred {
+                Some(s) => s,
+                None => match self.lend(deadline).await? {
+                    Some(s) => s,
+                    None => return Ok(Waited::Unavailable),
+                },
             };
             let slice = match deadline {
                 Some(d) => {

@@ -372,6 +372,98 @@ async fn a_later_lock_from_the_same_process_does_not_overtake_the_release() {
     }
 }
 
+/// A key this process last got by waiting on the server is contended: the
+/// next wait-mode call waits on the server at once, on the same wait
+/// session, without a try-lock first (one round trip less, and no window in
+/// which the releasing process takes the key back before this wait reaches
+/// the server). Checked in the server's view (who waits, who holds) and in
+/// the counters: no try-lock is sent, busy or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contended_key_is_waited_for_on_the_server_at_once() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-at-once");
+    let holder = locker_at(&db_url(), 2).await;
+    let b = waiter(&app, 2).await;
+    let key = LockKey::named(unique("ws:at-once"));
+    // First: a try-lock finds it busy, then the wait on the server.
+    let (guard, waiting, first_pid) = held_and_awaited(
+        &client,
+        &holder,
+        &b,
+        &app,
+        &key,
+        Mode::Exclusive,
+        Some(BOUND),
+    )
+    .await;
+    guard.release().await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.backend_pid(), first_pid);
+    let s0 = b.stats();
+    assert!(s0.busy >= 1 && s0.server_waits >= 1, "{s0:?}");
+    got.release().await.unwrap();
+    for round in 0..3 {
+        // Held elsewhere again: waited for on the server, on the same
+        // backend, with no try-lock first.
+        let before = b.stats();
+        let (guard, waiting, pid) = held_and_awaited(
+            &client,
+            &holder,
+            &b,
+            &app,
+            &key,
+            Mode::Exclusive,
+            Some(BOUND),
+        )
+        .await;
+        assert_eq!(pid, first_pid, "round {round}: waited on another backend");
+        guard.release().await.unwrap();
+        let got = waiting.await.unwrap().unwrap();
+        assert_eq!(got.backend_pid(), first_pid, "round {round}");
+        let after = b.stats();
+        assert_eq!(
+            after.busy, before.busy,
+            "round {round}: a try-lock was sent: {after:?}"
+        );
+        assert_eq!(
+            after.lock_requests,
+            before.lock_requests + 1,
+            "round {round}: {after:?}"
+        );
+        assert_eq!(
+            after.server_waits,
+            before.server_waits + 1,
+            "round {round}: {after:?}"
+        );
+        got.release().await.unwrap();
+    }
+    // Free: the wait on the server is granted at once.
+    let before = b.stats();
+    let got = tokio::time::timeout(BOUND, b.lock(key.clone(), Mode::Exclusive, Some(BOUND)))
+        .await
+        .expect("a free key was not granted")
+        .unwrap();
+    assert_eq!(got.backend_pid(), first_pid);
+    assert_eq!(b.stats().server_waits, before.server_waits + 1);
+    let locks = advisory_locks(&client, &[key.id()]).await;
+    assert!(
+        locks.iter().any(|l| l.pid == first_pid && l.granted) && locks.len() == 1,
+        "{locks:?}"
+    );
+    got.release().await.unwrap();
+    assert!(wait_until_unlocked(&client, &[key.id()], BOUND)
+        .await
+        .is_empty());
+    // A try-lock still goes to a lock session.
+    let again = b
+        .try_lock(key.clone(), Mode::Exclusive)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(again.backend_pid(), first_pid);
+    again.release().await.unwrap();
+}
+
 /// The handover of the old path: a notified release or a backoff tick, then
 /// a try-lock. Returns (how long after the release the waiter got the lock,
 /// whether any backend of `app` was seen waiting on the server meanwhile).
