@@ -44,6 +44,24 @@ where
 pub struct Measured {
     pub lat: Lat,
     pub not_ok: usize,
+    /// The timed calls, in nanoseconds (for pooling runs).
+    pub samples: Vec<u64>,
+}
+
+impl Measured {
+    /// Runs of one probe, pooled.
+    pub fn pool(runs: impl IntoIterator<Item = Measured>) -> Measured {
+        let (mut samples, mut not_ok) = (Vec::new(), 0);
+        for m in runs {
+            samples.extend(m.samples);
+            not_ok += m.not_ok;
+        }
+        Measured {
+            lat: Lat::from_nanos(samples.clone()),
+            not_ok,
+            samples,
+        }
+    }
 }
 
 /// `warm` untimed calls of each probe, then `rounds` rounds of
@@ -83,8 +101,9 @@ pub async fn interleave(
         .into_iter()
         .zip(not_ok)
         .map(|(s, not_ok)| Measured {
-            lat: Lat::from_nanos(s),
+            lat: Lat::from_nanos(s.clone()),
             not_ok,
+            samples: s,
         })
         .collect())
 }

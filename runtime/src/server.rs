@@ -168,13 +168,16 @@ impl ServerLocker {
                 None => crate::lanes::packed(loads),
                 Some(r) => {
                     let light = crate::lanes::lightest(loads);
-                    let least = loads[light].unwrap_or(0);
+                    let least = crate::lanes::weight(loads[light]);
                     let home = &r.session;
                     // A wait session is never a home: a try-lock there
                     // could queue behind a blocking wait (crate::waiting).
                     if !home.is_dead()
                         && !home.is_wait()
-                        && !crate::lanes::much_heavier(home.load(), least)
+                        && !crate::lanes::much_heavier(
+                            crate::lanes::weight(Some(home.lane())),
+                            least,
+                        )
                     {
                         return Ok(home.clone());
                     }
@@ -636,7 +639,7 @@ impl Slot {
         self.guard()
             .as_ref()
             .filter(|s| !s.is_dead())
-            .map(|s| s.load())
+            .map(|s| s.lane())
     }
 
     fn take(&self) -> Option<Arc<Session>> {

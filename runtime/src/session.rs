@@ -153,6 +153,8 @@ pub(crate) struct Session {
     /// Locks of this process on this session: held, or asked for and not
     /// yet answered (see [`crate::lanes`]).
     load: AtomicUsize,
+    /// The most `load` has been (see [`crate::lanes::Lane::peak`]).
+    peak: AtomicUsize,
     /// The table's unlocks queued so far; the n-th is answered once
     /// `Shared::unlocks_done` reaches n.
     unlocks_queued: AtomicU64,
@@ -422,6 +424,7 @@ impl Session {
             backend_pid,
             ops,
             load: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             unlocks_queued: AtomicU64::new(0),
             role,
         }))
@@ -537,12 +540,24 @@ impl Session {
         self.load.load(Ordering::Relaxed)
     }
 
+    /// The load now and the most it has been, for routing.
+    pub(crate) fn lane(&self) -> crate::lanes::Lane {
+        let locks = self.load();
+        crate::lanes::Lane {
+            locks,
+            peak: self.peak.load(Ordering::Relaxed).max(locks),
+        }
+    }
+
     /// A try-lock is about to be sent here: counted in [`Session::load`]
     /// until it is answered busy (or fails), or, if granted, until its
     /// unlock is queued. The returned ticket uncounts it when dropped
     /// unless [`LoadTicket::granted`] is called.
     pub(crate) fn routed(&self) -> LoadTicket<'_> {
-        self.load.fetch_add(1, Ordering::Relaxed);
+        let n = self.load.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(n, Ordering::Relaxed);
+        }
         LoadTicket {
             session: self,
             counted: true,

@@ -96,6 +96,60 @@ async fn held_locks_pack_and_repeated_keys_run_on_a_light_session() {
     drop(held);
 }
 
+/// A server process that held many locks stays slower after releasing
+/// them (its backend-local lock table does not shrink, and is scanned at
+/// every statement's end): once all 1,000 packed locks are released, a key
+/// locked again and again still leaves that session for one that never
+/// held much, while new keys taken once are packed into it again.
+#[tokio::test]
+async fn repeated_keys_avoid_a_session_that_held_many_locks() {
+    let admin = raw_connect(&db_url()).await;
+    let locker = locker(3).await;
+    let held = hold_many(&locker, "peak", 1_000).await;
+    let cold: Vec<KeyId> = held.iter().map(|g| g.key().id()).collect();
+    let by_pid = holders(&admin, &cold).await;
+    assert_eq!(by_pid.len(), 1, "packed: {by_pid:?}");
+    let packed_pid = *by_pid.keys().next().unwrap();
+    drop(held);
+    let left = advisory_locked_tests::wait_until_unlocked(
+        &admin,
+        &cold,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    assert!(left.is_empty(), "not released: {} left", left.len());
+    assert_eq!(locker.stats().keys, 0);
+
+    // Taken the first time: packed into the session that held the 1,000
+    // (it holds nothing now, as every session does).
+    let hot = key("after-peak", 0);
+    let mut pids = Vec::new();
+    for _ in 0..20 {
+        let g = locker
+            .try_lock(hot.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+            .expect("the hot key was busy");
+        pids.push(g.backend_pid());
+        drop(g);
+    }
+    assert_eq!(pids[0], packed_pid, "a key taken the first time is packed");
+    assert!(
+        pids[1..].iter().all(|&p| p != packed_pid),
+        "a released key leaves the session that held 1,000 locks: {pids:?} (that one: {packed_pid})"
+    );
+    assert!(
+        pids[1..].windows(2).all(|w| w[0] == w[1]),
+        "and stays: {pids:?}"
+    );
+    // New keys still pack where the 1,000 were.
+    let more = hold_many(&locker, "peak-again", 10).await;
+    let ids: Vec<KeyId> = more.iter().map(|g| g.key().id()).collect();
+    let by_pid = holders(&admin, &ids).await;
+    assert_eq!(by_pid.keys().copied().collect::<Vec<_>>(), vec![packed_pid]);
+    drop(more);
+}
+
 /// Many keys, each released and at once taken again in a tight loop while
 /// the session it was on is full: each moves to a light session, and the
 /// new lock must never reach the server before the unlock (it would be
