@@ -38,7 +38,8 @@ usage: bench [--quick] [--only p1,p2,..] [--json PATH] [--p2-secs SECS] [--p2-wa
   --p3-pause-us US  P3: how long it pauses after a release (default 1000);
                     below the hold, the other process is waiting at a release
 
-DATABASE_URL overrides postgres://postgres@127.0.0.1:5432/postgres.";
+DATABASE_URL overrides postgres://postgres@127.0.0.1:5432/postgres.
+P6_DEBUG=1 prints each P6 phase (level, the hot key's backend, medians).";
 
 /// How much of everything to do.
 #[derive(Debug, Clone)]
