@@ -1,5 +1,7 @@
 //! P3: cross-process handover. The parent re-executes this binary twice as
-//! `bench handover-child KIND URL KEY ACQUISITIONS HOLD_US PAUSE_US`; both
+//! `bench handover-child KIND URL KEY ACQUISITIONS HOLD_US PAUSE_US` (KIND:
+//! `ours`, `sqlx`, or `raw`, the floor: tokio-postgres blocking in
+//! `pg_advisory_lock`); both
 //! children alternate on one key in wait mode and print what happened when
 //! (realtime-clock nanoseconds, comparable between processes); the parent
 //! merges the two logs.
@@ -50,7 +52,8 @@ pub fn main(args: &[String]) -> ExitCode {
 async fn run(args: &[String]) -> Result<(), BoxErr> {
     let [kind, url, key, acquisitions, hold_us, pause_us] = args else {
         return Err(
-            "usage: bench handover-child ours|sqlx URL KEY ACQUISITIONS HOLD_US PAUSE_US".into(),
+            "usage: bench handover-child ours|sqlx|raw URL KEY ACQUISITIONS HOLD_US PAUSE_US"
+                .into(),
         );
     };
     let key: i64 = key.parse()?;
