@@ -95,7 +95,7 @@ impl fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-/// What a request on a [`Wire`] can fail with.
+/// What a request on a lock session's connection can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The server refused the statement.
@@ -504,8 +504,9 @@ pub(crate) enum Socket {
 }
 
 /// Opens a socket to the first of the configured hosts that answers, as
-/// tokio-postgres would (`host`, `hostaddr`, `port`); returns it with the
-/// host name (for TLS).
+/// tokio-postgres would (`host`, `hostaddr`, `port`, `connect_timeout` per
+/// host, TCP keepalives and `tcp_user_timeout`); returns it with the host
+/// name (for TLS).
 pub(crate) async fn open(config: &tokio_postgres::Config) -> io::Result<(Socket, String)> {
     use tokio_postgres::config::Host;
     let hosts = config.get_hosts();
@@ -520,7 +521,7 @@ pub(crate) async fn open(config: &tokio_postgres::Config) -> io::Result<(Socket,
             #[cfg(unix)]
             Some(Host::Unix(dir)) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
-                match tokio::net::UnixStream::connect(&path).await {
+                match within_connect_timeout(config, tokio::net::UnixStream::connect(&path)).await {
                     Ok(s) => return Ok((Socket::Unix(s), String::new())),
                     Err(e) => {
                         last = e;
@@ -530,13 +531,16 @@ pub(crate) async fn open(config: &tokio_postgres::Config) -> io::Result<(Socket,
             }
             None => String::new(),
         };
-        let tcp = match addrs.get(i) {
-            Some(ip) => tokio::net::TcpStream::connect((*ip, port)).await,
-            None => tokio::net::TcpStream::connect((name.as_str(), port)).await,
+        let connect = async {
+            match addrs.get(i) {
+                Some(ip) => tokio::net::TcpStream::connect((*ip, port)).await,
+                None => tokio::net::TcpStream::connect((name.as_str(), port)).await,
+            }
         };
-        match tcp {
+        match within_connect_timeout(config, connect).await {
             Ok(s) => {
                 s.set_nodelay(true)?;
+                tcp_options(config, &s)?;
                 let name = if name.is_empty() {
                     addrs.get(i).map(|ip| ip.to_string()).unwrap_or_default()
                 } else {
@@ -548,6 +552,61 @@ pub(crate) async fn open(config: &tokio_postgres::Config) -> io::Result<(Socket,
         }
     }
     Err(last)
+}
+
+/// A connect attempt to one host, bounded by the config's `connect_timeout`
+/// as in tokio-postgres (so that one silent host leaves time for the next).
+async fn within_connect_timeout<T>(
+    config: &tokio_postgres::Config,
+    connect: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match config.get_connect_timeout() {
+        Some(t) => tokio::time::timeout(*t, connect).await.unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            ))
+        }),
+        None => connect.await,
+    }
+}
+
+/// The TCP options tokio-postgres would set on its own socket: keepalives
+/// (on by default, 2 hours idle; `keepalives`, `keepalives_idle`,
+/// `keepalives_interval`, `keepalives_retries`) and, on Linux,
+/// `tcp_user_timeout`.
+fn tcp_options(config: &tokio_postgres::Config, stream: &tokio::net::TcpStream) -> io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    #[cfg(target_os = "linux")]
+    if let Some(t) = config.get_tcp_user_timeout() {
+        sock.set_tcp_user_timeout(Some(*t))?;
+    }
+    if config.get_keepalives() {
+        let keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+        #[cfg(not(any(
+            target_os = "aix",
+            target_os = "redox",
+            target_os = "solaris",
+            target_os = "openbsd"
+        )))]
+        let keepalive = match config.get_keepalives_interval() {
+            Some(interval) => keepalive.with_interval(interval),
+            None => keepalive,
+        };
+        #[cfg(not(any(
+            target_os = "aix",
+            target_os = "redox",
+            target_os = "solaris",
+            target_os = "windows",
+            target_os = "openbsd"
+        )))]
+        let keepalive = match config.get_keepalives_retries() {
+            Some(retries) => keepalive.with_retries(retries),
+            None => keepalive,
+        };
+        sock.set_tcp_keepalive(&keepalive)?;
+    }
+    Ok(())
 }
 
 impl AsyncRead for Socket {
