@@ -112,14 +112,10 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
                     .lock(lock_key.clone(), Mode::Exclusive, Some(WAIT_TIMEOUT))
                     .await?;
                 events.push(('a', now_ns()));
-                if !hold.is_zero() {
-                    tokio::time::sleep(hold).await;
-                }
+                nap(hold).await;
                 events.push(('r', now_ns()));
                 g.release().await?;
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
+                nap(pause).await;
             }
         }
         "sqlx" => {
@@ -140,14 +136,10 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
                 events.push(('c', now_ns()));
                 let g = lock.acquire(&mut conn).await?;
                 events.push(('a', now_ns()));
-                if !hold.is_zero() {
-                    tokio::time::sleep(hold).await;
-                }
+                nap(hold).await;
                 events.push(('r', now_ns()));
                 g.release_now().await?;
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
+                nap(pause).await;
             }
         }
         "raw" => {
@@ -169,14 +161,10 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
                 events.push(('c', now_ns()));
                 client.execute(&lock, &[&key]).await?;
                 events.push(('a', now_ns()));
-                if !hold.is_zero() {
-                    tokio::time::sleep(hold).await;
-                }
+                nap(hold).await;
                 events.push(('r', now_ns()));
                 client.execute(&unlock, &[&key]).await?;
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
+                nap(pause).await;
             }
         }
         other => return Err(format!("unknown kind {other:?}").into()),
@@ -189,6 +177,13 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
     writeln!(out, "done")?;
     out.flush()?;
     Ok(())
+}
+
+/// Sleeps `d`; not at all (not even a timer tick) if it is zero.
+async fn nap(d: Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
 }
 
 fn ready_then_go() -> Result<(), BoxErr> {

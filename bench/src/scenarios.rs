@@ -1350,13 +1350,14 @@ async fn settle(locker: &Locker, level: usize, big: bool) -> Result<(), BoxErr> 
 async fn p6(o: &Opts, keys: &Keys, admin: &Client, rep: &mut Report) -> Result<(), BoxErr> {
     // One Locker, one hot key, and 1 / 100 / 10,000 other locks held at
     // once, the level changed between phases (up, then down, in cycles,
-    // after one unmeasured cycle up),
-    // each phase measured interleaved with a raw SELECT 1 and the phases of
-    // a level pooled. One Locker, so that every level is measured over the
-    // same client/backend pair: on this VM a pair's round trip stays slow
-    // or fast for seconds at a time, which made separate Lockers per level
-    // differ by up to 2-4x whatever they held (and two Lockers holding the
-    // same number of others by up to 40%).
+    // after one unmeasured cycle up). Each phase is interleaved, in blocks
+    // of 10 calls, with a raw SELECT 1; a level's value is the median of its
+    // phases' ratios to that SELECT 1 (latencies are reported too). One
+    // Locker, so that every level is measured over the same client/backend
+    // pair: on this VM a pair's round trip stays slow or fast for seconds at
+    // a time, which made separate Lockers per level differ by up to 2-4x
+    // whatever they held (and two Lockers holding the same number of others
+    // by up to 40%).
     let levels = [1u32, 100, 10_000];
     let cycles = if o.quick { 2 } else { 12 };
     let per_phase = (o.p6_seq / cycles).max(50);
