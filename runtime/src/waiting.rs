@@ -13,8 +13,10 @@
 //!   and the wait joins the server's queue at once: with a try-lock first, a
 //!   process that releases and takes the key again quickly could take it
 //!   back in the window between the waiter's busy try-lock and its wait.
-//!   A free key is granted by the wait at once. With no wait session idle,
-//!   the call takes the try-lock path.
+//!   A free key is granted by the wait at once, and is then held on the
+//!   wait session, as after any wait (so a key contended once keeps using a
+//!   wait session while one is idle). With no wait session idle, the call
+//!   takes the try-lock path.
 //! - A wait session is a [`Session`] like the lock sessions (its own
 //!   dispatcher, heartbeat and loss detection; named alike), but it serves
 //!   one wait at a time and does not `LISTEN`. It is lent only while it holds
