@@ -40,6 +40,22 @@ async fn hold_many(locker: &Locker, tag: &str, n: usize) -> Vec<LockGuard> {
     held
 }
 
+/// Locks `key` and drops the guard `n` times in a row; the backend of each
+/// lock.
+async fn lock_again_and_again(locker: &Locker, key: &LockKey, n: usize) -> Vec<i32> {
+    let mut pids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let g = locker
+            .try_lock(key.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+            .expect("the hot key was busy: a lock overtook its own unlock");
+        pids.push(g.backend_pid());
+        drop(g);
+    }
+    pids
+}
+
 /// How many of `keys` each server process holds.
 async fn holders(admin: &tokio_postgres::Client, keys: &[KeyId]) -> HashMap<i32, usize> {
     let mut by_pid = HashMap::new();
@@ -67,16 +83,7 @@ async fn held_locks_pack_and_repeated_keys_run_on_a_light_session() {
     // A key locked and released again and again moves off the full session
     // (after its first release) and stays where it is light.
     let hot = key("hot", 0);
-    let mut pids = Vec::new();
-    for _ in 0..50 {
-        let g = locker
-            .try_lock(hot.clone(), Mode::Exclusive)
-            .await
-            .unwrap()
-            .expect("the hot key was busy: a lock overtook its own unlock");
-        pids.push(g.backend_pid());
-        drop(g);
-    }
+    let pids = lock_again_and_again(&locker, &hot, 50).await;
     assert_eq!(pids[0], packed_pid, "a key taken the first time is packed");
     assert!(
         pids[1..].iter().all(|&p| p != packed_pid),
@@ -123,16 +130,7 @@ async fn repeated_keys_avoid_a_session_that_held_many_locks() {
     // Taken the first time: packed into the session that held the 1,000
     // (it holds nothing now, as every session does).
     let hot = key("after-peak", 0);
-    let mut pids = Vec::new();
-    for _ in 0..20 {
-        let g = locker
-            .try_lock(hot.clone(), Mode::Exclusive)
-            .await
-            .unwrap()
-            .expect("the hot key was busy");
-        pids.push(g.backend_pid());
-        drop(g);
-    }
+    let pids = lock_again_and_again(&locker, &hot, 20).await;
     assert_eq!(pids[0], packed_pid, "a key taken the first time is packed");
     assert!(
         pids[1..].iter().all(|&p| p != packed_pid),
