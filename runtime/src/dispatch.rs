@@ -76,6 +76,9 @@ pub(crate) struct Grant {
     /// A grant of a blocking wait: its wait session, lendable again once the
     /// grant is given back (see [`crate::waiting`]).
     lent: Option<Arc<Shared>>,
+    /// A blocking wait's grant that had to wait: the key was held by
+    /// another session when the wait arrived.
+    pub(crate) blocked: bool,
 }
 
 impl Grant {
@@ -745,10 +748,12 @@ fn values_for(batch: &[Op]) -> usize {
 
 /// The answer to request `i` of `batch` from the values of its statement
 /// (as many as [`values_for`]): a boolean (1 is true), a fenced try-lock's
-/// `(granted, token)`, a raise's `(token)`.
+/// `(granted, token)`, a raise's `(token)`, a blocking wait's `(granted,
+/// 1 or 2)` (2: it had to wait).
 fn row(batch: &[Op], values: &[Option<i64>], i: usize) -> Row {
     match batch {
         [op] if op.is_raise() => (true, values[0]),
+        [op] if op.is_wait() => (matches!(values[0], Some(1 | 2)), values[0]),
         [op] if (12..16).contains(&op.code) => (values[0] == Some(1), values[1]),
         _ => (values[i] == Some(1), None),
     }
@@ -804,11 +809,13 @@ fn finish(
                         // Before the caller can give it back.
                         shared.holding();
                     }
+                    let wait = op.is_wait();
                     Answer::Granted(Grant {
                         undo: Some(op.undo()),
                         ops: weak.clone(),
-                        token,
-                        lent: op.is_wait().then(|| shared.clone()),
+                        token: if wait { None } else { token },
+                        lent: wait.then(|| shared.clone()),
+                        blocked: wait && token == Some(2),
                     })
                 } else {
                     Counters::add(&shared.counters.busy, 1);

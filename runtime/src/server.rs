@@ -361,21 +361,23 @@ impl ServerLocker {
                     // Subscribed before the try-lock: a release right after
                     // it wakes this waiter.
                     let woken = self.inner.waiters.subscribe(id);
-                    // A key this process last got by waiting on the server
-                    // is contended: wait there at once, queued behind the
-                    // other processes' waits, instead of a try-lock first
-                    // (a round trip longer, and a window in which this
-                    // process, just releasing, takes the key again before
-                    // a waiter's wait reaches the server).
-                    let home = recent.as_ref().map(|r| &r.session);
-                    if !waited_at_once
-                        && self.inner.waits.enabled()
-                        && home.is_some_and(|s| s.is_wait())
-                    {
+                    // A key this process found held by another process
+                    // lately is contended: wait on the server at once,
+                    // queued behind the other processes' waits, instead of
+                    // a try-lock first (a round trip longer, and a window
+                    // in which this process, just releasing, takes the key
+                    // again before a waiter's wait reaches the server).
+                    let contended = recent.as_ref().filter(|r| r.contended > 0);
+                    if !waited_at_once && self.inner.waits.enabled() && contended.is_some() {
                         waited_at_once = true;
-                        let home = home.cloned();
+                        let home = contended.map(|r| r.session.clone());
+                        // One less if this wait finds the key free.
+                        let if_free = contended.map_or(0, |r| r.contended - 1);
                         self.inner.table.abandon(id);
-                        match self.wait_on_server(&key, mode, deadline, home).await? {
+                        match self
+                            .wait_on_server(&key, mode, deadline, home, if_free)
+                            .await?
+                        {
                             WaitedHere::Got(guard) => return Ok(guard),
                             WaitedHere::TimedOut => return Err(timed_out()),
                             // No wait session free: a try-lock first.
@@ -390,7 +392,10 @@ impl ServerLocker {
                     }
                     // Busy in another session: wait on the server, on a
                     // wait session if one is free (see crate::waiting).
-                    match self.wait_on_server(&key, mode, deadline, None).await? {
+                    match self
+                        .wait_on_server(&key, mode, deadline, None, crate::table::CONTENDED)
+                        .await?
+                    {
                         WaitedHere::Got(guard) => {
                             tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
                             return Ok(guard);
@@ -471,7 +476,9 @@ impl ServerLocker {
         match result {
             Ok(Some((session, token))) => {
                 reservation.armed = false;
-                self.inner.table.granted(key.id(), session.clone(), token);
+                self.inner
+                    .table
+                    .granted(key.id(), session.clone(), token, 0);
                 Ok(Some(self.guard(key.clone(), mode, session, notify, token)))
             }
             Ok(None) => Ok(None),
@@ -490,6 +497,7 @@ impl ServerLocker {
         mode: Mode,
         deadline: Option<tokio::time::Instant>,
         prefer: Option<Arc<Session>>,
+        if_free: u8,
     ) -> Result<WaitedHere, Error> {
         use crate::waiting::Waited;
         if !self.inner.waits.enabled() {
@@ -520,9 +528,18 @@ impl ServerLocker {
         Ok(
             match self.inner.waits.wait(key, mode, deadline, prefer).await? {
                 Waited::Granted(session, grant) => {
+                    // Fully contended if the wait found the key held;
+                    // else what the caller says (see Recent::contended).
+                    let contended = if grant.blocked {
+                        crate::table::CONTENDED
+                    } else {
+                        if_free
+                    };
                     grant.keep();
                     reservation.armed = false;
-                    self.inner.table.granted(key.id(), session.clone(), None);
+                    self.inner
+                        .table
+                        .granted(key.id(), session.clone(), None, contended);
                     WaitedHere::Got(self.guard(key.clone(), mode, session, true, None))
                 }
                 Waited::TimedOut => WaitedHere::TimedOut,

@@ -31,6 +31,8 @@ enum Entry {
         session: Arc<Session>,
         /// The grant's fencing token, shared by the joined holders.
         token: Option<i64>,
+        /// How contended the key is (see [`Recent::contended`]).
+        contended: u8,
         changed: Changed,
     },
 }
@@ -41,7 +43,18 @@ enum Entry {
 pub(crate) struct Recent {
     pub(crate) session: Arc<Session>,
     pub(crate) unlock: u64,
+    /// Above 0: the key was found held by another process lately (set to
+    /// [`CONTENDED`] then, one less at each wait that finds it free), and
+    /// the next wait-mode call waits on the server at once (see
+    /// [`crate::waiting`]).
+    pub(crate) contended: u8,
 }
+
+/// How many waits in a row must find a key free before it is no longer
+/// contended (see [`Recent::contended`]): a key handed back and forth is
+/// often free at the moment a wait arrives, and should not drop back to
+/// the try-lock path at the first such wait.
+pub(crate) const CONTENDED: u8 = 4;
 
 /// Released keys remembered at most (more while their unlocks are pending).
 const RECENT_KEYS: usize = 4096;
@@ -75,13 +88,14 @@ struct State {
 }
 
 impl State {
-    fn remember(&mut self, id: KeyId, session: &Arc<Session>) {
+    fn remember(&mut self, id: KeyId, session: &Arc<Session>, contended: u8) {
         let unlock = session.unlocks_queued();
         self.recent.insert(
             id,
             Recent {
                 session: session.clone(),
                 unlock,
+                contended,
             },
         );
         if self.recent.len() > self.recent_limit.max(RECENT_KEYS) {
@@ -169,7 +183,13 @@ impl Table {
     }
 
     /// The server granted a reserved key.
-    pub(crate) fn granted(&self, id: KeyId, session: Arc<Session>, token: Option<i64>) {
+    pub(crate) fn granted(
+        &self,
+        id: KeyId,
+        session: Arc<Session>,
+        token: Option<i64>,
+        contended: u8,
+    ) {
         let mut t = self.lock();
         t.recent.remove(&id);
         if let Some(entry) = t.entries.get_mut(&id) {
@@ -180,6 +200,7 @@ impl Table {
                     holders: 1,
                     session,
                     token,
+                    contended,
                     changed: None,
                 };
                 wake(changed);
@@ -217,10 +238,13 @@ impl Table {
             }
             Some(Entry::Held { .. }) => match t.entries.remove(&id) {
                 Some(Entry::Held {
-                    session, changed, ..
+                    session,
+                    changed,
+                    contended,
+                    ..
                 }) => {
                     last(&session);
-                    t.remember(id, &session);
+                    t.remember(id, &session, contended);
                     wake(changed);
                     Some(session)
                 }

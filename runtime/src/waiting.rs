@@ -6,17 +6,21 @@
 //! where the notify/backoff path of [`crate::server`] needs the holder's
 //! notification to reach this process and then one more try-lock.
 //!
-//! - A key this process last got by waiting on the server is *contended*:
-//!   the next wait-mode call for it sends the wait at once, without a
-//!   try-lock first, on the wait session the key was held on if that one is
-//!   idle (right after the unlock queued there). That saves a round trip,
-//!   and the wait joins the server's queue at once: with a try-lock first, a
-//!   process that releases and takes the key again quickly could take it
-//!   back in the window between the waiter's busy try-lock and its wait.
-//!   A free key is granted by the wait at once, and is then held on the
-//!   wait session, as after any wait (so a key contended once keeps using a
-//!   wait session while one is idle). With no wait session idle, the call
-//!   takes the try-lock path.
+//! - A key this process found held by another process lately is
+//!   *contended*: the next wait-mode call for it sends the wait
+//!   at once, without a try-lock first, on the wait session the key was
+//!   held on if that one is idle (right after the unlock queued there).
+//!   That saves a round trip, and the wait joins the server's queue at
+//!   once: with a try-lock first, a process that releases and takes the key
+//!   again quickly could take it back in the window between the waiter's
+//!   busy try-lock and its wait. The wait tries the lock first and answers
+//!   whether it had to wait: a free key is granted at once (held on the
+//!   wait session, as after any wait). Once 4 waits in a row have found it
+//!   free ([`crate::table::CONTENDED`]) the key is no longer contended: its
+//!   next call takes the try-lock path again and leaves the wait sessions
+//!   to waits. (A key handed back and forth is often free the moment a wait
+//!   arrives: one free wait is no sign that it is no longer contended.)
+//!   With no wait session idle, the call takes the try-lock path.
 //! - A wait session is a [`Session`] like the lock sessions (its own
 //!   dispatcher, heartbeat and loss detection; named alike), but it serves
 //!   one wait at a time and does not `LISTEN`. It is lent only while it holds
@@ -63,7 +67,9 @@ use crate::{Error, LockKey, Mode};
 /// The blocking waits (codes 20..=23: exclusive/shared x int8/pair) and the
 /// unlocks after a failed one (24..=27), indexed by `code - 20`.
 /// Parameters: the key (`$1`, or `$1, $2` for a pair) and, for a wait, the
-/// `lock_timeout` in milliseconds after it. Both answer a boolean.
+/// `lock_timeout` in milliseconds after it. A wait answers 1 if the key was
+/// free (granted at once) or 2 if it was granted after waiting; an unlock
+/// answers a boolean.
 ///
 /// `set_config` runs in a sub-query of its own (not pulled up: it is
 /// volatile), which the server evaluates before the select list, so the
@@ -92,14 +98,15 @@ pub(crate) fn wait_statements() -> Vec<String> {
     let kinds = [(int, false), (int, true), (pair, false), (pair, true)];
     let mut out = Vec::with_capacity(8);
     for ((args, millis, _, _, _), shared) in kinds {
-        let f = if shared {
-            "pg_advisory_lock_shared"
+        let (try_f, f) = if shared {
+            ("pg_try_advisory_lock_shared", "pg_advisory_lock_shared")
         } else {
-            "pg_advisory_lock"
+            ("pg_try_advisory_lock", "pg_advisory_lock")
         };
-        // pg_advisory_lock returns void: num_nulls(..) = 0 makes it true.
+        // 1: free, granted at once; 2: granted after waiting (pg_advisory_lock
+        // returns void, num_nulls(..) makes it a number).
         out.push(format!(
-            "SELECT num_nulls({f}({args})) = 0 \
+            "SELECT CASE WHEN {try_f}({args}) THEN 1 ELSE num_nulls({f}({args})) + 2 END \
              FROM (SELECT set_config('lock_timeout', {millis}::int8::text, true)) AS s"
         ));
     }
@@ -390,9 +397,17 @@ mod tests {
                     }
                 }
             };
-            // Free: granted at once.
+            // Free: granted at once (1).
             let row = run_wait(&wait).await.unwrap();
-            assert!(row.get::<_, bool>(0), "{i}");
+            assert_eq!(row.get::<_, i32>(0), 1, "{i}");
+            assert!(run_unlock(&unlock).await.unwrap().get::<_, bool>(0), "{i}");
+            // Busy, then released while waiting: granted after waiting (2).
+            holder.batch_execute(&hold).await.unwrap();
+            let (row, ()) = tokio::join!(run_wait(&wait), async {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                holder.batch_execute(&free).await.unwrap();
+            });
+            assert_eq!(row.unwrap().get::<_, i32>(0), 2, "{i}");
             assert!(run_unlock(&unlock).await.unwrap().get::<_, bool>(0), "{i}");
             // Not held: false.
             assert!(!run_unlock(&unlock).await.unwrap().get::<_, bool>(0), "{i}");
