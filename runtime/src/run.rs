@@ -91,10 +91,13 @@ async fn run_body<F: Future>(
     body: F,
     policy: OnLost,
 ) -> Result<F::Output, Error> {
-    let body = crate::loss::scope(guard.state(), body);
+    // One state for both the body's `current_lock()` and the loss watch
+    // (each `state()` clones the key's name).
+    let state = guard.state();
+    let lost = state.lost();
+    let body = crate::loss::scope(state, body);
     let value = match policy {
         OnLost::Abort => {
-            let lost = guard.lost();
             tokio::select! {
                 biased;
                 () = lost => {
