@@ -1,11 +1,10 @@
-//! Configuration: where the lock sessions connect, how many there are, and
-//! the global registry of named entries that annotated functions use.
+//! Configuration values: where the lock sessions connect, how many there
+//! are, and what happens on loss. No I/O here: [`LockConfig::connect`] is in
+//! `locker.rs`, [`LockConfig::install`] and the registry in `registry.rs`.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use crate::{Error, Locker};
+use crate::Error;
 
 /// The registry entry that `#[advisory_locked]` uses without `pool = "…"`.
 pub const DEFAULT_POOL: &str = "default";
@@ -32,7 +31,23 @@ const MAX_WAIT_SESSIONS: usize = 10_000;
 /// [`LockConfig::transaction_connections`].
 pub(crate) const DEFAULT_TRANSACTION_CONNECTIONS: usize = 10;
 
-static REGISTRY: LazyLock<Mutex<HashMap<String, Locker>>> = LazyLock::new(Default::default);
+/// What a body does when its lock is lost while it runs; set per registry
+/// entry with [`LockConfig::on_lost`](crate::LockConfig::on_lost) or per
+/// function with `on_lost = "abort"` / `on_lost = "continue"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnLost {
+    /// The default: the body's future is dropped at its next await point and
+    /// the call returns [`Error::LockLost`](crate::Error::LockLost). Nothing
+    /// the body does after the loss is known can overlap another holder's
+    /// body, except the synchronous code it runs before that await.
+    #[default]
+    Abort,
+    /// The body keeps running; it can check [`current_lock`](crate::current_lock) (or its
+    /// guard) to see whether the lock still stands, and the call returns the
+    /// body's result. For bodies that must not stop half-way and can check
+    /// or fence their own effects.
+    Continue,
+}
 
 /// Settings of one registry entry, fixed once it is installed.
 #[derive(Clone)]
@@ -40,12 +55,12 @@ pub(crate) struct Settings {
     pub(crate) name: String,
     pub(crate) pg: tokio_postgres::Config,
     pub(crate) sessions: usize,
-    /// At most this many wait sessions (see [`crate::waiting`]); 0: none.
+    /// At most this many wait sessions (see [`crate::server::waiting`]); 0: none.
     pub(crate) wait_sessions: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) loss_detection: Duration,
-    pub(crate) on_lost: crate::OnLost,
-    /// Every grant takes a fencing token (see [`crate::fence`]).
+    pub(crate) on_lost: OnLost,
+    /// Every grant takes a fencing token (see [`crate::server::fence`]).
     pub(crate) fencing: bool,
     /// At most this many plain connections for transaction-scope calls.
     pub(crate) transaction_connections: usize,
@@ -146,7 +161,7 @@ impl LockConfig {
                 wait_sessions: DEFAULT_WAIT_SESSIONS,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 loss_detection: DEFAULT_LOSS_DETECTION,
-                on_lost: crate::OnLost::Abort,
+                on_lost: OnLost::Abort,
                 fencing: false,
                 transaction_connections: DEFAULT_TRANSACTION_CONNECTIONS,
                 transaction_scope_only: false,
@@ -233,8 +248,8 @@ impl LockConfig {
 
     /// What an annotated body does when its lock is lost while it runs,
     /// unless its attribute says `on_lost = "…"` (default
-    /// [`OnLost::Abort`](crate::OnLost::Abort)).
-    pub fn on_lost(mut self, policy: crate::OnLost) -> Self {
+    /// [`OnLost::Abort`](OnLost::Abort)).
+    pub fn on_lost(mut self, policy: OnLost) -> Self {
         self.settings.on_lost = policy;
         self
     }
@@ -415,16 +430,6 @@ impl LockConfig {
         Ok(())
     }
 
-    /// Connects a [`Locker`] that is not put in the registry (for manual use
-    /// and tests). One session is connected now so that a bad URL, wrong
-    /// credentials, an unreachable server or a standby fail here.
-    pub async fn connect(self) -> Result<Locker, Error> {
-        let settings = self.into_settings()?;
-        crate::server::ServerLocker::connect(settings)
-            .await
-            .map(Locker::from_server)
-    }
-
     /// True if configured with [`transaction_scope_only`](Self::transaction_scope_only).
     pub(crate) fn is_transaction_scope_only(&self) -> bool {
         self.settings.transaction_scope_only
@@ -443,56 +448,6 @@ impl LockConfig {
     /// The settings, for other modules of the crate (e.g. `status`).
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    /// Connects (as [`connect`](Self::connect)) and installs the entry in the
-    /// global registry under its name, for annotated functions to use.
-    ///
-    /// Installing a name twice is [`Error::AlreadyConfigured`]. Key names of
-    /// this entry's annotated fns that lock the same number as another name
-    /// ([`names::collisions`](crate::names::collisions)) are logged as
-    /// `tracing` errors.
-    pub async fn install(self) -> Result<Locker, Error> {
-        let name = self.settings.name.clone();
-        check_free(&name)?;
-        let locker = self.connect().await?;
-        register(name, locker.clone())?;
-        Ok(locker)
-    }
-}
-
-/// [`Error::AlreadyConfigured`] if `name` is taken.
-pub(crate) fn check_free(name: &str) -> Result<(), Error> {
-    if registry().contains_key(name) {
-        return Err(Error::AlreadyConfigured {
-            pool: name.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Puts a connected entry in the registry, unless its name was taken
-/// meanwhile.
-pub(crate) fn register(name: String, locker: Locker) -> Result<(), Error> {
-    let mut reg = registry();
-    if reg.contains_key(&name) {
-        return Err(Error::AlreadyConfigured { pool: name });
-    }
-    tracing::info!(pool = %name, target = %locker.settings().target(), servers = locker.servers(), "advisory-locked: registry entry configured");
-    reg.insert(name.clone(), locker);
-    drop(reg);
-    log_collisions(&name);
-    Ok(())
-}
-
-/// Logs (`tracing::error!`) every key collision of the program (see
-/// [`crate::names::collisions`]) that involves an annotated fn of entry
-/// `pool`: two names that lock one number exclude each other by accident.
-fn log_collisions(pool: &str) {
-    for c in crate::names::collisions() {
-        if c.keys.iter().any(|k| k.pool() == pool) {
-            tracing::error!(pool = %pool, key = %c.id, "advisory-locked: {c}; they exclude each other: rename one of them");
-        }
     }
 }
 
@@ -518,52 +473,4 @@ pub(crate) fn application_name(pool: &str) -> String {
     pool.truncate(MAX.saturating_sub(fixed + 1).min(pool.len()));
     exe.truncate(MAX.saturating_sub(fixed + pool.len()).min(exe.len()));
     format!("advisory-locked:{pool} {exe}{pid}")
-}
-
-fn registry() -> std::sync::MutexGuard<'static, HashMap<String, Locker>> {
-    // A panic while holding this lock can't leave the map half-changed.
-    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Configures the default registry entry from a connection URL.
-///
-/// ```no_run
-/// # async fn setup() -> Result<(), advisory_locked::Error> {
-/// advisory_locked::configure("postgres://postgres@127.0.0.1:5432/postgres").await?;
-/// # Ok(()) }
-/// ```
-pub async fn configure(url: &str) -> Result<(), Error> {
-    LockConfig::from_url(url)?.install().await.map(drop)
-}
-
-/// Configures the default registry entry from the `DATABASE_URL` environment variable.
-pub async fn configure_from_env() -> Result<(), Error> {
-    LockConfig::from_env()?.install().await.map(drop)
-}
-
-/// The [`Locker`] installed under `name`, or [`Error::NotConfigured`].
-pub fn locker(name: &str) -> Result<Locker, Error> {
-    // Every annotated call looks its entry up. Entries are never removed or
-    // replaced, so one found stays valid: each thread keeps those it found,
-    // and only a miss takes the registry's (process-wide) lock.
-    thread_local! {
-        static FOUND: std::cell::RefCell<Vec<(String, Locker)>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let cached = FOUND.with_borrow(|found| {
-        found
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, l)| l.clone())
-    });
-    if let Some(locker) = cached {
-        return Ok(locker);
-    }
-    let locker = registry()
-        .get(name)
-        .cloned()
-        .ok_or_else(|| Error::NotConfigured {
-            pool: name.to_owned(),
-        })?;
-    FOUND.with_borrow_mut(|found| found.push((name.to_owned(), locker.clone())));
-    Ok(locker)
 }

@@ -1,6 +1,10 @@
 //! The errors of the lock machinery.
 
+use std::fmt;
+use std::io;
 use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
 
 /// A failure of the lock machinery (never of the annotated body: the body's
 /// own result is passed through untouched).
@@ -98,7 +102,7 @@ pub enum Error {
         key: String,
         /// What failed (shared by the requests of one statement).
         #[source]
-        source: std::sync::Arc<crate::QueryError>,
+        source: std::sync::Arc<QueryError>,
     },
 
     /// The server could not be reached a moment ago: until the next
@@ -221,8 +225,8 @@ pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
         return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
     if let Some(db) = e
-        .downcast_ref::<crate::QueryError>()
-        .and_then(crate::QueryError::as_server_error)
+        .downcast_ref::<QueryError>()
+        .and_then(QueryError::as_server_error)
     {
         return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
@@ -234,4 +238,104 @@ pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// An error the server sent (an `ErrorResponse`).
+#[derive(Debug, Clone)]
+pub struct ServerError {
+    pub(crate) severity: String,
+    pub(crate) code: SqlState,
+    pub(crate) message: String,
+}
+
+impl ServerError {
+    /// `ERROR`, `FATAL`, `PANIC` (in English, whatever the server's locale).
+    pub fn severity(&self) -> &str {
+        &self.severity
+    }
+
+    /// The SQLSTATE.
+    pub fn code(&self) -> &SqlState {
+        &self.code
+    }
+
+    /// The server's primary message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// After FATAL or PANIC the server always closes the connection.
+    pub fn ends_session(&self) -> bool {
+        matches!(self.severity.as_str(), "FATAL" | "PANIC")
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.severity, self.message)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// What a request on a lock session's connection can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The server refused the statement.
+    #[error("{0}")]
+    Server(ServerError),
+    /// The connection ended (or can no longer be used).
+    #[error("the connection to the server is closed")]
+    Closed,
+    /// Reading or writing the socket failed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The server sent something this client does not expect.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl QueryError {
+    /// The SQLSTATE, for an error the server sent.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            QueryError::Server(e) => Some(e.code()),
+            _ => None,
+        }
+    }
+
+    /// The server's error, if it sent one.
+    pub fn as_server_error(&self) -> Option<&ServerError> {
+        match self {
+            QueryError::Server(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True if the session is gone: the connection ended, or the server sent
+    /// FATAL or PANIC (e.g. `pg_terminate_backend`).
+    pub(crate) fn ends_session(&self) -> bool {
+        match self {
+            QueryError::Server(e) => e.ends_session(),
+            _ => true,
+        }
+    }
+}
+
+impl From<&tokio_postgres::Error> for QueryError {
+    /// The driver's error in this type (for statements sent through
+    /// tokio-postgres, such as those of transaction scope).
+    fn from(e: &tokio_postgres::Error) -> QueryError {
+        if let Some(db) = e.as_db_error() {
+            return QueryError::Server(ServerError {
+                severity: db.severity().to_owned(),
+                code: db.code().clone(),
+                message: db.message().to_owned(),
+            });
+        }
+        if e.is_closed() {
+            return QueryError::Closed;
+        }
+        QueryError::Io(io::Error::other(cause(e)))
+    }
 }

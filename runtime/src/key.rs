@@ -364,6 +364,27 @@ impl fmt::Display for LockKey {
     }
 }
 
+/// Exclusive (writer) or shared (reader) mode.
+///
+/// Shared holders exclude exclusive holders and not each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// `pg_advisory_lock`: one holder at a time.
+    #[default]
+    Exclusive,
+    /// `pg_advisory_lock_shared`: many shared holders, no exclusive one.
+    Shared,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,36 +37,27 @@
 // that path work inside this crate too (its unit tests).
 extern crate self as advisory_locked;
 
+// Layers, from the bottom up; a module imports only from its own folder or
+// from the layers above it in this list (`tests/tests/layers.rs` checks that
+// no import cycle comes back).
 mod backoff;
 mod config;
-mod dispatch;
 mod error;
-mod fence;
+mod features;
 mod key;
-mod lanes;
-mod leader;
-mod limit;
+mod local;
 mod locker;
-mod loss;
-pub mod names;
 mod outcome;
-mod proxy;
+mod pg;
 mod quorum;
-mod run;
+mod registry;
 mod server;
 mod session;
 mod stats;
-pub mod status;
-mod table;
-#[cfg(test)]
-mod test_server;
 mod transaction;
-mod waiting;
-mod wakeup;
-mod wire;
 
 #[doc(hidden)]
-#[path = "private.rs"]
+#[path = "macro_support/mod.rs"]
 pub mod __private;
 
 /// Rewrites an `async fn` so that its body runs under a PostgreSQL advisory
@@ -74,20 +65,23 @@ pub mod __private;
 pub use advisory_locked_macros::advisory_locked;
 
 pub use config::{
-    configure, configure_from_env, locker, LockConfig, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_LOSS_DETECTION, DEFAULT_POOL, DEFAULT_SESSIONS, DEFAULT_WAIT_SESSIONS,
+    LockConfig, OnLost, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOSS_DETECTION, DEFAULT_POOL,
+    DEFAULT_SESSIONS, DEFAULT_WAIT_SESSIONS,
 };
 pub use error::{Error, Result};
+pub use error::{QueryError, ServerError};
+pub use features::leader::{Campaign, Leader, Leadership, DEFAULT_CAMPAIGN_RETRY};
+pub use features::limit::{SlotGuard, Slots};
+pub use features::{names, status};
+pub use key::Mode;
 pub use key::{key_hash, KeyId, LockKey};
-pub use leader::{Campaign, Leader, Leadership, DEFAULT_CAMPAIGN_RETRY};
-pub use limit::{SlotGuard, Slots};
-pub use locker::{LockGuard, Locker, Mode};
-pub use loss::{current_lock, LockState, OnLost};
+pub use locker::{LockGuard, Locker};
 pub use outcome::Outcome;
 pub use quorum::QuorumConfig;
+pub use registry::{configure, configure_from_env, locker};
+pub use server::loss::{current_lock, LockState};
 pub use stats::Stats;
 pub use transaction::{Transaction, TransactionResult};
-pub use wire::{QueryError, ServerError};
 
 /// The `rustls` crate that [`LockConfig::tls_config`] takes a configuration
 /// of (feature `tls-rustls`).

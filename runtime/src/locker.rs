@@ -4,29 +4,35 @@
 
 use std::time::Duration;
 
-use crate::config::Settings;
-use crate::quorum::{QuorumGuard, QuorumLocker};
+use crate::config::{LockConfig, Settings};
+use crate::quorum::{QuorumConfig, QuorumGuard, QuorumLocker};
 use crate::server::{ServerGuard, ServerLocker};
-use crate::{Error, LockKey, Stats};
+use crate::{Error, LockKey, Mode, Stats};
 
-/// Exclusive (writer) or shared (reader) mode.
-///
-/// Shared holders exclude exclusive holders and not each other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Mode {
-    /// `pg_advisory_lock`: one holder at a time.
-    #[default]
-    Exclusive,
-    /// `pg_advisory_lock_shared`: many shared holders, no exclusive one.
-    Shared,
+impl LockConfig {
+    /// Connects a [`Locker`] that is not put in the registry (for manual use
+    /// and tests). One session is connected now so that a bad URL, wrong
+    /// credentials, an unreachable server or a standby fail here.
+    pub async fn connect(self) -> Result<Locker, Error> {
+        let settings = self.into_settings()?;
+        if settings.transaction_scope_only {
+            crate::transaction::check_server(&settings).await?;
+        }
+        ServerLocker::connect(settings)
+            .await
+            .map(Locker::from_server)
+    }
 }
 
-impl Mode {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Mode::Exclusive => "exclusive",
-            Mode::Shared => "shared",
-        }
+impl QuorumConfig {
+    /// Connects a quorum [`Locker`] that is not put in the registry.
+    ///
+    /// Every member is connected at once; members that can't be reached are
+    /// connected later, on use. Fails with [`Error::QuorumUnavailable`] if
+    /// fewer than a majority can be reached now, and at once for a member
+    /// that is misconfigured (bad settings, a standby, a transaction pooler).
+    pub async fn connect(self) -> Result<Locker, Error> {
+        self.connect_quorum().await.map(Locker::from_quorum)
     }
 }
 

@@ -31,10 +31,10 @@ const GRACE_MIN: Duration = Duration::from_millis(25);
 const GRACE_MAX: Duration = Duration::from_millis(250);
 
 use crate::config::Settings;
-use crate::dispatch::Answer;
-use crate::loss::Holder;
+use crate::server::loss::Holder;
 use crate::server::{ServerGuard, ServerLocker};
-use crate::{Error, KeyId, LockConfig, LockKey, Locker, Mode, OnLost, Stats};
+use crate::session::dispatch::Answer;
+use crate::{Error, KeyId, LockConfig, LockKey, Mode, OnLost, Stats};
 
 /// A registry entry made of several independent PostgreSQL servers
 /// (normally 3 or 5): a lock is held when a majority granted it.
@@ -70,7 +70,7 @@ impl QuorumConfig {
     /// replaced by the quorum's).
     pub fn new(members: impl IntoIterator<Item = LockConfig>) -> QuorumConfig {
         QuorumConfig {
-            name: crate::DEFAULT_POOL.to_owned(),
+            name: crate::config::DEFAULT_POOL.to_owned(),
             members: members.into_iter().collect(),
             on_lost: OnLost::default(),
             fencing: false,
@@ -90,7 +90,7 @@ impl QuorumConfig {
         Ok(QuorumConfig::new(members))
     }
 
-    /// The registry entry's name (default [`DEFAULT_POOL`](crate::DEFAULT_POOL)).
+    /// The registry entry's name (default [`DEFAULT_POOL`](crate::config::DEFAULT_POOL)).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -111,13 +111,13 @@ impl QuorumConfig {
         self
     }
 
-    /// Connects a quorum [`Locker`] that is not put in the registry.
-    ///
-    /// Every member is connected at once; members that can't be reached are
-    /// connected later, on use. Fails with [`Error::QuorumUnavailable`] if
-    /// fewer than a majority can be reached now, and at once for a member
-    /// that is misconfigured (bad settings, a standby, a transaction pooler).
-    pub async fn connect(self) -> Result<Locker, Error> {
+    /// The registry entry's name.
+    pub(crate) fn entry_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Connects every member; see [`QuorumConfig::connect`].
+    pub(crate) async fn connect_quorum(self) -> Result<QuorumLocker, Error> {
         if self.name.is_empty() {
             return Err(Error::InvalidConfig {
                 reason: "the registry entry's name is empty".to_owned(),
@@ -175,25 +175,14 @@ impl QuorumConfig {
         quorum_settings.on_lost = self.on_lost;
         quorum_settings.fencing = self.fencing;
         tracing::info!(pool = %quorum_settings.name, servers, needed, reachable, "advisory-locked: quorum connected");
-        Ok(Locker::from_quorum(QuorumLocker {
+        Ok(QuorumLocker {
             inner: Arc::new(Inner {
                 settings: quorum_settings,
                 members,
                 needed,
                 local: Default::default(),
             }),
-        }))
-    }
-
-    /// Connects (as [`connect`](Self::connect)) and installs the entry in
-    /// the global registry under its name. Installing a name twice is
-    /// [`Error::AlreadyConfigured`].
-    pub async fn install(self) -> Result<Locker, Error> {
-        let name = self.name.clone();
-        crate::config::check_free(&name)?;
-        let locker = self.connect().await?;
-        crate::config::register(name, locker.clone())?;
-        Ok(locker)
+        })
     }
 }
 

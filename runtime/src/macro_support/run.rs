@@ -2,7 +2,8 @@
 
 use std::future::Future;
 
-use crate::__private::{Spec, Wait};
+use super::Spec;
+use crate::transaction::{self, Busy, TransactionResult};
 use crate::{Error, LockGuard, LockKey, Locker, OnLost, Outcome, SlotGuard};
 
 fn policy(spec: &Spec, locker: &Locker) -> OnLost {
@@ -17,7 +18,7 @@ pub(crate) async fn run_skip<F: Future>(
 ) -> Result<Outcome<F::Output>, Error> {
     let locker = crate::locker(spec.pool)?;
     if let Some(limit) = spec.limit {
-        let slots = crate::limit::slots_of(key, limit, spec.mode)?;
+        let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         // Boxed: the slot machinery's future stays out of the plain
         // path's future and stack frame.
         return match Box::pin(locker.try_lock_slot(&slots)).await? {
@@ -42,12 +43,9 @@ pub(crate) async fn run_wait<F: Future>(
     body: F,
 ) -> Result<F::Output, Error> {
     let locker = crate::locker(spec.pool)?;
-    let timeout = match spec.wait {
-        Wait::Timeout(t) => Some(t),
-        Wait::Forever | Wait::Skip => None,
-    };
+    let timeout = spec.wait.timeout();
     if let Some(limit) = spec.limit {
-        let slots = crate::limit::slots_of(key, limit, spec.mode)?;
+        let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         let slot = Box::pin(locker.lock_slot(&slots, timeout)).await?;
         return hold_slot(slot, body, policy(&spec, &locker)).await;
     }
@@ -95,7 +93,7 @@ async fn run_body<F: Future>(
     // (each `state()` clones the key's name).
     let state = guard.state();
     let lost = state.lost();
-    let body = crate::loss::scope(state, body);
+    let body = crate::server::loss::scope(state, body);
     let value = match policy {
         OnLost::Abort => {
             tokio::select! {
@@ -116,4 +114,36 @@ async fn run_body<F: Future>(
         }
     };
     Ok(value)
+}
+
+/// `transaction = tx`: the entry's transaction connections, then
+/// [`transaction::run`].
+pub(crate) async fn run_tx<B, F>(
+    spec: Spec,
+    key: LockKey,
+    busy: Busy,
+    body: B,
+) -> Result<Outcome<F::Output>, Error>
+where
+    B: FnOnce(crate::Transaction) -> F,
+    F: Future,
+    F::Output: TransactionResult,
+{
+    let locker = crate::locker(spec.pool)?;
+    if locker.servers() > 1 {
+        // A transaction lives on one server; a quorum's lock can't be one.
+        return Err(Error::InvalidConfig {
+            reason: format!(
+                "transaction scope needs a single-server entry; {:?} is a quorum of {} servers",
+                spec.pool,
+                locker.servers()
+            ),
+        });
+    }
+    let call = transaction::Call {
+        pool: transaction::pool_for(locker.settings()),
+        mode: spec.mode,
+        on_lost: spec.on_lost,
+    };
+    transaction::run(call, key, busy, body).await
 }

@@ -36,59 +36,6 @@ CREATE TABLE IF NOT EXISTS advisory_locked_fence (\
 /// (`key_hash("advisory-locked:fence-table")`).
 const CREATE_LOCK: i64 = crate::key_hash("advisory-locked:fence-table");
 
-/// Fenced try-locks (codes 12..=15: exclusive/shared x int8/pair) and
-/// raises (16..=19), indexed by `code - 12`. Parameters: the key (`$1`, or
-/// `$1, $2` for a pair) and, for a raise, the floor after it. Answers: a
-/// fenced try-lock `(granted, token or NULL)`; a raise `(token)`.
-pub(crate) fn fenced_statements() -> Vec<String> {
-    let mut out = Vec::with_capacity(8);
-    // (lock call, the row's space and key)
-    let int = ("$1::int8", "1::int2", "$1::int8");
-    let pair = (
-        "$1::int4, $2::int4",
-        "2::int2",
-        "(($1::int4::int8 << 32) | ($2::int4::int8 & 4294967295))",
-    );
-    for (args, space, key, shared) in [(int, false), (int, true), (pair, false), (pair, true)]
-        .map(|((args, space, key), shared)| (args, space, key, shared))
-    {
-        let f = if shared {
-            "pg_try_advisory_lock_shared"
-        } else {
-            "pg_try_advisory_lock"
-        };
-        out.push(format!(
-            "WITH l AS MATERIALIZED (SELECT {f}({args}) AS got), \
-             f AS (INSERT INTO advisory_locked_fence AS t (space, key, token) \
-             SELECT {space}, {key}, 1 FROM l WHERE l.got \
-             ON CONFLICT (space, key) DO UPDATE SET token = t.token + 1, granted_at = clock_timestamp() \
-             RETURNING t.token) \
-             SELECT l.got, (SELECT f.token FROM f) FROM l"
-        ));
-    }
-    for (space, key, floor) in [
-        ("1::int2", "$1::int8", "$2::int8"),
-        ("1::int2", "$1::int8", "$2::int8"),
-        (
-            "2::int2",
-            "(($1::int4::int8 << 32) | ($2::int4::int8 & 4294967295))",
-            "$3::int8",
-        ),
-        (
-            "2::int2",
-            "(($1::int4::int8 << 32) | ($2::int4::int8 & 4294967295))",
-            "$3::int8",
-        ),
-    ] {
-        out.push(format!(
-            "INSERT INTO advisory_locked_fence AS t (space, key, token) VALUES ({space}, {key}, {floor}) \
-             ON CONFLICT (space, key) DO UPDATE SET token = GREATEST(t.token, EXCLUDED.token) \
-             RETURNING t.token"
-        ));
-    }
-    out
-}
-
 /// Creates the table if it is missing (at configuration, before the lock
 /// sessions prepare their statements on it).
 pub(crate) async fn ensure_table(settings: &Settings) -> Result<(), Error> {
@@ -98,7 +45,7 @@ pub(crate) async fn ensure_table(settings: &Settings) -> Result<(), Error> {
         target: target.clone(),
         after,
     };
-    let client = tokio::time::timeout(after, crate::session::connect_probe(settings))
+    let client = tokio::time::timeout(after, crate::pg::connect::connect_probe(settings))
         .await
         .map_err(|_| timed_out())?
         .map_err(|source| Error::Connect {

@@ -32,7 +32,6 @@
 
 use std::fmt;
 
-use crate::__private::KeyName;
 use crate::{KeyId, Mode};
 
 /// Which form of `key = …` a fn uses.
@@ -199,6 +198,30 @@ pub fn collisions() -> Vec<KeyCollision> {
         })
         .collect()
 }
+
+/// One annotated fn's key, submitted by the attribute's expansion with
+/// `inventory::submit!` (read it through [`crate::features::names`]).
+#[derive(Debug)]
+#[doc(hidden)]
+pub struct KeyName {
+    /// The key as written: the literal, the integer in decimal, `"(a, b)"`,
+    /// or the template string.
+    pub name: &'static str,
+    /// The number locked; `None` for a template (known only at run time).
+    pub id: Option<crate::KeyId>,
+    /// Which form of `key = …`.
+    pub kind: KeyKind,
+    /// The registry entry (`pool = "…"`, else `"default"`).
+    pub pool: &'static str,
+    /// `shared` or exclusive.
+    pub mode: Mode,
+    /// `file!()` of the annotated fn.
+    pub file: &'static str,
+    /// `line!()` of the annotated fn's name.
+    pub line: u32,
+}
+
+inventory::collect!(KeyName);
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,13 @@
 //! One lock session: a long-lived connection that serves many locks.
 //!
-//! A session is a connection plus its dispatcher ([`crate::dispatch`]),
+//! A session is a connection plus its dispatcher ([`crate::session::dispatch`]),
 //! which coalesces the requests of many tasks into few statements. The
 //! connection task reports the session's death through a watch channel, so
 //! holders can learn that their locks are gone.
+
+pub(crate) mod dispatch;
+pub(crate) mod proxy;
+pub(crate) mod wakeup;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -14,11 +18,11 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 
 use crate::config::Settings;
-use crate::dispatch::{Kind, Op, Reply, RequestError, Statements};
-use crate::wakeup::Waiters;
 #[cfg(feature = "tls-rustls")]
-use crate::wire::Socket;
-use crate::wire::{Lent, Transport, Wire};
+use crate::pg::wire::Socket;
+use crate::pg::wire::{Lent, Transport, Wire};
+use crate::session::dispatch::{Kind, Op, Reply, RequestError, Statements};
+use crate::session::wakeup::Waiters;
 
 /// First of all: a `statement_timeout` set for the role or database must
 /// not cut the session's set-up or lock statements, which never wait (a
@@ -49,16 +53,16 @@ const PID_CHECKS: usize = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
     /// A lock session that also listens for releases that wake waiters
-    /// (see [`crate::wakeup`]): an entry's first slot.
+    /// (see [`crate::session::wakeup`]): an entry's first slot.
     Listening,
     /// A lock session: try-locks and unlocks of many keys, pipelined.
     Lock,
-    /// A wait session (see [`crate::waiting`]): one blocking wait at a time,
+    /// A wait session (see [`crate::server::waiting`]): one blocking wait at a time,
     /// then the lock it got.
     Wait,
 }
 
-/// A wait session's state: what it may be lent for (see [`crate::waiting`]).
+/// A wait session's state: what it may be lent for (see [`crate::server::waiting`]).
 const IDLE: u8 = 0;
 /// A blocking wait is queued or on the wire.
 const WAITING: u8 = 1;
@@ -87,7 +91,7 @@ pub(crate) struct Shared {
     /// idle on a lock session.
     lending: AtomicU8,
     /// The table's unlocks answered so far, in queue order (see
-    /// [`crate::lanes`]).
+    /// [`crate::local::lanes`]).
     unlocks_done: AtomicU64,
     /// Wakes callers waiting for an unlock to be answered.
     unlock_progress: Notify,
@@ -151,9 +155,9 @@ pub(crate) struct Session {
     pub(crate) backend_pid: i32,
     ops: mpsc::UnboundedSender<Op>,
     /// Locks of this process on this session: held, or asked for and not
-    /// yet answered (see [`crate::lanes`]).
+    /// yet answered (see [`crate::local::lanes`]).
     load: AtomicUsize,
-    /// The most `load` has been (see [`crate::lanes::Lane::peak`]).
+    /// The most `load` has been (see [`crate::local::lanes::Lane::peak`]).
     peak: AtomicUsize,
     /// The table's unlocks queued so far; the n-th is answered once
     /// `Shared::unlocks_done` reaches n.
@@ -200,13 +204,14 @@ impl Session {
             source: Box::new(source),
         };
         // The session's own socket, lent to tokio-postgres for the start-up
-        // and the set-up, then spoken to directly (see [`crate::wire`]).
-        let (socket, host) = crate::wire::open(&settings.pg)
-            .await
-            .map_err(|e| Error::Connect {
-                target: target.to_owned(),
-                source: Box::new(e),
-            })?;
+        // and the set-up, then spoken to directly (see [`crate::pg::wire`]).
+        let (socket, host) =
+            crate::pg::wire::open(&settings.pg)
+                .await
+                .map_err(|e| Error::Connect {
+                    target: target.to_owned(),
+                    source: Box::new(e),
+                })?;
         let (lent, kept) = Lent::new(socket);
         #[cfg(feature = "tls-rustls")]
         if let Some(tls) = &settings.tls {
@@ -218,7 +223,7 @@ impl Session {
                     source: e.into(),
                 })?;
             let back = Arc::new(std::sync::Mutex::new(None));
-            let tls = crate::wire::LendTls {
+            let tls = crate::pg::wire::LendTls {
                 inner,
                 back: back.clone(),
             };
@@ -274,7 +279,7 @@ impl Session {
         // A statement prepared a moment ago on this fresh connection that
         // the server no longer knows, or one it knew before: a pooler moved
         // the connection to another server session, or handed over one
-        // that served another client (see [`crate::proxy`]).
+        // that served another client (see [`crate::session::proxy`]).
         let connect_err = |source: tokio_postgres::Error| {
             use tokio_postgres::error::SqlState;
             if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
@@ -323,7 +328,7 @@ impl Session {
         // Still the same server session after the set-up's statements, and
         // at each of several more, each a transaction of its own? A
         // transaction-pooling proxy moves a busy client between backends
-        // (see [`crate::proxy`]; this catches it when the pooler is busy,
+        // (see [`crate::session::proxy`]; this catches it when the pooler is busy,
         // where the probe connections may not). Each check is one more
         // chance for a move to show: with one check, a CI run saw a busy
         // pgbouncer accepted in 1 of 10 configurations.
@@ -367,7 +372,7 @@ impl Session {
         };
         let mut wire = Wire::new(transport);
         if role == Role::Listening {
-            // Listen for releases that wake waiters (see [`crate::wakeup`]).
+            // Listen for releases that wake waiters (see [`crate::session::wakeup`]).
             wire.simple("LISTEN advisory_locked")
                 .map_err(|e| unavailable(e.to_string()))?;
             wire.answer()
@@ -390,14 +395,14 @@ impl Session {
             unlock_progress: Notify::new(),
         });
         let (ops, rx) = mpsc::unbounded_channel();
-        let session = crate::dispatch::Dispatcher {
+        let session = crate::session::dispatch::Dispatcher {
             wire,
             statements,
             ops: rx,
             weak: ops.downgrade(),
             shared: shared.clone(),
             waiters: waiters.clone(),
-            liveness: crate::dispatch::Liveness::within(settings.loss_detection),
+            liveness: crate::session::dispatch::Liveness::within(settings.loss_detection),
         };
         let pool = settings.name.clone();
         // One task drives both the dispatcher and the connection: a request
@@ -451,9 +456,9 @@ impl Session {
 
     /// `pg_try_advisory_lock[_shared]`. The request is queued at once; if
     /// the returned future is dropped before the answer, a grant is given
-    /// back (see [`crate::dispatch::Grant`]).
+    /// back (see [`crate::session::dispatch::Grant`]).
     /// With `fenced`, the grant carries the key's next fencing token (see
-    /// [`crate::fence`]).
+    /// [`crate::server::fence`]).
     pub(crate) fn try_lock(
         &self,
         key: KeyId,
@@ -465,7 +470,7 @@ impl Session {
     }
 
     /// Raises the fencing token of a key this session holds to at least
-    /// `floor`; answers [`Answer::Raised`](crate::dispatch::Answer::Raised).
+    /// `floor`; answers [`Answer::Raised`](crate::session::dispatch::Answer::Raised).
     pub(crate) fn raise(
         &self,
         key: KeyId,
@@ -476,7 +481,7 @@ impl Session {
 
     /// `pg_advisory_unlock[_shared]` of a lock the in-process table held,
     /// answered. Called under the table's lock (see
-    /// [`crate::table::Table::release_with`]); the number of this unlock is
+    /// [`crate::local::table::Table::release_with`]); the number of this unlock is
     /// then [`Session::unlocks_queued`].
     pub(crate) fn unlock(
         &self,
@@ -540,13 +545,9 @@ impl Session {
         self.load.load(Ordering::Relaxed)
     }
 
-    /// The load now and the most it has been, for routing.
-    pub(crate) fn lane(&self) -> crate::lanes::Lane {
-        let locks = self.load();
-        crate::lanes::Lane {
-            locks,
-            peak: self.peak.load(Ordering::Relaxed).max(locks),
-        }
+    /// The most [`Session::load`] has been (at least the load now).
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed).max(self.load())
     }
 
     /// A try-lock is about to be sent here: counted in [`Session::load`]
@@ -570,7 +571,7 @@ impl Session {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// True for a wait session (see [`crate::waiting`]): a try-lock never
+    /// True for a wait session (see [`crate::server::waiting`]): a try-lock never
     /// goes there, only a wait.
     pub(crate) fn is_wait(&self) -> bool {
         self.role == Role::Wait
@@ -654,46 +655,12 @@ impl Drop for LoadTicket<'_> {
     }
 }
 
-/// A plain connection with an entry's settings (the same transport as the
-/// lock sessions, TLS included), its connection driven by a spawned task:
-/// for one-off probes at configuration time. Dropping the client closes it.
-pub(crate) async fn connect_probe(settings: &Settings) -> Result<Client, tokio_postgres::Error> {
-    #[cfg(feature = "tls-rustls")]
-    if let Some(tls) = &settings.tls {
-        let (client, connection) = settings.pg.connect(tls.clone()).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        return Ok(client);
-    }
-    let (client, connection) = settings.pg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
 fn unlock_kind(notify: bool) -> Kind {
     if notify {
         Kind::UnlockNotify
     } else {
         Kind::Unlock
     }
-}
-
-/// True if `e` means the session is gone even though its connection task
-/// may not have noticed yet: the connection is closed, or the server sent a
-/// FATAL/PANIC error (e.g. `pg_terminate_backend`), after which it always
-/// ends the connection.
-pub(crate) fn ends_session(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::Severity;
-    e.is_closed()
-        || e.as_db_error().is_some_and(|db| {
-            matches!(
-                db.parsed_severity(),
-                Some(Severity::Fatal | Severity::Panic)
-            )
-        })
 }
 
 /// Awaits `work` while driving `connection` (which makes the requests of

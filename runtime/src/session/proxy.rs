@@ -56,7 +56,7 @@
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::Settings;
-use crate::session::connect_probe;
+use crate::pg::connect::connect_probe;
 use crate::Error;
 
 /// How many `SELECT pg_backend_pid()` the probes send, alternately.

@@ -23,7 +23,7 @@
 //! itself. Requests are pipelined: their answers arrive in order.
 
 use std::collections::VecDeque;
-use std::fmt;
+
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,108 +35,29 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::error::SqlState;
 
-/// An error the server sent (an `ErrorResponse`).
-#[derive(Debug, Clone)]
-pub struct ServerError {
-    severity: String,
-    code: SqlState,
-    message: String,
-}
+use crate::error::{QueryError, ServerError};
 
-impl ServerError {
-    /// `ERROR`, `FATAL`, `PANIC` (in English, whatever the server's locale).
-    pub fn severity(&self) -> &str {
-        &self.severity
-    }
-
-    /// The SQLSTATE.
-    pub fn code(&self) -> &SqlState {
-        &self.code
-    }
-
-    /// The server's primary message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// After FATAL or PANIC the server always closes the connection.
-    pub fn ends_session(&self) -> bool {
-        matches!(self.severity.as_str(), "FATAL" | "PANIC")
-    }
-
-    fn parse(
-        fields: &mut postgres_protocol::message::backend::ErrorFields<'_>,
-    ) -> io::Result<Self> {
-        use fallible_iterator::FallibleIterator;
-        let (mut localized, mut severity, mut code, mut message) = (None, None, None, None);
-        while let Some(field) = fields.next()? {
-            let value = String::from_utf8_lossy(field.value_bytes());
-            match field.type_() {
-                b'S' => localized = Some(value.into_owned()),
-                b'V' => severity = Some(value.into_owned()),
-                b'C' => code = Some(SqlState::from_code(&value)),
-                b'M' => message = Some(value.into_owned()),
-                _ => {}
-            }
-        }
-        Ok(ServerError {
-            severity: severity.or(localized).unwrap_or_default(),
-            code: code.unwrap_or(SqlState::INTERNAL_ERROR),
-            message: message.unwrap_or_default(),
-        })
-    }
-}
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.severity, self.message)
-    }
-}
-
-impl std::error::Error for ServerError {}
-
-/// What a request on a lock session's connection can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    /// The server refused the statement.
-    #[error("{0}")]
-    Server(ServerError),
-    /// The connection ended (or can no longer be used).
-    #[error("the connection to the server is closed")]
-    Closed,
-    /// Reading or writing the socket failed.
-    #[error("connection: {0}")]
-    Io(#[from] io::Error),
-    /// The server sent something this client does not expect.
-    #[error("protocol: {0}")]
-    Protocol(String),
-}
-
-impl QueryError {
-    /// The SQLSTATE, for an error the server sent.
-    pub fn code(&self) -> Option<&SqlState> {
-        match self {
-            QueryError::Server(e) => Some(e.code()),
-            _ => None,
+/// Reads an `ErrorResponse` or `NoticeResponse` body.
+fn parse_error(
+    fields: &mut postgres_protocol::message::backend::ErrorFields<'_>,
+) -> io::Result<ServerError> {
+    use fallible_iterator::FallibleIterator;
+    let (mut localized, mut severity, mut code, mut message) = (None, None, None, None);
+    while let Some(field) = fields.next()? {
+        let value = String::from_utf8_lossy(field.value_bytes());
+        match field.type_() {
+            b'S' => localized = Some(value.into_owned()),
+            b'V' => severity = Some(value.into_owned()),
+            b'C' => code = Some(SqlState::from_code(&value)),
+            b'M' => message = Some(value.into_owned()),
+            _ => {}
         }
     }
-
-    /// The server's error, if it sent one.
-    pub fn as_server_error(&self) -> Option<&ServerError> {
-        match self {
-            QueryError::Server(e) => Some(e),
-            _ => None,
-        }
-    }
-
-    /// True if the session is gone: the connection ended, or the server sent
-    /// FATAL or PANIC (e.g. `pg_terminate_backend`).
-    pub(crate) fn ends_session(&self) -> bool {
-        match self {
-            QueryError::Server(e) => e.ends_session(),
-            _ => true,
-        }
-    }
+    Ok(ServerError {
+        severity: severity.or(localized).unwrap_or_default(),
+        code: code.unwrap_or(SqlState::INTERNAL_ERROR),
+        message: message.unwrap_or_default(),
+    })
 }
 
 /// One parameter of a prepared statement, sent in binary.
@@ -308,7 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 }
             }
             Message::ErrorResponse(body) => {
-                let e = ServerError::parse(&mut body.fields())?;
+                let e = parse_error(&mut body.fields())?;
                 if e.ends_session() {
                     // No ReadyForQuery follows: the server closes.
                     return Err(QueryError::Server(e));
@@ -466,24 +387,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Lent<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.with(|s| s.poll_shutdown(cx))
-    }
-}
-
-impl From<&tokio_postgres::Error> for QueryError {
-    /// The driver's error in this type (for statements sent through
-    /// tokio-postgres, such as those of transaction scope).
-    fn from(e: &tokio_postgres::Error) -> QueryError {
-        if let Some(db) = e.as_db_error() {
-            return QueryError::Server(ServerError {
-                severity: db.severity().to_owned(),
-                code: db.code().clone(),
-                message: db.message().to_owned(),
-            });
-        }
-        if e.is_closed() {
-            return QueryError::Closed;
-        }
-        QueryError::Io(io::Error::other(crate::error::cause(e)))
     }
 }
 
@@ -787,7 +690,7 @@ mod tests {
         let (mut w, pid) = wire("PREPARE t_one AS SELECT 1::int4").await;
         w.simple("LISTEN wire_test").unwrap();
         w.answer().await.unwrap();
-        let other = crate::test_server::client().await;
+        let other = crate::pg::test_server::client().await;
         other
             .execute("SELECT pg_notify('wire_test', $1)", &[&pid.to_string()])
             .await

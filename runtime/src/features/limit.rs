@@ -367,11 +367,7 @@ impl Drop for SlotGuard {
 
 /// The attribute's `limit = N` / `per = "…"` as [`Slots`]; limits take their
 /// slots exclusively, so `shared` is refused.
-pub(crate) fn slots_of(
-    key: LockKey,
-    limit: crate::__private::Limit,
-    mode: Mode,
-) -> Result<Slots, Error> {
+pub(crate) fn slots_of(key: LockKey, limit: Limit, mode: Mode) -> Result<Slots, Error> {
     if mode == Mode::Shared {
         return Err(Error::InvalidConfig {
             reason: format!(
@@ -385,6 +381,16 @@ pub(crate) fn slots_of(
         Some(per) => slots.per(per),
         None => slots,
     })
+}
+
+/// `limit = N` and `per = "…"`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// At most this many bodies at once across the fleet (at least 1).
+    pub slots: u32,
+    /// Rate form: each slot is held at least this long from the body's
+    /// start, so at most `slots` starts per `per`.
+    pub per: Option<Duration>,
 }
 
 #[cfg(test)]
@@ -420,7 +426,7 @@ mod tests {
             Slots::new(LockKey::named("x"), 0),
             Err(Error::InvalidConfig { .. })
         ));
-        let limit = crate::__private::Limit {
+        let limit = Limit {
             slots: 2,
             per: None,
         };
@@ -428,7 +434,7 @@ mod tests {
             slots_of(LockKey::named("x"), limit, Mode::Shared),
             Err(Error::InvalidConfig { .. })
         ));
-        let rate = crate::__private::Limit {
+        let rate = Limit {
             slots: 2,
             per: Some(Duration::from_secs(1)),
         };

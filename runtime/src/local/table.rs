@@ -18,7 +18,7 @@ use crate::{KeyId, Mode};
 enum Entry {
     /// A try-lock for this key is in flight to the server, or (`waiting`)
     /// a wait on a wait session, which may last long (see
-    /// [`crate::waiting`]).
+    /// [`crate::server::waiting`]).
     Acquiring {
         mode: Mode,
         waiting: bool,
@@ -38,7 +38,7 @@ enum Entry {
 }
 
 /// A key this process released lately: the session it was held on, and
-/// the number of its unlock there (see [`crate::lanes`]).
+/// the number of its unlock there (see [`crate::local::lanes`]).
 #[derive(Clone)]
 pub(crate) struct Recent {
     pub(crate) session: Arc<Session>,
@@ -46,7 +46,7 @@ pub(crate) struct Recent {
     /// Above 0: the key was found held by another process lately (set to
     /// [`CONTENDED`] then, one less at each wait that finds it free), and
     /// the next wait-mode call waits on the server at once (see
-    /// [`crate::waiting`]).
+    /// [`crate::server::waiting`]).
     pub(crate) contended: u8,
 }
 

@@ -6,7 +6,7 @@
 //! mode sends `pg_notify(CHANNEL, key)` in the same statement as the unlock,
 //! unless the key is held exclusively right after the unlock (a shared
 //! try-lock, given back at once, tells): then a waiter blocked on the server
-//! (see [`crate::waiting`]) got it, and a woken waiter would find it busy.
+//! (see [`crate::server::waiting`]) got it, and a woken waiter would find it busy.
 //! The listening session that receives it wakes this process's waiters for
 //! that key, which then try again at once instead of at their next backoff
 //! tick. If the listening session dies, a waiter reconnects it. Polling with

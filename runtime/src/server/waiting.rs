@@ -16,7 +16,7 @@
 //!   busy try-lock and its wait. The wait tries the lock first and answers
 //!   whether it had to wait: a free key is granted at once (held on the
 //!   wait session, as after any wait). Once 4 waits in a row have found it
-//!   free ([`crate::table::CONTENDED`]) the key is no longer contended: its
+//!   free ([`crate::local::table::CONTENDED`]) the key is no longer contended: its
 //!   next call takes the try-lock path again and leaves the wait sessions
 //!   to waits. (A key handed back and forth is often free the moment a wait
 //!   arrives: one free wait is no sign that it is no longer contended.)
@@ -38,14 +38,14 @@
 //! - The lock granted is held on the wait session until released, as on any
 //!   session: the guard's unlock goes there, and loss is detected there. A
 //!   caller dropped while waiting leaves a grant nobody takes, which the
-//!   dispatcher gives back (see [`crate::dispatch::Grant`]).
+//!   dispatcher gives back (see [`crate::session::dispatch::Grant`]).
 //! - Wait sessions open when first needed, at most
 //!   [`LockConfig::wait_sessions`](crate::LockConfig::wait_sessions), and are
 //!   replaced when they die. With none free (or one failing to open), the
 //!   call waits as without them.
 //! - The unlock of a lock held on a wait session travels on that session,
 //!   while a later lock of the same key from this process goes to a lock
-//!   session (a wait session is never a key's home, see [`crate::lanes`]).
+//!   session (a wait session is never a key's home, see [`crate::local::lanes`]).
 //!   So that it can't overtake the unlock (and find its own process's lock
 //!   busy), it waits for the unlock's answer first.
 //!
@@ -58,72 +58,11 @@ use std::time::{Duration, Instant};
 use tokio::time::Instant as TokioInstant;
 
 use crate::config::Settings;
-use crate::dispatch::{Answer, Grant, Liveness, RequestError};
+use crate::session::dispatch::{Answer, Grant, Liveness, RequestError};
+use crate::session::wakeup::Waiters;
 use crate::session::{Role, Session};
 use crate::stats::Counters;
-use crate::wakeup::Waiters;
 use crate::{Error, LockKey, Mode};
-
-/// The blocking waits (codes 20..=23: exclusive/shared x int8/pair) and the
-/// unlocks after a failed one (24..=27), indexed by `code - 20`.
-/// Parameters: the key (`$1`, or `$1, $2` for a pair) and, for a wait, the
-/// `lock_timeout` in milliseconds after it. A wait answers 1 if the key was
-/// free (granted at once) or 2 if it was granted after waiting; an unlock
-/// answers a boolean.
-///
-/// `set_config` runs in a sub-query of its own (not pulled up: it is
-/// volatile), which the server evaluates before the select list, so the
-/// timeout is in force when the wait starts (checked on PostgreSQL 15).
-/// It is set for the statement's implicit transaction only (`is_local`):
-/// later statements of the session, such as an unlock + notify whose commit
-/// may queue for the notification lock, run without it.
-/// An unlock after a failed wait releases the key only if `pg_locks` shows
-/// this session holding it, which avoids the server's warning for an unlock
-/// of a key not held at every `lock_timeout`.
-pub(crate) fn wait_statements() -> Vec<String> {
-    let int = (
-        "$1::int8",
-        "$2",
-        "1",
-        "(($1::int8 >> 32) & 4294967295)::oid",
-        "($1::int8 & 4294967295)::oid",
-    );
-    let pair = (
-        "$1::int4, $2::int4",
-        "$3",
-        "2",
-        "$1::int4::oid",
-        "$2::int4::oid",
-    );
-    let kinds = [(int, false), (int, true), (pair, false), (pair, true)];
-    let mut out = Vec::with_capacity(8);
-    for ((args, millis, _, _, _), shared) in kinds {
-        let (try_f, f) = if shared {
-            ("pg_try_advisory_lock_shared", "pg_advisory_lock_shared")
-        } else {
-            ("pg_try_advisory_lock", "pg_advisory_lock")
-        };
-        // 1: free, granted at once; 2: granted after waiting (pg_advisory_lock
-        // returns void, num_nulls(..) makes it a number).
-        out.push(format!(
-            "SELECT CASE WHEN {try_f}({args}) THEN 1 ELSE num_nulls({f}({args})) + 2 END \
-             FROM (SELECT set_config('lock_timeout', {millis}::int8::text, true)) AS s"
-        ));
-    }
-    for ((args, _, subid, classid, objid), shared) in kinds {
-        let (f, mode) = if shared {
-            ("pg_advisory_unlock_shared", "ShareLock")
-        } else {
-            ("pg_advisory_unlock", "ExclusiveLock")
-        };
-        out.push(format!(
-            "SELECT CASE WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' \
-             AND pid = pg_backend_pid() AND granted AND mode = '{mode}' AND objsubid = {subid} \
-             AND classid = {classid} AND objid = {objid}) THEN {f}({args}) ELSE false END"
-        ));
-    }
-    out
-}
 
 /// The longest single wait: half the dispatcher's answer timeout.
 fn longest_slice(settings: &Settings) -> Duration {
@@ -355,9 +294,9 @@ mod tests {
     /// warning, for one not held.
     #[tokio::test]
     async fn wait_statements_on_the_server() {
-        use crate::test_server::client;
+        use crate::pg::test_server::client;
         let (waiter, holder) = (client().await, client().await);
-        let sql = wait_statements();
+        let sql = crate::pg::sql::wait_statements();
         assert_eq!(sql.len(), 8);
         let base = (i64::from(std::process::id()) << 24) | (1 << 62);
         let pair = (std::process::id() as i32, -7);

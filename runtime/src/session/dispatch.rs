@@ -15,7 +15,7 @@
 //! it held. A grant whose caller is gone is unlocked by the dispatcher, and
 //! so is a single try-lock that failed (it may have been granted first).
 //!
-//! A wait session (see [`crate::waiting`]) also sends blocking waits
+//! A wait session (see [`crate::server::waiting`]) also sends blocking waits
 //! ([`Kind::Wait`]), each a statement of its own, bounded on the server by
 //! `lock_timeout`.
 //!
@@ -29,11 +29,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::wire::{Param, QueryError, Transport, Values, Wire};
+use crate::error::QueryError;
+use crate::pg::wire::{Param, Transport, Values, Wire};
 
+use crate::session::wakeup::Waiters;
 use crate::session::Shared;
 use crate::stats::Counters;
-use crate::wakeup::Waiters;
 use crate::{KeyId, Mode};
 
 /// Statements on the wire at once, per session.
@@ -71,10 +72,10 @@ pub(crate) type Reply = Result<Answer, RequestError>;
 pub(crate) struct Grant {
     undo: Option<Op>,
     ops: mpsc::WeakUnboundedSender<Op>,
-    /// The key's fencing token, for a fenced try-lock (see [`crate::fence`]).
+    /// The key's fencing token, for a fenced try-lock (see [`crate::server::fence`]).
     pub(crate) token: Option<i64>,
     /// A grant of a blocking wait: its wait session, lendable again once the
-    /// grant is given back (see [`crate::waiting`]).
+    /// grant is given back (see [`crate::server::waiting`]).
     lent: Option<Arc<Shared>>,
     /// A blocking wait's grant that had to wait: the key was held by
     /// another session when the wait arrived.
@@ -103,8 +104,8 @@ impl Drop for Grant {
 }
 
 /// One request: `code` is the index of its statement in [`SINGLE`] (below
-/// 12), 12 + the index in [`crate::fence::fenced_statements`] (below 20), or
-/// 20 + the index in [`crate::waiting::wait_statements`].
+/// 12), 12 + the index in [`crate::server::fence::fenced_statements`] (below 20), or
+/// 20 + the index in [`crate::server::waiting::wait_statements`].
 pub(crate) struct Op {
     code: u8,
     key: KeyId,
@@ -116,7 +117,7 @@ pub(crate) struct Op {
     /// "not held" is no error then.
     tolerant: bool,
     /// An unlock of a lock the in-process table held: counted in
-    /// [`Shared::unlocks_done`] once answered (see [`crate::lanes`]).
+    /// [`Shared::unlocks_done`] once answered (see [`crate::local::lanes`]).
     tracked: bool,
 }
 
@@ -128,19 +129,19 @@ pub(crate) enum Kind {
     /// Release the lock.
     Unlock,
     /// Release the lock and, if it was held, wake waiters in other
-    /// processes (`pg_notify` on [`CHANNEL`](crate::wakeup::CHANNEL), in
+    /// processes (`pg_notify` on [`CHANNEL`](crate::session::wakeup::CHANNEL), in
     /// the same statement), unless the key is held exclusively right after
     /// the unlock (a waiter blocked on the server got it).
     UnlockNotify,
     /// Try to take the lock and, if granted, take the key's next fencing
-    /// token in the same statement (see [`crate::fence`]).
+    /// token in the same statement (see [`crate::server::fence`]).
     FencedLock,
     /// Raise the key's fencing token to at least this floor (a quorum
     /// member that lagged behind; the caller holds the lock).
     Raise(i64),
     /// Wait for the lock on the server (`pg_advisory_lock`), at most this
     /// many milliseconds (`lock_timeout`, set in the same statement). Only
-    /// on wait sessions (see [`crate::waiting`]): the session is blocked
+    /// on wait sessions (see [`crate::server::waiting`]): the session is blocked
     /// until the answer.
     Wait(i64),
 }
@@ -228,7 +229,7 @@ impl Op {
     /// whether it was granted first: "not held" is fine. After a blocking
     /// wait (which fails at every `lock_timeout`) it is an unlock only if
     /// the session holds the key (no server warning for each timed-out
-    /// wait; see [`crate::waiting::wait_statements`]).
+    /// wait; see [`crate::server::waiting::wait_statements`]).
     fn undo_unknown(&self) -> Op {
         let mut undo = self.undo();
         if self.is_wait() {
@@ -376,9 +377,9 @@ pub(crate) fn pair_requests() -> Vec<String> {
 /// is not fresh, and comes from a pooler.
 #[derive(Debug, Clone)]
 pub(crate) struct Statements {
-    /// [`crate::fence::fenced_statements`] are prepared.
+    /// [`crate::server::fence::fenced_statements`] are prepared.
     fenced: bool,
-    /// [`crate::waiting::wait_statements`] are prepared.
+    /// [`crate::server::waiting::wait_statements`] are prepared.
     wait: bool,
     /// Every name, at the offsets below.
     names: Vec<String>,
@@ -392,9 +393,9 @@ const BATCH_AT: usize = 2;
 const SINGLE_AT: usize = 3;
 /// [`pair_requests`], indexed as there (`3 * x + y`).
 const PAIRS_AT: usize = SINGLE_AT + SINGLE.len();
-/// [`crate::fence::fenced_statements`] (`code - 12`).
+/// [`crate::server::fence::fenced_statements`] (`code - 12`).
 const FENCED_AT: usize = PAIRS_AT + 9;
-/// [`crate::waiting::wait_statements`] (`code - 20`).
+/// [`crate::server::waiting::wait_statements`] (`code - 20`).
 const WAIT_AT: usize = FENCED_AT + 8;
 const NAMES: usize = WAIT_AT + 8;
 
@@ -432,10 +433,10 @@ impl Statements {
         add(SINGLE_AT, SINGLE.iter().map(|s| (*s).to_owned()).collect());
         add(PAIRS_AT, pair_requests());
         if self.fenced {
-            add(FENCED_AT, crate::fence::fenced_statements());
+            add(FENCED_AT, crate::pg::sql::fenced_statements());
         }
         if self.wait {
-            add(WAIT_AT, crate::waiting::wait_statements());
+            add(WAIT_AT, crate::pg::sql::wait_statements());
         }
         sql
     }
@@ -910,7 +911,7 @@ mod tests {
     /// the server gets at once does not (and still answers true).
     #[tokio::test]
     async fn unlock_notify_skips_the_notification_when_a_blocked_waiter_got_the_key() {
-        use crate::test_server::{client as plain, connect};
+        use crate::pg::test_server::{client as plain, connect};
         use futures_util::FutureExt;
         // The listener: its notifications' payloads on a channel.
         let (listener, mut conn) = connect().await;
@@ -1033,7 +1034,7 @@ mod tests {
     /// free).
     #[tokio::test]
     async fn pair_statements_do_both_requests_in_order() {
-        let client = crate::test_server::client().await;
+        let client = crate::pg::test_server::client().await;
         let base = i64::from(std::process::id()) << 20;
         let sql = pair_requests();
         assert_eq!(sql.len(), PAIR_CODES.len() * PAIR_CODES.len());

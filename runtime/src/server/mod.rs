@@ -2,17 +2,22 @@
 //! table, and the guards of held locks. [`crate::ServerLocker`] serves a
 //! registry entry with one of these, or with several (a quorum).
 
+pub(crate) mod fence;
+pub(crate) mod loss;
+pub(crate) mod waiting;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::Settings;
-use crate::dispatch::{Answer, RequestError};
+use crate::local::lanes::Lane;
+use crate::local::table::{Begin, Recent, Table};
+use crate::session::dispatch::{Answer, RequestError};
+use crate::session::wakeup::Waiters;
 use crate::session::Session;
 use crate::stats::{Counters, Stats};
-use crate::table::{Begin, Recent, Table};
-use crate::wakeup::Waiters;
 use crate::{Error, KeyId, LockKey, Mode};
 
 /// The lock machinery of one server: a few long-lived lock sessions
@@ -27,17 +32,17 @@ pub(crate) struct ServerLocker {
 struct Inner {
     settings: Settings,
     /// The lock sessions; which one a new lock goes to is chosen by
-    /// [`crate::lanes`].
+    /// [`crate::local::lanes`].
     slots: Vec<Slot>,
     table: Table,
     counters: Arc<Counters>,
     waiters: Arc<Waiters>,
     /// The fencing table is known to exist (entries with fencing tokens).
     fence_ready: std::sync::atomic::AtomicBool,
-    /// The transaction-pooler probe has passed (see [`crate::proxy`]).
+    /// The transaction-pooler probe has passed (see [`crate::session::proxy`]).
     probed: std::sync::atomic::AtomicBool,
-    /// Sessions that wait on the server (see [`crate::waiting`]).
-    waits: crate::waiting::WaitPool,
+    /// Sessions that wait on the server (see [`crate::server::waiting`]).
+    waits: crate::server::waiting::WaitPool,
 }
 
 impl std::fmt::Debug for ServerLocker {
@@ -55,15 +60,15 @@ impl ServerLocker {
         let waiters = Arc::new(Waiters::default());
         if settings.transaction_scope_only {
             // No lock sessions (see LockConfig::transaction_scope_only);
-            // the public face refuses session-scope calls.
-            crate::transaction::check_server(&settings).await?;
+            // the public face checked the server and refuses session-scope
+            // calls.
             return Ok(Self::with_first(settings, counters, waiters, None));
         }
         if settings.fencing {
-            crate::fence::ensure_table(&settings).await?;
+            crate::server::fence::ensure_table(&settings).await?;
         }
         let first = Session::connect(&settings, &counters, &waiters).await?;
-        crate::proxy::refuse_transaction_pooling(&settings, first.backend_pid).await?;
+        crate::session::proxy::refuse_transaction_pooling(&settings, first.backend_pid).await?;
         let locker = Self::with_first(settings, counters, waiters, Some(first));
         locker
             .inner
@@ -97,7 +102,7 @@ impl ServerLocker {
                 outage: std::sync::Mutex::new(None),
             })
             .collect();
-        let waits = crate::waiting::WaitPool::new(&settings, &counters, &waiters);
+        let waits = crate::server::waiting::WaitPool::new(&settings, &counters, &waiters);
         ServerLocker {
             inner: Arc::new(Inner {
                 waits,
@@ -113,7 +118,7 @@ impl ServerLocker {
     }
 
     /// Subscribes to the next release of `id` in another process that
-    /// notifies (see [`crate::wakeup`]).
+    /// notifies (see [`crate::session::wakeup`]).
     pub(crate) fn woken(
         &self,
         id: KeyId,
@@ -141,7 +146,7 @@ impl ServerLocker {
         &self.inner.settings.name
     }
 
-    /// The live session for a new lock of a key (see [`crate::lanes`]),
+    /// The live session for a new lock of a key (see [`crate::local::lanes`]),
     /// connecting a fresh one if the chosen slot's session died. `recent`:
     /// where this process held the key last, if it released it lately.
     async fn session_for(&self, recent: Option<&Recent>) -> Result<Arc<Session>, Error> {
@@ -155,7 +160,7 @@ impl ServerLocker {
         } else {
             let mut buf = [None; 8];
             let mut heap = Vec::new();
-            let loads: &mut [crate::lanes::Load] = if slots.len() <= buf.len() {
+            let loads: &mut [crate::local::lanes::Load] = if slots.len() <= buf.len() {
                 &mut buf[..slots.len()]
             } else {
                 heap.resize(slots.len(), None);
@@ -165,17 +170,17 @@ impl ServerLocker {
                 *load = slot.load();
             }
             match recent {
-                None => crate::lanes::packed(loads),
+                None => crate::local::lanes::packed(loads),
                 Some(r) => {
-                    let light = crate::lanes::lightest(loads);
-                    let least = crate::lanes::weight(loads[light]);
+                    let light = crate::local::lanes::lightest(loads);
+                    let least = crate::local::lanes::weight(loads[light]);
                     let home = &r.session;
                     // A wait session is never a home: a try-lock there
-                    // could queue behind a blocking wait (crate::waiting).
+                    // could queue behind a blocking wait (crate::server::waiting).
                     if !home.is_dead()
                         && !home.is_wait()
-                        && !crate::lanes::much_heavier(
-                            crate::lanes::weight(Some(home.lane())),
+                        && !crate::local::lanes::much_heavier(
+                            crate::local::lanes::weight(Some(Lane::of(home))),
                             least,
                         )
                     {
@@ -243,13 +248,13 @@ impl ServerLocker {
         let ready = &self.inner.fence_ready;
         if settings.fencing && !ready.load(std::sync::atomic::Ordering::Acquire) {
             // A quorum member first reached now.
-            if let Err(e) = crate::fence::ensure_table(settings).await {
+            if let Err(e) = crate::server::fence::ensure_table(settings).await {
                 slot.failed(&e);
                 return Err(e);
             }
             ready.store(true, std::sync::atomic::Ordering::Release);
         }
-        // One session listens (see crate::wakeup): the first slot's.
+        // One session listens (see crate::session::wakeup): the first slot's.
         let role = if index == 0 {
             crate::session::Role::Listening
         } else {
@@ -269,8 +274,11 @@ impl ServerLocker {
                     // The first session of a locker that was not connected
                     // at configuration (a quorum member): the same check
                     // for a transaction-pooling proxy as at configuration.
-                    if let Err(e) =
-                        crate::proxy::refuse_transaction_pooling(settings, fresh.backend_pid).await
+                    if let Err(e) = crate::session::proxy::refuse_transaction_pooling(
+                        settings,
+                        fresh.backend_pid,
+                    )
+                    .await
                     {
                         fresh.kill();
                         slot.failed(&e);
@@ -330,7 +338,7 @@ impl ServerLocker {
     /// server, on a wait session if one is free (see
     /// [`LockConfig::wait_sessions`](crate::LockConfig::wait_sessions);
     /// a key last got that way is awaited there at once, see
-    /// [`crate::waiting`]);
+    /// [`crate::server::waiting`]);
     /// otherwise it is tried again when
     /// its holder's release notifies (a lock taken with `lock` notifies
     /// waiters in other processes when it is released, in the same
@@ -391,9 +399,9 @@ impl ServerLocker {
                         return Ok(guard);
                     }
                     // Busy in another session: wait on the server, on a
-                    // wait session if one is free (see crate::waiting).
+                    // wait session if one is free (see crate::server::waiting).
                     match self
-                        .wait_on_server(&key, mode, deadline, None, crate::table::CONTENDED)
+                        .wait_on_server(&key, mode, deadline, None, crate::local::table::CONTENDED)
                         .await?
                     {
                         WaitedHere::Got(guard) => {
@@ -490,7 +498,7 @@ impl ServerLocker {
     }
 
     /// Waits for a key found busy on the server on a wait session (see
-    /// [`crate::waiting`]), after reserving it in the table again.
+    /// [`crate::server::waiting`]), after reserving it in the table again.
     async fn wait_on_server(
         &self,
         key: &LockKey,
@@ -499,7 +507,7 @@ impl ServerLocker {
         prefer: Option<Arc<Session>>,
         if_free: u8,
     ) -> Result<WaitedHere, Error> {
-        use crate::waiting::Waited;
+        use crate::server::waiting::Waited;
         if !self.inner.waits.enabled() {
             return Ok(WaitedHere::Fallback);
         }
@@ -531,7 +539,7 @@ impl ServerLocker {
                     // Fully contended if the wait found the key held;
                     // else what the caller says (see Recent::contended).
                     let contended = if grant.blocked {
-                        crate::table::CONTENDED
+                        crate::local::table::CONTENDED
                     } else {
                         if_free
                     };
@@ -550,7 +558,7 @@ impl ServerLocker {
     }
 
     /// Reconnects the listening session (the first slot's, see
-    /// [`crate::wakeup`]) in the background if it died, so that a waiter on
+    /// [`crate::session::wakeup`]) in the background if it died, so that a waiter on
     /// the notify path is woken again even if no key of that slot is used.
     fn keep_listening(&self) {
         if self.inner.slots.first().is_some_and(|s| s.live().is_none()) {
@@ -652,11 +660,11 @@ impl Slot {
     }
 
     /// The live session's [`Session::load`] (without taking a reference).
-    fn load(&self) -> crate::lanes::Load {
+    fn load(&self) -> crate::local::lanes::Load {
         self.guard()
             .as_ref()
             .filter(|s| !s.is_dead())
-            .map(|s| s.lane())
+            .map(|s| Lane::of(s.as_ref()))
     }
 
     fn take(&self) -> Option<Arc<Session>> {
@@ -787,7 +795,7 @@ impl ServerGuard {
     pub(crate) fn state(&self) -> crate::LockState {
         crate::LockState::new(
             self.key.clone(),
-            crate::loss::Holder::Session(self.session.clone()),
+            crate::server::loss::Holder::Session(self.session.clone()),
             self.token,
         )
     }
@@ -865,7 +873,7 @@ impl Drop for ServerGuard {
         // Queued, not awaited: the dispatcher sends it at once (or with the
         // next statement) and checks the answer. A new lock of this key from
         // this process stays on this session until the unlock is answered
-        // (see crate::lanes), so it can't overtake it on another session.
+        // (see crate::local::lanes), so it can't overtake it on another session.
         tracing::debug!(pool = %self.locker.name(), key = %self.key.name(), mode = self.mode.as_str(), "advisory-locked: released");
     }
 }

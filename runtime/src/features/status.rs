@@ -1,6 +1,6 @@
 //! Which advisory locks are held or awaited in a database, by whom, and for
 //! how long: `pg_locks` joined with `pg_stat_activity`, keys decoded and
-//! named from the program's annotated fns (see [`crate::names`]).
+//! named from the program's annotated fns (see [`crate::features::names`]).
 //!
 //! ```no_run
 //! use advisory_locked::{status, LockConfig};
@@ -40,7 +40,7 @@ pub struct HeldLock {
     /// The key, decoded from `pg_locks` (`classid`, `objid`, `objsubid`).
     pub key: KeyId,
     /// The key's name, if an annotated fn of this program declares it
-    /// ([`crate::names::name_of`]) or [`fill_names`] was given it.
+    /// ([`crate::features::names::name_of`]) or [`fill_names`] was given it.
     pub name: Option<String>,
     /// `ExclusiveLock` is [`Mode::Exclusive`], `ShareLock` [`Mode::Shared`].
     pub mode: Mode,
@@ -180,16 +180,17 @@ pub async fn held_locks(config: &LockConfig) -> Result<Vec<HeldLock>, Error> {
     }
     let target = settings.target();
     let after = settings.connect_timeout;
-    let client = match tokio::time::timeout(after, crate::session::connect_probe(&settings)).await {
-        Ok(Ok(client)) => client,
-        Ok(Err(source)) => {
-            return Err(Error::Connect {
-                target,
-                source: Box::new(source),
-            })
-        }
-        Err(_) => return Err(Error::ConnectTimeout { target, after }),
-    };
+    let client =
+        match tokio::time::timeout(after, crate::pg::connect::connect_probe(&settings)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(source)) => {
+                return Err(Error::Connect {
+                    target,
+                    source: Box::new(source),
+                })
+            }
+            Err(_) => return Err(Error::ConnectTimeout { target, after }),
+        };
     let rows = client.query(QUERY, &[]).await.map_err(|e| {
         tracing::warn!(target = %target, error = %crate::error::cause(&e), "advisory-locked: the pg_locks status query failed");
         Error::Query {
@@ -232,7 +233,7 @@ pub async fn held_locks(config: &LockConfig) -> Result<Vec<HeldLock>, Error> {
         };
         locks.push(HeldLock {
             key,
-            name: crate::names::name_of(key).map(str::to_owned),
+            name: crate::features::names::name_of(key).map(str::to_owned),
             mode,
             granted,
             pid: r.get(0),

@@ -59,6 +59,14 @@ pub(crate) struct Lane {
 }
 
 impl Lane {
+    /// A live session's load now and its peak.
+    pub(crate) fn of(session: &crate::session::Session) -> Lane {
+        Lane {
+            locks: session.load(),
+            peak: session.peak(),
+        }
+    }
+
     #[cfg(test)]
     fn new(locks: usize, peak: usize) -> Lane {
         Lane { locks, peak }

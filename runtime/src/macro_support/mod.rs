@@ -4,9 +4,12 @@
 //! path (`::advisory_locked::__private::…`); everything they do is done by
 //! the public [`Locker`](crate::Locker) API, where it is tested without macros.
 
+mod run;
+
 use std::future::Future;
 use std::time::Duration;
 
+use crate::transaction::Busy;
 use crate::{Error, LockKey, Mode, OnLost, Outcome};
 
 /// What the attribute's options say, as a value.
@@ -36,14 +39,15 @@ pub enum Wait {
     Timeout(Duration),
 }
 
-/// `limit = N` and `per = "…"`.
-#[derive(Debug, Clone, Copy)]
-pub struct Limit {
-    /// At most this many bodies at once across the fleet (at least 1).
-    pub slots: u32,
-    /// Rate form: each slot is held at least this long from the body's
-    /// start, so at most `slots` starts per `per`.
-    pub per: Option<Duration>,
+impl Wait {
+    /// The longest wait: `None` for as long as it takes (or for skip mode,
+    /// which does not wait).
+    pub(crate) fn timeout(self) -> Option<Duration> {
+        match self {
+            Wait::Timeout(t) => Some(t),
+            Wait::Forever | Wait::Skip => None,
+        }
+    }
 }
 
 /// Skip mode: take the lock if free, run `body`, release.
@@ -57,13 +61,13 @@ pub async fn run_skip<F: Future>(
     key: LockKey,
     body: F,
 ) -> Result<Outcome<F::Output>, Error> {
-    crate::run::run_skip(spec, key, Box::pin(body)).await
+    run::run_skip(spec, key, Box::pin(body)).await
 }
 
 /// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`,
 /// release. The body is boxed as in [`run_skip`].
 pub async fn run_wait<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<F::Output, Error> {
-    crate::run::run_wait(spec, key, Box::pin(body)).await
+    run::run_wait(spec, key, Box::pin(body)).await
 }
 
 /// `transaction = tx`, skip mode: begin a transaction, take the
@@ -80,7 +84,7 @@ where
     F: Future,
     F::Output: crate::TransactionResult,
 {
-    crate::transaction::run_skip(spec, key, body).await
+    run::run_tx(spec, key, Busy::Skip, body).await
 }
 
 /// `transaction = tx`, wait mode.
@@ -90,31 +94,20 @@ where
     F: Future,
     F::Output: crate::TransactionResult,
 {
-    crate::transaction::run_wait(spec, key, body).await
+    let start = std::time::Instant::now();
+    let name = key.name().to_owned();
+    match run::run_tx(spec, key, Busy::Wait(spec.wait.timeout()), body).await? {
+        Outcome::Ran(value) => Ok(value),
+        // A wait never skips; kept as a value rather than a panic.
+        Outcome::Skipped => Err(Error::WaitTimeout {
+            key: name,
+            waited: start.elapsed(),
+        }),
+    }
 }
 
 /// The compile-time collection the attribute submits [`KeyName`]s to.
 pub use inventory;
 
-/// One annotated fn's key, submitted by the attribute's expansion with
-/// `inventory::submit!` (read it through [`crate::names`]).
-#[derive(Debug)]
-pub struct KeyName {
-    /// The key as written: the literal, the integer in decimal, `"(a, b)"`,
-    /// or the template string.
-    pub name: &'static str,
-    /// The number locked; `None` for a template (known only at run time).
-    pub id: Option<crate::KeyId>,
-    /// Which form of `key = …`.
-    pub kind: crate::names::KeyKind,
-    /// The registry entry (`pool = "…"`, else `"default"`).
-    pub pool: &'static str,
-    /// `shared` or exclusive.
-    pub mode: Mode,
-    /// `file!()` of the annotated fn.
-    pub file: &'static str,
-    /// `line!()` of the annotated fn's name.
-    pub line: u32,
-}
-
-inventory::collect!(KeyName);
+pub use crate::features::limit::Limit;
+pub use crate::features::names::KeyName;

@@ -58,7 +58,6 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 
-use crate::__private::{Spec, Wait};
 use crate::config::Settings;
 use crate::{Error, KeyId, LockKey, Mode, OnLost, Outcome};
 
@@ -184,7 +183,7 @@ static POOLS: LazyLock<Mutex<HashMap<String, Arc<Pool>>>> = LazyLock::new(Defaul
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A registry entry's transaction connections.
-struct Pool {
+pub(crate) struct Pool {
     settings: Settings,
     /// Connections idle outside any transaction, ready for reuse.
     idle: Mutex<Vec<Conn>>,
@@ -198,29 +197,18 @@ impl Pool {
     }
 }
 
-/// The pool of the registry entry `spec.pool` (created on first use).
-fn pool_for(spec: &Spec) -> Result<Arc<Pool>, Error> {
-    let locker = crate::locker(spec.pool)?;
-    if locker.servers() > 1 {
-        // A transaction lives on one server; a quorum's lock can't be one.
-        return Err(Error::InvalidConfig {
-            reason: format!(
-                "transaction scope needs a single-server entry; {:?} is a quorum of {} servers",
-                spec.pool,
-                locker.servers()
-            ),
-        });
-    }
+/// The transaction connections of the registry entry `settings.name`
+/// (created on first use).
+pub(crate) fn pool_for(settings: &Settings) -> Arc<Pool> {
     let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
-    let pool = pools.entry(spec.pool.to_owned()).or_insert_with(|| {
-        let settings = locker.settings().clone();
+    let pool = pools.entry(settings.name.clone()).or_insert_with(|| {
         Arc::new(Pool {
             permits: Arc::new(Semaphore::new(settings.transaction_connections)),
-            settings,
+            settings: settings.clone(),
             idle: Mutex::new(Vec::new()),
         })
     });
-    Ok(pool.clone())
+    pool.clone()
 }
 
 /// One plain connection. Dropping it closes the connection at once, even
@@ -661,49 +649,29 @@ fn lock_timeout_setting(left: Duration) -> String {
 // The calls
 // ---------------------------------------------------------------------------
 
-/// Skip mode: begin, take the lock if free, run the body, commit or roll back.
-pub(crate) async fn run_skip<B, F>(
-    spec: Spec,
-    key: LockKey,
-    body: B,
-) -> Result<Outcome<F::Output>, Error>
-where
-    B: FnOnce(Transaction) -> F,
-    F: Future,
-    F::Output: TransactionResult,
-{
-    run(spec, key, None, body).await
+/// What a transaction-scope call does when the key is busy.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Busy {
+    /// Skip the body.
+    Skip,
+    /// Wait for the lock, at most this long (`None`: as long as it takes).
+    Wait(Option<Duration>),
 }
 
-/// Wait mode: begin, wait for the lock server-side (bounded by the spec's
-/// timeout), run the body, commit or roll back.
-pub(crate) async fn run_wait<B, F>(spec: Spec, key: LockKey, body: B) -> Result<F::Output, Error>
-where
-    B: FnOnce(Transaction) -> F,
-    F: Future,
-    F::Output: TransactionResult,
-{
-    let timeout = match spec.wait {
-        Wait::Timeout(t) => Some(t),
-        Wait::Forever | Wait::Skip => None,
-    };
-    let start = Instant::now();
-    let name = key.name().to_owned();
-    match run(spec, key, Some(timeout), body).await? {
-        Outcome::Ran(value) => Ok(value),
-        // A wait never skips; kept as a value rather than a panic.
-        Outcome::Skipped => Err(Error::WaitTimeout {
-            key: name,
-            waited: start.elapsed(),
-        }),
-    }
+/// One transaction-scope call: where, in which mode, and with which loss
+/// policy (`None`: the entry's).
+pub(crate) struct Call {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) mode: Mode,
+    pub(crate) on_lost: Option<OnLost>,
 }
 
-/// `wait`: `None` for skip mode, `Some(timeout)` for wait mode.
-async fn run<B, F>(
-    spec: Spec,
+/// Begins a transaction, takes the lock (or waits for it, as `busy` says),
+/// runs the body with the transaction, and commits or rolls back.
+pub(crate) async fn run<B, F>(
+    call: Call,
     key: LockKey,
-    wait: Option<Option<Duration>>,
+    busy: Busy,
     body: B,
 ) -> Result<Outcome<F::Output>, Error>
 where
@@ -712,8 +680,16 @@ where
     F::Output: TransactionResult,
 {
     let start = Instant::now();
-    let pool = pool_for(&spec)?;
+    let Call {
+        pool,
+        mode,
+        on_lost,
+    } = call;
     let settings = &pool.settings;
+    let wait = match busy {
+        Busy::Skip => None,
+        Busy::Wait(timeout) => Some(timeout),
+    };
     let name = key.name().to_owned();
     let timed_out = || Error::WaitTimeout {
         key: name.clone(),
@@ -743,7 +719,7 @@ where
             Some(t) => lock_timeout_setting(t.saturating_sub(start.elapsed())),
             None => "0".to_owned(),
         });
-        let locking = begin_and_lock(&conn.client, key.id(), spec.mode, lock_timeout.as_deref());
+        let locking = begin_and_lock(&conn.client, key.id(), mode, lock_timeout.as_deref());
         // A client-side bound too, in case the server stops answering: the
         // server's lock_timeout plus the connect timeout.
         let result = match wait {
@@ -766,7 +742,7 @@ where
                 end_transaction(lease, "ROLLBACK").await;
                 return Err(timed_out());
             }
-            Err(e) if lease.reused && !retried && crate::session::ends_session(&e) => {
+            Err(e) if lease.reused && !retried && crate::pg::connect::ends_session(&e) => {
                 // A pooled connection that died while idle: once more on a
                 // fresh one (nothing was begun on the server).
                 tracing::info!(pool = %settings.name, key = %name, connection = conn.id, "advisory-locked: idle transaction connection had ended; retrying on a fresh one");
@@ -787,13 +763,13 @@ where
         tokio::spawn(end_transaction(lease, "ROLLBACK"));
         return Ok(Outcome::Skipped);
     }
-    tracing::debug!(pool = %settings.name, key = %name, id = %key.id(), mode = ?spec.mode, backend_pid = locked.backend_pid, connection = lease.conn().id, "advisory-locked: acquired (transaction scope)");
+    tracing::debug!(pool = %settings.name, key = %name, id = %key.id(), mode = ?mode, backend_pid = locked.backend_pid, connection = lease.conn().id, "advisory-locked: acquired (transaction scope)");
 
-    let policy = spec.on_lost.unwrap_or(settings.on_lost);
+    let policy = on_lost.unwrap_or(settings.on_lost);
     let tx = Transaction {
         client: lease.conn().client.clone(),
         key,
-        mode: spec.mode,
+        mode,
         backend_pid: locked.backend_pid,
     };
     let lost = lease.conn().lost();

@@ -11,24 +11,6 @@ use std::sync::Arc;
 use crate::session::Session;
 use crate::LockKey;
 
-/// What a body does when its lock is lost while it runs; set per registry
-/// entry with [`LockConfig::on_lost`](crate::LockConfig::on_lost) or per
-/// function with `on_lost = "abort"` / `on_lost = "continue"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum OnLost {
-    /// The default: the body's future is dropped at its next await point and
-    /// the call returns [`Error::LockLost`](crate::Error::LockLost). Nothing
-    /// the body does after the loss is known can overlap another holder's
-    /// body, except the synchronous code it runs before that await.
-    #[default]
-    Abort,
-    /// The body keeps running; it can check [`current_lock`] (or its
-    /// guard) to see whether the lock still stands, and the call returns the
-    /// body's result. For bodies that must not stop half-way and can check
-    /// or fence their own effects.
-    Continue,
-}
-
 /// The lock a body runs under, as seen from inside the body.
 ///
 /// ```no_run
