@@ -146,17 +146,6 @@ fn seconds(s: Option<f64>) -> Option<Duration> {
     s.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX))
 }
 
-const QUERY: &str = "\
-SELECT l.pid, l.classid::int8, l.objid::int8, l.objsubid::int2, l.mode, l.granted,
-       a.application_name, a.state,
-       extract(epoch FROM clock_timestamp() - a.backend_start)::float8,
-       extract(epoch FROM clock_timestamp() - a.xact_start)::float8,
-       extract(epoch FROM clock_timestamp() - (to_jsonb(l) ->> 'waitstart')::timestamptz)::float8
-FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory'
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-ORDER BY l.granted DESC, l.classid, l.objid, l.objsubid, l.pid";
-
 /// The advisory locks held or awaited in the database of `config`, seen
 /// from a connection of its own (with `config`'s transport, TLS included,
 /// and the `application_name` `advisory-locked-status`, unless `config`
@@ -191,7 +180,7 @@ pub async fn held_locks(config: &LockConfig) -> Result<Vec<HeldLock>, Error> {
             }
             Err(_) => return Err(Error::ConnectTimeout { target, after }),
         };
-    let rows = client.query(QUERY, &[]).await.map_err(|e| {
+    let rows = client.query(crate::pg::sql::STATUS, &[]).await.map_err(|e| {
         tracing::warn!(target = %target, error = %crate::error::cause(&e), "advisory-locked: the pg_locks status query failed");
         Error::Query {
             key: "(status: pg_locks)".to_owned(),

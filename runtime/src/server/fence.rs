@@ -23,15 +23,6 @@
 use crate::config::Settings;
 use crate::Error;
 
-/// The table's definition.
-pub(crate) const CREATE_TABLE: &str = "\
-CREATE TABLE IF NOT EXISTS advisory_locked_fence (\
- space int2 NOT NULL,\
- key int8 NOT NULL,\
- token int8 NOT NULL,\
- granted_at timestamptz NOT NULL DEFAULT clock_timestamp(),\
- PRIMARY KEY (space, key))";
-
 /// A key that serialises concurrent creations of the table
 /// (`key_hash("advisory-locked:fence-table")`).
 const CREATE_LOCK: i64 = crate::key_hash("advisory-locked:fence-table");
@@ -54,7 +45,7 @@ pub(crate) async fn ensure_table(settings: &Settings) -> Result<(), Error> {
         })?;
     // Two processes configuring at once would race on the catalog: one
     // creation at a time, under a transaction-level lock.
-    let sql = format!("BEGIN; SELECT pg_advisory_xact_lock({CREATE_LOCK}); {CREATE_TABLE}; COMMIT");
+    let sql = crate::pg::sql::create_fence_table(CREATE_LOCK);
     tokio::time::timeout(after, client.batch_execute(&sql))
         .await
         .map_err(|_| timed_out())?

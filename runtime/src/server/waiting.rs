@@ -296,8 +296,17 @@ mod tests {
     async fn wait_statements_on_the_server() {
         use crate::pg::test_server::client;
         let (waiter, holder) = (client().await, client().await);
-        let sql = crate::pg::sql::wait_statements();
-        assert_eq!(sql.len(), 8);
+        use crate::pg::sql::{Action, Form, Request, Statement};
+        // Waits, then checked unlocks: exclusive/shared x bigint/pair.
+        let sql: Vec<String> = [Action::Wait, Action::CheckedUnlock]
+            .into_iter()
+            .flat_map(|action| {
+                [Form::Int8, Form::Pair].into_iter().flat_map(move |form| {
+                    [Mode::Exclusive, Mode::Shared]
+                        .map(|mode| Statement::One(Request { action, mode, form }).sql())
+                })
+            })
+            .collect();
         let base = (i64::from(std::process::id()) << 24) | (1 << 62);
         let pair = (std::process::id() as i32, -7);
         for (i, shared) in [(0, false), (1, true), (2, false), (3, true)] {

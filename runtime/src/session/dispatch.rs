@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::QueryError;
+use crate::pg::sql::{Action, Form, Request, Statement, STATEMENTS};
 use crate::pg::wire::{Param, Transport, Values, Wire};
 
 use crate::session::wakeup::Waiters;
@@ -103,11 +104,9 @@ impl Drop for Grant {
     }
 }
 
-/// One request: `code` is the index of its statement in [`SINGLE`] (below
-/// 12), 12 + the index in [`crate::server::fence::fenced_statements`] (below 20), or
-/// 20 + the index in [`crate::server::waiting::wait_statements`].
+/// One request, as the dispatcher queues it.
 pub(crate) struct Op {
-    code: u8,
+    req: Request,
     key: KeyId,
     /// For a [`Kind::Raise`]: the floor; for a [`Kind::Wait`]: the
     /// `lock_timeout` in milliseconds.
@@ -153,25 +152,31 @@ impl Op {
         mode: Mode,
         reply: Option<oneshot::Sender<Reply>>,
     ) -> Op {
-        let (mut code, floor) = match kind {
-            Kind::Lock => (0, 0),
-            Kind::Unlock => (4, 0),
-            Kind::UnlockNotify => (8, 0),
-            Kind::FencedLock => (12, 0),
-            Kind::Raise(floor) => (16, floor),
-            Kind::Wait(millis) => (20, millis),
+        let (action, floor) = match kind {
+            Kind::Lock => (Action::TryLock, 0),
+            Kind::Unlock => (Action::Unlock, 0),
+            Kind::UnlockNotify => (Action::UnlockNotify, 0),
+            Kind::FencedLock => (Action::FencedTryLock, 0),
+            Kind::Raise(floor) => (Action::Raise, floor),
+            Kind::Wait(millis) => (Action::Wait, millis),
         };
-        if mode == Mode::Shared {
-            code += 1;
-        }
-        if matches!(key, KeyId::Pair(..)) {
-            code += 2;
-        }
+        let req = Request {
+            action,
+            mode,
+            form: Form::of(key),
+        };
         Op {
-            code,
+            reply,
+            ..Op::of(req, key, floor)
+        }
+    }
+
+    fn of(req: Request, key: KeyId, floor: i64) -> Op {
+        Op {
+            req,
             key,
             floor,
-            reply,
+            reply: None,
             tolerant: false,
             tracked: false,
         }
@@ -184,189 +189,66 @@ impl Op {
     }
 
     fn is_unlock(&self) -> bool {
-        (4..12).contains(&self.code) || (24..28).contains(&self.code)
+        matches!(
+            self.req.action,
+            Action::Unlock | Action::UnlockNotify | Action::CheckedUnlock
+        )
     }
 
     fn is_lock(&self) -> bool {
-        self.code < 4 || (12..16).contains(&self.code) || self.is_wait()
+        matches!(
+            self.req.action,
+            Action::TryLock | Action::FencedTryLock | Action::Wait
+        )
     }
 
     fn is_raise(&self) -> bool {
-        (16..20).contains(&self.code)
+        self.req.action == Action::Raise
     }
 
     /// A blocking wait ([`Kind::Wait`]).
     fn is_wait(&self) -> bool {
-        (20..24).contains(&self.code)
+        self.req.action == Action::Wait
     }
 
-    /// Fenced locks and raises go out as statements of their own.
+    /// A fenced try-lock: answers `(granted, token)`.
+    fn is_fenced(&self) -> bool {
+        self.req.action == Action::FencedTryLock
+    }
+
+    /// Fenced locks, raises, waits and checked unlocks go out as statements
+    /// of their own.
     fn goes_alone(&self) -> bool {
-        self.code >= 12
+        !self.req.action.is_plain()
     }
 
     /// The unlock that undoes this (granted) lock request.
     fn undo(&self) -> Op {
-        let lock = match self.code {
-            20.. => self.code - 20,
-            12.. => self.code - 12,
-            _ => self.code,
-        };
         // A lock a blocking wait got was waited for: giving it back wakes
         // waiters in other processes, as its holder's release would have.
-        let unlock = if self.is_wait() { 8 } else { 4 };
-        Op {
-            code: lock + unlock,
-            key: self.key,
-            floor: 0,
-            reply: None,
-            tolerant: false,
-            tracked: false,
-        }
+        let action = if self.is_wait() {
+            Action::UnlockNotify
+        } else {
+            Action::Unlock
+        };
+        Op::of(Request { action, ..self.req }, self.key, 0)
     }
 
     /// The unlock sent after this lock request failed, when it is unknown
     /// whether it was granted first: "not held" is fine. After a blocking
     /// wait (which fails at every `lock_timeout`) it is an unlock only if
     /// the session holds the key (no server warning for each timed-out
-    /// wait; see [`crate::server::waiting::wait_statements`]).
+    /// wait; see [`Action::CheckedUnlock`]).
     fn undo_unknown(&self) -> Op {
         let mut undo = self.undo();
         if self.is_wait() {
             // The checked unlock (no notification: almost always nothing
             // was held).
-            undo.code = self.code + 4;
+            undo.req.action = Action::CheckedUnlock;
         }
         undo.tolerant = true;
         undo
     }
-}
-
-/// The single-request statements, indexed by [`Op::code`].
-pub(crate) const SINGLE: [&str; 12] = [
-    "SELECT pg_try_advisory_lock($1::int8)",
-    "SELECT pg_try_advisory_lock_shared($1::int8)",
-    "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
-    "SELECT pg_try_advisory_lock_shared($1::int4, $2::int4)",
-    "SELECT pg_advisory_unlock($1::int8)",
-    "SELECT pg_advisory_unlock_shared($1::int8)",
-    "SELECT pg_advisory_unlock($1::int4, $2::int4)",
-    "SELECT pg_advisory_unlock_shared($1::int4, $2::int4)",
-    // Unlock, then notify only if the key is not held exclusively now (a
-    // shared try-lock, given back at once, tells): a waiter blocked on the
-    // server that was just granted the key makes a notification pointless.
-    // (That try-lock needs a slot in the server's lock table: with the table
-    // full, the statement fails after the unlock, and the session is closed
-    // as after any failed unlock. Rare; releases without notify don't.)
-    // pg_notify returns void: num_nulls(..) = 0 only makes it a boolean.
-    "SELECT CASE WHEN pg_advisory_unlock($1::int8) \
-     THEN CASE WHEN pg_try_advisory_lock_shared($1::int8) \
-     THEN num_nulls(pg_advisory_unlock_shared($1::int8), pg_notify('advisory_locked', $1::int8::text)) = 0 \
-     ELSE true END ELSE false END",
-    "SELECT CASE WHEN pg_advisory_unlock_shared($1::int8) \
-     THEN CASE WHEN pg_try_advisory_lock_shared($1::int8) \
-     THEN num_nulls(pg_advisory_unlock_shared($1::int8), pg_notify('advisory_locked', $1::int8::text)) = 0 \
-     ELSE true END ELSE false END",
-    "SELECT CASE WHEN pg_advisory_unlock($1::int4, $2::int4) \
-     THEN CASE WHEN pg_try_advisory_lock_shared($1::int4, $2::int4) \
-     THEN num_nulls(pg_advisory_unlock_shared($1::int4, $2::int4), pg_notify('advisory_locked', $1::int4::text || ':' || $2::int4::text)) = 0 \
-     ELSE true END ELSE false END",
-    "SELECT CASE WHEN pg_advisory_unlock_shared($1::int4, $2::int4) \
-     THEN CASE WHEN pg_try_advisory_lock_shared($1::int4, $2::int4) \
-     THEN num_nulls(pg_advisory_unlock_shared($1::int4, $2::int4), pg_notify('advisory_locked', $1::int4::text || ':' || $2::int4::text)) = 0 \
-     ELSE true END ELSE false END",
-];
-
-/// Many requests in one statement, answered in order.
-pub(crate) const BATCH: &str = "\
-SELECT CASE t.op \
- WHEN 0 THEN pg_try_advisory_lock(t.k) \
- WHEN 1 THEN pg_try_advisory_lock_shared(t.k) \
- WHEN 2 THEN pg_try_advisory_lock(t.a, t.b) \
- WHEN 3 THEN pg_try_advisory_lock_shared(t.a, t.b) \
- WHEN 4 THEN pg_advisory_unlock(t.k) \
- WHEN 5 THEN pg_advisory_unlock_shared(t.k) \
- WHEN 6 THEN pg_advisory_unlock(t.a, t.b) \
- WHEN 7 THEN pg_advisory_unlock_shared(t.a, t.b) \
- WHEN 8 THEN CASE WHEN pg_advisory_unlock(t.k) \
-   THEN CASE WHEN pg_try_advisory_lock_shared(t.k) \
-   THEN num_nulls(pg_advisory_unlock_shared(t.k), pg_notify('advisory_locked', t.k::text)) = 0 \
-   ELSE true END ELSE false END \
- WHEN 9 THEN CASE WHEN pg_advisory_unlock_shared(t.k) \
-   THEN CASE WHEN pg_try_advisory_lock_shared(t.k) \
-   THEN num_nulls(pg_advisory_unlock_shared(t.k), pg_notify('advisory_locked', t.k::text)) = 0 \
-   ELSE true END ELSE false END \
- WHEN 10 THEN CASE WHEN pg_advisory_unlock(t.a, t.b) \
-   THEN CASE WHEN pg_try_advisory_lock_shared(t.a, t.b) \
-   THEN num_nulls(pg_advisory_unlock_shared(t.a, t.b), pg_notify('advisory_locked', t.a::text || ':' || t.b::text)) = 0 \
-   ELSE true END ELSE false END \
- WHEN 11 THEN CASE WHEN pg_advisory_unlock_shared(t.a, t.b) \
-   THEN CASE WHEN pg_try_advisory_lock_shared(t.a, t.b) \
-   THEN num_nulls(pg_advisory_unlock_shared(t.a, t.b), pg_notify('advisory_locked', t.a::text || ':' || t.b::text)) = 0 \
-   ELSE true END ELSE false END \
- END \
-FROM unnest($1::int2[], $2::int8[], $3::int4[], $4::int4[]) WITH ORDINALITY AS t(op, k, a, b, n) \
-ORDER BY t.n";
-
-/// Two requests in one statement, without `unnest` (as cheap for the server
-/// as a single request): what a sequence of calls sends most, the previous
-/// call's unlock and the next call's lock. Parameters per request: code,
-/// int8 key, int4 pair.
-pub(crate) fn two_requests() -> String {
-    let one = |c: usize| {
-        let (k, a, b) = (c + 1, c + 2, c + 3);
-        // As in SINGLE: notify unless the key is held exclusively now.
-        let notify_k = format!(
-            "CASE WHEN pg_try_advisory_lock_shared(${k}::int8) \
-             THEN num_nulls(pg_advisory_unlock_shared(${k}::int8), \
-             pg_notify('advisory_locked', ${k}::int8::text)) = 0 ELSE true END"
-        );
-        let notify_ab = format!(
-            "CASE WHEN pg_try_advisory_lock_shared(${a}::int4, ${b}::int4) \
-             THEN num_nulls(pg_advisory_unlock_shared(${a}::int4, ${b}::int4), \
-             pg_notify('advisory_locked', ${a}::int4::text || ':' || ${b}::int4::text)) = 0 ELSE true END"
-        );
-        format!(
-            "CASE ${c}::int2 \
-             WHEN 0 THEN pg_try_advisory_lock(${k}::int8) \
-             WHEN 1 THEN pg_try_advisory_lock_shared(${k}::int8) \
-             WHEN 2 THEN pg_try_advisory_lock(${a}::int4, ${b}::int4) \
-             WHEN 3 THEN pg_try_advisory_lock_shared(${a}::int4, ${b}::int4) \
-             WHEN 4 THEN pg_advisory_unlock(${k}::int8) \
-             WHEN 5 THEN pg_advisory_unlock_shared(${k}::int8) \
-             WHEN 6 THEN pg_advisory_unlock(${a}::int4, ${b}::int4) \
-             WHEN 7 THEN pg_advisory_unlock_shared(${a}::int4, ${b}::int4) \
-             WHEN 8 THEN CASE WHEN pg_advisory_unlock(${k}::int8) THEN {notify_k} ELSE false END \
-             WHEN 9 THEN CASE WHEN pg_advisory_unlock_shared(${k}::int8) THEN {notify_k} ELSE false END \
-             WHEN 10 THEN CASE WHEN pg_advisory_unlock(${a}::int4, ${b}::int4) THEN {notify_ab} ELSE false END \
-             WHEN 11 THEN CASE WHEN pg_advisory_unlock_shared(${a}::int4, ${b}::int4) THEN {notify_ab} ELSE false END \
-             END"
-        )
-    };
-    // Select-list items are evaluated left to right.
-    format!("SELECT {}, {}", one(1), one(5))
-}
-
-/// The codes of the common requests on 64-bit keys (exclusive try-lock,
-/// unlock, unlock + notify) whose pairs have statements of their own.
-pub(crate) const PAIR_CODES: [u8; 3] = [0, 4, 8];
-
-/// Two requests of [`PAIR_CODES`] in one statement, without `CASE`: a
-/// sequence of calls sends "the last call's unlock, this call's try-lock"
-/// most, and this is as cheap for the server as one request (the general
-/// [`two_requests`] costs a few microseconds more). Parameters: the two
-/// int8 keys.
-pub(crate) fn pair_requests() -> Vec<String> {
-    let expr =
-        |code: u8, param: &str| SINGLE[code as usize]["SELECT ".len()..].replace("$1", param);
-    let mut out = Vec::with_capacity(PAIR_CODES.len() * PAIR_CODES.len());
-    for x in PAIR_CODES {
-        for y in PAIR_CODES {
-            // Select-list items are evaluated left to right.
-            out.push(format!("SELECT {}, {}", expr(x, "$1"), expr(y, "$2")));
-        }
-    }
-    out
 }
 
 /// The statements a session prepares (by name, at its set-up; see
@@ -377,66 +259,36 @@ pub(crate) fn pair_requests() -> Vec<String> {
 /// is not fresh, and comes from a pooler.
 #[derive(Debug, Clone)]
 pub(crate) struct Statements {
-    /// [`crate::server::fence::fenced_statements`] are prepared.
-    fenced: bool,
-    /// [`crate::server::waiting::wait_statements`] are prepared.
-    wait: bool,
-    /// Every name, at the offsets below.
+    /// Prepared on this session.
+    prepared: Vec<Statement>,
+    /// Every statement's name, by [`Statement::index`].
     names: Vec<String>,
 }
-
-/// Where each group's names start in [`Statements::names`].
-const PING: usize = 0;
-const TWO: usize = 1;
-const BATCH_AT: usize = 2;
-/// [`SINGLE`], by [`Op::code`].
-const SINGLE_AT: usize = 3;
-/// [`pair_requests`], indexed as there (`3 * x + y`).
-const PAIRS_AT: usize = SINGLE_AT + SINGLE.len();
-/// [`crate::server::fence::fenced_statements`] (`code - 12`).
-const FENCED_AT: usize = PAIRS_AT + 9;
-/// [`crate::server::waiting::wait_statements`] (`code - 20`).
-const WAIT_AT: usize = FENCED_AT + 8;
-const NAMES: usize = WAIT_AT + 8;
 
 impl Statements {
     /// The statements of session `id` of this process.
     pub(crate) fn new(id: u64, fenced: bool, wait: bool) -> Statements {
         let prefix = format!("al{}_{id}_", std::process::id());
         Statements {
-            fenced,
-            wait,
-            names: (0..NAMES).map(|i| format!("{prefix}{i}")).collect(),
+            prepared: Statement::prepared(fenced, wait),
+            names: (0..STATEMENTS).map(|i| format!("{prefix}{i}")).collect(),
         }
     }
 
-    fn name(&self, at: usize) -> &str {
-        &self.names[at]
+    fn name(&self, statement: Statement) -> &str {
+        &self.names[statement.index()]
     }
 
     /// `PREPARE` of every statement of the session, as one simple query
     /// (sent with the set-up, through tokio-postgres).
     pub(crate) fn prepare_sql(&self) -> String {
         let mut sql = String::new();
-        let mut add = |at: usize, statements: Vec<String>| {
-            for (i, statement) in statements.into_iter().enumerate() {
-                sql.push_str("PREPARE ");
-                sql.push_str(self.name(at + i));
-                sql.push_str(" AS ");
-                sql.push_str(&statement);
-                sql.push_str("; ");
-            }
-        };
-        add(PING, vec!["SELECT true".to_owned()]);
-        add(TWO, vec![two_requests()]);
-        add(BATCH_AT, vec![BATCH.to_owned()]);
-        add(SINGLE_AT, SINGLE.iter().map(|s| (*s).to_owned()).collect());
-        add(PAIRS_AT, pair_requests());
-        if self.fenced {
-            add(FENCED_AT, crate::pg::sql::fenced_statements());
-        }
-        if self.wait {
-            add(WAIT_AT, crate::pg::sql::wait_statements());
+        for &statement in &self.prepared {
+            sql.push_str("PREPARE ");
+            sql.push_str(self.name(statement));
+            sql.push_str(" AS ");
+            sql.push_str(&statement.sql());
+            sql.push_str("; ");
         }
         sql
     }
@@ -571,23 +423,19 @@ impl Dispatcher {
                                     Err(_) => break,
                                 }
                             }
-                            if batch.iter().any(Op::goes_alone) {
-                                for part in split(batch) {
-                                    send(&mut wire, statements, shared, &part);
-                                    in_flight.push_back(part);
-                                }
-                            } else {
-                                send(&mut wire, statements, shared, &batch);
-                                in_flight.push_back(batch);
+                            for part in split(batch) {
+                                send(&mut wire, statements, shared, &part);
+                                in_flight.push_back(part);
                             }
                         }
                         None => closed = true,
                     }
                 }
                 () = std::future::ready(()), if !backlog.is_empty() && in_flight.len() < MAX_IN_FLIGHT => {
-                    let batch = std::mem::take(&mut backlog);
-                    send(&mut wire, statements, shared, &batch);
-                    in_flight.push_back(batch);
+                    for part in split(std::mem::take(&mut backlog)) {
+                        send(&mut wire, statements, shared, &part);
+                        in_flight.push_back(part);
+                    }
                 }
                 // Last: when an answer or a request is ready, the session is
                 // alive and busy, and the timer need not be polled.
@@ -615,9 +463,12 @@ impl Dispatcher {
     }
 }
 
-/// Splits requests of which some go alone into statements, in order: runs
-/// of plain requests share one; a fenced lock or a raise goes alone.
+/// Splits requests into statements, in order: runs of plain requests share
+/// one; a fenced lock, a raise, a wait or a checked unlock goes alone.
 fn split(batch: Vec<Op>) -> Vec<Vec<Op>> {
+    if !batch.iter().any(Op::goes_alone) {
+        return vec![batch];
+    }
     let mut parts = Vec::new();
     let mut run = Vec::new();
     for op in batch {
@@ -660,79 +511,77 @@ fn send(wire: &mut Wire<Transport>, statements: &Statements, shared: &Shared, ba
     let counters = &shared.counters;
     if batch.is_empty() {
         Counters::add(&counters.heartbeats, 1);
-        wire.execute(statements.name(PING), &[]);
+        wire.execute(statements.name(Statement::Ping), &[]);
         return;
     }
     Counters::add(&counters.statements, 1);
     let unlocks = batch.iter().filter(|op| op.is_unlock()).count() as u64;
     Counters::add(&counters.unlock_requests, unlocks);
     Counters::add(&counters.lock_requests, batch.len() as u64 - unlocks);
-    if let [op] = batch {
-        let mut params = [Param::I64(0); 3];
-        let mut n = key_params(op.key, &mut params);
-        let name = match op.code {
-            // A blocking wait (with its lock_timeout), or the unlock after one.
-            20.. => {
-                if op.is_wait() {
-                    params[n] = Param::I64(op.floor);
-                    n += 1;
-                }
-                WAIT_AT + (op.code as usize - 20) % 8
-            }
-            // A fenced try-lock, or a raise (with its floor).
-            12.. => {
-                if op.is_raise() {
-                    params[n] = Param::I64(op.floor);
-                    n += 1;
-                }
-                FENCED_AT + op.code as usize - 12
-            }
-            code => SINGLE_AT + code as usize,
-        };
-        wire.execute(statements.name(name), &params[..n]);
-    } else if let Some((pair, xk, yk)) = common_pair(batch) {
-        wire.execute(
-            statements.name(PAIRS_AT + pair),
-            &[Param::I64(xk), Param::I64(yk)],
-        );
-    } else if let [x, y] = batch {
-        let (xk, xa, xb) = x.key.parts();
-        let (yk, ya, yb) = y.key.parts();
-        wire.execute(
-            statements.name(TWO),
-            &[
-                Param::I16(x.code as i16),
-                Param::I64(xk),
-                Param::I32(xa),
-                Param::I32(xb),
-                Param::I16(y.code as i16),
-                Param::I64(yk),
-                Param::I32(ya),
-                Param::I32(yb),
-            ],
-        );
-    } else {
-        let mut codes = Vec::with_capacity(batch.len());
-        let mut keys = Vec::with_capacity(batch.len());
-        let mut a = Vec::with_capacity(batch.len());
-        let mut b = Vec::with_capacity(batch.len());
-        for op in batch {
-            codes.push(op.code as i16);
-            let (k, x, y) = op.key.parts();
-            keys.push(k);
-            a.push(x);
-            b.push(y);
-        }
-        wire.execute(
-            statements.name(BATCH_AT),
-            &[
-                Param::I16s(&codes),
-                Param::I64s(&keys),
-                Param::I32s(&a),
-                Param::I32s(&b),
-            ],
-        );
+    match batch {
+        [op] => send_one(wire, statements, op),
+        [x, y] => send_two(wire, statements, x, y),
+        _ => send_batch(wire, statements, batch),
     }
+}
+
+/// One request alone: its key, then its floor or milliseconds if it has one.
+fn send_one(wire: &mut Wire<Transport>, statements: &Statements, op: &Op) {
+    let mut params = [Param::I64(0); 3];
+    let mut n = key_params(op.key, &mut params);
+    if matches!(op.req.action, Action::Raise | Action::Wait) {
+        params[n] = Param::I64(op.floor);
+        n += 1;
+    }
+    wire.execute(statements.name(Statement::One(op.req)), &params[..n]);
+}
+
+/// Two plain requests: [`Statement::Pair`] for exclusive requests on
+/// `bigint` keys, else [`Statement::Two`].
+fn send_two(wire: &mut Wire<Transport>, statements: &Statements, x: &Op, y: &Op) {
+    if let Some((pair, xk, yk)) = common_pair(x, y) {
+        wire.execute(statements.name(pair), &[Param::I64(xk), Param::I64(yk)]);
+        return;
+    }
+    let (xk, xa, xb) = x.key.parts();
+    let (yk, ya, yb) = y.key.parts();
+    wire.execute(
+        statements.name(Statement::Two),
+        &[
+            Param::I16(x.req.code()),
+            Param::I64(xk),
+            Param::I32(xa),
+            Param::I32(xb),
+            Param::I16(y.req.code()),
+            Param::I64(yk),
+            Param::I32(ya),
+            Param::I32(yb),
+        ],
+    );
+}
+
+/// Many plain requests in one statement, as arrays.
+fn send_batch(wire: &mut Wire<Transport>, statements: &Statements, batch: &[Op]) {
+    let mut codes = Vec::with_capacity(batch.len());
+    let mut keys = Vec::with_capacity(batch.len());
+    let mut a = Vec::with_capacity(batch.len());
+    let mut b = Vec::with_capacity(batch.len());
+    for op in batch {
+        codes.push(op.req.code());
+        let (k, x, y) = op.key.parts();
+        keys.push(k);
+        a.push(x);
+        b.push(y);
+    }
+    wire.execute(
+        statements.name(Statement::Batch),
+        &[
+            Param::I16s(&codes),
+            Param::I64s(&keys),
+            Param::I32s(&a),
+            Param::I32s(&b),
+        ],
+    );
 }
 
 /// The number of values a statement for `batch` answers: one boolean a
@@ -742,7 +591,7 @@ fn values_for(batch: &[Op]) -> usize {
     match batch {
         // The heartbeat's `SELECT true`.
         [] => 1,
-        [op] if (12..16).contains(&op.code) => 2,
+        [op] if op.is_fenced() => 2,
         _ => batch.len(),
     }
 }
@@ -755,21 +604,20 @@ fn row(batch: &[Op], values: &[Option<i64>], i: usize) -> Row {
     match batch {
         [op] if op.is_raise() => (true, values[0]),
         [op] if op.is_wait() => (matches!(values[0], Some(1 | 2)), values[0]),
-        [op] if (12..16).contains(&op.code) => (values[0] == Some(1), values[1]),
+        [op] if op.is_fenced() => (values[0] == Some(1), values[1]),
         _ => (values[i] == Some(1), None),
     }
 }
 
-/// Two requests on 64-bit keys whose codes are both in [`PAIR_CODES`]: the
-/// index of their statement among [`pair_requests`], and the two keys.
-fn common_pair(batch: &[Op]) -> Option<(usize, i64, i64)> {
-    let [x, y] = batch else { return None };
+/// Two plain exclusive requests on `bigint` keys: their
+/// [`Statement::Pair`], and the two keys.
+fn common_pair(x: &Op, y: &Op) -> Option<(Statement, i64, i64)> {
     let (KeyId::Int(xk), KeyId::Int(yk)) = (x.key, y.key) else {
         return None;
     };
-    let xi = PAIR_CODES.iter().position(|c| *c == x.code)?;
-    let yi = PAIR_CODES.iter().position(|c| *c == y.code)?;
-    Some((PAIR_CODES.len() * xi + yi, xk, yk))
+    let exclusive = x.req.mode == Mode::Exclusive && y.req.mode == Mode::Exclusive;
+    let plain = x.req.action.is_plain() && y.req.action.is_plain();
+    (exclusive && plain).then_some((Statement::Pair(x.req.action, y.req.action), xk, yk))
 }
 
 /// Hands the answers of one statement to the requests' callers.
@@ -932,11 +780,25 @@ mod tests {
             .await
             .unwrap();
         let (holder, waiter) = (plain().await, plain().await);
+        let waiter_pid: i32 = waiter
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
         let k = (i64::from(std::process::id()) << 24) | (1 << 61);
         let (a, b) = (std::process::id() as i32, -1234);
-        for (code, statement) in SINGLE.iter().enumerate().skip(8) {
-            let pair = code >= 10;
-            let shared = code % 2 == 1;
+        for (pair, shared) in [(false, false), (false, true), (true, false), (true, true)] {
+            let req = Request {
+                action: Action::UnlockNotify,
+                mode: if shared {
+                    Mode::Shared
+                } else {
+                    Mode::Exclusive
+                },
+                form: if pair { Form::Pair } else { Form::Int8 },
+            };
+            let code = format!("{req:?}");
+            let statement = &Statement::One(req).sql();
             let f = if shared {
                 "pg_advisory_lock_shared"
             } else {
@@ -954,9 +816,9 @@ mod tests {
             };
             let release = || async {
                 let row = if pair {
-                    holder.query_one(*statement, &[&a, &b]).await
+                    holder.query_one(statement, &[&a, &b]).await
                 } else {
-                    holder.query_one(*statement, &[&k]).await
+                    holder.query_one(statement, &[&k]).await
                 };
                 assert!(row.unwrap().get::<_, bool>(0), "code {code}");
             };
@@ -997,10 +859,11 @@ mod tests {
                     (&mut blocked).now_or_never().is_none(),
                     "code {code}: not blocked"
                 );
+                // (Other tests' waiters may be on the server too.)
                 let n: i64 = holder
                     .query_one(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-                        &[],
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = $1",
+                        &[&waiter_pid],
                     )
                     .await
                     .unwrap()
@@ -1036,41 +899,38 @@ mod tests {
     async fn pair_statements_do_both_requests_in_order() {
         let client = crate::pg::test_server::client().await;
         let base = i64::from(std::process::id()) << 20;
-        let sql = pair_requests();
-        assert_eq!(sql.len(), PAIR_CODES.len() * PAIR_CODES.len());
-        for (i, statement) in sql.iter().enumerate() {
-            let (x, y) = (PAIR_CODES[i / 3], PAIR_CODES[i % 3]);
-            let (k1, k2) = (base + 2 * i as i64, base + 2 * i as i64 + 1);
-            // An unlock needs the key held by this session first.
-            for (code, k) in [(x, k1), (y, k2)] {
-                if code != 0 {
-                    client
-                        .execute("SELECT pg_advisory_lock($1)", &[&k])
-                        .await
-                        .unwrap();
+        const PLAIN: [Action; 3] = [Action::TryLock, Action::Unlock, Action::UnlockNotify];
+        let mut i = 0;
+        for x in PLAIN {
+            for y in PLAIN {
+                let statement = Statement::Pair(x, y).sql();
+                let (k1, k2) = (base + 2 * i, base + 2 * i + 1);
+                i += 1;
+                // An unlock needs the key held by this session first.
+                for (action, k) in [(x, k1), (y, k2)] {
+                    if action != Action::TryLock {
+                        client
+                            .execute("SELECT pg_advisory_lock($1)", &[&k])
+                            .await
+                            .unwrap();
+                    }
                 }
+                let row = client.query_one(&statement, &[&k1, &k2]).await.unwrap();
+                assert_eq!(
+                    (row.get::<_, bool>(0), row.get::<_, bool>(1)),
+                    (true, true),
+                    "{statement}"
+                );
+                client
+                    .execute("SELECT pg_advisory_unlock_all()", &[])
+                    .await
+                    .unwrap();
             }
-            let row = client
-                .query_one(statement.as_str(), &[&k1, &k2])
-                .await
-                .unwrap();
-            assert_eq!(
-                (row.get::<_, bool>(0), row.get::<_, bool>(1)),
-                (true, true),
-                "{statement}"
-            );
-            client
-                .execute("SELECT pg_advisory_unlock_all()", &[])
-                .await
-                .unwrap();
         }
         // Left to right: lock k, then unlock k.
-        let lock_then_unlock = &sql[1]; // (0, 4)
+        let lock_then_unlock = &Statement::Pair(Action::TryLock, Action::Unlock).sql();
         let k = base + 100;
-        let row = client
-            .query_one(lock_then_unlock.as_str(), &[&k, &k])
-            .await
-            .unwrap();
+        let row = client.query_one(lock_then_unlock, &[&k, &k]).await.unwrap();
         assert_eq!((row.get::<_, bool>(0), row.get::<_, bool>(1)), (true, true));
         let held: i64 = client
             .query_one(

@@ -24,21 +24,7 @@ use crate::pg::wire::{Lent, Transport, Wire};
 use crate::session::dispatch::{Kind, Op, Reply, RequestError, Statements};
 use crate::session::wakeup::Waiters;
 
-/// First of all: a `statement_timeout` set for the role or database must
-/// not cut the session's set-up or lock statements, which never wait (a
-/// failed try-lock would have to be undone, a failed unlock would close the
-/// session). Waiting is done in memory, bounded by the caller's own timeout.
-const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
-
-/// Run once per session: make the server notice a vanished client soon, so
-/// that it frees the session's locks: TCP keepalive after 1 s idle, then
-/// every 1 s, 3 probes (about 4 s in all), and, from PostgreSQL 14,
-/// `client_connection_check_interval` while a statement runs. (The sessions
-/// of [`Role::Listening`] also `LISTEN`, once the dispatcher has the socket.)
-const SESSION_SETUP: &str = "\
-SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; \
-DO $$ BEGIN IF current_setting('server_version_num')::int >= 140000 THEN \
-PERFORM set_config('client_connection_check_interval', '1000', false); END IF; END $$";
+use crate::pg::sql;
 use crate::stats::Counters;
 use crate::{Error, KeyId, Mode};
 
@@ -305,10 +291,10 @@ impl Session {
         let prepare = statements.prepare_sql();
         let setup = async {
             tokio::join!(
-                client.batch_execute(NO_STATEMENT_TIMEOUT),
-                client.query_one("SELECT pg_is_in_recovery(), pg_backend_pid()", &[]),
+                client.batch_execute(sql::NO_STATEMENT_TIMEOUT),
+                client.query_one(sql::PROBE, &[]),
                 client.batch_execute(&prepare),
-                client.batch_execute(SESSION_SETUP),
+                client.batch_execute(sql::SESSION_SETUP),
             )
         };
         let (no_timeout, probe, prepared, listen) = drive_until(&mut connection, waiters, setup)
@@ -336,7 +322,7 @@ impl Session {
             let again = drive_until(
                 &mut connection,
                 waiters,
-                client.simple_query("SELECT pg_backend_pid()"),
+                client.simple_query(sql::BACKEND_PID),
             )
             .await
             .map_err(connect_err)?
@@ -373,7 +359,7 @@ impl Session {
         let mut wire = Wire::new(transport);
         if role == Role::Listening {
             // Listen for releases that wake waiters (see [`crate::session::wakeup`]).
-            wire.simple("LISTEN advisory_locked")
+            wire.simple(sql::LISTEN)
                 .map_err(|e| unavailable(e.to_string()))?;
             wire.answer()
                 .await

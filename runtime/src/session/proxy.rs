@@ -114,7 +114,7 @@ async fn probe(settings: &Settings) -> Result<Vec<(usize, i32)>, tokio_postgres:
 /// no prepared statement left on a backend that a pooler may hand on.
 /// (`None` if no row came back, which PostgreSQL never does.)
 async fn backend_pid(client: &Client) -> Result<Option<i32>, tokio_postgres::Error> {
-    let messages = client.simple_query("SELECT pg_backend_pid()").await?;
+    let messages = client.simple_query(crate::pg::sql::BACKEND_PID).await?;
     Ok(messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
         _ => None,

@@ -59,6 +59,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 
 use crate::config::Settings;
+use crate::pg::sql;
 use crate::{Error, KeyId, LockKey, Mode, OnLost, Outcome};
 
 /// The transaction a `transaction = tx` body runs in; the lock is a
@@ -300,7 +301,7 @@ where
     };
     let rows = conn
         .client
-        .simple_query("SELECT pg_is_in_recovery()")
+        .simple_query(sql::IS_STANDBY)
         .await
         .map_err(|source| Error::Connect {
             target: target.to_owned(),
@@ -503,80 +504,6 @@ async fn lease(
 // The statements
 // ---------------------------------------------------------------------------
 
-/// From PostgreSQL 14 on, for the whole transaction: the server checks
-/// every second, while a statement runs, that the client is still there
-/// (so a vanished client's lock goes within about a second even while the
-/// body's statement or the lock wait runs; pgbouncer closes the server
-/// connection of a client that hangs up mid-transaction). A select-list
-/// expression; NULL before PostgreSQL 14.
-macro_rules! check_interval {
-    () => {
-        "CASE WHEN current_setting('server_version_num')::int >= 140000 \
-         THEN set_config('client_connection_check_interval', '1000', true) END"
-    };
-}
-
-/// The try-lock statement (skip mode), after `BEGIN`:
-/// `(granted, pg_backend_pid(), now(), …)`.
-fn try_lock_sql(mode: Mode, key: KeyId) -> &'static str {
-    match (mode, key) {
-        (Mode::Exclusive, KeyId::Int(_)) => concat!(
-            "SELECT pg_try_advisory_xact_lock($1), pg_backend_pid(), now(), ",
-            check_interval!()
-        ),
-        (Mode::Shared, KeyId::Int(_)) => concat!(
-            "SELECT pg_try_advisory_xact_lock_shared($1), pg_backend_pid(), now(), ",
-            check_interval!()
-        ),
-        (Mode::Exclusive, KeyId::Pair(..)) => concat!(
-            "SELECT pg_try_advisory_xact_lock($1, $2), pg_backend_pid(), now(), ",
-            check_interval!()
-        ),
-        (Mode::Shared, KeyId::Pair(..)) => concat!(
-            "SELECT pg_try_advisory_xact_lock_shared($1, $2), pg_backend_pid(), now(), ",
-            check_interval!()
-        ),
-    }
-}
-
-/// The waiting lock statement (wait mode), after `BEGIN` and
-/// [`SET_TIMEOUTS`]: `(void, pg_backend_pid(), now())`.
-fn wait_lock_sql(mode: Mode, key: KeyId) -> &'static str {
-    match (mode, key) {
-        (Mode::Exclusive, KeyId::Int(_)) => {
-            "SELECT pg_advisory_xact_lock($1), pg_backend_pid(), now()"
-        }
-        (Mode::Shared, KeyId::Int(_)) => {
-            "SELECT pg_advisory_xact_lock_shared($1), pg_backend_pid(), now()"
-        }
-        (Mode::Exclusive, KeyId::Pair(..)) => {
-            "SELECT pg_advisory_xact_lock($1, $2), pg_backend_pid(), now()"
-        }
-        (Mode::Shared, KeyId::Pair(..)) => {
-            "SELECT pg_advisory_xact_lock_shared($1, $2), pg_backend_pid(), now()"
-        }
-    }
-}
-
-/// For the wait: the call's own lock timeout, and no statement timeout (a
-/// role's `statement_timeout` must not cut the wait), for this
-/// transaction; and the client check (see [`check_interval`]), which also
-/// covers the wait.
-const SET_TIMEOUTS: &str = concat!(
-    "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true), ",
-    check_interval!()
-);
-
-/// After the wait (sent with it): the body runs with the session's own timeouts.
-const RESTORE_TIMEOUTS: &str =
-    "SET LOCAL lock_timeout TO DEFAULT; SET LOCAL statement_timeout TO DEFAULT";
-
-/// Sent with COMMIT: fails (and so makes the COMMIT a rollback) if the
-/// transaction is aborted (SQLSTATE 25P02) or is not the one that took the
-/// lock (`now()` is the transaction's start: SQLSTATE 22012, division by
-/// zero).
-const CHECK_BEFORE_COMMIT: &str = "SELECT 1 / (now() = $1)::int";
-
 /// What the lock statement found.
 struct Locked {
     granted: bool,
@@ -595,9 +522,9 @@ async fn begin_and_lock(
 ) -> Result<Locked, tokio_postgres::Error> {
     let wait = lock_timeout.is_some();
     let sql = if wait {
-        wait_lock_sql(mode, key)
+        sql::xact_wait_lock(mode, key)
     } else {
-        try_lock_sql(mode, key)
+        sql::xact_try_lock(mode, key)
     };
     let (int, a, b) = key.parts();
     let params: Vec<(&(dyn ToSql + Sync), Type)> = match key {
@@ -608,11 +535,11 @@ async fn begin_and_lock(
     // join! polls in order: the requests are queued in this order, in the
     // same turn, and go out together.
     let (begin, set, lock, restore) = tokio::join!(
-        client.batch_execute("BEGIN"),
+        client.batch_execute(sql::BEGIN),
         async {
             if wait {
                 client
-                    .query_typed(SET_TIMEOUTS, &[(&timeout, Type::TEXT)])
+                    .query_typed(sql::XACT_SET_TIMEOUTS, &[(&timeout, Type::TEXT)])
                     .await
                     .map(drop)
             } else {
@@ -622,7 +549,7 @@ async fn begin_and_lock(
         client.query_typed_one(sql, &params),
         async {
             if wait {
-                client.batch_execute(RESTORE_TIMEOUTS).await
+                client.batch_execute(sql::XACT_RESTORE_TIMEOUTS).await
             } else {
                 Ok(())
             }
@@ -739,7 +666,7 @@ where
             Ok(locked) => break (lease, locked),
             Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && wait.is_some() => {
                 tracing::debug!(pool = %settings.name, key = %name, waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: transaction-scope wait timed out");
-                end_transaction(lease, "ROLLBACK").await;
+                end_transaction(lease, sql::ROLLBACK).await;
                 return Err(timed_out());
             }
             Err(e) if lease.reused && !retried && crate::pg::connect::ends_session(&e) => {
@@ -760,7 +687,7 @@ where
     if !locked.granted {
         tracing::debug!(pool = %settings.name, key = %name, "advisory-locked: skipped (transaction-scope lock busy)");
         // Rolled back off the caller's path (as above).
-        tokio::spawn(end_transaction(lease, "ROLLBACK"));
+        tokio::spawn(end_transaction(lease, sql::ROLLBACK));
         return Ok(Outcome::Skipped);
     }
     tracing::debug!(pool = %settings.name, key = %name, id = %key.id(), mode = ?mode, backend_pid = locked.backend_pid, connection = lease.conn().id, "advisory-locked: acquired (transaction scope)");
@@ -820,7 +747,7 @@ async fn finish<T: TransactionResult>(
     }
     if !commits {
         drop(client);
-        end_transaction(lease, "ROLLBACK").await;
+        end_transaction(lease, sql::ROLLBACK).await;
         tracing::debug!(pool = %pool, key = %key, "advisory-locked: rolled back (the body failed); lock released");
         return Ok(value);
     }
@@ -834,8 +761,8 @@ async fn finish<T: TransactionResult>(
     }
     let check_params: [(&(dyn ToSql + Sync), Type); 1] = [(&started, Type::TIMESTAMPTZ)];
     let (check, commit) = tokio::join!(
-        client.query_typed(CHECK_BEFORE_COMMIT, &check_params),
-        client.batch_execute("COMMIT"),
+        client.query_typed(sql::XACT_CHECK_BEFORE_COMMIT, &check_params),
+        client.batch_execute(sql::COMMIT),
     );
     drop(client);
     let fail = |reason: &str, source: tokio_postgres::Error| {
