@@ -169,17 +169,15 @@ pub async fn held_locks(config: &LockConfig) -> Result<Vec<HeldLock>, Error> {
     }
     let target = settings.target();
     let after = settings.connect_timeout;
-    let client =
-        match tokio::time::timeout(after, crate::pg::connect::connect_probe(&settings)).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(source)) => {
-                return Err(Error::Connect {
-                    target,
-                    source: Box::new(source),
-                })
-            }
-            Err(_) => return Err(Error::ConnectTimeout { target, after }),
-        };
+    let (client, _) = match tokio::time::timeout(
+        after * crate::pg::connect::attempts(&settings),
+        crate::pg::connect::connect_client(&settings),
+    )
+    .await
+    {
+        Ok(result) => result?,
+        Err(_) => return Err(Error::ConnectTimeout { target, after }),
+    };
     let rows = client.query(crate::pg::sql::STATUS, &[]).await.map_err(|e| {
         tracing::warn!(target = %target, error = %crate::error::cause(&e), "advisory-locked: the pg_locks status query failed");
         Error::Query {

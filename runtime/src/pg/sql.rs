@@ -326,8 +326,9 @@ fn two() -> String {
 
 fn batch() -> String {
     format!(
-        "SELECT {} FROM pg_catalog.unnest($1::smallint[], $2::bigint[], $3::integer[], \
-         $4::integer[]) WITH ORDINALITY AS t(op, k, a, b, n) ORDER BY t.n",
+        "SELECT {} FROM ROWS FROM (pg_catalog.unnest($1::smallint[]), \
+         pg_catalog.unnest($2::bigint[]), pg_catalog.unnest($3::integer[]), \
+         pg_catalog.unnest($4::integer[])) WITH ORDINALITY AS t(op, k, a, b, n) ORDER BY t.n",
         case("t.op", "t.k", "t.a", "t.b")
     )
 }
@@ -423,9 +424,6 @@ fn checked_unlock(r: Request, key: &Key) -> String {
 /// failed try-lock would have to be undone, a failed unlock would close the
 /// session). Waiting is done in memory, bounded by the caller's own timeout.
 pub(crate) const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
-
-/// Whether the server is a standby, and the session's server process.
-pub(crate) const PROBE: &str = "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_backend_pid()";
 
 /// The session's server process.
 pub(crate) const BACKEND_PID: &str = "SELECT pg_catalog.pg_backend_pid()";
@@ -609,6 +607,38 @@ mod tests {
         }
     }
 
+    /// Every statement a session can prepare is accepted by the real
+    /// server (the fence table created first, as an entry with fencing
+    /// tokens does).
+    #[tokio::test]
+    async fn every_statement_prepares_on_the_server() {
+        let client = crate::pg::test_server::client().await;
+        client.batch_execute(&create_fence_table(1)).await.unwrap();
+        for statement in Statement::prepared(true, true) {
+            if let Err(e) = client.prepare(&statement.sql()).await {
+                panic!("{statement:?}: {e:?}");
+            }
+        }
+        for text in [
+            BACKEND_PID,
+            IS_STANDBY,
+            STATUS,
+            XACT_SET_TIMEOUTS,
+            XACT_CHECK_BEFORE_COMMIT,
+        ] {
+            if let Err(e) = client.prepare(text).await {
+                panic!("{text}: {e:?}");
+            }
+        }
+        for mode in MODES {
+            for key in [KeyId::Int(1), KeyId::Pair(1, 2)] {
+                for text in [xact_try_lock(mode, key), xact_wait_lock(mode, key)] {
+                    client.prepare(text).await.unwrap();
+                }
+            }
+        }
+    }
+
     /// No function or type of any statement is left to the role's
     /// `search_path`: every identifier right before `(` is
     /// `pg_catalog.`-qualified (or a name, not a call), and no cast names a
@@ -619,7 +649,7 @@ mod tests {
             .into_iter()
             .map(Statement::sql)
             .collect();
-        texts.extend([PROBE, BACKEND_PID, SESSION_SETUP, IS_STANDBY, STATUS].map(str::to_owned));
+        texts.extend([BACKEND_PID, SESSION_SETUP, IS_STANDBY, STATUS].map(str::to_owned));
         texts.extend([XACT_SET_TIMEOUTS, XACT_CHECK_BEFORE_COMMIT].map(str::to_owned));
         texts.push(create_fence_table(1));
         for mode in MODES {

@@ -87,6 +87,8 @@ pub(crate) struct Wire<S> {
     pending: VecDeque<Gathering>,
     /// Set once the connection failed: every later call fails alike.
     broken: Option<Arc<QueryError>>,
+    /// The transaction status of the last ReadyForQuery (`I`: idle).
+    last_status: u8,
 }
 
 #[derive(Default)]
@@ -103,6 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             write: BytesMut::with_capacity(1024),
             pending: VecDeque::new(),
             broken: None,
+            last_status: b'I',
         }
     }
 
@@ -161,6 +164,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 Poll::Ready(Err(e))
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Sends a Sync and requires exactly one ReadyForQuery, idle (outside
+    /// any transaction), with nothing before it but asynchronous messages:
+    /// the stream is where a new request's answer will be first. For the
+    /// hand-over from the driver that did the start-up.
+    pub(crate) async fn sync_idle(
+        &mut self,
+        on_notify: &mut (dyn FnMut(&str, &str) + Send),
+    ) -> Result<(), Arc<QueryError>> {
+        if !self.pending.is_empty() {
+            return Err(Arc::new(QueryError::Protocol(
+                "requests in flight before the hand-over".into(),
+            )));
+        }
+        frontend::sync(&mut self.write);
+        self.pending.push_back(Gathering::default());
+        let values = std::future::poll_fn(|cx| self.poll_answer(cx, on_notify)).await?;
+        match (values.is_empty(), self.last_status) {
+            (true, b'I') => Ok(()),
+            (false, _) => Err(Arc::new(QueryError::Protocol(
+                "rows arrived for a Sync at the hand-over".into(),
+            ))),
+            (_, status) => Err(Arc::new(QueryError::Protocol(format!(
+                "the server is not idle at the hand-over (transaction status {:?})",
+                status as char
+            )))),
         }
     }
 
@@ -241,7 +272,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     None => return Err(QueryError::Server(e)),
                 }
             }
-            Message::ReadyForQuery(_) => {
+            Message::ReadyForQuery(body) => {
+                self.last_status = body.status();
                 let Some(g) = self.pending.pop_front() else {
                     return Err(QueryError::Protocol("ReadyForQuery with no request".into()));
                 };
@@ -350,6 +382,15 @@ impl<S> Lent<S> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// `f` of the stream, unless it was taken back.
+    pub(crate) fn with_ref<T>(&self, f: impl FnOnce(&S) -> T) -> Option<T> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(f)
+    }
+
     fn with<T>(&self, f: impl FnOnce(Pin<&mut S>) -> Poll<io::Result<T>>) -> Poll<io::Result<T>>
     where
         S: Unpin,
@@ -406,112 +447,6 @@ pub(crate) enum Socket {
     Unix(tokio::net::UnixStream),
 }
 
-/// Opens a socket to the first of the configured hosts that answers, as
-/// tokio-postgres would (`host`, `hostaddr`, `port`, `connect_timeout` per
-/// host, TCP keepalives and `tcp_user_timeout`); returns it with the host
-/// name (for TLS).
-pub(crate) async fn open(config: &tokio_postgres::Config) -> io::Result<(Socket, String)> {
-    use tokio_postgres::config::Host;
-    let hosts = config.get_hosts();
-    let addrs = config.get_hostaddrs();
-    let ports = config.get_ports();
-    let n = hosts.len().max(addrs.len());
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no host configured");
-    for i in 0..n {
-        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-        let name = match hosts.get(i) {
-            Some(Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(Host::Unix(dir)) => {
-                let path = dir.join(format!(".s.PGSQL.{port}"));
-                match within_connect_timeout(config, tokio::net::UnixStream::connect(&path)).await {
-                    Ok(s) => return Ok((Socket::Unix(s), String::new())),
-                    Err(e) => {
-                        last = e;
-                        continue;
-                    }
-                }
-            }
-            None => String::new(),
-        };
-        let connect = async {
-            match addrs.get(i) {
-                Some(ip) => tokio::net::TcpStream::connect((*ip, port)).await,
-                None => tokio::net::TcpStream::connect((name.as_str(), port)).await,
-            }
-        };
-        match within_connect_timeout(config, connect).await {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                tcp_options(config, &s)?;
-                let name = if name.is_empty() {
-                    addrs.get(i).map(|ip| ip.to_string()).unwrap_or_default()
-                } else {
-                    name
-                };
-                return Ok((Socket::Tcp(s), name));
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-/// A connect attempt to one host, bounded by the config's `connect_timeout`
-/// as in tokio-postgres (so that one silent host leaves time for the next).
-async fn within_connect_timeout<T>(
-    config: &tokio_postgres::Config,
-    connect: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    match config.get_connect_timeout() {
-        Some(t) => tokio::time::timeout(*t, connect).await.unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection timed out",
-            ))
-        }),
-        None => connect.await,
-    }
-}
-
-/// The TCP options tokio-postgres would set on its own socket: keepalives
-/// (on by default, 2 hours idle; `keepalives`, `keepalives_idle`,
-/// `keepalives_interval`, `keepalives_retries`) and, on Linux,
-/// `tcp_user_timeout`.
-fn tcp_options(config: &tokio_postgres::Config, stream: &tokio::net::TcpStream) -> io::Result<()> {
-    let sock = socket2::SockRef::from(stream);
-    #[cfg(target_os = "linux")]
-    if let Some(t) = config.get_tcp_user_timeout() {
-        sock.set_tcp_user_timeout(Some(*t))?;
-    }
-    if config.get_keepalives() {
-        let keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
-        #[cfg(not(any(
-            target_os = "aix",
-            target_os = "redox",
-            target_os = "solaris",
-            target_os = "openbsd"
-        )))]
-        let keepalive = match config.get_keepalives_interval() {
-            Some(interval) => keepalive.with_interval(interval),
-            None => keepalive,
-        };
-        #[cfg(not(any(
-            target_os = "aix",
-            target_os = "redox",
-            target_os = "solaris",
-            target_os = "windows",
-            target_os = "openbsd"
-        )))]
-        let keepalive = match config.get_keepalives_retries() {
-            Some(retries) => keepalive.with_retries(retries),
-            None => keepalive,
-        };
-        sock.set_tcp_keepalive(&keepalive)?;
-    }
-    Ok(())
-}
-
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -556,86 +491,34 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// A TLS connector for tokio-postgres that keeps a handle on the TLS stream
-/// it makes, so that the session can take it back after the start-up.
-#[cfg(feature = "tls-rustls")]
-pub(crate) struct LendTls<C, St> {
-    pub(crate) inner: C,
-    pub(crate) back: Arc<std::sync::Mutex<Option<Lent<St>>>>,
-}
-
-#[cfg(feature = "tls-rustls")]
-impl<S, C> tokio_postgres::tls::TlsConnect<S> for LendTls<C, C::Stream>
-where
-    C: tokio_postgres::tls::TlsConnect<S>,
-    C::Future: Send + 'static,
-    C::Stream: Send + 'static,
-{
-    type Stream = Lent<C::Stream>;
-    type Error = C::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Lent<C::Stream>, C::Error>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        let handshake = self.inner.connect(stream);
-        let back = self.back;
-        Box::pin(async move {
-            let tls = handshake.await?;
-            let (lent, kept) = Lent::new(tls);
-            *back.lock().unwrap_or_else(|p| p.into_inner()) = Some(kept);
-            Ok(lent)
-        })
-    }
-}
-
-#[cfg(feature = "tls-rustls")]
-impl<St: tokio_postgres::tls::TlsStream + Unpin> tokio_postgres::tls::TlsStream for Lent<St> {
-    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(s) => s.channel_binding(),
-            None => tokio_postgres::tls::ChannelBinding::none(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// A wire over a fresh connection to the test server, set up through
     /// tokio-postgres and taken back as a session does.
-    async fn wire(prepare: &str) -> (Wire<Socket>, i32) {
+    async fn wire(prepare: &str) -> (Wire<Transport>, i32) {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        let (socket, _) = open(&config).await.unwrap();
-        let (lent, kept) = Lent::new(socket);
-        let (client, mut connection) = config
-            .connect_raw(lent, tokio_postgres::NoTls)
+        let settings = crate::LockConfig::from_url(&url)
+            .unwrap()
+            .into_settings()
+            .unwrap();
+        let mut c = crate::pg::connect::connect(&settings).await.unwrap();
+        let work = async {
+            c.client.batch_execute(prepare).await.unwrap();
+            c.client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get::<_, i32>(0)
+        };
+        let pid = crate::pg::connect::drive(&mut c.connection, &mut |_, _| {}, work)
             .await
             .unwrap();
-        let pid = {
-            let work = async {
-                client.batch_execute(prepare).await.unwrap();
-                client
-                    .query_one("SELECT pg_backend_pid()", &[])
-                    .await
-                    .unwrap()
-                    .get::<_, i32>(0)
-            };
-            tokio::pin!(work);
-            loop {
-                tokio::select! {
-                    pid = &mut work => break pid,
-                    m = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
-                        assert!(matches!(m, Some(Ok(_))), "set-up connection ended");
-                    }
-                }
-            }
-        };
-        drop(client);
-        drop(connection);
-        (Wire::new(kept.take().unwrap()), pid)
+        drop(c.client);
+        drop(c.connection);
+        (Wire::new(c.handover.take().unwrap()), pid)
     }
 
     /// Pipelined requests answer in order, with their values; a failed one

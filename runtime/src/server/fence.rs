@@ -36,13 +36,7 @@ pub(crate) async fn ensure_table(settings: &Settings) -> Result<(), Error> {
         target: target.clone(),
         after,
     };
-    let client = tokio::time::timeout(after, crate::pg::connect::connect_probe(settings))
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(|source| Error::Connect {
-            target: target.clone(),
-            source: Box::new(source),
-        })?;
+    let (client, _) = crate::pg::connect::connect_client(settings).await?;
     // Two processes configuring at once would race on the catalog: one
     // creation at a time, under a transaction-level lock.
     let sql = crate::pg::sql::create_fence_table(CREATE_LOCK);

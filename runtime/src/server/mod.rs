@@ -68,7 +68,12 @@ impl ServerLocker {
             crate::server::fence::ensure_table(&settings).await?;
         }
         let first = Session::connect(&settings, &counters, &waiters).await?;
-        crate::session::proxy::refuse_transaction_pooling(&settings, first.backend_pid).await?;
+        crate::session::proxy::refuse_transaction_pooling(
+            &settings,
+            &first.canceller.target,
+            first.backend_pid,
+        )
+        .await?;
         let locker = Self::with_first(settings, counters, waiters, Some(first));
         locker
             .inner
@@ -276,6 +281,7 @@ impl ServerLocker {
                     // for a transaction-pooling proxy as at configuration.
                     if let Err(e) = crate::session::proxy::refuse_transaction_pooling(
                         settings,
+                        &fresh.canceller.target,
                         fresh.backend_pid,
                     )
                     .await

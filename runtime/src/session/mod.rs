@@ -15,12 +15,11 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
+use tokio_postgres::{AsyncMessage, Connection};
 
 use crate::config::Settings;
-#[cfg(feature = "tls-rustls")]
-use crate::pg::wire::Socket;
-use crate::pg::wire::{Lent, Transport, Wire};
+use crate::pg::connect::{drive, Canceller, Connected};
+use crate::pg::wire::{Transport, Wire};
 use crate::session::dispatch::{Kind, Op, Reply, RequestError, Statements};
 use crate::session::wakeup::Waiters;
 
@@ -139,6 +138,8 @@ pub(crate) struct Session {
     shared: Arc<Shared>,
     /// The server's process id for this session (`pg_backend_pid()`).
     pub(crate) backend_pid: i32,
+    /// Cancels the statement running on the session (a blocked wait).
+    pub(crate) canceller: Canceller,
     ops: mpsc::UnboundedSender<Op>,
     /// Locks of this process on this session: held, or asked for and not
     /// yet answered (see [`crate::local::lanes`]).
@@ -162,212 +163,71 @@ impl Session {
         Self::connect_as(Role::Listening, settings, counters, waiters).await
     }
 
-    /// [`Session::connect`] for a session of `role`.
+    /// [`Session::connect`] for a session of `role`: the connection
+    /// ([`crate::pg::connect`]: the first host that is a primary), the
+    /// set-up through tokio-postgres, the hand-over of the socket to the
+    /// dispatcher, and the dispatcher's task.
     pub(crate) async fn connect_as(
         role: Role,
         settings: &Settings,
         counters: &Arc<Counters>,
         waiters: &Arc<Waiters>,
     ) -> Result<Arc<Session>, Error> {
-        let target = settings.target();
-        let after = settings.connect_timeout;
-        let connecting = Self::connect_inner(role, settings, counters, waiters, &target);
-        match tokio::time::timeout(after, connecting).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::ConnectTimeout { target, after }),
-        }
-    }
-
-    async fn connect_inner(
-        role: Role,
-        settings: &Settings,
-        counters: &Arc<Counters>,
-        waiters: &Arc<Waiters>,
-        target: &str,
-    ) -> Result<Arc<Session>, Error> {
-        let connect_err = |source: tokio_postgres::Error| Error::Connect {
-            target: target.to_owned(),
-            source: Box::new(source),
-        };
-        // The session's own socket, lent to tokio-postgres for the start-up
-        // and the set-up, then spoken to directly (see [`crate::pg::wire`]).
-        let (socket, host) =
-            crate::pg::wire::open(&settings.pg)
-                .await
-                .map_err(|e| Error::Connect {
-                    target: target.to_owned(),
-                    source: Box::new(e),
-                })?;
-        let (lent, kept) = Lent::new(socket);
-        #[cfg(feature = "tls-rustls")]
-        if let Some(tls) = &settings.tls {
-            use tokio_postgres::tls::MakeTlsConnect;
-            let mut make = tls.clone();
-            let inner = MakeTlsConnect::<Lent<Socket>>::make_tls_connect(&mut make, &host)
-                .map_err(|e| Error::Connect {
-                    target: target.to_owned(),
-                    source: e.into(),
-                })?;
-            let back = Arc::new(std::sync::Mutex::new(None));
-            let tls = crate::pg::wire::LendTls {
-                inner,
-                back: back.clone(),
-            };
-            let (client, connection) = settings
+        let mut connected = crate::pg::connect::connect(settings).await?;
+        let target = format!(
+            "{}/{}",
+            connected.target.describe(),
+            settings
                 .pg
-                .connect_raw(lent, tls)
-                .await
-                .map_err(connect_err)?;
-            let take = move || -> Option<Transport> {
-                // TLS if it was made (over the lent socket), else the plain socket.
-                match back.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    Some(tls) => tls.take().map(|t| Box::new(t) as Transport),
-                    None => kept.take().map(|s| Box::new(s) as Transport),
-                }
-            };
-            return Self::set_up(
-                role, settings, counters, waiters, target, client, connection, take,
-            )
-            .await;
-        }
-        #[cfg(not(feature = "tls-rustls"))]
-        let _ = host; // (the TLS server name)
-        let (client, connection) = settings
-            .pg
-            .connect_raw(lent, NoTls)
-            .await
-            .map_err(connect_err)?;
-        let take = move || kept.take().map(|s| Box::new(s) as Transport);
-        Self::set_up(
-            role, settings, counters, waiters, target, client, connection, take,
-        )
-        .await
-    }
-
-    /// The rest of [`Session::connect`], for a connection of any transport:
-    /// the set-up through tokio-postgres, then `take` gives the socket back
-    /// for the dispatcher.
-    #[allow(clippy::too_many_arguments)]
-    async fn set_up<S, T>(
-        role: Role,
-        settings: &Settings,
-        counters: &Arc<Counters>,
-        waiters: &Arc<Waiters>,
-        target: &str,
-        client: Client,
-        mut connection: Connection<S, T>,
-        take: impl FnOnce() -> Option<Transport>,
-    ) -> Result<Arc<Session>, Error>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        // A statement prepared a moment ago on this fresh connection that
-        // the server no longer knows, or one it knew before: a pooler moved
-        // the connection to another server session, or handed over one
-        // that served another client (see [`crate::session::proxy`]).
-        let connect_err = |source: tokio_postgres::Error| {
-            use tokio_postgres::error::SqlState;
-            if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
-                || source.code() == Some(&SqlState::DUPLICATE_PSTATEMENT)
-            {
-                tracing::error!(pool = %settings.name, target = %target, error = %crate::error::cause(&source), "advisory-locked: a prepared statement vanished, or was there already, while the session was set up: a transaction-pooling proxy; refused");
-                return Error::TransactionPooler {
-                    target: target.to_owned(),
-                };
-            }
-            Error::Connect {
-                target: target.to_owned(),
-                source: Box::new(source),
-            }
-        };
+                .get_dbname()
+                .or(settings.pg.get_user())
+                .unwrap_or("postgres")
+        );
+        let after = settings.connect_timeout;
         let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
-
-        // Set-up, all pipelined, with the connection driven alongside.
-        // (join! polls in order, so the requests go out in this order.)
-        // (A listening session's LISTEN comes after the hand-over, on the
-        // wire: until then, the server sends nothing unasked.)
         let statements = Statements::new(id, settings.fencing, role == Role::Wait);
-        let prepare = statements.prepare_sql();
-        let setup = async {
-            tokio::join!(
-                client.batch_execute(sql::NO_STATEMENT_TIMEOUT),
-                client.query_one(sql::PROBE, &[]),
-                client.batch_execute(&prepare),
-                client.batch_execute(sql::SESSION_SETUP),
-            )
+        let setting_up = async {
+            let backend_pid =
+                set_up(&mut connected, settings, waiters, &statements, &target).await?;
+            let canceller = Canceller {
+                token: connected.client.cancel_token(),
+                target: connected.target.clone(),
+            };
+            let wire = hand_over(connected, waiters, role, &target).await?;
+            Ok::<_, Error>((backend_pid, wire, canceller))
         };
-        let (no_timeout, probe, prepared, listen) = drive_until(&mut connection, waiters, setup)
-            .await
-            .map_err(connect_err)?;
-        no_timeout.map_err(connect_err)?;
-        let probe = probe.map_err(connect_err)?;
-        if probe.get::<_, bool>(0) {
-            // (LISTEN fails there too; the standby is the reason.)
-            return Err(Error::Standby {
-                target: target.to_owned(),
-            });
-        }
-        prepared.map_err(connect_err)?;
-        listen.map_err(connect_err)?;
-        let backend_pid: i32 = probe.get(1);
-        // Still the same server session after the set-up's statements, and
-        // at each of several more, each a transaction of its own? A
-        // transaction-pooling proxy moves a busy client between backends
-        // (see [`crate::session::proxy`]; this catches it when the pooler is busy,
-        // where the probe connections may not). Each check is one more
-        // chance for a move to show: with one check, a CI run saw a busy
-        // pgbouncer accepted in 1 of 10 configurations.
-        for _ in 0..PID_CHECKS {
-            let again = drive_until(
-                &mut connection,
-                waiters,
-                client.simple_query(sql::BACKEND_PID),
-            )
-            .await
-            .map_err(connect_err)?
-            .map_err(connect_err)?;
-            let same = again.iter().any(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => {
-                    row.get(0) == Some(backend_pid.to_string().as_str())
-                }
-                _ => false,
-            });
-            if !same {
-                tracing::error!(pool = %settings.name, target = %target, "advisory-locked: the lock session's server process changed between statements: a transaction-pooling proxy; refused");
-                return Err(Error::TransactionPooler {
-                    target: target.to_owned(),
-                });
-            }
-        }
-        // Every answer is in and the server sends nothing unasked (no
-        // LISTEN yet): nothing is left unread in the driver. It is let go
-        // without being polled again (so it sends nothing, not even its
-        // goodbye), and the socket is the dispatcher's.
-        drop(client);
-        drop(connection);
-        let unavailable = |cause: String| Error::Unavailable {
-            target: target.to_owned(),
-            retry_in: std::time::Duration::ZERO,
-            cause,
+        let (backend_pid, wire, canceller) = match tokio::time::timeout(after, setting_up).await {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::ConnectTimeout { target, after }),
         };
-        let Some(transport) = take() else {
-            return Err(unavailable(
-                "the lock session's socket could not be taken back after its set-up".to_owned(),
-            ));
-        };
-        let mut wire = Wire::new(transport);
-        if role == Role::Listening {
-            // Listen for releases that wake waiters (see [`crate::session::wakeup`]).
-            wire.simple(sql::LISTEN)
-                .map_err(|e| unavailable(e.to_string()))?;
-            wire.answer()
-                .await
-                .map_err(|e| unavailable(format!("LISTEN failed: {e}")))?;
-        }
         tracing::debug!(pool = %settings.name, session = id, backend_pid, role = ?role, "advisory-locked: lock session connected");
         Counters::add(&counters.sessions_opened, 1);
+        let opened = Opened {
+            id,
+            role,
+            statements,
+            wire,
+            backend_pid,
+            canceller,
+        };
+        Ok(Self::start(opened, settings, counters, waiters))
+    }
 
+    /// Starts the dispatcher's task on an opened session.
+    fn start(
+        opened: Opened,
+        settings: &Settings,
+        counters: &Arc<Counters>,
+        waiters: &Arc<Waiters>,
+    ) -> Arc<Session> {
+        let Opened {
+            id,
+            role,
+            statements,
+            wire,
+            backend_pid,
+            canceller,
+        } = opened;
         let (dead_tx, dead) = watch::channel(false);
         let shared = Arc::new(Shared {
             id,
@@ -410,15 +270,16 @@ impl Session {
             drop(ended);
             let _ = dead_tx.send(true);
         });
-        Ok(Arc::new(Session {
+        Arc::new(Session {
             shared,
             backend_pid,
+            canceller,
             ops,
             load: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             unlocks_queued: AtomicU64::new(0),
             role,
-        }))
+        })
     }
 
     /// A number for logs, unique in this process.
@@ -641,55 +502,183 @@ impl Drop for LoadTicket<'_> {
     }
 }
 
+/// A session's connection after its set-up, before its task starts.
+struct Opened {
+    id: u64,
+    role: Role,
+    statements: Statements,
+    wire: Wire<Transport>,
+    backend_pid: i32,
+    canceller: Canceller,
+}
+
+/// An error of the set-up: a statement that vanished or was there already
+/// means a pooler moved the connection to another server session, or
+/// handed over one that served another client (see
+/// [`crate::session::proxy`]).
+fn setup_error(settings: &Settings, target: &str, source: tokio_postgres::Error) -> Error {
+    use tokio_postgres::error::SqlState;
+    if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+        || source.code() == Some(&SqlState::DUPLICATE_PSTATEMENT)
+    {
+        tracing::error!(pool = %settings.name, target = %target, error = %crate::error::cause(&source), "advisory-locked: a prepared statement vanished, or was there already, while the session was set up: a transaction-pooling proxy; refused");
+        return Error::TransactionPooler {
+            target: target.to_owned(),
+        };
+    }
+    Error::Connect {
+        target: target.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// The set-up, all pipelined, with the connection driven alongside
+/// (`join!` polls in order, so the requests go out in this order); then
+/// [`same_backend`]. Returns the session's server process id.
+async fn set_up(
+    c: &mut Connected,
+    settings: &Settings,
+    waiters: &Waiters,
+    statements: &Statements,
+    target: &str,
+) -> Result<i32, Error> {
+    let err = |e| setup_error(settings, target, e);
+    let prepare = statements.prepare_sql();
+    let client = &c.client;
+    let work = async {
+        tokio::join!(
+            client.batch_execute(sql::NO_STATEMENT_TIMEOUT),
+            client.query_one(sql::BACKEND_PID, &[]),
+            client.batch_execute(&prepare),
+            client.batch_execute(sql::SESSION_SETUP),
+        )
+    };
+    let (no_timeout, pid, prepared, setup) = drive(
+        &mut c.connection,
+        &mut |ch, p| waiters.notified(ch, p),
+        work,
+    )
+    .await
+    .map_err(err)?;
+    no_timeout.map_err(err)?;
+    let backend_pid: i32 = pid.map_err(err)?.get(0);
+    prepared.map_err(err)?;
+    setup.map_err(err)?;
+    same_backend(c, settings, waiters, backend_pid, target).await?;
+    Ok(backend_pid)
+}
+
+/// Still the same server session after the set-up's statements, and at
+/// each of several more, each a transaction of its own? A
+/// transaction-pooling proxy moves a busy client between backends (see
+/// [`crate::session::proxy`]; this catches it when the pooler is busy,
+/// where the probe connections may not). Each check is one more chance for
+/// a move to show: with one check, a CI run saw a busy pgbouncer accepted
+/// in 1 of 10 configurations.
+async fn same_backend(
+    c: &mut Connected,
+    settings: &Settings,
+    waiters: &Waiters,
+    backend_pid: i32,
+    target: &str,
+) -> Result<(), Error> {
+    let err = |e| setup_error(settings, target, e);
+    let pid = backend_pid.to_string();
+    for _ in 0..PID_CHECKS {
+        let work = c.client.simple_query(sql::BACKEND_PID);
+        let again = drive(
+            &mut c.connection,
+            &mut |ch, p| waiters.notified(ch, p),
+            work,
+        )
+        .await
+        .map_err(err)?
+        .map_err(err)?;
+        let same = again.iter().any(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some(pid.as_str()))
+        });
+        if !same {
+            tracing::error!(pool = %settings.name, target = %target, "advisory-locked: the lock session's server process changed between statements: a transaction-pooling proxy; refused");
+            return Err(Error::TransactionPooler {
+                target: target.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Takes the socket back from tokio-postgres and checks that the stream is
+/// where the dispatcher expects it: whatever the driver had read or could
+/// read now is handled first (notifications, notices), then a Sync must be
+/// answered by exactly one ReadyForQuery, idle, with nothing before it but
+/// asynchronous messages. A listening session then `LISTEN`s, on the wire.
+async fn hand_over(
+    mut c: Connected,
+    waiters: &Waiters,
+    role: Role,
+    target: &str,
+) -> Result<Wire<Transport>, Error> {
+    let unavailable = |cause: String| Error::Unavailable {
+        target: target.to_owned(),
+        retry_in: std::time::Duration::ZERO,
+        cause,
+    };
+    drain(&mut c.connection, waiters).map_err(|e| unavailable(e.to_string()))?;
+    // Let go without being polled again, so that the driver sends nothing,
+    // not even its goodbye.
+    drop(c.client);
+    drop(c.connection);
+    let Some(transport) = c.handover.take() else {
+        return Err(unavailable(
+            "the lock session's socket could not be taken back after its set-up".to_owned(),
+        ));
+    };
+    let mut wire = Wire::new(transport);
+    let mut on_notify = |ch: &str, p: &str| waiters.notified(ch, p);
+    wire.sync_idle(&mut on_notify)
+        .await
+        .map_err(|e| unavailable(format!("the stream was not idle at the hand-over: {e}")))?;
+    if role == Role::Listening {
+        // Listen for releases that wake waiters (see [`crate::session::wakeup`]).
+        wire.simple(sql::LISTEN)
+            .map_err(|e| unavailable(e.to_string()))?;
+        wire.answer()
+            .await
+            .map_err(|e| unavailable(format!("LISTEN failed: {e}")))?;
+    }
+    Ok(wire)
+}
+
+/// Handles every message the driver has buffered or can read without
+/// waiting; an error if the connection ended.
+fn drain<S, T>(
+    connection: &mut Connection<S, T>,
+    waiters: &Waiters,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    for _ in 0..1024 {
+        match connection.poll_message(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
+                waiters.notified(n.channel(), n.payload())
+            }
+            std::task::Poll::Ready(Some(Ok(_))) => {}
+            std::task::Poll::Ready(Some(Err(e))) => return Err(e),
+            std::task::Poll::Ready(None) => break,
+            std::task::Poll::Pending => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 fn unlock_kind(notify: bool) -> Kind {
     if notify {
         Kind::UnlockNotify
     } else {
         Kind::Unlock
-    }
-}
-
-/// Awaits `work` while driving `connection` (which makes the requests of
-/// `work` go out and their answers come in); fails if the connection ends first.
-async fn drive_until<S, T, F>(
-    connection: &mut Connection<S, T>,
-    waiters: &Waiters,
-    work: F,
-) -> Result<F::Output, tokio_postgres::Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    T: AsyncRead + AsyncWrite + Unpin,
-    F: Future,
-{
-    let mut work = std::pin::pin!(work);
-    loop {
-        tokio::select! {
-            out = &mut work => return Ok(out),
-            msg = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
-                match on_message(msg, waiters) {
-                    None => {}
-                    Some(Some(e)) => return Err(e),
-                    // Closed: the work's own requests fail with that.
-                    Some(None) => return Ok(work.await),
-                }
-            }
-        }
-    }
-}
-
-/// Handles one message of a connection. `Some` when the connection ended:
-/// with its error, or `None` for a clean end.
-pub(crate) fn on_message(
-    msg: Option<Result<AsyncMessage, tokio_postgres::Error>>,
-    waiters: &Waiters,
-) -> Option<Option<tokio_postgres::Error>> {
-    match msg {
-        Some(Ok(AsyncMessage::Notification(n))) => {
-            waiters.notified(n.channel(), n.payload());
-            None
-        }
-        Some(Ok(_notice)) => None,
-        Some(Err(e)) => Some(Some(e)),
-        None => Some(None),
     }
 }

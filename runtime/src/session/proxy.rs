@@ -56,7 +56,7 @@
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::Settings;
-use crate::pg::connect::connect_probe;
+use crate::pg::connect::{connect_client_at, Target};
 use crate::Error;
 
 /// How many `SELECT pg_backend_pid()` the probes send, alternately.
@@ -69,20 +69,15 @@ const PROBE_STATEMENTS: usize = 10;
 /// probe is bounded by the connect timeout ([`Error::ConnectTimeout`]).
 pub(crate) async fn refuse_transaction_pooling(
     settings: &Settings,
+    host: &Target,
     first_backend_pid: i32,
 ) -> Result<(), Error> {
     let target = settings.target();
     let after = settings.connect_timeout;
-    let probed = tokio::time::timeout(after, probe(settings)).await;
+    let probed = tokio::time::timeout(after, probe(settings, host)).await;
     let seen = match probed {
         Err(_) => return Err(Error::ConnectTimeout { target, after }),
-        Ok(Err(source)) => {
-            return Err(Error::Connect {
-                target,
-                source: Box::new(source),
-            })
-        }
-        Ok(Ok(seen)) => seen,
+        Ok(result) => result?,
     };
     match shared_backend(first_backend_pid, &seen) {
         None => {
@@ -96,14 +91,24 @@ pub(crate) async fn refuse_transaction_pooling(
     }
 }
 
-/// The backend pids the two probe connections saw, in order: `(probe, pid)`.
-async fn probe(settings: &Settings) -> Result<Vec<(usize, i32)>, tokio_postgres::Error> {
-    let (a, b) = tokio::try_join!(connect_probe(settings), connect_probe(settings))?;
+/// The backend pids the two probe connections (to the lock session's
+/// host) saw, in order: `(probe, pid)`.
+async fn probe(settings: &Settings, host: &Target) -> Result<Vec<(usize, i32)>, Error> {
+    let (a, b) = tokio::try_join!(
+        connect_client_at(settings, host),
+        connect_client_at(settings, host)
+    )?;
     let probes = [&a, &b];
     let mut seen = Vec::with_capacity(PROBE_STATEMENTS);
     for i in 0..PROBE_STATEMENTS {
         let which = i % probes.len();
-        if let Some(pid) = backend_pid(probes[which]).await? {
+        let pid = backend_pid(probes[which])
+            .await
+            .map_err(|e| Error::Connect {
+                target: host.describe(),
+                source: Box::new(e),
+            })?;
+        if let Some(pid) = pid {
             seen.push((which, pid));
         }
     }

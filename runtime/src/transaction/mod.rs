@@ -56,9 +56,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use crate::config::Settings;
+use crate::pg::connect::Canceller;
 use crate::pg::sql;
 use crate::{Error, KeyId, LockKey, Mode, OnLost, Outcome};
 
@@ -217,7 +218,7 @@ pub(crate) fn pool_for(settings: &Settings) -> Arc<Pool> {
 struct Conn {
     id: u64,
     client: Arc<Client>,
-    cancel: CancelToken,
+    cancel: Canceller,
     /// Dropped: the connection's task drops the connection (closes the socket).
     _close: oneshot::Sender<()>,
     /// True (or the sender gone) once the connection has ended.
@@ -238,48 +239,15 @@ impl Conn {
     }
 }
 
-/// Opens a connection with the entry's settings (TLS included) and checks
-/// that the server is not a standby, within the connect timeout.
+/// Opens a connection with the entry's settings through the crate's one
+/// connect path (the first host that is a primary, TLS included).
 async fn open(settings: &Settings) -> Result<Conn, Error> {
-    let target = settings.target();
-    let after = settings.connect_timeout;
-    match tokio::time::timeout(after, open_inner(settings, &target)).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::ConnectTimeout { target, after }),
-    }
-}
-
-async fn open_inner(settings: &Settings, target: &str) -> Result<Conn, Error> {
-    let connect_err = |source: tokio_postgres::Error| Error::Connect {
-        target: target.to_owned(),
-        source: Box::new(source),
-    };
-    #[cfg(feature = "tls-rustls")]
-    if let Some(tls) = &settings.tls {
-        let (client, connection) = settings
-            .pg
-            .connect(tls.clone())
-            .await
-            .map_err(connect_err)?;
-        return set_up(settings, target, client, connection).await;
-    }
-    let (client, connection) = settings.pg.connect(NoTls).await.map_err(connect_err)?;
-    set_up(settings, target, client, connection).await
-}
-
-async fn set_up<C>(
-    settings: &Settings,
-    target: &str,
-    client: Client,
-    connection: C,
-) -> Result<Conn, Error>
-where
-    C: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
-{
+    let connected = crate::pg::connect::connect(settings).await?;
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let (close, closed) = oneshot::channel::<()>();
     let (ended_tx, ended) = watch::channel(false);
     let pool = settings.name.clone();
+    let connection = connected.connection;
     tokio::spawn(async move {
         tokio::select! {
             result = connection => {
@@ -292,31 +260,17 @@ where
         }
         let _ = ended_tx.send(true);
     });
-    let conn = Conn {
+    tracing::debug!(pool = %settings.name, connection = id, host = %connected.target.describe(), "advisory-locked: transaction connection opened");
+    Ok(Conn {
         id,
-        cancel: client.cancel_token(),
-        client: Arc::new(client),
+        cancel: Canceller {
+            token: connected.client.cancel_token(),
+            target: connected.target,
+        },
+        client: Arc::new(connected.client),
         _close: close,
         ended,
-    };
-    let rows = conn
-        .client
-        .simple_query(sql::IS_STANDBY)
-        .await
-        .map_err(|source| Error::Connect {
-            target: target.to_owned(),
-            source: Box::new(source),
-        })?;
-    let standby = rows
-        .iter()
-        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
-    if standby {
-        return Err(Error::Standby {
-            target: target.to_owned(),
-        });
-    }
-    tracing::debug!(pool = %settings.name, connection = id, "advisory-locked: transaction connection opened");
-    Ok(conn)
+    })
 }
 
 /// For [`LockConfig::transaction_scope_only`](crate::LockConfig::transaction_scope_only)
@@ -341,93 +295,14 @@ fn discard(settings: &Settings, conn: Conn, permit: Option<OwnedSemaphorePermit>
     };
     let settings = settings.clone();
     runtime.spawn(async move {
-        let after = settings.connect_timeout;
-        match tokio::time::timeout(after, cancel(&settings, &conn.cancel)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(pool = %settings.name, connection = conn.id, error = %e, "advisory-locked: cancel request failed; closing the transaction connection anyway")
-            }
-            Err(_) => {
-                tracing::debug!(pool = %settings.name, connection = conn.id, "advisory-locked: cancel request timed out; closing the transaction connection anyway")
-            }
+        // (Bounded by the connect timeout.)
+        if let Err(e) = conn.cancel.cancel(&settings).await {
+            tracing::debug!(pool = %settings.name, connection = conn.id, error = %e, "advisory-locked: cancel request failed; closing the transaction connection anyway");
         }
         tracing::debug!(pool = %settings.name, connection = conn.id, "advisory-locked: transaction connection closed (not reusable)");
         drop(conn);
         drop(permit);
     });
-}
-
-/// Sends a cancel request for the statement running on a connection.
-///
-/// Over plain TCP the request's connection is kept open until the other
-/// side closes it: pgbouncer (1.18 checked) drops a cancel request whose
-/// client hangs up before it has forwarded it, and tokio-postgres's own
-/// `cancel_query` hangs up at once. With TLS or a Unix socket,
-/// tokio-postgres's `cancel_query` is used.
-async fn cancel(settings: &Settings, token: &CancelToken) -> Result<(), tokio_postgres::Error> {
-    use tokio::io::AsyncReadExt;
-    use tokio_postgres::config::Host;
-
-    #[cfg(feature = "tls-rustls")]
-    if let Some(tls) = &settings.tls {
-        return token.cancel_query(tls.clone()).await;
-    }
-    let (Some(Host::Tcp(host)), port) = (
-        settings.pg.get_hosts().first(),
-        settings.pg.get_ports().first().copied().unwrap_or(5432),
-    ) else {
-        return token.cancel_query(NoTls).await;
-    };
-    let Ok(mut stream) = tokio::net::TcpStream::connect((host.as_str(), port)).await else {
-        return token.cancel_query(NoTls).await;
-    };
-    let _ = stream.set_nodelay(true);
-    token.cancel_query_raw(KeepOpen(&mut stream), NoTls).await?;
-    // Until the server (or the proxy) closes it: the request was handled.
-    let mut buf = [0u8; 64];
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// A stream whose `shutdown` does nothing (see [`cancel`]).
-struct KeepOpen<'a>(&'a mut tokio::net::TcpStream);
-
-impl tokio::io::AsyncRead for KeepOpen<'_> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut *self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for KeepOpen<'_> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut *self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut *self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
 }
 
 /// A connection taken from the pool for one call. Dropped, it goes back to
