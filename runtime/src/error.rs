@@ -240,12 +240,36 @@ pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// An error the server sent (an `ErrorResponse`).
+/// An error the server sent (an `ErrorResponse`), with every field a
+/// client can act on.
 #[derive(Debug, Clone)]
 pub struct ServerError {
     pub(crate) severity: String,
     pub(crate) code: SqlState,
     pub(crate) message: String,
+    /// The optional fields, boxed: most errors have none, and the error
+    /// stays small.
+    pub(crate) more: Option<Box<MoreFields>>,
+}
+
+/// The optional fields of a [`ServerError`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MoreFields {
+    pub(crate) detail: Option<String>,
+    pub(crate) hint: Option<String>,
+    pub(crate) position: Option<u32>,
+    pub(crate) context: Option<String>,
+}
+
+impl Default for ServerError {
+    fn default() -> Self {
+        ServerError {
+            severity: String::new(),
+            code: SqlState::INTERNAL_ERROR,
+            message: String::new(),
+            more: None,
+        }
+    }
 }
 
 impl ServerError {
@@ -262,6 +286,26 @@ impl ServerError {
     /// The server's primary message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The server's secondary message, if any.
+    pub fn detail(&self) -> Option<&str> {
+        self.more.as_ref()?.detail.as_deref()
+    }
+
+    /// The server's suggestion, if any.
+    pub fn hint(&self) -> Option<&str> {
+        self.more.as_ref()?.hint.as_deref()
+    }
+
+    /// Where in the statement's text the error is (1-based, in characters).
+    pub fn position(&self) -> Option<u32> {
+        self.more.as_ref()?.position
+    }
+
+    /// The call stack of the error (functions, PL/pgSQL lines), if any.
+    pub fn context(&self) -> Option<&str> {
+        self.more.as_ref()?.context.as_deref()
     }
 
     /// After FATAL or PANIC the server always closes the connection.
@@ -327,10 +371,20 @@ impl From<&tokio_postgres::Error> for QueryError {
     /// tokio-postgres, such as those of transaction scope).
     fn from(e: &tokio_postgres::Error) -> QueryError {
         if let Some(db) = e.as_db_error() {
+            use tokio_postgres::error::ErrorPosition;
             return QueryError::Server(ServerError {
                 severity: db.severity().to_owned(),
                 code: db.code().clone(),
                 message: db.message().to_owned(),
+                more: Some(Box::new(MoreFields {
+                    detail: db.detail().map(str::to_owned),
+                    hint: db.hint().map(str::to_owned),
+                    position: match db.position() {
+                        Some(ErrorPosition::Original(p)) => Some(*p),
+                        _ => None,
+                    },
+                    context: db.where_().map(str::to_owned),
+                })),
             });
         }
         if e.is_closed() {

@@ -31,6 +31,7 @@
 //! The repository's README is the contract: every option, the signatures the
 //! attribute produces, and the guarantees and non-guarantees (advisory locks
 //! coordinate processes of **one database**, not independent servers).
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 // The attribute's expansion names the crate `::advisory_locked`; this makes

@@ -184,3 +184,53 @@ async fn tls_failures_are_typed_errors() {
         assert!(matches!(e, Error::InvalidConfig { .. }), "{e:?}");
     }
 }
+
+/// A batch of 512 requests over TLS (about 17 KB in one statement, more than
+/// one TLS record): every request is answered and the session lives on.
+/// Before the dispatcher flushed its writes, bytes that the TLS stream
+/// accepted could sit in its buffer, the answer never came, and the
+/// heartbeat's timeout killed the session with all its locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_512_requests_over_tls_is_answered() {
+    let certs = TestCertificates::make();
+    let tls = TlsServer::start(&certs, "server.crt", "server.key");
+    let local = tls.local_client().await;
+    let locker = LockConfig::from_url(&tls.url("sslmode=require"))
+        .unwrap()
+        .tls_root_certificates_pem(&certs.pem("ca.crt"))
+        .unwrap()
+        .sessions(1)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", tls.server.log()));
+    let base = unique("tls-batch");
+    // Queued at once: the dispatcher sends what is queued in statements of
+    // up to 512 requests.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..1024 {
+        let locker = locker.clone();
+        let key = LockKey::named(format!("{base}:{i}"));
+        calls.spawn(async move { locker.try_lock(key, Mode::Exclusive).await });
+    }
+    let results = tokio::time::timeout(Duration::from_secs(30), calls.join_all())
+        .await
+        .expect("every request answered");
+    let mut guards = Vec::new();
+    for r in results {
+        guards.push(r.unwrap().expect("a free key"));
+    }
+    let pid = guards[0].backend_pid();
+    let held: i64 = local
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND granted",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 1024);
+    assert!(guards.iter().all(|g| g.is_held()));
+    for g in guards {
+        g.release().await.unwrap();
+    }
+}

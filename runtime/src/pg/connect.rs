@@ -276,11 +276,16 @@ impl Connector {
     }
 }
 
+/// rustls's handshake for one connection (its type is not nameable
+/// otherwise).
+#[cfg(feature = "tls-rustls")]
+type RustlsConnect = <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<Socket>>::TlsConnect;
+
 /// One connection's TLS handshake (see [`Connector`]); keeps the stream it
 /// makes for [`Handover::take`].
 pub(crate) struct Handshake {
     #[cfg(feature = "tls-rustls")]
-    inner: Option<tokio_postgres_rustls::RustlsConnect>,
+    inner: Option<RustlsConnect>,
     back: Back,
 }
 

@@ -29,51 +29,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, BytesMut};
-use postgres_protocol::message::backend::Message;
-use postgres_protocol::message::frontend;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::error::SqlState;
 
 use crate::error::{QueryError, ServerError};
-
-/// Reads an `ErrorResponse` or `NoticeResponse` body.
-fn parse_error(
-    fields: &mut postgres_protocol::message::backend::ErrorFields<'_>,
-) -> io::Result<ServerError> {
-    use fallible_iterator::FallibleIterator;
-    let (mut localized, mut severity, mut code, mut message) = (None, None, None, None);
-    while let Some(field) = fields.next()? {
-        let value = String::from_utf8_lossy(field.value_bytes());
-        match field.type_() {
-            b'S' => localized = Some(value.into_owned()),
-            b'V' => severity = Some(value.into_owned()),
-            b'C' => code = Some(SqlState::from_code(&value)),
-            b'M' => message = Some(value.into_owned()),
-            _ => {}
-        }
-    }
-    Ok(ServerError {
-        severity: severity.or(localized).unwrap_or_default(),
-        code: code.unwrap_or(SqlState::INTERNAL_ERROR),
-        message: message.unwrap_or_default(),
-    })
-}
-
-/// One parameter of a prepared statement, sent in binary.
-#[derive(Clone, Copy)]
-pub(crate) enum Param<'a> {
-    I16(i16),
-    I32(i32),
-    I64(i64),
-    I16s(&'a [i16]),
-    I32s(&'a [i32]),
-    I64s(&'a [i64]),
-}
-
-/// The answer to one request: every column of every row, in order, as
-/// integers (a boolean is 0 or 1; NULL is `None`).
-pub(crate) type Values = Vec<Option<i64>>;
+use crate::pg::protocol::{self, Backend};
+pub(crate) use crate::pg::protocol::{Param, Values};
 
 pub(crate) type Answer = Result<Values, Arc<QueryError>>;
 
@@ -89,6 +50,10 @@ pub(crate) struct Wire<S> {
     broken: Option<Arc<QueryError>>,
     /// The transaction status of the last ReadyForQuery (`I`: idle).
     last_status: u8,
+    /// Written and not yet flushed.
+    unflushed: bool,
+    /// Server parameters reported since the hand-over (ParameterStatus).
+    parameters: std::collections::HashMap<String, String>,
 }
 
 #[derive(Default)]
@@ -106,13 +71,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             pending: VecDeque::new(),
             broken: None,
             last_status: b'I',
+            unflushed: false,
+            parameters: Default::default(),
         }
     }
 
     /// Queues a simple-protocol query (statements without parameters, such
     /// as `LISTEN`), answered like any request.
     pub(crate) fn simple(&mut self, sql: &str) -> Result<(), QueryError> {
-        frontend::query(sql, &mut self.write)?;
+        protocol::query(sql, &mut self.write)?;
         self.pending.push_back(Gathering::default());
         Ok(())
     }
@@ -120,25 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Queues one execution of prepared statement `name` with `params`,
     /// results in binary. Sent by the next [`Wire::poll_answer`].
     pub(crate) fn execute(&mut self, name: &str, params: &[Param<'_>]) {
-        let buf = &mut self.write;
-        buf.put_u8(b'B');
-        let start = buf.len();
-        buf.put_i32(0);
-        buf.put_u8(0); // unnamed portal
-        buf.put_slice(name.as_bytes());
-        buf.put_u8(0);
-        buf.put_i16(1); // one format code for all parameters: binary
-        buf.put_i16(1);
-        buf.put_i16(params.len() as i16);
-        for p in params {
-            encode(p, buf);
-        }
-        buf.put_i16(1); // one format code for all results: binary
-        buf.put_i16(1);
-        let len = (buf.len() - start) as i32;
-        buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
-        // Execute the unnamed portal, all rows; then Sync.
-        buf.put_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, b'S', 0, 0, 0, 4]);
+        protocol::execute(name, params, &mut self.write);
         self.pending.push_back(Gathering::default());
     }
 
@@ -180,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 "requests in flight before the hand-over".into(),
             )));
         }
-        frontend::sync(&mut self.write);
+        protocol::sync(&mut self.write);
         self.pending.push_back(Gathering::default());
         let values = std::future::poll_fn(|cx| self.poll_answer(cx, on_notify)).await?;
         match (values.is_empty(), self.last_status) {
@@ -205,18 +154,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         cx: &mut Context<'_>,
         on_notify: &mut dyn FnMut(&str, &str),
     ) -> Poll<Result<Result<Values, QueryError>, QueryError>> {
-        // Write first: a write that can't finish now does not keep the
-        // answers of earlier requests from being read.
-        while !self.write.is_empty() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.write) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(QueryError::Closed)),
-                Poll::Ready(Ok(n)) => self.write.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Pending => break,
-            }
+        if let Poll::Ready(Err(e)) = self.poll_write_all(cx) {
+            return Poll::Ready(Err(e));
         }
         loop {
-            while let Some(message) = Message::parse(&mut self.read)? {
+            while let Some(message) = protocol::decode(&mut self.read)? {
                 if let Some(answer) = self.on_message(message, on_notify)? {
                     return Poll::Ready(Ok(answer));
                 }
@@ -224,43 +166,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             if self.read.capacity() - self.read.len() < 1024 {
                 self.read.reserve(8 * 1024);
             }
-            let mut buf = ReadBuf::uninit(self.read.spare_capacity_mut());
-            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) => {
-                    let n = buf.filled().len();
-                    if n == 0 {
-                        return Poll::Ready(Err(QueryError::Closed));
-                    }
-                    // SAFETY: poll_read initialized the first n bytes.
-                    unsafe { self.read.set_len(self.read.len() + n) };
-                }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(QueryError::Closed)),
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
                 Poll::Pending => return Poll::Pending,
             }
         }
     }
 
+    /// Writes what is queued and flushes it (a TLS stream may hold bytes
+    /// that `poll_write` accepted until it is flushed). Pending while the
+    /// socket can take no more: a write that can't finish now does not keep
+    /// the answers of earlier requests from being read.
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), QueryError>> {
+        while !self.write.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.write) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(QueryError::Closed)),
+                Poll::Ready(Ok(n)) => {
+                    self.write.advance(n);
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Handles one message; `Some` when it completes the oldest request.
     #[allow(clippy::type_complexity)]
     fn on_message(
         &mut self,
-        message: Message,
+        message: Backend,
         on_notify: &mut dyn FnMut(&str, &str),
     ) -> Result<Option<Result<Values, QueryError>>, QueryError> {
         match message {
-            Message::DataRow(row) => {
+            Backend::DataRow(row) => {
                 let Some(g) = self.pending.front_mut() else {
                     return Err(QueryError::Protocol("a row with no request".into()));
                 };
-                let buf = row.buffer();
-                let mut ranges = row.ranges();
-                use fallible_iterator::FallibleIterator;
-                while let Some(range) = ranges.next()? {
-                    g.values.push(range.map(|r| int(&buf[r])));
-                }
+                protocol::row_values(&row, &mut g.values)?;
             }
-            Message::ErrorResponse(body) => {
-                let e = parse_error(&mut body.fields())?;
+            Backend::Error(e) => {
                 if e.ends_session() {
                     // No ReadyForQuery follows: the server closes.
                     return Err(QueryError::Server(e));
@@ -272,8 +227,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     None => return Err(QueryError::Server(e)),
                 }
             }
-            Message::ReadyForQuery(body) => {
-                self.last_status = body.status();
+            Backend::ReadyForQuery(status) => {
+                self.last_status = status;
                 let Some(g) = self.pending.pop_front() else {
                     return Err(QueryError::Protocol("ReadyForQuery with no request".into()));
                 };
@@ -282,87 +237,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     None => Ok(g.values),
                 }));
             }
-            Message::NotificationResponse(n) => {
-                if let (Ok(channel), Ok(payload)) = (n.channel(), n.message()) {
-                    on_notify(channel, payload);
-                }
+            Backend::Notification { channel, payload } => on_notify(&channel, &payload),
+            Backend::Notice(n) => {
+                tracing::info!(target: "advisory_locked::server", severity = n.severity(), code = n.code().code(), "{}", n.message());
             }
-            Message::BindComplete
-            | Message::ParseComplete
-            | Message::CloseComplete
-            | Message::CommandComplete(_)
-            | Message::EmptyQueryResponse
-            | Message::NoData
-            | Message::PortalSuspended
-            | Message::ParameterStatus(_)
-            | Message::NoticeResponse(_)
-            | Message::RowDescription(_)
-            | Message::ParameterDescription(_) => {}
-            _ => return Err(QueryError::Protocol("unexpected message".into())),
+            Backend::ParameterStatus { name, value } => {
+                self.parameters.insert(name, value);
+            }
+            Backend::Step => {}
         }
         Ok(None)
-    }
-}
-
-/// A binary column as an integer: bool (1 byte), int2, int4, int8.
-fn int(bytes: &[u8]) -> i64 {
-    match *bytes {
-        [b] => b as i64,
-        [a, b] => i16::from_be_bytes([a, b]) as i64,
-        [a, b, c, d] => i32::from_be_bytes([a, b, c, d]) as i64,
-        _ => match <[u8; 8]>::try_from(bytes) {
-            Ok(b) => i64::from_be_bytes(b),
-            Err(_) => 0,
-        },
-    }
-}
-
-/// OIDs of the array element types.
-const INT2: u32 = 21;
-const INT4: u32 = 23;
-const INT8: u32 = 20;
-
-fn encode(p: &Param<'_>, buf: &mut BytesMut) {
-    match *p {
-        Param::I16(v) => {
-            buf.put_i32(2);
-            buf.put_i16(v);
-        }
-        Param::I32(v) => {
-            buf.put_i32(4);
-            buf.put_i32(v);
-        }
-        Param::I64(v) => {
-            buf.put_i32(8);
-            buf.put_i64(v);
-        }
-        Param::I16s(v) => array(buf, INT2, v.len(), 2, |b, i| b.put_i16(v[i])),
-        Param::I32s(v) => array(buf, INT4, v.len(), 4, |b, i| b.put_i32(v[i])),
-        Param::I64s(v) => array(buf, INT8, v.len(), 8, |b, i| b.put_i64(v[i])),
-    }
-}
-
-/// A one-dimensional array without NULLs, in binary.
-fn array(
-    buf: &mut BytesMut,
-    oid: u32,
-    n: usize,
-    size: i32,
-    mut put: impl FnMut(&mut BytesMut, usize),
-) {
-    let dims = if n == 0 { 0 } else { 1 };
-    let len = 12 + dims * 8 + n as i32 * (4 + size);
-    buf.put_i32(len);
-    buf.put_i32(dims);
-    buf.put_i32(0); // no NULLs
-    buf.put_u32(oid);
-    if n > 0 {
-        buf.put_i32(n as i32);
-        buf.put_i32(1); // lower bound
-    }
-    for i in 0..n {
-        buf.put_i32(size);
-        put(buf, i);
     }
 }
 
@@ -494,6 +378,7 @@ impl AsyncWrite for Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_postgres::error::SqlState;
 
     /// A wire over a fresh connection to the test server, set up through
     /// tokio-postgres and taken back as a session does.
@@ -523,6 +408,86 @@ mod tests {
 
     /// Pipelined requests answer in order, with their values; a failed one
     /// fails alone; arrays and every integer width go through.
+    /// A transport that holds every byte written until it is flushed, as a
+    /// TLS stream may: what `poll_write` accepts reaches the server only on
+    /// `poll_flush`.
+    struct HoldUntilFlush<S> {
+        inner: S,
+        held: Vec<u8>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for HoldUntilFlush<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for HoldUntilFlush<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                match Pin::new(&mut this.inner).poll_write(cx, &this.held) {
+                    Poll::Ready(Ok(n)) => {
+                        this.held.drain(..n);
+                    }
+                    other => return other.map(|r| r.map(drop)),
+                }
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Every burst of requests is flushed: over a transport that holds
+    /// bytes until flushed, a single request and a batch of 512 (about
+    /// 17 KB, as the dispatcher's largest statement) are answered.
+    #[tokio::test]
+    async fn requests_are_flushed() {
+        let (w, _) = wire("PREPARE t_flush AS SELECT $1::int8 + 1; PREPARE t_flush_many AS SELECT count(*) FROM unnest($1::int8[]) k WHERE k >= 0").await;
+        let mut w = Wire {
+            stream: HoldUntilFlush {
+                inner: w.stream,
+                held: Vec::new(),
+            },
+            read: w.read,
+            write: w.write,
+            pending: w.pending,
+            broken: w.broken,
+            last_status: w.last_status,
+            unflushed: false,
+            parameters: w.parameters,
+        };
+        let bound = std::time::Duration::from_secs(5);
+        w.execute("t_flush", &[Param::I64(41)]);
+        let answer = tokio::time::timeout(bound, w.answer()).await;
+        assert_eq!(answer.expect("answered").unwrap(), [Some(42)]);
+        let keys: Vec<i64> = (0..2048).collect();
+        for _ in 0..512 {
+            w.execute("t_flush_many", &[Param::I64s(&keys[..4])]);
+        }
+        assert!(w.write.len() > 16 * 1024, "{} bytes", w.write.len());
+        for _ in 0..512 {
+            let answer = tokio::time::timeout(bound, w.answer()).await;
+            assert_eq!(answer.expect("answered").unwrap(), [Some(4)]);
+        }
+    }
+
     #[tokio::test]
     async fn pipelined_requests_answer_in_order_and_fail_alone() {
         let (mut w, _) = wire(
