@@ -4,6 +4,8 @@
 //! This crate only parses, checks and rewrites; everything the expansion does
 //! at run time lives in `advisory_locked::__private`.
 
+#![forbid(unsafe_code)]
+
 mod attr;
 mod check;
 mod duration;
