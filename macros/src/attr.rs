@@ -613,6 +613,27 @@ mod tests {
     }
 
     #[test]
+    fn nul_in_a_key() {
+        for tokens in [
+            quote!(key = "a\0b"),
+            quote!(key = "\x00"),
+            quote!(key = "t:\u{0}:{id}"),
+        ] {
+            let e = parse_err(tokens.clone());
+            assert_eq!(e.len(), 1, "{tokens}: {e:?}");
+            assert!(
+                e[0].starts_with("the key contains a NUL character (`\\0` at byte "),
+                "{tokens}: {e:?}"
+            );
+        }
+        // The template's placeholders are still read, to be checked.
+        let (args, _) = parse(quote!(key = "t:\0:{id}"));
+        assert!(matches!(args.key, Some(Key::Template { .. })));
+        // A raw string's backslash and zero are two characters, not NUL.
+        parse_ok(quote!(key = r"a\0b"));
+    }
+
+    #[test]
     fn all_errors_collected() {
         let e = parse_err(quote!(key = 1.5, wiat, pool = "", shared = true, key = "x"));
         assert_eq!(e.len(), 5, "{e:?}");

@@ -39,7 +39,7 @@ use proc_macro::TokenStream;
 ///
 /// | option | meaning |
 /// |---|---|
-/// | `key = "name"` | required. A string is hashed at compile time exactly as PostgreSQL's `hashtextextended(name, 0)`. |
+/// | `key = "name"` | required. A string is hashed at compile time exactly as PostgreSQL's `hashtextextended(name, 0)`. It cannot contain NUL (`\0`): PostgreSQL text cannot hold it, so no text hashes to such a key's number. |
 /// | `key = "tenant:{tenant_id}"` | a template, formatted at run time with `Display` and hashed. Placeholders name an argument bound to a plain name, or `self`, optionally followed by fields or tuple indexes: `{self.id}`, `{job.tenant.id}`, `{pair.0}`. `{{` and `}}` are literal braces. No format specs, no `{}` or `{0}`. |
 /// | `key = 42`, `key = -5` | a raw 64-bit key (`pg_advisory_lock(bigint)`). |
 /// | `key = (7, 42)` | a key in the two-int4 key space (`pg_advisory_lock(int, int)`). |

@@ -51,6 +51,14 @@ fn string_key(s: &LitStr) -> syn::Result<(Key, Option<syn::Error>)> {
         ));
     }
     let mut errors = Errors::default();
+    if let Some(at) = text.find('\0') {
+        errors.add(
+            s.span(),
+            format!(
+                "the key contains a NUL character (`\\0` at byte {at}): PostgreSQL text cannot hold NUL, so no text hashes to this key's number (`hashtextextended` in psql can never find it); remove the NUL"
+            ),
+        );
+    }
     let (template, messages) = template::parse_partial(&text);
     for m in messages {
         errors.add(s.span(), m);
