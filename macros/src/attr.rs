@@ -9,6 +9,7 @@
 //!          | "on_lost" "=" ("\"abort\"" | "\"continue\"")
 //!          | "limit" "=" int (1..=1024) | "per" "=" duration-string
 //!          | "transaction" "=" ident
+//!          | "crate" "=" path-string
 //! key     := string (literal or template) | int | "-" int | "(" int "," int ")"
 //! ```
 //!
@@ -26,7 +27,7 @@ use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
-use syn::{Expr, Ident, LitStr, Token};
+use syn::{Expr, Ident, LitStr, Path, Token};
 
 use crate::diag::{closest, Errors};
 use crate::template::Template;
@@ -53,6 +54,9 @@ pub struct Args {
     pub per: Option<u64>,
     /// `transaction = tx`: the name the body gets its transaction under.
     pub transaction: Option<Ident>,
+    /// `crate = "path"`: the advisory-locked crate's path, if not
+    /// `::advisory_locked`.
+    pub crate_path: Option<Path>,
 }
 
 /// What the body does when its lock is lost (`on_lost = "…"`).
@@ -97,11 +101,12 @@ enum Name {
     Limit,
     Per,
     Transaction,
+    Crate,
 }
 
 impl Name {
     /// Every option, in the order they are listed in messages.
-    const ALL: [Name; 10] = [
+    const ALL: [Name; 11] = [
         Name::Key,
         Name::Wait,
         Name::Skip,
@@ -112,6 +117,7 @@ impl Name {
         Name::Limit,
         Name::Per,
         Name::Transaction,
+        Name::Crate,
     ];
 
     fn as_str(self) -> &'static str {
@@ -126,6 +132,7 @@ impl Name {
             Name::Limit => "limit",
             Name::Per => "per",
             Name::Transaction => "transaction",
+            Name::Crate => "crate",
         }
     }
 
@@ -396,6 +403,7 @@ fn apply(args: &mut Args, raw: RawOption, errors: &mut Errors) {
         Name::Limit => value::limit(&value).map(|n| args.limit = Some(n)),
         Name::Per => value::per(&value).map(|ms| args.per = Some(ms)),
         Name::Transaction => value::transaction(&value).map(|tx| args.transaction = Some(tx)),
+        Name::Crate => value::crate_path(&value).map(|path| args.crate_path = Some(path)),
         Name::Skip | Name::Shared | Name::Exclusive => {
             Err(value::flag_with_value(name, eq, &value))
         }
@@ -610,6 +618,87 @@ mod tests {
             parse_err(quote!(key = "k", transaction = tx, limit = 2, per = "1s")).len(),
             2
         );
+    }
+
+    #[test]
+    fn crate_path() {
+        for (tokens, want) in [
+            (quote!(key = "k", crate = "my_alias"), "my_alias"),
+            (
+                quote!(crate = "::advisory_locked", key = "k"),
+                ":: advisory_locked",
+            ),
+            (
+                quote!(key = "k", crate = "crate::reexported"),
+                "crate :: reexported",
+            ),
+            (
+                quote!(key = "k", crate = "super::super::x"),
+                "super :: super :: x",
+            ),
+            (quote!(key = "k", crate = "self::x"), "self :: x"),
+        ] {
+            let path = parse_ok(tokens).crate_path.expect("a path");
+            assert_eq!(path.to_token_stream().to_string(), want);
+        }
+        assert!(parse_ok(quote!(key = "k")).crate_path.is_none());
+        for (tokens, start) in [
+            (
+                quote!(key = "k", crate = advisory_locked),
+                "`crate` takes a path as a string: write `crate = \"advisory_locked\"`",
+            ),
+            (
+                quote!(key = "k", crate = ::a::b),
+                "`crate` takes a path as a string: write `crate = \"::a::b\"`",
+            ),
+            (
+                quote!(key = "k", crate = 5),
+                "`crate` takes a path as a string",
+            ),
+            (
+                quote!(key = "k", crate = ""),
+                "invalid `crate` path \"\": not a path",
+            ),
+            (
+                quote!(key = "k", crate = "advisory locked"),
+                "invalid `crate` path \"advisory locked\": not a path",
+            ),
+            (
+                quote!(key = "k", crate = "a::"),
+                "invalid `crate` path \"a::\": not a path",
+            ),
+            (quote!(key = "k", crate = "a::<T>"), "invalid `crate` path"),
+            (quote!(key = "k", crate = "fn"), "invalid `crate` path"),
+            (
+                quote!(key = "k", crate = "a::crate"),
+                "invalid `crate` path \"a::crate\": `crate` can only start a path",
+            ),
+            (
+                quote!(key = "k", crate = "::crate"),
+                "invalid `crate` path \"::crate\": `crate` can only start a path",
+            ),
+            (
+                quote!(key = "k", crate = "a::super"),
+                "invalid `crate` path \"a::super\": `super` can only start a path",
+            ),
+            (
+                quote!(key = "k", crate = "Self"),
+                "invalid `crate` path \"Self\": `Self` cannot name a crate",
+            ),
+            (quote!(key = "k", crate), "`crate` needs a value"),
+            (
+                quote!(key = "k", crate = "a", crate = "b"),
+                "duplicate option `crate`",
+            ),
+            (
+                quote!(key = "k", krate = "a"),
+                "unknown option `krate` for #[advisory_locked]: did you mean `crate`?",
+            ),
+        ] {
+            let e = parse_err(tokens.clone());
+            assert_eq!(e.len(), 1, "{tokens}: {e:?}");
+            assert!(e[0].starts_with(start), "{tokens}: {e:?}");
+        }
     }
 
     #[test]

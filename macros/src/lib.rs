@@ -53,6 +53,17 @@ use proc_macro::TokenStream;
 /// | `limit = N` | at most `N` (1..=1024) bodies at once across the fleet instead of one. |
 /// | `per = "1m"` | with `limit`: each slot is held at least this long from the body's start, so at most `N` starts per period. |
 /// | `transaction = tx` | run the body in a transaction under a transaction-level lock; the body names it `tx` (`advisory_locked::Transaction`) and must return `Result<T, E>` (commit on `Ok`) or `()` (commit). Not with `limit`, `per` or `on_lost`. |
+/// | `crate = "path"` | the path the generated code names the `advisory-locked` crate by, instead of `::advisory_locked`: for a renamed dependency (`crate = "my_alias"`) or a re-export (`crate = "crate::reexported"`, where `mod reexported { pub use ::advisory_locked::*; }`). The path must name the crate's root, or a module re-exporting all of it (a glob `pub use` does, including the hidden `__private` module the expansion uses). |
+///
+/// With a renamed dependency (`al = { package = "advisory-locked", … }` in
+/// `Cargo.toml`), tell the attribute where the crate is:
+///
+/// ```rust,ignore
+/// use al::advisory_locked;
+///
+/// #[advisory_locked(key = "report:daily", crate = "al")]
+/// async fn daily_report() { /* ... */ }
+/// ```
 ///
 /// Every annotated fn also lists its key in `advisory_locked::names` (for
 /// `advisory_locked::status` and the collision check at `LockConfig::install`).
@@ -397,6 +408,40 @@ mod tests {
         );
         assert!(
             got.contains(&quote!(kind: ::advisory_locked::names::KeyKind::Pair,).to_string()),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn crate_path_names_the_runtime_everywhere() {
+        let got = expand(
+            quote!(key = "k:{id}", wait, crate = "my_alias"),
+            quote!(
+                async fn f(id: u8) {}
+            ),
+        );
+        assert!(!got.contains(":: advisory_locked"), "{got}");
+        for want in [
+            quote!(my_alias::__private::run_wait),
+            quote!(my_alias::__private::inventory::submit!),
+            quote!(my_alias::LockKey::named),
+            quote!(::core::result::Result<(), my_alias::Error>),
+        ] {
+            assert!(got.contains(&want.to_string()), "{want}: {got}");
+        }
+        let got = expand(
+            quote!(key = 1, transaction = tx, crate = "crate::re"),
+            quote!(
+                async fn f() {}
+            ),
+        );
+        assert!(!got.contains(":: advisory_locked"), "{got}");
+        assert!(
+            got.contains(&quote!(move |tx: crate::re::Transaction|).to_string()),
+            "{got}"
+        );
+        assert!(
+            got.contains(&quote!(<() as crate::re::TransactionResult>::commits).to_string()),
             "{got}"
         );
     }

@@ -84,6 +84,7 @@ fn options(args: Args) -> Option<Options> {
         limit,
         per,
         transaction,
+        crate_path,
     } = args;
     let scope = match (transaction, on_lost, limit, per) {
         (Some(name), None, None, None) => Scope::Transaction { name },
@@ -99,7 +100,7 @@ fn options(args: Args) -> Option<Options> {
         shared,
         pool: pool.unwrap_or_else(|| LitStr::new("default", Span::call_site())),
         scope,
-        crate_path: None,
+        crate_path,
     })
 }
 

@@ -2,7 +2,7 @@
 //! each returning the value or one spanned error.
 
 use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, Ident, Lit, LitStr, Token, UnOp};
+use syn::{Expr, ExprLit, Ident, Lit, LitStr, Path, Token, UnOp};
 
 use super::{Name, OnLost, KEY_FORMS, MAX_LIMIT};
 use crate::duration::{self, DurationError};
@@ -59,6 +59,7 @@ pub fn missing_value(name: Name) -> String {
         Name::Limit => format!("`limit` needs a value: write `limit = N` (1..={MAX_LIMIT}) to let at most N bodies run at once across the fleet"),
         Name::Per => "`per` needs a value: write `per = \"1m\"` (with `limit = N`: at most N starts per minute)".to_owned(),
         Name::Transaction => "`transaction` needs a name for the transaction: write `transaction = tx`, and use `tx` in the body".to_owned(),
+        Name::Crate => "`crate` needs a value: write the path the advisory-locked crate is reachable under, e.g. `crate = \"my_alias\"`".to_owned(),
         Name::Wait | Name::Skip | Name::Shared | Name::Exclusive => format!("`{}` needs no value", name.as_str()),
     }
 }
@@ -273,4 +274,62 @@ pub fn limit(value: &Expr) -> syn::Result<u32> {
             ),
         )),
     }
+}
+
+const CRATE_FORMS: &str = "the path the advisory-locked crate is reachable under, e.g. `crate = \"my_alias\"` for a renamed dependency or `crate = \"crate::reexported\"` for a re-export";
+
+/// `crate = "path"`: where the expansion finds the advisory-locked crate
+/// (instead of `::advisory_locked`); its tokens are spanned at the string.
+pub fn crate_path(value: &Expr) -> syn::Result<Path> {
+    let Some(s) = string(value) else {
+        let fix = match ungroup(value) {
+            Expr::Path(p) if p.qself.is_none() => {
+                let text = quote::ToTokens::to_token_stream(&p.path).to_string();
+                format!("write `crate = \"{}\"`", text.replace(' ', ""))
+            }
+            _ => format!("write {CRATE_FORMS}"),
+        };
+        return Err(syn::Error::new(
+            value.span(),
+            format!(
+                "`crate` takes a path as a string: {fix}; found {}",
+                describe(value)
+            ),
+        ));
+    };
+    let invalid = |why: &str| {
+        syn::Error::new(
+            s.span(),
+            format!(
+                "invalid `crate` path {:?}: {why}; write {CRATE_FORMS}",
+                s.value()
+            ),
+        )
+    };
+    let path = s
+        .parse_with(Path::parse_mod_style)
+        .map_err(|_| invalid("not a path"))?;
+    check_path_keywords(&path).map_err(|why| invalid(&why))?;
+    Ok(path)
+}
+
+/// `crate`, `self` and `super` only where Rust allows them: at the start
+/// (`super` repeated), never after a leading `::`; no `Self`.
+fn check_path_keywords(path: &Path) -> Result<(), String> {
+    let mut at_start = path.leading_colon.is_none();
+    for (i, seg) in path.segments.iter().enumerate() {
+        let ident = seg.ident.to_string();
+        match ident.as_str() {
+            "Self" => return Err("`Self` cannot name a crate".to_owned()),
+            "crate" | "self" if !(at_start && i == 0) => {
+                return Err(format!("`{ident}` can only start a path"))
+            }
+            "super" if !at_start => {
+                return Err("`super` can only start a path (after `self` or `super`)".to_owned())
+            }
+            "crate" | "self" | "super" => {}
+            _ => at_start = false,
+        }
+    }
+    Ok(())
 }
