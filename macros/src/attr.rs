@@ -9,48 +9,28 @@
 //!          | "on_lost" "=" ("\"abort\"" | "\"continue\"")
 //!          | "limit" "=" int (1..=1024) | "per" "=" duration-string
 //!          | "transaction" "=" ident
+//!          | "crate" "=" path-string
 //! key     := string (literal or template) | int | "-" int | "(" int "," int ")"
 //! ```
 //!
 //! Every problem is collected (one error per offending token) instead of
-//! stopping at the first one.
+//! stopping at the first one. The options are read in steps: the list is
+//! split at commas, each option is parsed into a name and a value
+//! ([`RawOption`]), the value is read by its option's function (`key` in
+//! `attr/key.rs`, the others in `attr/value.rs`), and the combinations are
+//! checked last.
+
+mod key;
+mod value;
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
-use syn::spanned::Spanned;
-use syn::{Expr, Ident, Lit, LitInt, LitStr, Token, UnOp};
+use syn::{Expr, Ident, LitStr, Path, Token};
 
-use crate::duration;
-use crate::template::{self, Template};
-
-mod kw {
-    syn::custom_keyword!(key);
-    syn::custom_keyword!(skip);
-    syn::custom_keyword!(wait);
-    syn::custom_keyword!(shared);
-    syn::custom_keyword!(exclusive);
-    syn::custom_keyword!(pool);
-    syn::custom_keyword!(on_lost);
-    syn::custom_keyword!(limit);
-    syn::custom_keyword!(per);
-    syn::custom_keyword!(transaction);
-}
-
-/// The option names, in the order they are listed in messages.
-pub const OPTION_NAMES: &[&str] = &[
-    "key",
-    "wait",
-    "skip",
-    "shared",
-    "exclusive",
-    "pool",
-    "on_lost",
-    "limit",
-    "per",
-    "transaction",
-];
+use crate::diag::{closest, Errors};
+use crate::template::Template;
 
 /// The largest `limit = N`: each slot is an advisory lock of its own.
 pub const MAX_LIMIT: u32 = 1024;
@@ -59,7 +39,8 @@ const KEY_FORMS: &str =
     "a string `key = \"report:daily\"`, a template `key = \"tenant:{tenant_id}\"`, an integer `key = 42` or a pair `key = (7, 42)`";
 
 /// The parsed options. Whatever could be parsed is here even when other
-/// options had errors, so that the fn can still be checked against it.
+/// options had errors, so that the fn can still be checked against it; the
+/// complete, consistent set is `valid::Options`.
 #[derive(Default)]
 pub struct Args {
     pub key: Option<Key>,
@@ -73,6 +54,9 @@ pub struct Args {
     pub per: Option<u64>,
     /// `transaction = tx`: the name the body gets its transaction under.
     pub transaction: Option<Ident>,
+    /// `crate = "path"`: the advisory-locked crate's path, if not
+    /// `::advisory_locked`.
+    pub crate_path: Option<Path>,
 }
 
 /// What the body does when its lock is lost (`on_lost = "…"`).
@@ -104,11 +88,12 @@ pub enum WaitMode {
     TimeoutMillis(u64),
 }
 
+/// An option's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Name {
     Key,
-    Skip,
     Wait,
+    Skip,
     Shared,
     Exclusive,
     Pool,
@@ -116,14 +101,30 @@ enum Name {
     Limit,
     Per,
     Transaction,
+    Crate,
 }
 
 impl Name {
+    /// Every option, in the order they are listed in messages.
+    const ALL: [Name; 11] = [
+        Name::Key,
+        Name::Wait,
+        Name::Skip,
+        Name::Shared,
+        Name::Exclusive,
+        Name::Pool,
+        Name::OnLost,
+        Name::Limit,
+        Name::Per,
+        Name::Transaction,
+        Name::Crate,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Name::Key => "key",
-            Name::Skip => "skip",
             Name::Wait => "wait",
+            Name::Skip => "skip",
             Name::Shared => "shared",
             Name::Exclusive => "exclusive",
             Name::Pool => "pool",
@@ -131,7 +132,13 @@ impl Name {
             Name::Limit => "limit",
             Name::Per => "per",
             Name::Transaction => "transaction",
+            Name::Crate => "crate",
         }
+    }
+
+    /// The option an identifier names (a raw `r#key` names none).
+    fn of(ident: &Ident) -> Option<Name> {
+        Name::ALL.into_iter().find(|name| ident == name.as_str())
     }
 }
 
@@ -142,30 +149,24 @@ struct RawOption {
     value: Option<(Token![=], Expr)>,
 }
 
-/// Collects errors, keeping their order.
+/// The options seen so far, in order, with the span of each name.
 #[derive(Default)]
-pub struct Errors(Option<syn::Error>);
+struct Seen(Vec<(Name, Span)>);
 
-impl Errors {
-    pub fn push(&mut self, err: syn::Error) {
-        match &mut self.0 {
-            Some(all) => all.combine(err),
-            None => self.0 = Some(err),
+impl Seen {
+    fn position(&self, name: Name) -> Option<usize> {
+        self.0.iter().position(|(n, _)| *n == name)
+    }
+
+    fn span(&self, name: Name) -> Option<Span> {
+        self.position(name).map(|i| self.0[i].1)
+    }
+
+    /// Reports `a` and `b` given together, at the later of the two.
+    fn conflict(&self, a: Name, b: Name, msg: &str, errors: &mut Errors) {
+        if let (Some(a), Some(b)) = (self.position(a), self.position(b)) {
+            errors.add(self.0[a.max(b)].1, msg);
         }
-    }
-
-    pub fn add(&mut self, span: Span, msg: impl std::fmt::Display) {
-        self.push(syn::Error::new(span, msg));
-    }
-
-    pub fn extend(&mut self, other: Option<syn::Error>) {
-        if let Some(err) = other {
-            self.push(err);
-        }
-    }
-
-    pub fn finish(self) -> Option<syn::Error> {
-        self.0
     }
 }
 
@@ -173,9 +174,7 @@ impl Errors {
 pub fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
     let mut args = Args::default();
     let mut errors = Errors::default();
-
-    // The first span of each option seen, by name.
-    let mut seen: Vec<(Name, Span)> = Vec::new();
+    let mut seen = Seen::default();
 
     // A `key` that failed to parse was still written: no "missing key" then.
     let mut key_attempted = false;
@@ -189,77 +188,78 @@ pub fn parse(tokens: TokenStream) -> (Args, Option<syn::Error>) {
                 continue;
             }
         };
-        if seen.iter().any(|(n, _)| *n == raw.name) {
-            let name = raw.name.as_str();
-            let what = if raw.name == Name::Key {
-                "#[advisory_locked] takes exactly one key".to_string()
-            } else {
-                format!("remove the second `{name}`")
-            };
-            errors.add(raw.name_span, format!("duplicate option `{name}`: {what}"));
+        if seen.position(raw.name).is_some() {
+            errors.push(duplicate(&raw));
             continue;
         }
-        seen.push((raw.name, raw.name_span));
+        seen.0.push((raw.name, raw.name_span));
         apply(&mut args, raw, &mut errors);
     }
+    check_combinations(&seen, &mut errors);
+    if seen.span(Name::Key).is_none() && !key_attempted {
+        errors.push(missing_key(&tokens));
+    }
+    (args, errors.finish())
+}
 
-    // Combinations.
-    let first = |name: Name| seen.iter().find(|(n, _)| *n == name).map(|(_, s)| *s);
-    let position = |name: Name| seen.iter().position(|(n, _)| *n == name);
-    if let (Some(s), Some(w)) = (position(Name::Skip), position(Name::Wait)) {
-        let later = seen[s.max(w)].1;
-        errors.add(
-            later,
-            "`skip` and `wait` cannot be combined: `skip` (the default) runs nothing when the lock is busy, `wait` waits for it; keep one of them",
-        );
+fn duplicate(raw: &RawOption) -> syn::Error {
+    let name = raw.name.as_str();
+    let what = if raw.name == Name::Key {
+        "#[advisory_locked] takes exactly one key".to_string()
+    } else {
+        format!("remove the second `{name}`")
+    };
+    syn::Error::new(raw.name_span, format!("duplicate option `{name}`: {what}"))
+}
+
+fn missing_key(tokens: &TokenStream) -> syn::Error {
+    let msg = format!("missing `key`: #[advisory_locked] needs the lock's key, e.g. {KEY_FORMS}");
+    if tokens.is_empty() {
+        syn::Error::new(Span::call_site(), msg)
+    } else {
+        syn::Error::new_spanned(tokens, msg)
     }
-    if let (Some(s), Some(e)) = (position(Name::Shared), position(Name::Exclusive)) {
-        let later = seen[s.max(e)].1;
-        errors.add(
-            later,
-            "`shared` and `exclusive` cannot be combined: a lock is taken either shared (readers) or exclusive (the default); keep one of them",
-        );
-    }
-    if let (Some(per), None) = (first(Name::Per), first(Name::Limit)) {
+}
+
+/// Options that cannot be given together, or one without the other.
+fn check_combinations(seen: &Seen, errors: &mut Errors) {
+    seen.conflict(
+        Name::Skip,
+        Name::Wait,
+        "`skip` and `wait` cannot be combined: `skip` (the default) runs nothing when the lock is busy, `wait` waits for it; keep one of them",
+        errors,
+    );
+    seen.conflict(
+        Name::Shared,
+        Name::Exclusive,
+        "`shared` and `exclusive` cannot be combined: a lock is taken either shared (readers) or exclusive (the default); keep one of them",
+        errors,
+    );
+    if let (Some(per), None) = (seen.span(Name::Per), seen.span(Name::Limit)) {
         errors.add(
             per,
             "`per` needs `limit`: `limit = N, per = \"1m\"` lets at most N bodies start per minute across the fleet; add `limit = N`, or remove `per`",
         );
     }
-    if let (Some(sh), Some(l)) = (position(Name::Shared), position(Name::Limit)) {
-        errors.add(
-            seen[sh.max(l)].1,
-            "`shared` and `limit` cannot be combined: `limit = N` gives N exclusive slots (shared holders would not count against the limit); remove one of them",
+    seen.conflict(
+        Name::Shared,
+        Name::Limit,
+        "`shared` and `limit` cannot be combined: `limit = N` gives N exclusive slots (shared holders would not count against the limit); remove one of them",
+        errors,
+    );
+    for other in [Name::Limit, Name::Per] {
+        let msg = format!(
+            "`transaction` and `{}` cannot be combined: a fleet-wide limit is not supported with transaction scope; remove one of them",
+            other.as_str()
         );
+        seen.conflict(Name::Transaction, other, &msg, errors);
     }
-    if let Some(t) = position(Name::Transaction) {
-        for other in [Name::Limit, Name::Per] {
-            if let Some(o) = position(other) {
-                let on = other.as_str();
-                errors.add(
-                    seen[t.max(o)].1,
-                    format!("`transaction` and `{on}` cannot be combined: a fleet-wide limit is not supported with transaction scope; remove one of them"),
-                );
-            }
-        }
-        if let Some(o) = position(Name::OnLost) {
-            errors.add(
-                seen[t.max(o)].1,
-                "`on_lost` can't be set with `transaction`: a transaction's lock ends with its connection, and the entry's policy (`LockConfig::on_lost`) applies; whatever the policy, the transaction is rolled back; remove `on_lost`",
-            );
-        }
-    }
-    if first(Name::Key).is_none() && !key_attempted {
-        let msg =
-            format!("missing `key`: #[advisory_locked] needs the lock's key, e.g. {KEY_FORMS}");
-        if tokens.is_empty() {
-            errors.add(Span::call_site(), msg);
-        } else {
-            errors.push(syn::Error::new_spanned(&tokens, msg));
-        }
-    }
-
-    (args, errors.finish())
+    seen.conflict(
+        Name::Transaction,
+        Name::OnLost,
+        "`on_lost` can't be set with `transaction`: a transaction's lock ends with its connection, and the entry's policy (`LockConfig::on_lost`) applies; whatever the policy, the transaction is rolled back; remove `on_lost`",
+        errors,
+    );
 }
 
 /// Whether an unparsable option was meant as the key: `key …` or a bare
@@ -294,46 +294,9 @@ fn split_on_commas(tokens: TokenStream, errors: &mut Errors) -> Vec<TokenStream>
     segments
 }
 
+/// `name` or `name = value`.
 fn parse_option(input: ParseStream) -> syn::Result<RawOption> {
-    let (name, name_span) = if input.peek(kw::key) {
-        (Name::Key, input.parse::<kw::key>()?.span)
-    } else if input.peek(kw::skip) {
-        (Name::Skip, input.parse::<kw::skip>()?.span)
-    } else if input.peek(kw::wait) {
-        (Name::Wait, input.parse::<kw::wait>()?.span)
-    } else if input.peek(kw::shared) {
-        (Name::Shared, input.parse::<kw::shared>()?.span)
-    } else if input.peek(kw::exclusive) {
-        (Name::Exclusive, input.parse::<kw::exclusive>()?.span)
-    } else if input.peek(kw::pool) {
-        (Name::Pool, input.parse::<kw::pool>()?.span)
-    } else if input.peek(kw::on_lost) {
-        (Name::OnLost, input.parse::<kw::on_lost>()?.span)
-    } else if input.peek(kw::limit) {
-        (Name::Limit, input.parse::<kw::limit>()?.span)
-    } else if input.peek(kw::per) {
-        (Name::Per, input.parse::<kw::per>()?.span)
-    } else if input.peek(kw::transaction) {
-        (Name::Transaction, input.parse::<kw::transaction>()?.span)
-    } else if input.peek(Ident::peek_any) {
-        let ident = Ident::parse_any(input)?;
-        return Err(unknown_option(&ident));
-    } else if input.peek(LitStr) {
-        let lit: LitStr = input.parse()?;
-        return Err(syn::Error::new(
-            lit.span(),
-            format!(
-                "expected `key = {}`: #[advisory_locked] options are named",
-                lit.to_token_stream()
-            ),
-        ));
-    } else {
-        return Err(input.error(format!(
-            "expected an option of #[advisory_locked]: {}",
-            list_options()
-        )));
-    };
-
+    let (name, name_span) = parse_name(input)?;
     if input.is_empty() {
         return Ok(RawOption {
             name,
@@ -367,15 +330,44 @@ fn parse_option(input: ParseStream) -> syn::Result<RawOption> {
     })
 }
 
+/// An option's name (keywords such as `crate` included).
+fn parse_name(input: ParseStream) -> syn::Result<(Name, Span)> {
+    if input.peek(Ident::peek_any) {
+        let ident = Ident::parse_any(input)?;
+        return match Name::of(&ident) {
+            Some(name) => Ok((name, ident.span())),
+            None => Err(unknown_option(&ident)),
+        };
+    }
+    if input.peek(LitStr) {
+        let lit: LitStr = input.parse()?;
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "expected `key = {}`: #[advisory_locked] options are named",
+                lit.to_token_stream()
+            ),
+        ));
+    }
+    Err(input.error(format!(
+        "expected an option of #[advisory_locked]: {}",
+        list_options()
+    )))
+}
+
+fn option_names() -> impl Iterator<Item = &'static str> {
+    Name::ALL.into_iter().map(Name::as_str)
+}
+
 fn list_options() -> String {
-    let names: Vec<String> = OPTION_NAMES.iter().map(|n| format!("`{n}`")).collect();
+    let names: Vec<String> = option_names().map(|n| format!("`{n}`")).collect();
     format!("the valid options are {}", names.join(", "))
 }
 
 fn unknown_option(ident: &Ident) -> syn::Error {
     let name = ident.unraw().to_string();
     let mut msg = format!("unknown option `{name}` for #[advisory_locked]");
-    if let Some(best) = closest(&name, OPTION_NAMES.iter().copied()) {
+    if let Some(best) = closest(&name, option_names()) {
         msg.push_str(&format!(": did you mean `{best}`?"));
         msg.push_str(&format!(" ({})", list_options()));
     } else {
@@ -384,499 +376,39 @@ fn unknown_option(ident: &Ident) -> syn::Error {
     syn::Error::new(ident.span(), msg)
 }
 
-/// The candidate within a small edit distance of `word`, if any.
-pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let word_lower = word.to_lowercase();
-    candidates
-        .into_iter()
-        .map(|c| (edit_distance(&word_lower, &c.to_lowercase()), c))
-        .filter(|(d, c)| *d <= std::cmp::max(1, c.chars().count() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Damerau–Levenshtein distance (optimal string alignment).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
-}
-
-/// Strips invisible groups (`$e:expr` from `macro_rules!`); parentheses are
-/// kept (they mean something for pairs).
-fn ungroup(expr: &Expr) -> &Expr {
-    match expr {
-        Expr::Group(g) => ungroup(&g.expr),
-        e => e,
-    }
-}
-
-fn describe(expr: &Expr) -> &'static str {
-    match ungroup(expr) {
-        Expr::Lit(l) => match &l.lit {
-            Lit::Str(_) => "a string",
-            Lit::ByteStr(_) => "a byte string",
-            Lit::CStr(_) => "a C string",
-            Lit::Byte(_) => "a byte literal",
-            Lit::Char(_) => "a char literal",
-            Lit::Int(_) => "an integer",
-            Lit::Float(_) => "a float",
-            Lit::Bool(_) => "a bool",
-            _ => "a literal",
-        },
-        Expr::Unary(u) if matches!(u.op, UnOp::Neg(_)) => "a negative number",
-        Expr::Tuple(_) | Expr::Paren(_) => "a parenthesised expression",
-        Expr::Array(_) => "an array",
-        Expr::Path(_) => "a path",
-        Expr::Macro(_) => "a macro call",
-        _ => "an expression",
-    }
-}
-
+/// Reads an option's value into `args`, or collects its error.
 fn apply(args: &mut Args, raw: RawOption, errors: &mut Errors) {
-    let n = raw.name.as_str();
-    match (raw.name, raw.value) {
-        (Name::Key, None) => errors.add(
-            raw.name_span,
-            format!("`key` needs a value: write {KEY_FORMS}"),
-        ),
-        (Name::Key, Some((_, value))) => match parse_key(&value) {
-            Ok((key, errs)) => {
-                args.key = Some(key);
-                errors.extend(errs);
-            }
-            Err(e) => errors.push(e),
-        },
-
-        (Name::Pool, None) => errors.add(
-            raw.name_span,
-            "`pool` needs a value: write `pool = \"name\"` with the name of a configured lock registry (leave `pool` out for \"default\")",
-        ),
-        (Name::Pool, Some((_, value))) => match ungroup(&value) {
-            Expr::Lit(syn::ExprLit {
-                lit: Lit::Str(s), ..
-            }) => {
-                if s.value().is_empty() {
-                    errors.add(
-                        s.span(),
-                        "`pool` must not be empty: write the name of a configured lock registry, or leave `pool` out for \"default\"",
-                    );
-                } else {
-                    args.pool = Some(s.clone());
-                }
-            }
-            other => errors.add(
-                other.span(),
-                format!(
-                    "`pool` takes the name of a configured lock registry as a string, e.g. `pool = \"jobs\"`; found {}",
-                    describe(other)
-                ),
-            ),
-        },
-
-        (Name::Wait, None) => args.wait = WaitMode::Forever,
-        (Name::Wait, Some((_, value))) => match ungroup(&value) {
-            Expr::Lit(syn::ExprLit {
-                lit: Lit::Str(s), ..
-            }) => match duration::parse_millis(&s.value()) {
-                Ok(ms) => args.wait = WaitMode::TimeoutMillis(ms),
-                Err(e) => errors.add(s.span(), format!("invalid `wait` duration {:?}: {e}", s.value())),
-            },
-            Expr::Lit(syn::ExprLit {
-                lit: Lit::Int(i), ..
-            }) => errors.add(
-                i.span(),
-                format!(
-                    "`wait` takes a duration string with a unit: write `wait = \"{}s\"` for seconds (units: `ms`, `s`, `m`, `h`), or `wait` alone to wait without a limit",
-                    i.base10_digits()
-                ),
-            ),
-            other => errors.add(
-                other.span(),
-                format!(
-                    "`wait` takes a duration string, e.g. `wait = \"30s\"` or `wait = \"1m30s\"`, or nothing (`wait` alone waits without a limit); found {}",
-                    describe(other)
-                ),
-            ),
-        },
-
-        (Name::OnLost, None) => errors.add(
-            raw.name_span,
-            "`on_lost` needs a value: write `on_lost = \"abort\"` (the default: stop the body) or `on_lost = \"continue\"` (let it finish)",
-        ),
-        (Name::OnLost, Some((_, value))) => match ungroup(&value) {
-            Expr::Lit(syn::ExprLit {
-                lit: Lit::Str(s), ..
-            }) => match s.value().as_str() {
-                "abort" => args.on_lost = Some(OnLost::Abort),
-                "continue" => args.on_lost = Some(OnLost::Continue),
-                other => errors.add(
-                    s.span(),
-                    format!(
-                        "unknown `on_lost` policy {other:?}: write `on_lost = \"abort\"` (stop the body when the lock is lost) or `on_lost = \"continue\"` (let it finish)"
-                    ),
-                ),
-            },
-            other => errors.add(
-                other.span(),
-                format!(
-                    "`on_lost` takes a string, `\"abort\"` or `\"continue\"`; found {}",
-                    describe(other)
-                ),
-            ),
-        },
-
-        (Name::Limit, None) => errors.add(
-            raw.name_span,
-            format!("`limit` needs a value: write `limit = N` (1..={MAX_LIMIT}) to let at most N bodies run at once across the fleet"),
-        ),
-        (Name::Limit, Some((_, value))) => match parse_limit(&value) {
-            Ok(n) => args.limit = Some(n),
-            Err(e) => errors.push(e),
-        },
-
-        (Name::Per, None) => errors.add(
-            raw.name_span,
-            "`per` needs a value: write `per = \"1m\"` (with `limit = N`: at most N starts per minute)",
-        ),
-        (Name::Per, Some((_, value))) => match ungroup(&value) {
-            Expr::Lit(syn::ExprLit {
-                lit: Lit::Str(s), ..
-            }) => match duration::parse_millis(&s.value()) {
-                Ok(ms) => args.per = Some(ms),
-                Err(e) => {
-                    let why = match e {
-                        duration::DurationError::Zero => "the duration is zero: `per` is the period in which at most `limit` bodies start; give a positive period, or remove `per` to limit only how many run at once".to_owned(),
-                        duration::DurationError::TooLong => "the duration is too long: the longest period is 8760h (365 days)".to_owned(),
-                        duration::DurationError::SubMillisecond { part } => format!("`{part}` is not a whole number of milliseconds: periods are counted in milliseconds"),
-                        other => other.to_string(),
-                    };
-                    errors.add(s.span(), format!("invalid `per` duration {:?}: {why}", s.value()));
-                }
-            },
-            Expr::Lit(syn::ExprLit {
-                lit: Lit::Int(i), ..
-            }) => errors.add(
-                i.span(),
-                format!(
-                    "`per` takes a duration string with a unit: write `per = \"{}s\"` for seconds (units: `ms`, `s`, `m`, `h`)",
-                    i.base10_digits()
-                ),
-            ),
-            other => errors.add(
-                other.span(),
-                format!(
-                    "`per` takes a duration string, e.g. `per = \"1m\"` or `per = \"1.5s\"`; found {}",
-                    describe(other)
-                ),
-            ),
-        },
-
-        (Name::Transaction, None) => errors.add(
-            raw.name_span,
-            "`transaction` needs a name for the transaction: write `transaction = tx`, and use `tx` in the body",
-        ),
-        (Name::Transaction, Some((_, value))) => match ungroup(&value) {
-            Expr::Path(p)
-                if p.qself.is_none()
-                    && p.attrs.is_empty()
-                    && p.path.leading_colon.is_none()
-                    && p.path.segments.len() == 1
-                    && p.path.segments[0].arguments.is_none()
-                    && !matches!(
-                        p.path.segments[0].ident.to_string().as_str(),
-                        "self" | "Self" | "super" | "crate"
-                    ) =>
-            {
-                args.transaction = Some(p.path.segments[0].ident.clone());
-            }
-            Expr::Lit(syn::ExprLit {
-                lit: Lit::Str(s), ..
-            }) => {
-                let fix = syn::parse_str::<Ident>(&s.value())
-                    .map(|i| format!("`transaction = {i}`"))
-                    .unwrap_or_else(|_| "`transaction = tx`".to_owned());
-                errors.add(
-                    s.span(),
-                    format!("`transaction` takes the name the body uses for its transaction, not a string: write {fix}"),
-                );
-            }
-            other => errors.add(
-                other.span(),
-                format!(
-                    "`transaction` takes the name the body uses for its transaction, e.g. `transaction = tx`; found {}",
-                    describe(other)
-                ),
-            ),
-        },
-
-        (Name::Shared, None) => args.shared = true,
-        (Name::Skip | Name::Exclusive, None) => {}
-        (Name::Skip | Name::Shared | Name::Exclusive, Some((eq, value))) => {
-            let is_false = matches!(
-                ungroup(&value),
-                Expr::Lit(syn::ExprLit { lit: Lit::Bool(b), .. }) if !b.value
-            );
-            let fix = match raw.name {
-                Name::Shared if is_false => "leave it out for an exclusive lock (the default)".to_string(),
-                Name::Exclusive if is_false => "write `shared` for a shared lock".to_string(),
-                Name::Skip if is_false => "write `wait` to wait for the lock".to_string(),
-                _ => format!("write `{n}` alone"),
-            };
-            errors.push(syn::Error::new_spanned(
-                quote::quote!(#eq #value),
-                format!("`{n}` is a flag and takes no value: {fix}"),
-            ));
+    let RawOption {
+        name,
+        name_span,
+        value,
+    } = raw;
+    let Some((eq, value)) = value else {
+        match name {
+            Name::Wait => args.wait = WaitMode::Forever,
+            Name::Shared => args.shared = true,
+            Name::Skip | Name::Exclusive => {}
+            _ => errors.add(name_span, value::missing_value(name)),
         }
-    }
-}
-
-/// `limit = N`: an integer literal in 1..=MAX_LIMIT.
-fn parse_limit(value: &Expr) -> syn::Result<u32> {
-    let range = format!("1..={MAX_LIMIT}");
-    match ungroup(value) {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Int(i), ..
-        }) => {
-            let suffix = i.suffix();
-            if !suffix.is_empty() && suffix != "u32" {
-                return Err(syn::Error::new(
-                    i.span(),
-                    format!("unexpected suffix `{suffix}`: write the number without a suffix, e.g. `limit = {}`", i.base10_digits()),
-                ));
-            }
-            match i.base10_digits().parse::<u64>() {
-                Ok(0) => Err(syn::Error::new(
-                    i.span(),
-                    "`limit` must be at least 1: it is how many bodies may run at once across the fleet",
-                )),
-                Ok(n) if n <= u64::from(MAX_LIMIT) => Ok(n as u32),
-                _ => Err(syn::Error::new(
-                    i.span(),
-                    format!("`limit` is at most {MAX_LIMIT}: each slot is an advisory lock of its own, held on the lock sessions; found {}", i.base10_digits()),
-                )),
-            }
-        }
-        Expr::Unary(u) if matches!(u.op, UnOp::Neg(_)) => Err(syn::Error::new_spanned(
-            u,
-            format!("`limit` must be at least 1 ({range}): it is how many bodies may run at once across the fleet"),
-        )),
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Str(s), ..
-        }) => {
-            let fix = match s.value().trim().parse::<u32>() {
-                Ok(n) => format!("write `limit = {n}`"),
-                Err(_) => "e.g. `limit = 2`".to_owned(),
-            };
-            Err(syn::Error::new(
-                s.span(),
-                format!("`limit` takes an integer ({range}), not a string: {fix}"),
-            ))
-        }
-        other => Err(syn::Error::new(
-            other.span(),
-            format!(
-                "`limit` takes an integer literal ({range}), e.g. `limit = 2`; found {}",
-                describe(other)
-            ),
-        )),
-    }
-}
-
-/// The key, and errors that still leave a key worth checking against the fn.
-fn parse_key(value: &Expr) -> syn::Result<(Key, Option<syn::Error>)> {
-    match ungroup(value) {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Str(s), ..
-        }) => {
-            let text = s.value();
-            if text.is_empty() {
-                return Err(syn::Error::new(
-                    s.span(),
-                    "the key must not be empty: name the lock, e.g. `key = \"report:daily\"`",
-                ));
-            }
-            let (template, messages) = template::parse_partial(&text);
-            let mut errors = Errors::default();
-            for m in messages {
-                errors.add(s.span(), m);
-            }
-            let key = match template.as_literal() {
-                Some(name) => Key::Literal {
-                    name,
-                    span: s.span(),
-                },
-                None => Key::Template {
-                    template,
-                    lit: s.clone(),
-                },
-            };
-            // With errors, the key is still returned so that the names of
-            // its valid placeholders get checked too (nothing is expanded).
-            Ok((key, errors.finish()))
-        }
-        e @ (Expr::Lit(syn::ExprLit {
-            lit: Lit::Int(_), ..
-        })
-        | Expr::Unary(_)) => {
-            let value = int_literal(e, IntKind::Int)?;
-            Ok((
-                Key::Int {
-                    value: value as i64,
-                    span: e.span(),
-                },
-                None,
-            ))
-        }
-        Expr::Tuple(t) => {
-            if t.elems.len() != 2 {
-                return Err(syn::Error::new_spanned(
-                    t,
-                    format!(
-                        "a pair key has exactly 2 integers, e.g. `key = (7, 42)`; found {}",
-                        match t.elems.len() {
-                            0 => "none".to_string(),
-                            n => n.to_string(),
-                        }
-                    ),
-                ));
-            }
-            let mut errors = Errors::default();
-            let mut out = [0i32; 2];
-            for (slot, elem) in out.iter_mut().zip(&t.elems) {
-                match int_literal(elem, IntKind::PairElement) {
-                    Ok(v) => *slot = v as i32,
-                    Err(e) => errors.push(e),
-                }
-            }
-            match errors.finish() {
-                Some(e) => Err(e),
-                None => Ok((
-                    Key::Pair {
-                        a: out[0],
-                        b: out[1],
-                        span: t.span(),
-                    },
-                    None,
-                )),
-            }
-        }
-        Expr::Paren(p) => Err(syn::Error::new_spanned(
-            p,
-            "a pair key has exactly 2 integers, e.g. `key = (7, 42)`; found 1",
-        )),
-        other => Err(syn::Error::new(
-            other.span(),
-            format!(
-                "`key` must be a literal: {KEY_FORMS}; found {}",
-                describe(other)
-            ),
-        )),
-    }
-}
-
-/// Which integer a key literal is.
-#[derive(Clone, Copy)]
-enum IntKind {
-    /// `key = 42`: an `i64`.
-    Int,
-    /// An element of `key = (7, 42)`: an `i32`.
-    PairElement,
-}
-
-impl IntKind {
-    fn ty(self) -> &'static str {
-        match self {
-            IntKind::Int => "i64",
-            IntKind::PairElement => "i32",
-        }
-    }
-
-    fn range(self) -> (i128, i128) {
-        match self {
-            IntKind::Int => (i128::from(i64::MIN), i128::from(i64::MAX)),
-            IntKind::PairElement => (i128::from(i32::MIN), i128::from(i32::MAX)),
-        }
-    }
-}
-
-/// An integer literal, possibly negated, within the range of `kind`.
-fn int_literal(expr: &Expr, kind: IntKind) -> syn::Result<i128> {
-    let ty = kind.ty();
-    let not_an_int = |found: &Expr| {
-        let msg = match kind {
-            IntKind::Int => format!(
-                "`key` must be a literal: {KEY_FORMS}; found {}",
-                describe(found)
-            ),
-            IntKind::PairElement => format!(
-                "a pair key holds two integer literals (`i32`), e.g. `key = (7, 42)`; found {}",
-                describe(found)
-            ),
-        };
-        syn::Error::new(expr.span(), msg)
+        return;
     };
-    let (negative, lit): (bool, &LitInt) = match ungroup(expr) {
-        Expr::Lit(syn::ExprLit {
-            lit: Lit::Int(i), ..
-        }) => (false, i),
-        Expr::Unary(syn::ExprUnary {
-            op: UnOp::Neg(_),
-            expr: inner,
-            ..
-        }) => match ungroup(inner) {
-            Expr::Lit(syn::ExprLit {
-                lit: Lit::Int(i), ..
-            }) => (true, i),
-            other => return Err(not_an_int(other)),
-        },
-        other => return Err(not_an_int(other)),
+    let done = match name {
+        Name::Key => key::parse_key(&value).map(|(key, key_errors)| {
+            args.key = Some(key);
+            errors.extend(key_errors);
+        }),
+        Name::Wait => value::wait(&value).map(|ms| args.wait = WaitMode::TimeoutMillis(ms)),
+        Name::Pool => value::pool(&value).map(|pool| args.pool = Some(pool)),
+        Name::OnLost => value::on_lost(&value).map(|p| args.on_lost = Some(p)),
+        Name::Limit => value::limit(&value).map(|n| args.limit = Some(n)),
+        Name::Per => value::per(&value).map(|ms| args.per = Some(ms)),
+        Name::Transaction => value::transaction(&value).map(|tx| args.transaction = Some(tx)),
+        Name::Crate => value::crate_path(&value).map(|path| args.crate_path = Some(path)),
+        Name::Skip | Name::Shared | Name::Exclusive => {
+            Err(value::flag_with_value(name, eq, &value))
+        }
     };
-    let suffix = lit.suffix();
-    if !suffix.is_empty() && suffix != ty {
-        return Err(syn::Error::new(
-            lit.span(),
-            format!("unexpected suffix `{suffix}`: this key is an `{ty}`; write the number without a suffix"),
-        ));
-    }
-    let (min, max) = kind.range();
-    let magnitude = lit
-        .base10_digits()
-        .parse::<u128>()
-        .ok()
-        .and_then(|m| i128::try_from(m).ok());
-    match magnitude.map(|m| if negative { -m } else { m }) {
-        Some(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(syn::Error::new(
-            expr.span(),
-            match kind {
-                IntKind::Int => format!(
-                    "integer key out of range: a key is an `i64` ({min}..={max}); for a larger or textual id use a string key, which is hashed into an `i64`"
-                ),
-                IntKind::PairElement => format!(
-                    "pair key element out of range: each is an `i32` ({min}..={max}); for larger ids use an integer key `key = 42` (`i64`) or a string key"
-                ),
-            },
-        )),
-    }
+    errors.take(done);
 }
 
 #[cfg(test)]
@@ -1089,6 +621,108 @@ mod tests {
     }
 
     #[test]
+    fn crate_path() {
+        for (tokens, want) in [
+            (quote!(key = "k", crate = "my_alias"), "my_alias"),
+            (
+                quote!(crate = "::advisory_locked", key = "k"),
+                ":: advisory_locked",
+            ),
+            (
+                quote!(key = "k", crate = "crate::reexported"),
+                "crate :: reexported",
+            ),
+            (
+                quote!(key = "k", crate = "super::super::x"),
+                "super :: super :: x",
+            ),
+            (quote!(key = "k", crate = "self::x"), "self :: x"),
+        ] {
+            let path = parse_ok(tokens).crate_path.expect("a path");
+            assert_eq!(path.to_token_stream().to_string(), want);
+        }
+        assert!(parse_ok(quote!(key = "k")).crate_path.is_none());
+        for (tokens, start) in [
+            (
+                quote!(key = "k", crate = advisory_locked),
+                "`crate` takes a path as a string: write `crate = \"advisory_locked\"`",
+            ),
+            (
+                quote!(key = "k", crate = ::a::b),
+                "`crate` takes a path as a string: write `crate = \"::a::b\"`",
+            ),
+            (
+                quote!(key = "k", crate = 5),
+                "`crate` takes a path as a string",
+            ),
+            (
+                quote!(key = "k", crate = ""),
+                "invalid `crate` path \"\": not a path",
+            ),
+            (
+                quote!(key = "k", crate = "advisory locked"),
+                "invalid `crate` path \"advisory locked\": not a path",
+            ),
+            (
+                quote!(key = "k", crate = "a::"),
+                "invalid `crate` path \"a::\": not a path",
+            ),
+            (quote!(key = "k", crate = "a::<T>"), "invalid `crate` path"),
+            (quote!(key = "k", crate = "fn"), "invalid `crate` path"),
+            (
+                quote!(key = "k", crate = "a::crate"),
+                "invalid `crate` path \"a::crate\": `crate` can only start a path",
+            ),
+            (
+                quote!(key = "k", crate = "::crate"),
+                "invalid `crate` path \"::crate\": `crate` can only start a path",
+            ),
+            (
+                quote!(key = "k", crate = "a::super"),
+                "invalid `crate` path \"a::super\": `super` can only start a path",
+            ),
+            (
+                quote!(key = "k", crate = "Self"),
+                "invalid `crate` path \"Self\": `Self` cannot name a crate",
+            ),
+            (quote!(key = "k", crate), "`crate` needs a value"),
+            (
+                quote!(key = "k", crate = "a", crate = "b"),
+                "duplicate option `crate`",
+            ),
+            (
+                quote!(key = "k", krate = "a"),
+                "unknown option `krate` for #[advisory_locked]: did you mean `crate`?",
+            ),
+        ] {
+            let e = parse_err(tokens.clone());
+            assert_eq!(e.len(), 1, "{tokens}: {e:?}");
+            assert!(e[0].starts_with(start), "{tokens}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn nul_in_a_key() {
+        for tokens in [
+            quote!(key = "a\0b"),
+            quote!(key = "\x00"),
+            quote!(key = "t:\u{0}:{id}"),
+        ] {
+            let e = parse_err(tokens.clone());
+            assert_eq!(e.len(), 1, "{tokens}: {e:?}");
+            assert!(
+                e[0].starts_with("the key contains a NUL character (`\\0` at byte "),
+                "{tokens}: {e:?}"
+            );
+        }
+        // The template's placeholders are still read, to be checked.
+        let (args, _) = parse(quote!(key = "t:\0:{id}"));
+        assert!(matches!(args.key, Some(Key::Template { .. })));
+        // A raw string's backslash and zero are two characters, not NUL.
+        parse_ok(quote!(key = r"a\0b"));
+    }
+
+    #[test]
     fn all_errors_collected() {
         let e = parse_err(quote!(key = 1.5, wiat, pool = "", shared = true, key = "x"));
         assert_eq!(e.len(), 5, "{e:?}");
@@ -1096,17 +730,11 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(closest("wiat", OPTION_NAMES.iter().copied()), Some("wait"));
-        assert_eq!(
-            closest("shard", OPTION_NAMES.iter().copied()),
-            Some("shared")
-        );
-        assert_eq!(
-            closest("exclusiv", OPTION_NAMES.iter().copied()),
-            Some("exclusive")
-        );
-        assert_eq!(closest("Key", OPTION_NAMES.iter().copied()), Some("key"));
-        assert_eq!(closest("timeout", OPTION_NAMES.iter().copied()), None);
-        assert_eq!(closest("name", OPTION_NAMES.iter().copied()), None);
+        assert_eq!(closest("wiat", option_names()), Some("wait"));
+        assert_eq!(closest("shard", option_names()), Some("shared"));
+        assert_eq!(closest("exclusiv", option_names()), Some("exclusive"));
+        assert_eq!(closest("Key", option_names()), Some("key"));
+        assert_eq!(closest("timeout", option_names()), None);
+        assert_eq!(closest("name", option_names()), None);
     }
 }

@@ -100,84 +100,91 @@ pub fn parse_millis(text: &str) -> Result<u64, DurationError> {
     if text.trim().is_empty() {
         return Err(DurationError::Empty);
     }
-    let mut rest = text;
+    let mut rest = text.trim_start();
     let mut total: u128 = 0;
-    loop {
-        rest = rest.trim_start();
-        if rest.is_empty() {
-            break;
-        }
-        let part_start = rest;
-
-        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if int_len == 0 {
-            let found: String = rest.split_whitespace().next().unwrap_or(rest).to_string();
-            return Err(DurationError::ExpectedNumber { found });
-        }
-        let int_digits = &rest[..int_len];
-        rest = &rest[int_len..];
-
-        let mut frac_digits = "";
-        if let Some(after_dot) = rest.strip_prefix('.') {
-            let frac_len = after_dot.bytes().take_while(u8::is_ascii_digit).count();
-            if frac_len == 0 {
-                return Err(DurationError::MissingFraction {
-                    number: format!("{int_digits}."),
-                });
-            }
-            frac_digits = &after_dot[..frac_len];
-            rest = &after_dot[frac_len..];
-        }
-        let number = &part_start[..part_start.len() - rest.len()];
-
-        rest = rest.trim_start();
-        let unit_len: usize = rest
-            .chars()
-            .take_while(|c| c.is_alphabetic() || *c == 'µ')
-            .map(char::len_utf8)
-            .sum();
-        if unit_len == 0 {
-            return Err(DurationError::MissingUnit {
-                number: number.to_string(),
-            });
-        }
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let factor = unit_millis(unit).ok_or_else(|| DurationError::UnknownUnit {
-            unit: unit.to_string(),
-        })?;
-        let part = part_start[..part_start.len() - rest.len()].to_string();
-
-        // value = (int + frac / 10^k) * factor, which must be a whole number.
-        let frac = frac_digits.trim_end_matches('0');
-        let int: u128 = digits_value(int_digits).ok_or(DurationError::TooLong)?;
-        let int_ms = int.checked_mul(factor).ok_or(DurationError::TooLong)?;
-        let frac_ms = if frac.is_empty() {
-            0
-        } else {
-            // `factor` has at most five factors of ten (3_600_000 = 2^7 3^2 5^5),
-            // so longer fractions can never be whole milliseconds.
-            if frac.len() > 6 {
-                return Err(DurationError::SubMillisecond { part });
-            }
-            let scale = 10u128.pow(frac.len() as u32);
-            let numerator = digits_value(frac).expect("at most 6 digits") * factor;
-            if !numerator.is_multiple_of(scale) {
-                return Err(DurationError::SubMillisecond { part });
-            }
-            numerator / scale
-        };
-        total = total
-            .checked_add(int_ms + frac_ms)
-            .ok_or(DurationError::TooLong)?;
+    while !rest.is_empty() {
+        let (millis, after) = parse_part(rest)?;
+        total = total.checked_add(millis).ok_or(DurationError::TooLong)?;
         if total > u128::from(MAX_MILLIS) {
             return Err(DurationError::TooLong);
         }
+        rest = after.trim_start();
     }
     if total == 0 {
         return Err(DurationError::Zero);
     }
     Ok(total as u64)
+}
+
+/// One `<number> <unit>` part at the start of `text` (no leading
+/// whitespace): its milliseconds and the text after it.
+fn parse_part(text: &str) -> Result<(u128, &str), DurationError> {
+    let int_len = text.bytes().take_while(u8::is_ascii_digit).count();
+    if int_len == 0 {
+        let found: String = text.split_whitespace().next().unwrap_or(text).to_string();
+        return Err(DurationError::ExpectedNumber { found });
+    }
+    let int_digits = &text[..int_len];
+    let mut rest = &text[int_len..];
+
+    let mut frac_digits = "";
+    if let Some(after_dot) = rest.strip_prefix('.') {
+        let frac_len = after_dot.bytes().take_while(u8::is_ascii_digit).count();
+        if frac_len == 0 {
+            return Err(DurationError::MissingFraction {
+                number: format!("{int_digits}."),
+            });
+        }
+        frac_digits = &after_dot[..frac_len];
+        rest = &after_dot[frac_len..];
+    }
+    let number = &text[..text.len() - rest.len()];
+
+    rest = rest.trim_start();
+    let unit_len: usize = rest
+        .chars()
+        .take_while(|c| c.is_alphabetic() || *c == 'µ')
+        .map(char::len_utf8)
+        .sum();
+    if unit_len == 0 {
+        return Err(DurationError::MissingUnit {
+            number: number.to_string(),
+        });
+    }
+    let unit = &rest[..unit_len];
+    rest = &rest[unit_len..];
+    let factor = unit_millis(unit).ok_or_else(|| DurationError::UnknownUnit {
+        unit: unit.to_string(),
+    })?;
+    let part = &text[..text.len() - rest.len()];
+    let millis = part_millis(int_digits, frac_digits, factor, part)?;
+    Ok((millis, rest))
+}
+
+/// `(int + frac / 10^k) * factor` milliseconds, which must be a whole number.
+fn part_millis(int: &str, frac: &str, factor: u128, part: &str) -> Result<u128, DurationError> {
+    let sub_millisecond = || DurationError::SubMillisecond {
+        part: part.to_string(),
+    };
+    let frac = frac.trim_end_matches('0');
+    let int: u128 = digits_value(int).ok_or(DurationError::TooLong)?;
+    let int_ms = int.checked_mul(factor).ok_or(DurationError::TooLong)?;
+    if frac.is_empty() {
+        return Ok(int_ms);
+    }
+    // `factor` has at most five factors of ten (3_600_000 = 2^7 3^2 5^5),
+    // so longer fractions can never be whole milliseconds.
+    if frac.len() > 6 {
+        return Err(sub_millisecond());
+    }
+    let scale = 10u128.pow(frac.len() as u32);
+    let numerator = digits_value(frac).ok_or_else(sub_millisecond)? * factor;
+    if !numerator.is_multiple_of(scale) {
+        return Err(sub_millisecond());
+    }
+    int_ms
+        .checked_add(numerator / scale)
+        .ok_or(DurationError::TooLong)
 }
 
 fn digits_value(digits: &str) -> Option<u128> {

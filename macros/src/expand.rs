@@ -1,187 +1,232 @@
 //! Code generation. The expansion holds no behaviour: it computes the key,
 //! describes the options as a `Spec` value and hands the body, as a future,
-//! to `::advisory_locked::__private::run_skip` / `run_wait` (with
+//! to `__private::run_skip` / `run_wait` of the advisory-locked crate (with
 //! `transaction = tx`: as a closure taking the transaction, to `run_tx_skip`
 //! / `run_tx_wait`). It also submits the key's name to the compile-time
-//! inventory of key names (`::advisory_locked::names`).
+//! inventory of key names (`names`).
+//!
+//! The crate is named `::advisory_locked`, or by the path of `crate = "…"`.
 
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{FnArg, LitStr, Pat, ReturnType, Signature, Type};
+use syn::{FnArg, LitStr, Pat, Path, ReturnType, Signature, Stmt, Type};
 
-use crate::attr::{Args, Key, OnLost, WaitMode};
-use crate::check::LockedFn;
-use crate::template::{Member, Root};
+use crate::attr::{Key, OnLost, WaitMode};
+use crate::template::{Member, Root, Template};
+use crate::valid::{Limit, Options, Scope, ValidFn};
 
-/// Rewrites a checked fn. `args.key` is set and `f.body` is present.
-pub fn expand(args: &Args, f: LockedFn) -> TokenStream {
-    let LockedFn {
+/// Rewrites a checked fn.
+pub fn expand(options: &Options, f: ValidFn) -> TokenStream {
+    let ValidFn {
         attrs,
         vis,
         mut sig,
         body,
-        ..
     } = f;
-    let body = body.expect("checked: the fn has a body");
-    let key = args.key.as_ref().expect("checked: the key is set");
+    let krate = Krate(options.crate_path.as_ref());
+    let ret = BodyType::of(&sig);
+    sig.output = output(options, &krate, &ret, &sig.output);
 
-    let local = Span::mixed_site();
-    let key_var = Ident::new("__advisory_locked_key", local);
-    let ret_var = Ident::new("__advisory_locked_ret", local);
-
-    // The type the body evaluates to, and where to point errors about it.
-    let (ret, ret_span): (TokenStream, Span) = match &sig.output {
-        ReturnType::Type(_, ty) => (ty.to_token_stream(), ty.span()),
-        ReturnType::Default => {
-            let span = sig.paren_token.span.close();
-            (quote_spanned!(span=> ()), span)
-        }
-    };
-
-    let wait_mode = args.wait;
-    let (new_ret, run) = match (wait_mode == WaitMode::Skip, args.transaction.is_some()) {
-        (true, false) => (
-            quote_spanned!(ret_span=>
-                ::core::result::Result<::advisory_locked::Outcome<#ret>, ::advisory_locked::Error>
-            ),
-            quote!(::advisory_locked::__private::run_skip),
-        ),
-        (false, false) => (
-            quote_spanned!(ret_span=>
-                ::core::result::Result<#ret, ::advisory_locked::Error>
-            ),
-            quote!(::advisory_locked::__private::run_wait),
-        ),
-        // Spanned at the return type: an unsatisfied `TransactionResult`
-        // bound of the call is reported there, with the assertion below.
-        (true, true) => (
-            quote_spanned!(ret_span=>
-                ::core::result::Result<::advisory_locked::Outcome<#ret>, ::advisory_locked::Error>
-            ),
-            quote_spanned!(ret_span=> ::advisory_locked::__private::run_tx_skip),
-        ),
-        (false, true) => (
-            quote_spanned!(ret_span=>
-                ::core::result::Result<#ret, ::advisory_locked::Error>
-            ),
-            quote_spanned!(ret_span=> ::advisory_locked::__private::run_tx_wait),
-        ),
-    };
-    let arrow = match &sig.output {
-        ReturnType::Type(arrow, _) => *arrow,
-        ReturnType::Default => syn::Token![->](ret_span),
-    };
-    sig.output = ReturnType::Type(arrow, Box::new(Type::Verbatim(new_ret)));
-
-    let pool = args
-        .pool
-        .clone()
-        .unwrap_or_else(|| LitStr::new("default", Span::call_site()));
-    let mode = if args.shared {
-        quote!(::advisory_locked::Mode::Shared)
-    } else {
-        quote!(::advisory_locked::Mode::Exclusive)
-    };
-    let wait = match wait_mode {
-        WaitMode::Skip => quote!(::advisory_locked::__private::Wait::Skip),
-        WaitMode::Forever => quote!(::advisory_locked::__private::Wait::Forever),
-        WaitMode::TimeoutMillis(ms) => quote!(
-            ::advisory_locked::__private::Wait::Timeout(::core::time::Duration::from_millis(#ms))
-        ),
-    };
-    let on_lost = match args.on_lost {
-        None => quote!(::core::option::Option::None),
-        Some(OnLost::Abort) => {
-            quote!(::core::option::Option::Some(
-                ::advisory_locked::OnLost::Abort
-            ))
-        }
-        Some(OnLost::Continue) => {
-            quote!(::core::option::Option::Some(
-                ::advisory_locked::OnLost::Continue
-            ))
-        }
-    };
-    let limit = match args.limit {
-        None => quote!(::core::option::Option::None),
-        Some(slots) => {
-            let per = match args.per {
-                None => quote!(::core::option::Option::None),
-                Some(ms) => quote!(::core::option::Option::Some(
-                    ::core::time::Duration::from_millis(#ms)
-                )),
-            };
-            quote!(::core::option::Option::Some(
-                ::advisory_locked::__private::Limit {
-                    slots: #slots,
-                    per: #per,
-                }
-            ))
-        }
-    };
-    let key_expr = key_expr(key, &sig);
-    let key_name = key_name(key, &pool, args.shared, &sig);
-
+    let key_var = Ident::new("__advisory_locked_key", Span::mixed_site());
+    let key_name = key_name(options, &krate, &sig);
+    let assertion = commit_assertion(options, &krate, &ret);
+    let key_expr = key_expr(&options.key, &krate, &sig);
+    let call = call(options, &krate, &ret, &key_var, &body.stmts);
     let inner_attrs = &body.inner_attrs;
-    let stmts = &body.stmts;
-    let future = quote! {
-        async move {
-            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
-            if let ::core::option::Option::Some(#ret_var) = ::core::option::Option::None::<#ret> {
-                return #ret_var;
-            }
-            #(#stmts)*
+    quote! {
+        #(#attrs)*
+        #vis #sig
+        {
+            #(#inner_attrs)*
+            #key_name
+            #assertion
+            let #key_var = #key_expr;
+            #call
         }
-    };
-    let (assertion, body_arg) = match &args.transaction {
-        None => (TokenStream::new(), future),
-        Some(tx) => (
-            // The body's type must say whether to commit; a wrong type is
-            // reported at the return type.
-            quote_spanned! {ret_span=>
-                let _ = <#ret as ::advisory_locked::TransactionResult>::commits;
+    }
+}
+
+/// The advisory-locked crate's path: `::advisory_locked`, or the path of
+/// `crate = "…"` (its tokens spanned at that string).
+struct Krate<'a>(Option<&'a Path>);
+
+impl Krate<'_> {
+    /// The path; the default one spanned at `span`, like the tokens around it.
+    fn at(&self, span: Span) -> TokenStream {
+        match self.0 {
+            Some(path) => path.to_token_stream(),
+            None => quote_spanned!(span=> ::advisory_locked),
+        }
+    }
+}
+
+/// The type the body evaluates to (`()` if none is written), and where to
+/// point errors about it.
+struct BodyType {
+    ty: TokenStream,
+    span: Span,
+}
+
+impl BodyType {
+    fn of(sig: &Signature) -> Self {
+        match &sig.output {
+            ReturnType::Type(_, ty) => BodyType {
+                ty: ty.to_token_stream(),
+                span: ty.span(),
             },
-            quote!(move |#tx: ::advisory_locked::Transaction| #future),
+            ReturnType::Default => {
+                let span = sig.paren_token.span.close();
+                BodyType {
+                    ty: quote_spanned!(span=> ()),
+                    span,
+                }
+            }
+        }
+    }
+}
+
+/// The fn's new return type: `Result<Outcome<T>, Error>` when skipping,
+/// `Result<T, Error>` when waiting.
+fn output(options: &Options, krate: &Krate, ret: &BodyType, old: &ReturnType) -> ReturnType {
+    let (ty, span) = (&ret.ty, ret.span);
+    let k = krate.at(span);
+    let new_ret = match options.wait {
+        WaitMode::Skip => quote_spanned!(span=>
+            ::core::result::Result<#k::Outcome<#ty>, #k::Error>
+        ),
+        WaitMode::Forever | WaitMode::TimeoutMillis(_) => quote_spanned!(span=>
+            ::core::result::Result<#ty, #k::Error>
         ),
     };
-    let spec = quote! {
-        ::advisory_locked::__private::Spec {
+    let arrow = match old {
+        ReturnType::Type(arrow, _) => *arrow,
+        ReturnType::Default => syn::Token![->](span),
+    };
+    ReturnType::Type(arrow, Box::new(Type::Verbatim(new_ret)))
+}
+
+/// With a transaction, the body's type must say whether to commit; a wrong
+/// type is reported at the return type.
+fn commit_assertion(options: &Options, krate: &Krate, ret: &BodyType) -> TokenStream {
+    match options.scope {
+        Scope::Session { .. } => TokenStream::new(),
+        Scope::Transaction { .. } => {
+            let (ty, span) = (&ret.ty, ret.span);
+            let k = krate.at(span);
+            quote_spanned! {span=>
+                let _ = <#ty as #k::TransactionResult>::commits;
+            }
+        }
+    }
+}
+
+/// `__private::run_…(spec, key, body).await`.
+fn call(
+    options: &Options,
+    krate: &Krate,
+    ret: &BodyType,
+    key_var: &Ident,
+    stmts: &[Stmt],
+) -> TokenStream {
+    let skip = options.wait == WaitMode::Skip;
+    // With a transaction, the call is spanned at the return type: that is
+    // where a body type without `TransactionResult` is reported.
+    let (run, span) = match (&options.scope, skip) {
+        (Scope::Session { .. }, true) => ("run_skip", Span::call_site()),
+        (Scope::Session { .. }, false) => ("run_wait", Span::call_site()),
+        (Scope::Transaction { .. }, true) => ("run_tx_skip", ret.span),
+        (Scope::Transaction { .. }, false) => ("run_tx_wait", ret.span),
+    };
+    let run = Ident::new(run, span);
+    let k = krate.at(span);
+    let spec = spec(options, krate);
+    let body = body(options, krate, ret, stmts);
+    quote_spanned! {span=>
+        #k::__private::#run(
+            #spec,
+            #key_var,
+            #body,
+        )
+        .await
+    }
+}
+
+/// The options as a `__private::Spec` value.
+fn spec(options: &Options, krate: &Krate) -> TokenStream {
+    let k = krate.at(Span::call_site());
+    let pool = &options.pool;
+    let mode = mode(options.shared, &k);
+    let wait = match options.wait {
+        WaitMode::Skip => quote!(#k::__private::Wait::Skip),
+        WaitMode::Forever => quote!(#k::__private::Wait::Forever),
+        WaitMode::TimeoutMillis(ms) => quote!(
+            #k::__private::Wait::Timeout(::core::time::Duration::from_millis(#ms))
+        ),
+    };
+    let (on_lost, limit) = match &options.scope {
+        Scope::Session { on_lost, limit } => (*on_lost, limit.as_ref()),
+        Scope::Transaction { .. } => (None, None),
+    };
+    let on_lost = some_or_none(on_lost.map(|policy| match policy {
+        OnLost::Abort => quote!(#k::OnLost::Abort),
+        OnLost::Continue => quote!(#k::OnLost::Continue),
+    }));
+    let limit = some_or_none(limit.map(|Limit { slots, per_millis }| {
+        let per =
+            some_or_none(per_millis.map(|ms| quote!(::core::time::Duration::from_millis(#ms))));
+        quote!(#k::__private::Limit {
+            slots: #slots,
+            per: #per,
+        })
+    }));
+    quote! {
+        #k::__private::Spec {
             pool: #pool,
             mode: #mode,
             wait: #wait,
             on_lost: #on_lost,
             limit: #limit,
         }
-    };
-    // With a transaction, the call is spanned at the return type: that is
-    // where a body type without `TransactionResult` is reported.
-    let call_span = if args.transaction.is_some() {
-        ret_span
-    } else {
-        Span::call_site()
-    };
-    let call = quote_spanned! {call_span=>
-        #run(
-            #spec,
-            #key_var,
-            #body_arg,
-        )
-        .await
-    };
-    let block = quote! {{
-        #(#inner_attrs)*
-        #key_name
-        #assertion
-        let #key_var = #key_expr;
-        #call
-    }};
+    }
+}
 
-    quote! {
-        #(#attrs)*
-        #vis #sig
-        #block
+fn some_or_none(value: Option<TokenStream>) -> TokenStream {
+    match value {
+        Some(value) => quote!(::core::option::Option::Some(#value)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+fn mode(shared: bool, k: &TokenStream) -> TokenStream {
+    if shared {
+        quote!(#k::Mode::Shared)
+    } else {
+        quote!(#k::Mode::Exclusive)
+    }
+}
+
+/// The body as a future (with a transaction: a closure taking it). The
+/// `if let … return` first makes `return` in the body return its type.
+fn body(options: &Options, krate: &Krate, ret: &BodyType, stmts: &[Stmt]) -> TokenStream {
+    let ret_var = Ident::new("__advisory_locked_ret", Span::mixed_site());
+    let ty = &ret.ty;
+    let future = quote! {
+        async move {
+            #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+            if let ::core::option::Option::Some(#ret_var) = ::core::option::Option::None::<#ty> {
+                return #ret_var;
+            }
+            #(#stmts)*
+        }
+    };
+    match &options.scope {
+        Scope::Session { .. } => future,
+        Scope::Transaction { name } => {
+            let k = krate.at(Span::call_site());
+            quote!(move |#name: #k::Transaction| #future)
+        }
     }
 }
 
@@ -213,58 +258,21 @@ fn argument_ident(sig: &Signature, root: &Root, fallback: Span) -> Ident {
 /// The key's entry in the compile-time inventory of key names
 /// (`advisory_locked::names`): its name as written, its number unless it is
 /// a template, pool, mode, and where the fn is.
-fn key_name(key: &Key, pool: &LitStr, shared: bool, sig: &Signature) -> TokenStream {
-    let (name, id, kind) = match key {
-        Key::Literal { name, .. } => {
-            let lit = LitStr::new(name, Span::call_site());
-            (
-                lit.clone(),
-                quote!(::core::option::Option::Some(::advisory_locked::KeyId::Int(
-                    ::advisory_locked::key_hash(#lit)
-                ))),
-                quote!(Name),
-            )
-        }
-        Key::Int { value, .. } => {
-            let v = proc_macro2::Literal::i64_suffixed(*value);
-            (
-                LitStr::new(&value.to_string(), Span::call_site()),
-                quote!(::core::option::Option::Some(::advisory_locked::KeyId::Int(#v))),
-                quote!(Int),
-            )
-        }
-        Key::Pair { a, b, .. } => {
-            let (la, lb) = (
-                proc_macro2::Literal::i32_suffixed(*a),
-                proc_macro2::Literal::i32_suffixed(*b),
-            );
-            (
-                LitStr::new(&format!("({a}, {b})"), Span::call_site()),
-                quote!(::core::option::Option::Some(::advisory_locked::KeyId::Pair(#la, #lb))),
-                quote!(Pair),
-            )
-        }
-        Key::Template { lit, .. } => (
-            LitStr::new(&lit.value(), Span::call_site()),
-            quote!(::core::option::Option::None),
-            quote!(Template),
-        ),
-    };
-    let mode = if shared {
-        quote!(::advisory_locked::Mode::Shared)
-    } else {
-        quote!(::advisory_locked::Mode::Exclusive)
-    };
+fn key_name(options: &Options, krate: &Krate, sig: &Signature) -> TokenStream {
+    let k = krate.at(Span::call_site());
+    let (name, id, kind) = key_identity(&options.key, &k);
+    let pool = &options.pool;
+    let mode = mode(options.shared, &k);
     // `file!()` and `line!()` of the fn's name, not of the attribute.
     let at = sig.ident.span();
     let file = quote_spanned!(at=> ::core::file!());
     let line = quote_spanned!(at=> ::core::line!());
     quote! {
-        ::advisory_locked::__private::inventory::submit! {
-            ::advisory_locked::__private::KeyName {
+        #k::__private::inventory::submit! {
+            #k::__private::KeyName {
                 name: #name,
                 id: #id,
-                kind: ::advisory_locked::names::KeyKind::#kind,
+                kind: #k::names::KeyKind::#kind,
                 pool: #pool,
                 mode: #mode,
                 file: #file,
@@ -274,22 +282,62 @@ fn key_name(key: &Key, pool: &LitStr, shared: bool, sig: &Signature) -> TokenStr
     }
 }
 
+/// The key's name as written, its number (`None` for a template) and its
+/// `KeyKind` variant.
+fn key_identity(key: &Key, k: &TokenStream) -> (LitStr, TokenStream, Ident) {
+    let kind = |name| Ident::new(name, Span::call_site());
+    match key {
+        Key::Literal { name, .. } => {
+            let lit = LitStr::new(name, Span::call_site());
+            let id = quote!(::core::option::Option::Some(#k::KeyId::Int(
+                #k::key_hash(#lit)
+            )));
+            (lit, id, kind("Name"))
+        }
+        Key::Int { value, .. } => {
+            let v = proc_macro2::Literal::i64_suffixed(*value);
+            (
+                LitStr::new(&value.to_string(), Span::call_site()),
+                quote!(::core::option::Option::Some(#k::KeyId::Int(#v))),
+                kind("Int"),
+            )
+        }
+        Key::Pair { a, b, .. } => {
+            let (la, lb) = (
+                proc_macro2::Literal::i32_suffixed(*a),
+                proc_macro2::Literal::i32_suffixed(*b),
+            );
+            (
+                LitStr::new(&format!("({a}, {b})"), Span::call_site()),
+                quote!(::core::option::Option::Some(#k::KeyId::Pair(#la, #lb))),
+                kind("Pair"),
+            )
+        }
+        Key::Template { lit, .. } => (
+            LitStr::new(&lit.value(), Span::call_site()),
+            quote!(::core::option::Option::None),
+            kind("Template"),
+        ),
+    }
+}
+
 /// The expression building the `LockKey`.
-fn key_expr(key: &Key, sig: &Signature) -> TokenStream {
+fn key_expr(key: &Key, krate: &Krate, sig: &Signature) -> TokenStream {
     let id_const = Ident::new("__ADVISORY_LOCKED_ID", Span::mixed_site());
+    let k = krate.at(Span::call_site());
     match key {
         Key::Literal { name, span } => {
             let lit = LitStr::new(name, *span);
             quote! {{
-                const #id_const: i64 = ::advisory_locked::key_hash(#lit);
-                ::advisory_locked::LockKey::with_id(#lit, ::advisory_locked::KeyId::Int(#id_const))
+                const #id_const: i64 = #k::key_hash(#lit);
+                #k::LockKey::with_id(#lit, #k::KeyId::Int(#id_const))
             }}
         }
         Key::Int { value, span } => {
             let name = LitStr::new(&value.to_string(), *span);
             let value = proc_macro2::Literal::i64_suffixed(*value);
             quote! {
-                ::advisory_locked::LockKey::with_id(#name, ::advisory_locked::KeyId::Int(#value))
+                #k::LockKey::with_id(#name, #k::KeyId::Int(#value))
             }
         }
         Key::Pair { a, b, span } => {
@@ -297,40 +345,49 @@ fn key_expr(key: &Key, sig: &Signature) -> TokenStream {
             let a = proc_macro2::Literal::i32_suffixed(*a);
             let b = proc_macro2::Literal::i32_suffixed(*b);
             quote! {
-                ::advisory_locked::LockKey::with_id(#name, ::advisory_locked::KeyId::Pair(#a, #b))
+                #k::LockKey::with_id(#name, #k::KeyId::Pair(#a, #b))
             }
         }
-        Key::Template { template, lit } => {
-            let span = lit.span();
-            let format = LitStr::new(&template.format_string(), span);
-            // Each value is borrowed into a local first, so that errors about
-            // the value (not `Display`, no such field) point at the key.
-            let mut bindings = Vec::new();
-            let mut values = Vec::new();
-            for (i, ph) in template.placeholders().enumerate() {
-                let root = argument_ident(sig, &ph.root, span);
-                let members = ph.members.iter().map(|m| match m {
-                    Member::Named(ident) => {
-                        let mut ident = ident.clone();
-                        ident.set_span(span);
-                        syn::Member::Named(ident)
-                    }
-                    Member::Index(index) => syn::Member::Unnamed(syn::Index {
-                        index: *index,
-                        span,
-                    }),
-                });
-                let var = Ident::new(
-                    &format!("__advisory_locked_value_{i}"),
-                    Span::mixed_site().located_at(span),
-                );
-                bindings.push(quote_spanned!(span=> let #var = &#root #(.#members)*;));
-                values.push(var);
-            }
-            quote_spanned! {span=> {
-                #(#bindings)*
-                ::advisory_locked::LockKey::named(::std::format!(#format #(, #values)*))
-            }}
-        }
+        Key::Template { template, lit } => template_key_expr(template, lit, krate, sig),
     }
+}
+
+/// `LockKey::named(format!(…))` of a template. Each value is borrowed into a
+/// local first, so that errors about the value (not `Display`, no such
+/// field) point at the key.
+fn template_key_expr(
+    template: &Template,
+    lit: &LitStr,
+    krate: &Krate,
+    sig: &Signature,
+) -> TokenStream {
+    let span = lit.span();
+    let k = krate.at(span);
+    let format = LitStr::new(&template.format_string(), span);
+    let mut bindings = Vec::new();
+    let mut values = Vec::new();
+    for (i, ph) in template.placeholders().enumerate() {
+        let root = argument_ident(sig, &ph.root, span);
+        let members = ph.members.iter().map(|m| match m {
+            Member::Named(ident) => {
+                let mut ident = ident.clone();
+                ident.set_span(span);
+                syn::Member::Named(ident)
+            }
+            Member::Index(index) => syn::Member::Unnamed(syn::Index {
+                index: *index,
+                span,
+            }),
+        });
+        let var = Ident::new(
+            &format!("__advisory_locked_value_{i}"),
+            Span::mixed_site().located_at(span),
+        );
+        bindings.push(quote_spanned!(span=> let #var = &#root #(.#members)*;));
+        values.push(var);
+    }
+    quote_spanned! {span=> {
+        #(#bindings)*
+        #k::LockKey::named(::std::format!(#format #(, #values)*))
+    }}
 }

@@ -4,11 +4,15 @@
 //! This crate only parses, checks and rewrites; everything the expansion does
 //! at run time lives in `advisory_locked::__private`.
 
+#![forbid(unsafe_code)]
+
+mod ast;
 mod attr;
-mod check;
+mod diag;
 mod duration;
 mod expand;
 mod template;
+mod valid;
 
 use proc_macro::TokenStream;
 
@@ -35,7 +39,7 @@ use proc_macro::TokenStream;
 ///
 /// | option | meaning |
 /// |---|---|
-/// | `key = "name"` | required. A string is hashed at compile time exactly as PostgreSQL's `hashtextextended(name, 0)`. |
+/// | `key = "name"` | required. A string is hashed at compile time exactly as PostgreSQL's `hashtextextended(name, 0)`. It cannot contain NUL (`\0`): PostgreSQL text cannot hold it, so no text hashes to such a key's number. |
 /// | `key = "tenant:{tenant_id}"` | a template, formatted at run time with `Display` and hashed. Placeholders name an argument bound to a plain name, or `self`, optionally followed by fields or tuple indexes: `{self.id}`, `{job.tenant.id}`, `{pair.0}`. `{{` and `}}` are literal braces. No format specs, no `{}` or `{0}`. |
 /// | `key = 42`, `key = -5` | a raw 64-bit key (`pg_advisory_lock(bigint)`). |
 /// | `key = (7, 42)` | a key in the two-int4 key space (`pg_advisory_lock(int, int)`). |
@@ -45,9 +49,21 @@ use proc_macro::TokenStream;
 /// | `shared` | take the lock in shared mode (many shared holders, no exclusive one). |
 /// | `exclusive` | the default mode, may be written explicitly. |
 /// | `pool = "name"` | the configured lock registry to use; `"default"` if left out. |
+/// | `on_lost = "abort"`, `on_lost = "continue"` | when the lock is lost while the body runs: stop the body, or let it finish; the registry entry's policy (`LockConfig::on_lost`) if left out. |
 /// | `limit = N` | at most `N` (1..=1024) bodies at once across the fleet instead of one. |
 /// | `per = "1m"` | with `limit`: each slot is held at least this long from the body's start, so at most `N` starts per period. |
 /// | `transaction = tx` | run the body in a transaction under a transaction-level lock; the body names it `tx` (`advisory_locked::Transaction`) and must return `Result<T, E>` (commit on `Ok`) or `()` (commit). Not with `limit`, `per` or `on_lost`. |
+/// | `crate = "path"` | the path the generated code names the `advisory-locked` crate by, instead of `::advisory_locked`: for a renamed dependency (`crate = "my_alias"`) or a re-export (`crate = "crate::reexported"`, where `mod reexported { pub use ::advisory_locked::*; }`). The path must name the crate's root, or a module re-exporting all of it (a glob `pub use` does, including the hidden `__private` module the expansion uses). |
+///
+/// With a renamed dependency (`al = { package = "advisory-locked", … }` in
+/// `Cargo.toml`), tell the attribute where the crate is:
+///
+/// ```rust,ignore
+/// use al::advisory_locked;
+///
+/// #[advisory_locked(key = "report:daily", crate = "al")]
+/// async fn daily_report() { /* ... */ }
+/// ```
 ///
 /// Every annotated fn also lists its key in `advisory_locked::names` (for
 /// `advisory_locked::status` and the collision check at `LockConfig::install`).
@@ -69,40 +85,48 @@ use proc_macro::TokenStream;
 /// and its return type cannot contain `impl Trait`.
 #[proc_macro_attribute]
 pub fn advisory_locked(args: TokenStream, item: TokenStream) -> TokenStream {
-    let item = proc_macro2::TokenStream::from(item);
-    match advisory_locked_impl(args.into(), item.clone()) {
-        Ok(tokens) => tokens.into(),
-        // Emit the item unchanged next to the errors, so that the rest of the
-        // crate (and IDEs) still see the fn and report nothing else about it.
+    expand_or_item(args.into(), item.into()).into()
+}
+
+/// The rewritten fn; on errors, the item unchanged next to the errors, so
+/// that the rest of the crate (and IDEs) still see the fn and report
+/// nothing else about it (as tokio's attributes do).
+fn expand_or_item(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    match advisory_locked_impl(args, item.clone()) {
+        Ok(tokens) => tokens,
         Err(err) => {
             let mut out = item;
             out.extend(err.into_compile_error());
-            out.into()
+            out
         }
     }
 }
 
+/// The steps: the options (`attr`), the item (`ast`), the checks of both
+/// (`valid`), the code (`expand`).
 fn advisory_locked_impl(
     args: proc_macro2::TokenStream,
     item: proc_macro2::TokenStream,
 ) -> syn::Result<proc_macro2::TokenStream> {
-    let mut errors = attr::Errors::default();
     let (args, arg_errors) = attr::parse(args);
-    errors.extend(arg_errors);
-
-    let f: check::LockedFn = match syn::parse2(item.clone()) {
+    let f: ast::LockedFn = match syn::parse2(item.clone()) {
         Ok(f) => f,
         Err(_) => {
-            errors.push(check::not_a_fn(item));
-            return Err(errors.finish().expect("an error was pushed"));
+            let not_a_fn = ast::not_a_fn(item);
+            return Err(match arg_errors {
+                Some(mut errors) => {
+                    errors.combine(not_a_fn);
+                    errors
+                }
+                None => not_a_fn,
+            });
         }
     };
-    errors.extend(check::check(&args, &f));
-
-    match errors.finish() {
-        Some(err) => Err(err),
-        None => Ok(expand::expand(&args, f)),
-    }
+    let (options, f) = valid::validate(args, arg_errors, f)?;
+    Ok(expand::expand(&options, f))
 }
 
 #[cfg(test)]
@@ -384,6 +408,73 @@ mod tests {
         );
         assert!(
             got.contains(&quote!(kind: ::advisory_locked::names::KeyKind::Pair,).to_string()),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn crate_path_names_the_runtime_everywhere() {
+        let got = expand(
+            quote!(key = "k:{id}", wait, crate = "my_alias"),
+            quote!(
+                async fn f(id: u8) {}
+            ),
+        );
+        assert!(!got.contains(":: advisory_locked"), "{got}");
+        for want in [
+            quote!(my_alias::__private::run_wait),
+            quote!(my_alias::__private::inventory::submit!),
+            quote!(my_alias::LockKey::named),
+            quote!(::core::result::Result<(), my_alias::Error>),
+        ] {
+            assert!(got.contains(&want.to_string()), "{want}: {got}");
+        }
+        let got = expand(
+            quote!(key = 1, transaction = tx, crate = "crate::re"),
+            quote!(
+                async fn f() {}
+            ),
+        );
+        assert!(!got.contains(":: advisory_locked"), "{got}");
+        assert!(
+            got.contains(&quote!(move |tx: crate::re::Transaction|).to_string()),
+            "{got}"
+        );
+        assert!(
+            got.contains(&quote!(<() as crate::re::TransactionResult>::commits).to_string()),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn errors_come_with_the_item_unchanged() {
+        let item = quote!(
+            pub async fn f(id: u8) -> u8 {
+                id
+            }
+        );
+        let got = super::expand_or_item(quote!(key = "k", wiat), item.clone()).to_string();
+        assert!(got.starts_with(&item.to_string()), "{got}");
+        assert!(got.contains("compile_error"), "{got}");
+        assert!(got.contains("unknown option `wiat`"), "{got}");
+        let got = super::expand_or_item(
+            quote!(key = "k"),
+            quote!(
+                struct S;
+            ),
+        )
+        .to_string();
+        assert!(
+            got.starts_with(
+                &quote!(
+                    struct S;
+                )
+                .to_string()
+            ),
+            "{got}"
+        );
+        assert!(
+            got.contains("can only be applied to an `async fn`"),
             "{got}"
         );
     }

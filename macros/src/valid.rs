@@ -1,127 +1,195 @@
-//! The annotated item, and the checks of the options against it.
+//! The options checked against the fn, and turned into the complete,
+//! consistent description that `expand` works from.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::Span;
 use syn::ext::IdentExt;
-use syn::parse::{Parse, ParseStream};
-use syn::{braced, Attribute, FnArg, Pat, ReturnType, Signature, Stmt, Token, Type, Visibility};
+use syn::{Attribute, FnArg, Ident, LitStr, Pat, Path, ReturnType, Signature, Type, Visibility};
 
-use crate::attr::{closest, Args, Errors, Key};
-use crate::template::Root;
+use crate::ast::{FnBody, LockedFn};
+use crate::attr::{Args, Key, OnLost, WaitMode};
+use crate::diag::{closest, Errors};
+use crate::template::{Root, Template};
 
-/// A fn item, with or without a body (a trait method declaration has none).
-pub struct LockedFn {
+/// Every option, once all checks passed: nothing left out that the
+/// expansion needs, no combination the attribute refuses.
+pub struct Options {
+    pub key: Key,
+    pub wait: WaitMode,
+    pub shared: bool,
+    /// `pool = "…"`, else `"default"`.
+    pub pool: LitStr,
+    pub scope: Scope,
+    /// `crate = "…"`; `None`: `::advisory_locked`.
+    pub crate_path: Option<Path>,
+}
+
+/// Where the lock lives.
+pub enum Scope {
+    /// On the crate's lock sessions, for the body's duration.
+    Session {
+        on_lost: Option<OnLost>,
+        limit: Option<Limit>,
+    },
+    /// `transaction = tx`: in a transaction the body gets under this name.
+    Transaction { name: Ident },
+}
+
+/// `limit = N` and its `per = "…"`.
+pub struct Limit {
+    pub slots: u32,
+    pub per_millis: Option<u64>,
+}
+
+/// The fn once checked: it has a body.
+pub struct ValidFn {
     pub attrs: Vec<Attribute>,
     pub vis: Visibility,
     pub sig: Signature,
-    pub body: Option<FnBody>,
-    pub semi: Option<Token![;]>,
+    pub body: FnBody,
 }
 
-pub struct FnBody {
-    pub inner_attrs: Vec<Attribute>,
-    pub stmts: Vec<Stmt>,
-}
-
-impl Parse for LockedFn {
-    fn parse(input: ParseStream) -> syn::Result<Self> {
-        let attrs = input.call(Attribute::parse_outer)?;
-        let vis: Visibility = input.parse()?;
-        let sig: Signature = input.parse()?;
-        let (body, semi) = if input.peek(Token![;]) {
-            (None, Some(input.parse()?))
-        } else {
-            let content;
-            braced!(content in input);
-            let inner_attrs = content.call(Attribute::parse_inner)?;
-            let stmts = content.call(syn::Block::parse_within)?;
-            (Some(FnBody { inner_attrs, stmts }), None)
-        };
-        Ok(LockedFn {
-            attrs,
-            vis,
-            sig,
-            body,
-            semi,
-        })
+/// Checks the fn and the options against each other (adding to the errors
+/// of the options themselves); with no error at all, the complete options
+/// and the fn.
+pub fn validate(
+    args: Args,
+    arg_errors: Option<syn::Error>,
+    f: LockedFn,
+) -> syn::Result<(Options, ValidFn)> {
+    let mut errors = Errors::default();
+    errors.extend(arg_errors);
+    errors.extend(check(&args, &f));
+    if let Some(err) = errors.finish() {
+        return Err(err);
+    }
+    // Every missing or conflicting part was reported above, so both are
+    // complete here; a `None` would be a bug of this crate, reported as such.
+    match (options(args), valid_fn(f)) {
+        (Some(options), Some(f)) => Ok((options, f)),
+        _ => Err(syn::Error::new(
+            Span::call_site(),
+            "#[advisory_locked]: internal error: the options passed every check but are incomplete; please report this with the attribute as written",
+        )),
     }
 }
 
-/// The error for an item that is not a fn: spanned at its first token after
-/// attributes and visibility (`struct`, `impl`, `mod`, ...).
-pub fn not_a_fn(item: TokenStream) -> syn::Error {
-    let span = syn::parse::Parser::parse2(
-        |input: ParseStream| {
-            input.call(Attribute::parse_outer)?;
-            input.parse::<Visibility>()?;
-            let span = input.cursor().token_tree().map(|(tt, _)| tt.span());
-            input.parse::<TokenStream>()?;
-            Ok(span)
+/// The complete options, if the key is set and the options go together.
+fn options(args: Args) -> Option<Options> {
+    let Args {
+        key,
+        wait,
+        shared,
+        pool,
+        on_lost,
+        limit,
+        per,
+        transaction,
+        crate_path,
+    } = args;
+    let scope = match (transaction, on_lost, limit, per) {
+        (Some(name), None, None, None) => Scope::Transaction { name },
+        (Some(_), ..) | (None, _, None, Some(_)) => return None,
+        (None, on_lost, limit, per_millis) => Scope::Session {
+            on_lost,
+            limit: limit.map(|slots| Limit { slots, per_millis }),
         },
-        item,
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(Span::call_site);
-    syn::Error::new(
-        span,
-        "#[advisory_locked] can only be applied to an `async fn`: it takes the lock around the function's body",
-    )
+    };
+    Some(Options {
+        key: key?,
+        wait,
+        shared,
+        pool: pool.unwrap_or_else(|| LitStr::new("default", Span::call_site())),
+        scope,
+        crate_path,
+    })
+}
+
+fn valid_fn(f: LockedFn) -> Option<ValidFn> {
+    let LockedFn {
+        attrs,
+        vis,
+        sig,
+        body,
+        ..
+    } = f;
+    Some(ValidFn {
+        attrs,
+        vis,
+        sig,
+        body: body?,
+    })
 }
 
 /// Checks the fn and the options against each other.
 pub fn check(args: &Args, f: &LockedFn) -> Option<syn::Error> {
     let mut errors = Errors::default();
-    let sig = &f.sig;
-
     // The key's names first: they are in the attribute, above the fn.
     if let Some(Key::Template { template, lit }) = &args.key {
-        let names = argument_names(sig);
-        let has_receiver = sig.receiver().is_some();
-        for ph in template.placeholders() {
-            match &ph.root {
-                Root::SelfValue if !has_receiver => errors.add(
-                    lit.span(),
-                    format!(
-                        "`{{{}}}` in the key template needs a method with a `self` receiver, and this fn has none; {}",
-                        ph.text,
-                        available(&names)
-                    ),
+        check_template_names(template, lit, &f.sig, &mut errors);
+    }
+    if let Some(tx) = &args.transaction {
+        check_transaction_name(tx, &f.sig, &mut errors);
+    }
+    check_fn(f, &mut errors);
+    errors.finish()
+}
+
+/// Every placeholder names `self` of a method or an argument.
+fn check_template_names(template: &Template, lit: &LitStr, sig: &Signature, errors: &mut Errors) {
+    let names = argument_names(sig);
+    let has_receiver = sig.receiver().is_some();
+    for ph in template.placeholders() {
+        match &ph.root {
+            Root::SelfValue if !has_receiver => errors.add(
+                lit.span(),
+                format!(
+                    "`{{{}}}` in the key template needs a method with a `self` receiver, and this fn has none; {}",
+                    ph.text,
+                    available(&names)
                 ),
-                Root::SelfValue => {}
-                Root::Arg(ident) => {
-                    let name = ident.unraw().to_string();
-                    if !names.contains(&name) {
-                        let mut msg = format!(
-                            "unknown argument `{name}` in the key template placeholder `{{{}}}`",
-                            ph.text
-                        );
-                        match closest(&name, names.iter().map(String::as_str)) {
-                            Some(best) => msg.push_str(&format!(
-                                ": did you mean `{best}`? ({})",
-                                available(&names)
-                            )),
-                            None => msg.push_str(&format!("; {}", available(&names))),
-                        }
-                        errors.add(lit.span(), msg);
-                    }
+            ),
+            Root::SelfValue => {}
+            Root::Arg(ident) => {
+                let name = ident.unraw().to_string();
+                if names.contains(&name) {
+                    continue;
                 }
+                let mut msg = format!(
+                    "unknown argument `{name}` in the key template placeholder `{{{}}}`",
+                    ph.text
+                );
+                match closest(&name, names.iter().map(String::as_str)) {
+                    Some(best) => msg.push_str(&format!(
+                        ": did you mean `{best}`? ({})",
+                        available(&names)
+                    )),
+                    None => msg.push_str(&format!("; {}", available(&names))),
+                }
+                errors.add(lit.span(), msg);
             }
         }
     }
-    if let Some(tx) = &args.transaction {
-        let name = tx.unraw().to_string();
-        let names = argument_names(sig);
-        if names.contains(&name) {
-            let other = ["tx", "txn", "transaction"]
-                .into_iter()
-                .find(|n| !names.iter().any(|a| a == n))
-                .unwrap_or("db_tx");
-            errors.add(
-                tx.span(),
-                format!("`transaction = {name}` would hide the argument `{name}` in the body: give the transaction another name, e.g. `transaction = {other}`"),
-            );
-        }
+}
+
+/// `transaction = tx` must not hide an argument of the same name.
+fn check_transaction_name(tx: &Ident, sig: &Signature, errors: &mut Errors) {
+    let name = tx.unraw().to_string();
+    let names = argument_names(sig);
+    if names.contains(&name) {
+        let other = ["tx", "txn", "transaction"]
+            .into_iter()
+            .find(|n| !names.iter().any(|a| a == n))
+            .unwrap_or("db_tx");
+        errors.add(
+            tx.span(),
+            format!("`transaction = {name}` would hide the argument `{name}` in the body: give the transaction another name, e.g. `transaction = {other}`"),
+        );
     }
+}
+
+/// An `async fn` with a body and a nameable return type.
+fn check_fn(f: &LockedFn, errors: &mut Errors) {
+    let sig = &f.sig;
     if let Some(c) = &sig.constness {
         errors.add(
             c.span,
@@ -153,7 +221,6 @@ pub fn check(args: &Args, f: &LockedFn) -> Option<syn::Error> {
             ));
         }
     }
-    errors.finish()
 }
 
 /// "the arguments a key template can use are `a`, `b`".
@@ -224,6 +291,8 @@ fn find_impl_trait(ty: &Type) -> Option<&Type> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ast::not_a_fn;
+    use proc_macro2::TokenStream;
     use quote::quote;
 
     fn errors_for(args: TokenStream, item: TokenStream) -> Vec<String> {
