@@ -279,7 +279,58 @@ impl QuorumLocker {
         local: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<Option<QuorumGuard>, Error> {
         let inner = &self.inner;
+        let (granted, causes) = self.gather(&key, mode, notify).await;
+        if granted.len() >= inner.needed {
+            let token = if inner.settings.fencing {
+                self.fence(&key, &granted).await?
+            } else {
+                None
+            };
+            tracing::debug!(pool = %self.name(), key = %key.name(), granted = granted.len(), servers = inner.members.len(), "advisory-locked: quorum acquired");
+            return Ok(Some(QuorumGuard {
+                key,
+                mode,
+                needed: inner.needed,
+                token,
+                guards: granted,
+                local: local.map(|turn| LocalTurn {
+                    quorum: self.clone(),
+                    turn: Some(turn),
+                }),
+            }));
+        }
+        // Short of a majority: the partial grants go back (dropping a guard
+        // queues its unlock).
+        let partial = granted.len();
+        drop(granted);
+        // Members whose asks were dropped count as reachable: the call
+        // fails closed only when enough members failed outright.
         let servers = inner.members.len();
+        let reachable = servers - causes.len();
+        if reachable < inner.needed {
+            tracing::warn!(pool = %self.name(), key = %key.name(), reachable, needed = inner.needed, "advisory-locked: too few quorum members answered; failing closed");
+            return Err(Error::QuorumUnavailable {
+                key: Some(key.name().to_owned()),
+                servers,
+                needed: inner.needed,
+                reachable,
+                causes: causes.join("; "),
+            });
+        }
+        tracing::debug!(pool = %self.name(), key = %key.name(), partial, needed = inner.needed, "advisory-locked: quorum busy; partial grants given back");
+        Ok(None)
+    }
+
+    /// Asks every member at once; returns the grants and the failures
+    /// (`target: error`) once a majority is in plus a grace, or once a
+    /// majority is out of reach.
+    async fn gather(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        notify: bool,
+    ) -> (Vec<ServerGuard>, Vec<String>) {
+        let inner = &self.inner;
         let mut asks: FuturesUnordered<_> = inner
             .members
             .iter()
@@ -322,45 +373,7 @@ impl QuorumLocker {
         }
         // Asks still out are dropped: a grant that arrives for one later is
         // given back by its session.
-        drop(asks);
-        if granted.len() >= inner.needed {
-            let token = if inner.settings.fencing {
-                self.fence(&key, &granted).await?
-            } else {
-                None
-            };
-            tracing::debug!(pool = %self.name(), key = %key.name(), granted = granted.len(), servers, "advisory-locked: quorum acquired");
-            return Ok(Some(QuorumGuard {
-                key,
-                mode,
-                needed: inner.needed,
-                token,
-                guards: granted,
-                local: local.map(|turn| LocalTurn {
-                    quorum: self.clone(),
-                    turn: Some(turn),
-                }),
-            }));
-        }
-        // Short of a majority: the partial grants go back (dropping a guard
-        // queues its unlock).
-        let partial = granted.len();
-        drop(granted);
-        // Members whose asks were dropped count as reachable: the call
-        // fails closed only when enough members failed outright.
-        let reachable = servers - causes.len();
-        if reachable < inner.needed {
-            tracing::warn!(pool = %self.name(), key = %key.name(), reachable, needed = inner.needed, "advisory-locked: too few quorum members answered; failing closed");
-            return Err(Error::QuorumUnavailable {
-                key: Some(key.name().to_owned()),
-                servers,
-                needed: inner.needed,
-                reachable,
-                causes: causes.join("; "),
-            });
-        }
-        tracing::debug!(pool = %self.name(), key = %key.name(), partial, needed = inner.needed, "advisory-locked: quorum busy; partial grants given back");
-        Ok(None)
+        (granted, causes)
     }
 
     /// The grant's fencing token: the largest of the granting members',

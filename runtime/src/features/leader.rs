@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{oneshot, watch};
 
-use crate::{Error, LockKey, Locker, Mode};
+use crate::{Error, LockGuard, LockKey, Locker, Mode};
 
 /// How often a follower tries the key by default: a takeover comes at most
 /// this long after the server frees the key (plus one round trip).
@@ -259,55 +259,24 @@ fn pause(every: Duration) -> Duration {
     half + Duration::from_micros(extra)
 }
 
+/// The campaign's stop request: answered with the outcome of the resignation.
+type Stop = oneshot::Receiver<oneshot::Sender<Result<(), Error>>>;
+
 /// The campaign task.
 async fn campaign(
     locker: Locker,
     key: LockKey,
     retry: Duration,
     shared: Arc<Shared>,
-    mut stop: oneshot::Receiver<oneshot::Sender<Result<(), Error>>>,
+    mut stop: Stop,
 ) {
     let pool = locker.name().to_owned();
     let mut term = 0u64;
-    let mut failing = false;
     loop {
         // Follower: try the key every retry interval.
-        let guard = loop {
-            let attempt = tokio::select! {
-                biased;
-                reply = &mut stop => {
-                    if let Ok(reply) = reply {
-                        let _ = reply.send(Ok(()));
-                    }
-                    tracing::debug!(pool = %pool, key = %key.name(), "advisory-locked: campaign stopped");
-                    return;
-                }
-                attempt = locker.try_lock(key.clone(), Mode::Exclusive) => attempt,
-            };
-            match attempt {
-                Ok(Some(guard)) => break guard,
-                Ok(None) => failing = false,
-                Err(e) => {
-                    // Logged once per run of failures (an outage fails every try).
-                    if !failing {
-                        tracing::warn!(pool = %pool, key = %key.name(), error = %e, "advisory-locked: campaign try failed; retrying");
-                    }
-                    failing = true;
-                }
-            }
-            tokio::select! {
-                biased;
-                reply = &mut stop => {
-                    if let Ok(reply) = reply {
-                        let _ = reply.send(Ok(()));
-                    }
-                    tracing::debug!(pool = %pool, key = %key.name(), "advisory-locked: campaign stopped");
-                    return;
-                }
-                () = tokio::time::sleep(pause(retry)) => {}
-            }
+        let Some(guard) = follow(&locker, &key, retry, &mut stop).await else {
+            return;
         };
-        failing = false;
         term += 1;
         let backend_pid = guard.backend_pid();
         if !shared.publish(Leadership::Leader {
@@ -339,6 +308,53 @@ async fn campaign(
                 tracing::warn!(pool = %pool, key = %key.name(), backend_pid, term, "advisory-locked: leadership lost (the lock's session ended); campaigning again");
                 drop(guard);
             }
+        }
+    }
+}
+
+/// Tries the key every retry interval until it is granted (`Some`) or the
+/// campaign is stopped (`None`, the stop answered).
+async fn follow(
+    locker: &Locker,
+    key: &LockKey,
+    retry: Duration,
+    stop: &mut Stop,
+) -> Option<LockGuard> {
+    let pool = locker.name();
+    let stopped = |reply: Result<oneshot::Sender<Result<(), Error>>, _>| {
+        if let Ok(reply) = reply {
+            let _ = reply.send(Ok(()));
+        }
+        tracing::debug!(pool = %pool, key = %key.name(), "advisory-locked: campaign stopped");
+    };
+    // Logged once per run of failures (an outage fails every try).
+    let mut failing = false;
+    loop {
+        let attempt = tokio::select! {
+            biased;
+            reply = &mut *stop => {
+                stopped(reply);
+                return None;
+            }
+            attempt = locker.try_lock(key.clone(), Mode::Exclusive) => attempt,
+        };
+        match attempt {
+            Ok(Some(guard)) => return Some(guard),
+            Ok(None) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(pool = %pool, key = %key.name(), error = %e, "advisory-locked: campaign try failed; retrying");
+                }
+                failing = true;
+            }
+        }
+        tokio::select! {
+            biased;
+            reply = &mut *stop => {
+                stopped(reply);
+                return None;
+            }
+            () = tokio::time::sleep(pause(retry)) => {}
         }
     }
 }

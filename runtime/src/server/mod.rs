@@ -54,6 +54,33 @@ impl std::fmt::Debug for ServerLocker {
     }
 }
 
+/// One wait-mode call of [`ServerLocker::lock`].
+struct WaitCall {
+    key: LockKey,
+    mode: Mode,
+    start: Instant,
+    deadline: Option<tokio::time::Instant>,
+    /// Rounds that found the key busy (for the backoff).
+    attempt: u32,
+    /// Whether a wait on the server without a try-lock first was tried.
+    waited_at_once: bool,
+}
+
+impl WaitCall {
+    fn timed_out(&self) -> Error {
+        Error::WaitTimeout {
+            key: self.key.name().to_owned(),
+            waited: self.start.elapsed(),
+        }
+    }
+
+    fn log_waited(&self, pool: &str) {
+        if self.attempt > 0 {
+            tracing::debug!(pool = %pool, key = %self.key.name(), waited_ms = self.start.elapsed().as_millis() as u64, "advisory-locked: waited");
+        }
+    }
+}
+
 impl ServerLocker {
     pub(crate) async fn connect(settings: Settings) -> Result<ServerLocker, Error> {
         let counters = Arc::new(Counters::default());
@@ -323,8 +350,7 @@ impl ServerLocker {
                     return Ok(got);
                 }
                 Begin::Joined(session, token) => {
-                    Counters::add(&self.inner.counters.local_joined, 1);
-                    return Ok(Some(self.guard(key, mode, session, notify, token)));
+                    return Ok(Some(self.joined(key, mode, session, notify, token)))
                 }
                 Begin::Busy(_) => {
                     Counters::add(&self.inner.counters.local_busy, 1);
@@ -359,107 +385,33 @@ impl ServerLocker {
         timeout: Option<Duration>,
     ) -> Result<ServerGuard, Error> {
         let start = Instant::now();
-        let deadline = timeout.map(|t| tokio::time::Instant::from_std(start) + t);
-        let timed_out = || Error::WaitTimeout {
-            key: key.name().to_owned(),
-            waited: start.elapsed(),
+        let mut call = WaitCall {
+            deadline: timeout.map(|t| tokio::time::Instant::from_std(start) + t),
+            start,
+            key,
+            mode,
+            attempt: 0,
+            waited_at_once: false,
         };
-        let id = key.id();
+        let id = call.key.id();
         let _forget = ForgetWaiter(&self.inner.waiters, id);
-        let mut attempt = 0;
-        // Whether a wait on the server without a try-lock first was tried.
-        let mut waited_at_once = false;
         loop {
             match self.inner.table.begin(id, mode) {
                 Begin::Reserved(recent) => {
-                    // Subscribed before the try-lock: a release right after
-                    // it wakes this waiter.
-                    let woken = self.inner.waiters.subscribe(id);
-                    // A key this process found held by another process
-                    // lately is contended: wait on the server at once,
-                    // queued behind the other processes' waits, instead of
-                    // a try-lock first (a round trip longer, and a window
-                    // in which this process, just releasing, takes the key
-                    // again before a waiter's wait reaches the server).
-                    let contended = recent.as_ref().filter(|r| r.contended > 0);
-                    if !waited_at_once && self.inner.waits.enabled() && contended.is_some() {
-                        waited_at_once = true;
-                        let home = contended.map(|r| r.session.clone());
-                        // One less if this wait finds the key free.
-                        let if_free = contended.map_or(0, |r| r.contended - 1);
-                        self.inner.table.abandon(id);
-                        match self
-                            .wait_on_server(&key, mode, deadline, home, if_free)
-                            .await?
-                        {
-                            WaitedHere::Got(guard) => return Ok(guard),
-                            WaitedHere::TimedOut => return Err(timed_out()),
-                            // No wait session free: a try-lock first.
-                            WaitedHere::Again | WaitedHere::Fallback => continue,
-                        }
-                    }
-                    if let Some(guard) = self.ask_server(&key, mode, true, recent).await? {
-                        if attempt > 0 {
-                            tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
-                        }
+                    if let Some(guard) = self.lock_reserved(&mut call, recent).await? {
                         return Ok(guard);
-                    }
-                    // Busy in another session: wait on the server, on a
-                    // wait session if one is free (see crate::server::waiting).
-                    match self
-                        .wait_on_server(&key, mode, deadline, None, crate::local::table::CONTENDED)
-                        .await?
-                    {
-                        WaitedHere::Got(guard) => {
-                            tracing::debug!(pool = %self.name(), key = %key.name(), waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: waited");
-                            return Ok(guard);
-                        }
-                        WaitedHere::TimedOut => return Err(timed_out()),
-                        WaitedHere::Again => continue,
-                        WaitedHere::Fallback => self.keep_listening(),
-                    }
-                    let pause = tokio::time::Instant::now() + crate::backoff::retry_busy(attempt);
-                    attempt += 1;
-                    let until = match deadline {
-                        Some(d) if d <= pause => d,
-                        _ => pause,
-                    };
-                    tokio::select! {
-                        () = woken => {}
-                        () = tokio::time::sleep_until(until) => {}
-                    }
-                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        // One last try at the deadline.
-                        match self.inner.table.begin(id, mode) {
-                            Begin::Reserved(recent) => {
-                                if let Some(guard) =
-                                    self.ask_server(&key, mode, true, recent).await?
-                                {
-                                    return Ok(guard);
-                                }
-                            }
-                            // Joining counted this caller as a holder: it
-                            // holds the lock now (and its guard releases it).
-                            Begin::Joined(session, token) => {
-                                Counters::add(&self.inner.counters.local_joined, 1);
-                                return Ok(self.guard(key, mode, session, true, token));
-                            }
-                            Begin::Busy(_) | Begin::Pending(_) => {}
-                        }
-                        return Err(timed_out());
                     }
                 }
                 Begin::Joined(session, token) => {
-                    Counters::add(&self.inner.counters.local_joined, 1);
-                    return Ok(self.guard(key, mode, session, true, token));
+                    return Ok(self.joined(call.key, mode, session, true, token))
                 }
                 Begin::Busy(changed) | Begin::Pending(changed) => {
                     Counters::add(&self.inner.counters.local_busy, 1);
-                    attempt = attempt.max(1);
-                    match deadline {
+                    call.attempt = call.attempt.max(1);
+                    match call.deadline {
                         Some(d) => {
                             if tokio::time::timeout_at(d, changed).await.is_err() {
-                                return Err(timed_out());
+                                return Err(call.timed_out());
                             }
                         }
                         None => changed.await,
@@ -467,6 +419,122 @@ impl ServerLocker {
                 }
             }
         }
+    }
+
+    /// One round of [`ServerLocker::lock`] for a key reserved in the table:
+    /// the guard, or `None` to go round again.
+    async fn lock_reserved(
+        &self,
+        call: &mut WaitCall,
+        recent: Option<Recent>,
+    ) -> Result<Option<ServerGuard>, Error> {
+        let (key, mode) = (&call.key, call.mode);
+        // Subscribed before the try-lock: a release right after it wakes
+        // this waiter.
+        let woken = self.inner.waiters.subscribe(key.id());
+        // A key this process found held by another process lately is
+        // contended: wait on the server at once, queued behind the other
+        // processes' waits, instead of a try-lock first (a round trip
+        // longer, and a window in which this process, just releasing,
+        // takes the key again before a waiter's wait reaches the server).
+        let contended = recent.as_ref().filter(|r| r.contended > 0);
+        if !call.waited_at_once && self.inner.waits.enabled() && contended.is_some() {
+            call.waited_at_once = true;
+            let home = contended.map(|r| r.session.clone());
+            // One less if this wait finds the key free.
+            let if_free = contended.map_or(0, |r| r.contended - 1);
+            self.inner.table.abandon(key.id());
+            return match self
+                .wait_on_server(key, mode, call.deadline, home, if_free)
+                .await?
+            {
+                WaitedHere::Got(guard) => Ok(Some(guard)),
+                WaitedHere::TimedOut => Err(call.timed_out()),
+                // No wait session free: a try-lock first.
+                WaitedHere::Again | WaitedHere::Fallback => Ok(None),
+            };
+        }
+        if let Some(guard) = self.ask_server(key, mode, true, recent).await? {
+            call.log_waited(self.name());
+            return Ok(Some(guard));
+        }
+        // Busy in another session: wait on the server, on a wait session if
+        // one is free (see crate::server::waiting).
+        let waited = self
+            .wait_on_server(
+                key,
+                mode,
+                call.deadline,
+                None,
+                crate::local::table::CONTENDED,
+            )
+            .await?;
+        match waited {
+            WaitedHere::Got(guard) => {
+                call.attempt = call.attempt.max(1);
+                call.log_waited(self.name());
+                return Ok(Some(guard));
+            }
+            WaitedHere::TimedOut => return Err(call.timed_out()),
+            WaitedHere::Again => return Ok(None),
+            WaitedHere::Fallback => self.keep_listening(),
+        }
+        self.pause(call, woken).await
+    }
+
+    /// Waits for the key's release to notify, or the backoff, bounded by
+    /// the deadline; at the deadline, one last try.
+    async fn pause(
+        &self,
+        call: &mut WaitCall,
+        woken: impl std::future::Future<Output = ()>,
+    ) -> Result<Option<ServerGuard>, Error> {
+        let pause = tokio::time::Instant::now() + crate::backoff::retry_busy(call.attempt);
+        call.attempt += 1;
+        let until = match call.deadline {
+            Some(d) if d <= pause => d,
+            _ => pause,
+        };
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+        if call
+            .deadline
+            .is_none_or(|d| tokio::time::Instant::now() < d)
+        {
+            return Ok(None);
+        }
+        // One last try at the deadline.
+        let (key, mode) = (&call.key, call.mode);
+        match self.inner.table.begin(key.id(), mode) {
+            Begin::Reserved(recent) => {
+                if let Some(guard) = self.ask_server(key, mode, true, recent).await? {
+                    return Ok(Some(guard));
+                }
+            }
+            // Joining counted this caller as a holder: it holds the lock
+            // now (and its guard releases it).
+            Begin::Joined(session, token) => {
+                return Ok(Some(self.joined(key.clone(), mode, session, true, token)))
+            }
+            Begin::Busy(_) | Begin::Pending(_) => {}
+        }
+        Err(call.timed_out())
+    }
+
+    /// The guard of a lock this caller joined in the in-process table
+    /// (shared with the holders there, or handed over by one).
+    fn joined(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        session: Arc<Session>,
+        notify: bool,
+        token: Option<i64>,
+    ) -> ServerGuard {
+        Counters::add(&self.inner.counters.local_joined, 1);
+        self.guard(key, mode, session, notify, token)
     }
 
     /// Sends one try-lock for a key reserved in the table.
@@ -522,14 +590,13 @@ impl ServerLocker {
             // on the server waits for any unlock still on its way.
             Begin::Reserved(_) => {}
             Begin::Joined(session, token) => {
-                Counters::add(&self.inner.counters.local_joined, 1);
-                return Ok(WaitedHere::Got(self.guard(
+                return Ok(WaitedHere::Got(self.joined(
                     key.clone(),
                     mode,
                     session,
                     true,
                     token,
-                )));
+                )))
             }
             // Busy in this process now: awaited in memory.
             Begin::Busy(_) | Begin::Pending(_) => return Ok(WaitedHere::Again),

@@ -329,10 +329,135 @@ impl Liveness {
     }
 }
 
+/// What a dispatcher keeps between its steps.
+struct Flight {
+    /// The statements on the wire, answered in order (an empty one is a
+    /// heartbeat).
+    in_flight: VecDeque<Vec<Op>>,
+    /// Unlocks of grants whose callers were gone, for the next statement.
+    backlog: Vec<Op>,
+    /// Every sender of requests is gone.
+    closed: bool,
+    /// Liveness: since when a statement has waited for its answer, and
+    /// when the server was last heard from.
+    waiting_since: Option<Instant>,
+    last_heard: Instant,
+}
+
+/// What the dispatcher does after a step.
+enum Step {
+    Go,
+    /// End the session (with the connection's error, if it has one).
+    End(Result<(), Arc<QueryError>>),
+}
+
+impl Flight {
+    /// When the timer must fire next: the ping of an idle session
+    /// (`interval` after it was last heard from), or the moment a waiting
+    /// statement has waited `timeout`. So a lost session is noticed within
+    /// `interval + timeout` of the last answer, exactly.
+    fn due(&mut self, liveness: Liveness) -> Instant {
+        if self.waiting_since.is_none() && !self.in_flight.is_empty() {
+            self.waiting_since = Some(Instant::now());
+        }
+        match self.waiting_since {
+            Some(since) => since + liveness.timeout,
+            None => self.last_heard + liveness.interval,
+        }
+    }
+
+    fn can_send(&self) -> bool {
+        self.in_flight.len() < MAX_IN_FLIGHT
+    }
+
+    /// Queues `batch` on the wire, as many statements as it takes.
+    fn send(&mut self, d: &mut Parts<'_>, batch: Vec<Op>) {
+        for part in split(batch) {
+            send(d.wire, d.statements, d.shared, &part);
+            self.in_flight.push_back(part);
+        }
+    }
+
+    /// An answer (or the connection's end) for the oldest statement.
+    fn on_answer(&mut self, d: &mut Parts<'_>, answer: Result<Values, Arc<QueryError>>) -> Step {
+        if matches!(&answer, Err(e) if e.ends_session()) {
+            // Every request in flight hears of it.
+            let e = answer.err();
+            for batch in self.in_flight.drain(..) {
+                let e = e.clone().unwrap_or_else(|| Arc::new(QueryError::Closed));
+                finish((batch, Err(e)), d.shared, d.weak, &mut self.backlog);
+            }
+            return Step::End(e.map_or(Ok(()), Err));
+        }
+        let Some(batch) = self.in_flight.pop_front() else {
+            tracing::error!(session = d.shared.id, "advisory-locked: the server answered a request that was not sent; closing the session");
+            d.shared.kill();
+            return Step::End(Ok(()));
+        };
+        self.last_heard = Instant::now();
+        self.waiting_since = (!self.in_flight.is_empty()).then_some(self.last_heard);
+        finish((batch, answer), d.shared, d.weak, &mut self.backlog);
+        if d.shared.is_dead() {
+            return Step::End(Ok(()));
+        }
+        Step::Go
+    }
+
+    /// A new request (`None`: every sender is gone): it and whatever else
+    /// is queued, up to [`MAX_BATCH`], go out together.
+    fn on_request(
+        &mut self,
+        d: &mut Parts<'_>,
+        op: Option<Op>,
+        ops: &mut mpsc::UnboundedReceiver<Op>,
+    ) {
+        let Some(op) = op else {
+            self.closed = true;
+            return;
+        };
+        let mut batch = std::mem::take(&mut self.backlog);
+        batch.push(op);
+        while batch.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        self.send(d, batch);
+    }
+
+    /// The timer fired at `due`: a statement waited too long (the session
+    /// is closed), or the session was idle for `interval` (a heartbeat).
+    fn on_timer(&mut self, d: &mut Parts<'_>) -> Step {
+        if let Some(since) = self.waiting_since {
+            tracing::error!(session = d.shared.id, waited_ms = since.elapsed().as_millis() as u64,
+                "advisory-locked: the server has not answered in time; closing the session, its locks are lost");
+            d.shared.kill();
+            return Step::End(Ok(()));
+        }
+        // Idle for `interval`: ask the server whether it is there.
+        send(d.wire, d.statements, d.shared, &[]);
+        self.in_flight.push_back(Vec::new());
+        Step::Go
+    }
+}
+
+/// The parts of a dispatcher that its steps use.
+struct Parts<'a> {
+    wire: &'a mut Wire<Transport>,
+    statements: &'a Statements,
+    shared: &'a Arc<Shared>,
+    weak: &'a mpsc::WeakUnboundedSender<Op>,
+}
+
 impl Dispatcher {
     /// Drives the connection and serves requests until the connection ends,
     /// the session is killed, or every sender of `ops` is gone (the session
     /// was dropped) and nothing is left in flight.
+    ///
+    /// Returning drops the connection (the server frees the session's
+    /// locks) and every request still queued or in flight, whose callers
+    /// then hear "ended".
     pub(crate) async fn run(self) -> Result<(), Arc<QueryError>> {
         let Dispatcher {
             mut wire,
@@ -343,35 +468,22 @@ impl Dispatcher {
             waiters,
             liveness,
         } = self;
-        let (shared, statements) = (&shared, &statements);
-        // The statements on the wire, answered in order (an empty one is a
-        // heartbeat).
-        let mut in_flight: VecDeque<Vec<Op>> = VecDeque::with_capacity(MAX_IN_FLIGHT + 1);
-        // Unlocks of grants whose callers were gone, for the next statement.
-        let mut backlog: Vec<Op> = Vec::new();
-        let mut closed = false;
-        // Liveness: since when a statement has waited for its answer, and
-        // when the server was last heard from.
-        let mut waiting_since: Option<Instant> = None;
-        let mut last_heard = Instant::now();
-        // One timer, set to whichever is next: the ping of an idle session
-        // (`interval` after it was last heard from), or the moment a waiting
-        // statement has waited `timeout`. So a lost session is noticed within
-        // `interval + timeout` of the last answer, exactly.
-        let timer = tokio::time::sleep_until(last_heard + liveness.interval);
+        let mut f = Flight {
+            in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT + 1),
+            backlog: Vec::new(),
+            closed: false,
+            waiting_since: None,
+            last_heard: Instant::now(),
+        };
+        // One timer, set to whichever is next (see `Flight::due`).
+        let timer = tokio::time::sleep_until(f.last_heard + liveness.interval);
         tokio::pin!(timer);
         let mut on_notify = |channel: &str, payload: &str| waiters.notified(channel, payload);
         loop {
-            if closed && in_flight.is_empty() && backlog.is_empty() {
+            if f.closed && f.in_flight.is_empty() && f.backlog.is_empty() {
                 return Ok(());
             }
-            if waiting_since.is_none() && !in_flight.is_empty() {
-                waiting_since = Some(Instant::now());
-            }
-            let due = match waiting_since {
-                Some(since) => since + liveness.timeout,
-                None => last_heard + liveness.interval,
-            };
+            let due = f.due(liveness);
             // The timer is only ever moved earlier when it must fire
             // sooner than it is set to: moving a timer earlier wakes the
             // runtime's timer driver (often another thread, parked), which
@@ -382,60 +494,24 @@ impl Dispatcher {
             if due < timer.deadline() {
                 timer.as_mut().reset(due);
             }
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
-                () = std::future::poll_fn(|cx| shared.poll_killed(cx)) => return Ok(()),
+                () = std::future::poll_fn(|cx| shared.poll_killed(cx)) => Step::End(Ok(())),
                 // Sends what is queued; an answer, or the connection's end.
                 answer = std::future::poll_fn(|cx| wire.poll_answer(cx, &mut on_notify)) => {
-                    let gone = matches!(&answer, Err(e) if e.ends_session());
-                    if gone {
-                        // Every request in flight hears of it.
-                        let e = answer.err();
-                        for batch in in_flight.drain(..) {
-                            let e = e.clone().unwrap_or_else(|| Arc::new(QueryError::Closed));
-                            finish((batch, Err(e)), shared, &weak, &mut backlog);
-                        }
-                        return match e {
-                            Some(e) => Err(e),
-                            None => Ok(()),
-                        };
-                    }
-                    let Some(batch) = in_flight.pop_front() else {
-                        tracing::error!(session = shared.id, "advisory-locked: the server answered a request that was not sent; closing the session");
-                        shared.kill();
-                        return Ok(());
-                    };
-                    last_heard = Instant::now();
-                    waiting_since = (!in_flight.is_empty()).then_some(last_heard);
-                    finish((batch, answer), shared, &weak, &mut backlog);
-                    if shared.is_dead() {
-                        return Ok(());
-                    }
+                    let mut d = Parts { wire: &mut wire, statements: &statements, shared: &shared, weak: &weak };
+                    f.on_answer(&mut d, answer)
                 }
-                op = ops.recv(), if !closed && in_flight.len() < MAX_IN_FLIGHT => {
-                    match op {
-                        Some(op) => {
-                            let mut batch = std::mem::take(&mut backlog);
-                            batch.push(op);
-                            while batch.len() < MAX_BATCH {
-                                match ops.try_recv() {
-                                    Ok(op) => batch.push(op),
-                                    Err(_) => break,
-                                }
-                            }
-                            for part in split(batch) {
-                                send(&mut wire, statements, shared, &part);
-                                in_flight.push_back(part);
-                            }
-                        }
-                        None => closed = true,
-                    }
+                op = ops.recv(), if !f.closed && f.can_send() => {
+                    let mut d = Parts { wire: &mut wire, statements: &statements, shared: &shared, weak: &weak };
+                    f.on_request(&mut d, op, &mut ops);
+                    Step::Go
                 }
-                () = std::future::ready(()), if !backlog.is_empty() && in_flight.len() < MAX_IN_FLIGHT => {
-                    for part in split(std::mem::take(&mut backlog)) {
-                        send(&mut wire, statements, shared, &part);
-                        in_flight.push_back(part);
-                    }
+                () = std::future::ready(()), if !f.backlog.is_empty() && f.can_send() => {
+                    let mut d = Parts { wire: &mut wire, statements: &statements, shared: &shared, weak: &weak };
+                    let backlog = std::mem::take(&mut f.backlog);
+                    f.send(&mut d, backlog);
+                    Step::Go
                 }
                 // Last: when an answer or a request is ready, the session is
                 // alive and busy, and the timer need not be polled.
@@ -445,21 +521,14 @@ impl Dispatcher {
                         timer.as_mut().reset(due);
                         continue;
                     }
-                    if let Some(since) = waiting_since {
-                        tracing::error!(session = shared.id, waited_ms = since.elapsed().as_millis() as u64,
-                            "advisory-locked: the server has not answered in time; closing the session, its locks are lost");
-                        shared.kill();
-                        return Ok(());
-                    }
-                    // Idle for `interval`: ask the server whether it is there.
-                    send(&mut wire, statements, shared, &[]);
-                    in_flight.push_back(Vec::new());
+                    let mut d = Parts { wire: &mut wire, statements: &statements, shared: &shared, weak: &weak };
+                    f.on_timer(&mut d)
                 }
+            };
+            if let Step::End(result) = step {
+                return result;
             }
         }
-        // Returning drops the connection (the server frees the session's
-        // locks) and every request still queued or in flight, whose callers
-        // then hear "ended".
     }
 }
 
@@ -641,57 +710,8 @@ fn finish(
             let single = (batch.len() == 1).then(|| row(&batch, &values, 0));
             for (i, op) in batch.into_iter().enumerate() {
                 let (yes, token) = single.unwrap_or_else(|| (values[i] == Some(1), None));
-                let answer = if op.is_raise() {
-                    Answer::Raised(token.unwrap_or(0))
-                } else if op.is_unlock() {
-                    if yes {
-                        Counters::add(&shared.counters.released, 1);
-                    } else if !op.tolerant {
-                        tracing::error!(session = shared.id, key = %op.key,
-                            "advisory-locked: BROKEN INVARIANT: the server says this session did not hold the lock it was releasing; closing the session");
-                        shared.kill();
-                    }
-                    Answer::Unlocked(yes)
-                } else if yes {
-                    Counters::add(&shared.counters.granted, 1);
-                    if op.is_wait() {
-                        // Before the caller can give it back.
-                        shared.holding();
-                    }
-                    let wait = op.is_wait();
-                    Answer::Granted(Grant {
-                        undo: Some(op.undo()),
-                        ops: weak.clone(),
-                        token: if wait { None } else { token },
-                        lent: wait.then(|| shared.clone()),
-                        blocked: wait && token == Some(2),
-                    })
-                } else {
-                    Counters::add(&shared.counters.busy, 1);
-                    if op.is_wait() {
-                        shared.unlocked();
-                    }
-                    Answer::Busy
-                };
-                match (op.reply, answer) {
-                    (Some(reply), answer) => {
-                        if let Err(Ok(Answer::Granted(mut grant))) = reply.send(Ok(answer)) {
-                            // The caller is gone: give the grant back with
-                            // the next statement.
-                            if let Some(undo) = grant.undo.take() {
-                                backlog.push(undo);
-                                shared.unlocked();
-                            }
-                        }
-                    }
-                    (None, Answer::Granted(mut grant)) => {
-                        if let Some(undo) = grant.undo.take() {
-                            backlog.push(undo);
-                            shared.unlocked();
-                        }
-                    }
-                    (None, _) => {}
-                }
+                let (reply, answer) = answer(op, yes, token, shared, weak);
+                deliver(reply, answer, shared, backlog);
             }
         }
         Ok(values) => {
@@ -700,46 +720,117 @@ fn finish(
             shared.kill();
             fail(batch, RequestError::Ended);
         }
-        Err(e) => {
-            let ended = e.ends_session();
-            match batch.as_slice() {
-                _ if ended || shared.is_dead() => {}
-                // A raise changes no lock: its caller decides.
-                [op] if op.is_raise() => {}
-                // One try-lock failed (a cancel, a server-set statement
-                // timeout, out of lock memory): it may have been granted
-                // before the error (session locks ignore the rollback). An
-                // unlock queued now, before the caller hears of the error,
-                // gives it back if so; "not held" is fine. Anything of this
-                // process for that key comes after it on this session.
-                // So for a blocking wait, even one that ended with
-                // lock_timeout: the server can grant the lock just as the
-                // timeout fires and then still raise the timeout's error.
-                [op] if op.is_lock() => {
-                    backlog.push(op.undo_unknown());
-                    if op.is_wait() {
-                        // The unlock is queued before any later request.
-                        shared.unlocked();
-                    }
-                }
-                // Several requests, or an unlock: which of them took effect
-                // is unknown. Only closing the session makes the server's
-                // state known again (nothing held).
-                _ => {
-                    tracing::error!(session = shared.id, requests = batch.len(), error = %e,
-                        "advisory-locked: a lock statement failed; closing the session so that the server frees its locks");
-                    shared.kill();
-                }
-            }
-            let e = if ended {
-                shared.kill();
-                RequestError::Ended
-            } else {
-                RequestError::Db(e)
-            };
-            fail(batch, e);
+        Err(e) => failed(batch, e, shared, backlog),
+    }
+}
+
+/// One request's answer from its row: `yes` (granted, or was held) and a
+/// token; with the request's reply channel.
+fn answer(
+    op: Op,
+    yes: bool,
+    token: Option<i64>,
+    shared: &Arc<Shared>,
+    weak: &mpsc::WeakUnboundedSender<Op>,
+) -> (Option<oneshot::Sender<Reply>>, Answer) {
+    let answer = if op.is_raise() {
+        Answer::Raised(token.unwrap_or(0))
+    } else if op.is_unlock() {
+        if yes {
+            Counters::add(&shared.counters.released, 1);
+        } else if !op.tolerant {
+            tracing::error!(session = shared.id, key = %op.key,
+                "advisory-locked: BROKEN INVARIANT: the server says this session did not hold the lock it was releasing; closing the session");
+            shared.kill();
+        }
+        Answer::Unlocked(yes)
+    } else if yes {
+        Counters::add(&shared.counters.granted, 1);
+        let wait = op.is_wait();
+        if wait {
+            // Before the caller can give it back.
+            shared.holding();
+        }
+        Answer::Granted(Grant {
+            undo: Some(op.undo()),
+            ops: weak.clone(),
+            token: if wait { None } else { token },
+            lent: wait.then(|| shared.clone()),
+            blocked: wait && token == Some(2),
+        })
+    } else {
+        Counters::add(&shared.counters.busy, 1);
+        if op.is_wait() {
+            shared.unlocked();
+        }
+        Answer::Busy
+    };
+    (op.reply, answer)
+}
+
+/// Sends an answer to its caller; a grant nobody takes (the caller is gone,
+/// or never asked) is given back with the next statement.
+fn deliver(
+    reply: Option<oneshot::Sender<Reply>>,
+    answer: Answer,
+    shared: &Shared,
+    backlog: &mut Vec<Op>,
+) {
+    let unclaimed = match (reply, answer) {
+        (Some(reply), answer) => match reply.send(Ok(answer)) {
+            Err(Ok(Answer::Granted(grant))) => Some(grant),
+            _ => None,
+        },
+        (None, Answer::Granted(grant)) => Some(grant),
+        (None, _) => None,
+    };
+    if let Some(mut grant) = unclaimed {
+        if let Some(undo) = grant.undo.take() {
+            backlog.push(undo);
+            shared.unlocked();
         }
     }
+}
+
+/// A statement failed: its requests hear of it, and the session's lock
+/// state is made known again (see the module's docs).
+fn failed(batch: Vec<Op>, e: Arc<QueryError>, shared: &Shared, backlog: &mut Vec<Op>) {
+    let ended = e.ends_session();
+    match batch.as_slice() {
+        _ if ended || shared.is_dead() => {}
+        // A raise changes no lock: its caller decides.
+        [op] if op.is_raise() => {}
+        // One try-lock failed (a cancel, a server-set statement timeout,
+        // out of lock memory): it may have been granted before the error
+        // (session locks ignore the rollback). An unlock queued now, before
+        // the caller hears of the error, gives it back if so; "not held" is
+        // fine. Anything of this process for that key comes after it on
+        // this session. So for a blocking wait, even one that ended with
+        // lock_timeout: the server can grant the lock just as the timeout
+        // fires and then still raise the timeout's error.
+        [op] if op.is_lock() => {
+            backlog.push(op.undo_unknown());
+            if op.is_wait() {
+                // The unlock is queued before any later request.
+                shared.unlocked();
+            }
+        }
+        // Several requests, or an unlock: which of them took effect is
+        // unknown. Only closing the session makes the server's state known
+        // again (nothing held).
+        _ => {
+            tracing::error!(session = shared.id, requests = batch.len(), error = %e,
+                "advisory-locked: a lock statement failed; closing the session so that the server frees its locks");
+            shared.kill();
+        }
+    }
+    let e = if ended {
+        shared.kill();
+        RequestError::Ended
+    } else {
+        RequestError::Db(e)
+    };
+    fail(batch, e);
 }
 
 fn fail(batch: Vec<Op>, e: RequestError) {

@@ -481,97 +481,22 @@ where
     F: Future,
     F::Output: TransactionResult,
 {
-    let start = Instant::now();
-    let Call {
-        pool,
-        mode,
-        on_lost,
-    } = call;
-    let settings = &pool.settings;
-    let wait = match busy {
-        Busy::Skip => None,
-        Busy::Wait(timeout) => Some(timeout),
+    let attempt = Attempt {
+        start: Instant::now(),
+        name: key.name().to_owned(),
+        busy,
     };
-    let name = key.name().to_owned();
-    let timed_out = || Error::WaitTimeout {
-        key: name.clone(),
-        waited: start.elapsed(),
-    };
-    let deadline = match wait {
-        Some(Some(t)) => Some(tokio::time::Instant::from_std(start) + t),
-        Some(None) => None,
-        // Skip mode waits for a free connection at most the connect timeout.
-        None => Some(tokio::time::Instant::from_std(start) + settings.connect_timeout),
-    };
-    let mut retried = false;
-    let (lease, locked) = loop {
-        let lease = match lease(&pool, deadline).await {
-            Some(result) => result?,
-            None if wait.is_some() => return Err(timed_out()),
-            None => {
-                return Err(Error::TransactionConnectionsBusy {
-                    pool: settings.name.clone(),
-                    connections: settings.transaction_connections,
-                    waited: start.elapsed(),
-                })
-            }
-        };
-        let conn = lease.conn();
-        let lock_timeout = wait.map(|t| match t {
-            Some(t) => lock_timeout_setting(t.saturating_sub(start.elapsed())),
-            None => "0".to_owned(),
-        });
-        let locking = begin_and_lock(&conn.client, key.id(), mode, lock_timeout.as_deref());
-        // A client-side bound too, in case the server stops answering: the
-        // server's lock_timeout plus the connect timeout.
-        let result = match wait {
-            Some(Some(t)) => {
-                let bound = t.saturating_sub(start.elapsed()) + settings.connect_timeout;
-                match tokio::time::timeout(bound, locking).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!(pool = %settings.name, key = %name, "advisory-locked: the server did not answer the lock wait; closing its transaction connection");
-                        return Err(timed_out());
-                    }
-                }
-            }
-            _ => locking.await,
-        };
-        match result {
-            Ok(locked) => break (lease, locked),
-            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && wait.is_some() => {
-                tracing::debug!(pool = %settings.name, key = %name, waited_ms = start.elapsed().as_millis() as u64, "advisory-locked: transaction-scope wait timed out");
-                end_transaction(lease, sql::ROLLBACK).await;
-                return Err(timed_out());
-            }
-            Err(e) if lease.reused && !retried && crate::pg::connect::ends_session(&e) => {
-                // A pooled connection that died while idle: once more on a
-                // fresh one (nothing was begun on the server).
-                tracing::info!(pool = %settings.name, key = %name, connection = conn.id, "advisory-locked: idle transaction connection had ended; retrying on a fresh one");
-                retried = true;
-            }
-            Err(e) => {
-                tracing::warn!(pool = %settings.name, key = %name, error = %crate::error::cause(&e), "advisory-locked: transaction-scope lock failed");
-                return Err(Error::Query {
-                    key: name,
-                    source: Arc::new(crate::QueryError::from(&e)),
-                });
-            }
-        }
-    };
-    if !locked.granted {
-        tracing::debug!(pool = %settings.name, key = %name, "advisory-locked: skipped (transaction-scope lock busy)");
-        // Rolled back off the caller's path (as above).
-        tokio::spawn(end_transaction(lease, sql::ROLLBACK));
+    let Some((lease, locked)) = acquire(&call, &key, &attempt).await? else {
         return Ok(Outcome::Skipped);
-    }
-    tracing::debug!(pool = %settings.name, key = %name, id = %key.id(), mode = ?mode, backend_pid = locked.backend_pid, connection = lease.conn().id, "advisory-locked: acquired (transaction scope)");
-
-    let policy = on_lost.unwrap_or(settings.on_lost);
+    };
+    let settings = &call.pool.settings;
+    let name = attempt.name;
+    tracing::debug!(pool = %settings.name, key = %name, id = %key.id(), mode = ?call.mode, backend_pid = locked.backend_pid, connection = lease.conn().id, "advisory-locked: acquired (transaction scope)");
+    let policy = call.on_lost.unwrap_or(settings.on_lost);
     let tx = Transaction {
         client: lease.conn().client.clone(),
         key,
-        mode,
+        mode: call.mode,
         backend_pid: locked.backend_pid,
     };
     let lost = lease.conn().lost();
@@ -592,6 +517,130 @@ where
     finish(lease, &name, locked.started, value)
         .await
         .map(Outcome::Ran)
+}
+
+/// One call's timing and busy behaviour.
+struct Attempt {
+    start: Instant,
+    name: String,
+    busy: Busy,
+}
+
+impl Attempt {
+    fn timed_out(&self) -> Error {
+        Error::WaitTimeout {
+            key: self.name.clone(),
+            waited: self.start.elapsed(),
+        }
+    }
+
+    /// How long the call may wait for a free connection: its own timeout in
+    /// wait mode; the connect timeout in skip mode.
+    fn deadline(&self, settings: &Settings) -> Option<tokio::time::Instant> {
+        let start = tokio::time::Instant::from_std(self.start);
+        match self.busy {
+            Busy::Wait(Some(t)) => Some(start + t),
+            Busy::Wait(None) => None,
+            Busy::Skip => Some(start + settings.connect_timeout),
+        }
+    }
+
+    /// The `lock_timeout` setting of a wait (`"0"`: no limit); `None` in
+    /// skip mode (a try-lock).
+    fn lock_timeout(&self) -> Option<String> {
+        match self.busy {
+            Busy::Skip => None,
+            Busy::Wait(Some(t)) => {
+                Some(lock_timeout_setting(t.saturating_sub(self.start.elapsed())))
+            }
+            Busy::Wait(None) => Some("0".to_owned()),
+        }
+    }
+}
+
+/// A connection of the pool with the transaction begun and the lock
+/// statement answered; `None` when a try-lock found the key busy (its
+/// transaction is rolled back off the caller's path).
+async fn acquire(
+    call: &Call,
+    key: &LockKey,
+    attempt: &Attempt,
+) -> Result<Option<(Lease, Locked)>, Error> {
+    let settings = &call.pool.settings;
+    let deadline = attempt.deadline(settings);
+    let mut retried = false;
+    loop {
+        let lease = match lease(&call.pool, deadline).await {
+            Some(result) => result?,
+            None if matches!(attempt.busy, Busy::Wait(_)) => return Err(attempt.timed_out()),
+            None => {
+                return Err(Error::TransactionConnectionsBusy {
+                    pool: settings.name.clone(),
+                    connections: settings.transaction_connections,
+                    waited: attempt.start.elapsed(),
+                })
+            }
+        };
+        match lock_once(call, key, attempt, &lease).await? {
+            Ok(locked) if locked.granted => return Ok(Some((lease, locked))),
+            Ok(_) => {
+                tracing::debug!(pool = %settings.name, key = %attempt.name, "advisory-locked: skipped (transaction-scope lock busy)");
+                tokio::spawn(end_transaction(lease, sql::ROLLBACK));
+                return Ok(None);
+            }
+            Err(e)
+                if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                    && matches!(attempt.busy, Busy::Wait(_)) =>
+            {
+                tracing::debug!(pool = %settings.name, key = %attempt.name, waited_ms = attempt.start.elapsed().as_millis() as u64, "advisory-locked: transaction-scope wait timed out");
+                end_transaction(lease, sql::ROLLBACK).await;
+                return Err(attempt.timed_out());
+            }
+            Err(e) if lease.reused && !retried && crate::pg::connect::ends_session(&e) => {
+                // A pooled connection that died while idle: once more on a
+                // fresh one (nothing was begun on the server).
+                tracing::info!(pool = %settings.name, key = %attempt.name, connection = lease.conn().id, "advisory-locked: idle transaction connection had ended; retrying on a fresh one");
+                retried = true;
+            }
+            Err(e) => {
+                tracing::warn!(pool = %settings.name, key = %attempt.name, error = %crate::error::cause(&e), "advisory-locked: transaction-scope lock failed");
+                return Err(Error::Query {
+                    key: attempt.name.clone(),
+                    source: Arc::new(crate::QueryError::from(&e)),
+                });
+            }
+        }
+    }
+}
+
+/// `BEGIN` and the lock statement on a leased connection; with a
+/// client-side bound too in wait mode, in case the server stops answering
+/// (the server's lock_timeout plus the connect timeout).
+async fn lock_once(
+    call: &Call,
+    key: &LockKey,
+    attempt: &Attempt,
+    lease: &Lease,
+) -> Result<Result<Locked, tokio_postgres::Error>, Error> {
+    let settings = &call.pool.settings;
+    let lock_timeout = attempt.lock_timeout();
+    let locking = begin_and_lock(
+        &lease.conn().client,
+        key.id(),
+        call.mode,
+        lock_timeout.as_deref(),
+    );
+    let Busy::Wait(Some(t)) = attempt.busy else {
+        return Ok(locking.await);
+    };
+    let bound = t.saturating_sub(attempt.start.elapsed()) + settings.connect_timeout;
+    match tokio::time::timeout(bound, locking).await {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            tracing::warn!(pool = %settings.name, key = %attempt.name, "advisory-locked: the server did not answer the lock wait; closing its transaction connection");
+            Err(attempt.timed_out())
+        }
+    }
 }
 
 /// Commits (or rolls back) after the body; the lease goes back to the pool
