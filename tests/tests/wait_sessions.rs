@@ -213,6 +213,52 @@ async fn a_waiter_dropped_while_it_waits_on_the_server_leaks_nothing() {
     assert!(advisory_locks(&client, &[id]).await.is_empty());
 }
 
+/// A caller dropped while its wait is blocked on the server cancels that
+/// wait (a CancelRequest with the wait session's backend key data): the
+/// server stops waiting long before the wait's `lock_timeout` slice would
+/// end (here 45 s: three eighths of a 120 s loss detection bound), and the
+/// key is still held only by its holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_waiter_cancels_its_wait_on_the_server() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-cancel");
+    let holder = locker_at(&db_url(), 2).await;
+    let b = LockConfig::from_url(&db_url_with_app(&app))
+        .unwrap()
+        .wait_sessions(1)
+        .loss_detection(Duration::from_secs(120))
+        .connect()
+        .await
+        .unwrap();
+    let key = LockKey::named(unique("ws:cancel"));
+    let (guard, waiting, pid) =
+        held_and_awaited(&client, &holder, &b, &app, &key, Mode::Exclusive, None).await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    // The wait leaves the server (bounded by BOUND, far below the slice).
+    let start = Instant::now();
+    while waiting_backends(&client, &app).await.contains(&pid) {
+        assert!(
+            start.elapsed() < BOUND,
+            "the dropped caller's wait is still on the server (pid {pid})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let locks = advisory_locks(&client, &[key.id()]).await;
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    assert_eq!(locks[0].pid, guard.backend_pid());
+    guard.release().await.unwrap();
+    assert!(wait_until_unlocked(&client, &[key.id()], BOUND)
+        .await
+        .is_empty());
+    // The wait session serves again: a later wait gets the key.
+    let again = b
+        .lock(key.clone(), Mode::Exclusive, Some(BOUND))
+        .await
+        .unwrap();
+    again.release().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_wait_on_the_server_ends_near_its_timeout() {
     let client = raw_connect(&db_url()).await;

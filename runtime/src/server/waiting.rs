@@ -171,7 +171,13 @@ impl WaitPool {
             let millis = slice.as_micros().div_ceil(1000) as i64;
             Counters::add(&self.inner.counters.server_waits, 1);
             tracing::debug!(pool = %self.inner.settings.name, key = %key.name(), session = session.id(), lock_timeout_ms = millis, "advisory-locked: waiting on the server");
-            match session.wait(id, mode, millis).await {
+            let cancel = CancelOnDrop {
+                session: Some(session.clone()),
+                settings: &self.inner.settings,
+            };
+            let answer = session.wait(id, mode, millis).await;
+            cancel.disarm();
+            match answer {
                 Ok(Answer::Granted(grant)) => {
                     self.state().failures = 0;
                     return Ok(Waited::Granted(session, grant));
@@ -280,6 +286,43 @@ impl WaitPool {
         let wait = crate::backoff::reconnect(state.failures);
         state.next_connect = Some(Instant::now() + wait);
         wait
+    }
+}
+
+/// Cancels a wait on the server if the caller goes away while it is
+/// blocked there (a CancelRequest with the session's backend key data), so
+/// that the wait session is free at once instead of at the end of its
+/// `lock_timeout` slice. The dispatcher then handles the cancelled wait as
+/// any failed one (an unlock if the session holds the key). A cancel that
+/// arrives after the wait was granted may hit the statement that gives
+/// the grant back; that failed unlock closes the session, which frees
+/// everything it held: never two holders, at worst a session replaced.
+struct CancelOnDrop<'a> {
+    session: Option<Arc<Session>>,
+    settings: &'a Settings,
+}
+
+impl CancelOnDrop<'_> {
+    fn disarm(mut self) {
+        self.session = None;
+    }
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let settings = self.settings.clone();
+        runtime.spawn(async move {
+            tracing::debug!(pool = %settings.name, session = session.id(), "advisory-locked: caller gone; cancelling its wait on the server");
+            if let Err(e) = session.canceller.cancel(&settings).await {
+                tracing::debug!(pool = %settings.name, session = session.id(), error = %e, "advisory-locked: cancel request failed; the wait ends with its lock_timeout");
+            }
+        });
     }
 }
 
