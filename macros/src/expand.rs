@@ -142,14 +142,29 @@ fn call(
     let run = Ident::new(run, span);
     let k = krate.at(span);
     let spec = spec(options, krate);
+    let wait = wait(options, krate);
     let body = body(options, krate, ret, stmts);
     quote_spanned! {span=>
         #k::__private::#run(
             #spec,
+            #wait
             #key_var,
             #body,
         )
         .await
+    }
+}
+
+/// The wait of a wait-mode call, as the argument after the spec (nothing
+/// in skip mode: the skip entry points take no wait).
+fn wait(options: &Options, krate: &Krate) -> TokenStream {
+    let k = krate.at(Span::call_site());
+    match options.wait {
+        WaitMode::Skip => TokenStream::new(),
+        WaitMode::Forever => quote!(#k::__private::Wait::Forever,),
+        WaitMode::TimeoutMillis(ms) => quote!(
+            #k::__private::Wait::Timeout(::core::time::Duration::from_millis(#ms)),
+        ),
     }
 }
 
@@ -158,13 +173,6 @@ fn spec(options: &Options, krate: &Krate) -> TokenStream {
     let k = krate.at(Span::call_site());
     let pool = &options.pool;
     let mode = mode(options.shared, &k);
-    let wait = match options.wait {
-        WaitMode::Skip => quote!(#k::__private::Wait::Skip),
-        WaitMode::Forever => quote!(#k::__private::Wait::Forever),
-        WaitMode::TimeoutMillis(ms) => quote!(
-            #k::__private::Wait::Timeout(::core::time::Duration::from_millis(#ms))
-        ),
-    };
     let (on_lost, limit) = match &options.scope {
         Scope::Session { on_lost, limit } => (*on_lost, limit.as_ref()),
         Scope::Transaction { .. } => (None, None),
@@ -185,7 +193,6 @@ fn spec(options: &Options, krate: &Krate) -> TokenStream {
         #k::__private::Spec {
             pool: #pool,
             mode: #mode,
-            wait: #wait,
             on_lost: #on_lost,
             limit: #limit,
         }

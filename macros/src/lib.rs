@@ -177,7 +177,6 @@ mod tests {
                     ::advisory_locked::__private::Spec {
                         pool: "default",
                         mode: ::advisory_locked::Mode::Exclusive,
-                        wait: ::advisory_locked::__private::Wait::Skip,
                         on_lost: ::core::option::Option::None,
                         limit: ::core::option::Option::None,
                     },
@@ -241,10 +240,10 @@ mod tests {
                     ::advisory_locked::__private::Spec {
                         pool: "jobs",
                         mode: ::advisory_locked::Mode::Shared,
-                        wait: ::advisory_locked::__private::Wait::Timeout(::core::time::Duration::from_millis(90000u64)),
                         on_lost: ::core::option::Option::Some(::advisory_locked::OnLost::Continue),
                         limit: ::core::option::Option::None,
                     },
+                    ::advisory_locked::__private::Wait::Timeout(::core::time::Duration::from_millis(90000u64)),
                     __advisory_locked_key,
                     async move {
                         #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
@@ -362,7 +361,6 @@ mod tests {
                     ::advisory_locked::__private::Spec {
                         pool: "default",
                         mode: ::advisory_locked::Mode::Exclusive,
-                        wait: ::advisory_locked::__private::Wait::Skip,
                         on_lost: ::core::option::Option::None,
                         limit: ::core::option::Option::None,
                     },

@@ -380,11 +380,12 @@ impl QuorumLocker {
     /// after raising the members that lagged so that a majority stores it.
     async fn fence(&self, key: &LockKey, granted: &[ServerGuard]) -> Result<Option<i64>, Error> {
         let needed = self.inner.needed;
-        let top = granted
-            .iter()
-            .filter_map(ServerGuard::fencing_token)
-            .max()
-            .unwrap_or(0);
+        let Some(top) = granted.iter().filter_map(ServerGuard::fencing_token).max() else {
+            // Every fenced grant carries a token; none here is a broken
+            // invariant, reported rather than made up.
+            tracing::error!(pool = %self.name(), key = %key.name(), "advisory-locked: no granting quorum member returned a fencing token");
+            return Ok(None);
+        };
         let at_top = granted
             .iter()
             .filter(|g| g.fencing_token() == Some(top))
@@ -399,7 +400,7 @@ impl QuorumLocker {
         let raised = join_all(raises)
             .await
             .into_iter()
-            .filter(|r| matches!(r, Ok(Answer::Raised(t)) if *t >= top))
+            .filter(|r| matches!(r, Ok(Answer::Raised(Some(t))) if *t >= top))
             .count();
         tracing::debug!(pool = %self.name(), key = %key.name(), token = top, at_top, raised, "advisory-locked: quorum fencing token raised on lagging members");
         if at_top + raised >= needed {

@@ -93,23 +93,18 @@ pub fn min_span_of(intervals: &[Interval], n: usize) -> Option<Duration> {
 
 /// The spec `#[advisory_locked(key = …, limit = slots, per = …)]` expands
 /// into (skip mode unless `wait` says otherwise).
-pub fn limit_spec(pool: &'static str, slots: u32, per: Option<Duration>, wait: Wait) -> Spec {
+pub fn limit_spec(pool: &'static str, slots: u32, per: Option<Duration>) -> Spec {
     Spec {
         pool,
         mode: Mode::Exclusive,
-        wait,
         on_lost: None,
         limit: Some(Limit { slots, per }),
     }
 }
 
-/// `Wait::Skip` for 0 ms, else `Wait::Timeout`.
-pub fn wait_from_millis(ms: u64) -> Wait {
-    if ms == 0 {
-        Wait::Skip
-    } else {
-        Wait::Timeout(Duration::from_millis(ms))
-    }
+/// Skip mode (`None`) for 0 ms, else `Wait::Timeout`.
+pub fn wait_from_millis(ms: u64) -> Option<Wait> {
+    (ms > 0).then(|| Wait::Timeout(Duration::from_millis(ms)))
 }
 
 /// A line of `leader_worker`: its state changes, with this host's clock.

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use advisory_locked::__private::{Spec, Wait};
+use advisory_locked::__private::Spec;
 use advisory_locked::{LockConfig, Locker, Mode, Transaction};
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
@@ -17,12 +17,12 @@ pub fn pool_name(prefix: &str) -> &'static str {
     Box::leak(crate::unique(prefix).into_boxed_str())
 }
 
-/// The `Spec` of `#[advisory_locked(key = …, pool = pool, [shared], wait…, transaction = tx)]`.
-pub fn spec(pool: &'static str, mode: Mode, wait: Wait) -> Spec {
+/// The `Spec` of `#[advisory_locked(key = …, pool = pool, [shared], transaction = tx)]`
+/// (a wait-mode call passes its `Wait` beside it).
+pub fn spec(pool: &'static str, mode: Mode) -> Spec {
     Spec {
         pool,
         mode,
-        wait,
         on_lost: None,
         limit: None,
     }

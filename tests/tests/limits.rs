@@ -215,7 +215,7 @@ async fn rate_slot_outlives_the_call_for_its_period() {
     let name = unique("limits:rate-one");
     let id = named(&format!("{name}#0"));
     let per = Duration::from_millis(600);
-    let spec = limit_spec(pool, 1, Some(per), Wait::Skip);
+    let spec = limit_spec(pool, 1, Some(per));
 
     let start = Instant::now();
     let out = advisory_locked::__private::run_skip(spec, LockKey::named(name.clone()), async {
@@ -277,16 +277,20 @@ async fn rate_slot_outlives_the_call_for_its_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_limits_are_typed_errors() {
     let pool = pool("limits_bad").await;
-    let mut spec = limit_spec(pool, 0, None, Wait::Skip);
+    let mut spec = limit_spec(pool, 0, None);
     let r =
         advisory_locked::__private::run_skip(spec, LockKey::named(unique("limits:bad")), async {})
             .await;
     assert!(matches!(r, Err(Error::InvalidConfig { .. })), "{r:?}");
-    spec = limit_spec(pool, 2, None, Wait::Forever);
+    spec = limit_spec(pool, 2, None);
     spec.mode = Mode::Shared;
-    let r =
-        advisory_locked::__private::run_wait(spec, LockKey::named(unique("limits:bad")), async {})
-            .await;
+    let r = advisory_locked::__private::run_wait(
+        spec,
+        Wait::Forever,
+        LockKey::named(unique("limits:bad")),
+        async {},
+    )
+    .await;
     assert!(matches!(r, Err(Error::InvalidConfig { .. })), "{r:?}");
 }
 
@@ -496,7 +500,7 @@ async fn a_lost_slot_stops_the_body() {
     let pool = pool("limits_lost").await;
     let name = unique("limits:lost");
     let ids: Vec<_> = (0..2).map(|i| named(&format!("{name}#{i}"))).collect();
-    let spec = limit_spec(pool, 2, Some(Duration::from_secs(30)), Wait::Skip);
+    let spec = limit_spec(pool, 2, Some(Duration::from_secs(30)));
     let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
     let call = tokio::spawn(advisory_locked::__private::run_skip(
         spec,

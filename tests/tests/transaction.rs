@@ -98,15 +98,14 @@ async fn concurrent_tasks_never_run_two_bodies_at_once() {
                 };
                 let lock_key = LockKey::named(key.clone());
                 if t % 2 == 0 {
-                    match run_tx_skip(spec(pool, Mode::Exclusive, Wait::Skip), lock_key, body).await
-                    {
+                    match run_tx_skip(spec(pool, Mode::Exclusive), lock_key, body).await {
                         Ok(Outcome::Ran(Ok(()))) => ran += 1,
                         Ok(Outcome::Skipped) => skipped += 1,
                         other => panic!("skip call failed: {other:?}"),
                     }
                 } else {
                     let wait = Wait::Timeout(Duration::from_secs(20));
-                    run_tx_wait(spec(pool, Mode::Exclusive, wait), lock_key, body)
+                    run_tx_wait(spec(pool, Mode::Exclusive), wait, lock_key, body)
                         .await
                         .expect("lock machinery")
                         .expect("body");
@@ -152,7 +151,7 @@ async fn a_holder_elsewhere_makes_skip_skip_for_both_key_spaces() {
         let call = || {
             let ran = ran.clone();
             run_tx_skip(
-                spec(pool, Mode::Exclusive, Wait::Skip),
+                spec(pool, Mode::Exclusive),
                 key.clone(),
                 move |_tx| async move {
                     ran.store(true, Ordering::SeqCst);
@@ -190,7 +189,8 @@ async fn wait_times_out_then_runs_when_freed() {
     let limit = Duration::from_millis(300);
     let start = Instant::now();
     let result = run_tx_wait(
-        spec(pool, Mode::Exclusive, Wait::Timeout(limit)),
+        spec(pool, Mode::Exclusive),
+        Wait::Timeout(limit),
         key.clone(),
         |_tx| async {
             panic!("ran while the key was held elsewhere");
@@ -221,7 +221,8 @@ async fn wait_times_out_then_runs_when_freed() {
         async move {
             let start = Instant::now();
             run_tx_wait(
-                spec(pool, Mode::Exclusive, Wait::Forever),
+                spec(pool, Mode::Exclusive),
+                Wait::Forever,
                 key,
                 |tx| async move {
                     // The body runs with the session's own timeouts, not the wait's.
@@ -273,11 +274,8 @@ async fn handover_to_a_waiter_on_commit() {
     for _ in 0..rounds {
         raw_xact_lock(&raw, key.id()).await;
         let waiter = tokio::spawn(run_tx_wait(
-            spec(
-                pool,
-                Mode::Exclusive,
-                Wait::Timeout(Duration::from_secs(20)),
-            ),
+            spec(pool, Mode::Exclusive),
+            Wait::Timeout(Duration::from_secs(20)),
             key.clone(),
             |_tx| async { Ok::<_, ()>(Instant::now()) },
         ));
@@ -296,11 +294,8 @@ async fn handover_to_a_waiter_on_commit() {
         let admin2 = raw_connect(&db_url()).await;
         let id = key.id();
         let holder = tokio::spawn(run_tx_wait(
-            spec(
-                pool,
-                Mode::Exclusive,
-                Wait::Timeout(Duration::from_secs(20)),
-            ),
+            spec(pool, Mode::Exclusive),
+            Wait::Timeout(Duration::from_secs(20)),
             key.clone(),
             move |_tx| async move {
                 let _ = entered_tx.send(());
@@ -311,11 +306,8 @@ async fn handover_to_a_waiter_on_commit() {
         ));
         entered.await.unwrap();
         let waiter = run_tx_wait(
-            spec(
-                pool,
-                Mode::Exclusive,
-                Wait::Timeout(Duration::from_secs(20)),
-            ),
+            spec(pool, Mode::Exclusive),
+            Wait::Timeout(Duration::from_secs(20)),
             key.clone(),
             |_tx| async { Ok::<_, ()>(Instant::now()) },
         )
@@ -348,7 +340,8 @@ async fn the_lock_is_held_until_the_commit() {
         let first = tokio::spawn({
             let (t, k) = (table.name.clone(), key.clone());
             run_tx_wait(
-                spec(pool, Mode::Exclusive, Wait::Forever),
+                spec(pool, Mode::Exclusive),
+                Wait::Forever,
                 LockKey::named(key.clone()),
                 move |tx| async move {
                     insert_row(&tx, &t, &k).await.unwrap();
@@ -366,11 +359,8 @@ async fn the_lock_is_held_until_the_commit() {
         // The contender waits for the lock, then looks for the row.
         let (t, k) = (table.name.clone(), key.clone());
         let seen = run_tx_wait(
-            spec(
-                pool,
-                Mode::Exclusive,
-                Wait::Timeout(Duration::from_secs(10)),
-            ),
+            spec(pool, Mode::Exclusive),
+            Wait::Timeout(Duration::from_secs(10)),
             LockKey::named(key.clone()),
             move |tx| async move {
                 let n: i64 = tx
@@ -409,7 +399,7 @@ async fn ok_commits_err_rolls_back_and_failed_transactions_are_errors() {
     let admin = raw_connect(&db_url()).await;
     let table = ScratchTable::create(&admin, "tx_commit", KEY_COLUMNS).await;
     let t = table.name.clone();
-    let skip = || spec(pool, Mode::Exclusive, Wait::Skip);
+    let skip = || spec(pool, Mode::Exclusive);
 
     // Ok commits.
     let k = unique("ok");
@@ -498,7 +488,7 @@ async fn shared_holders_run_together_and_exclude_exclusive() {
     let (release_tx, release) = tokio::sync::watch::channel(false);
     let shared_call = |b: Arc<Barrier>, mut release: tokio::sync::watch::Receiver<bool>| {
         run_tx_skip(
-            spec(pool, Mode::Shared, Wait::Skip),
+            spec(pool, Mode::Shared),
             key.clone(),
             move |tx| async move {
                 assert_eq!(tx.mode(), Mode::Shared);
@@ -524,12 +514,7 @@ async fn shared_holders_run_together_and_exclude_exclusive() {
         "two shared transaction locks must show in pg_locks"
     );
     // Exclusive, meanwhile: busy.
-    let excl = run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
-        key.clone(),
-        |_tx| async {},
-    )
-    .await;
+    let excl = run_tx_skip(spec(pool, Mode::Exclusive), key.clone(), |_tx| async {}).await;
     assert_eq!(excl.unwrap(), Outcome::Skipped);
     release_tx.send(true).unwrap();
     assert_eq!(a.await.unwrap().unwrap(), Outcome::Ran(Ok(true)));
@@ -538,22 +523,12 @@ async fn shared_holders_run_together_and_exclude_exclusive() {
     // An exclusive holder elsewhere: shared skips.
     let raw = raw_connect(&db_url()).await;
     pg_lock(&raw, key.id(), Mode::Exclusive).await;
-    let r = run_tx_skip(
-        spec(pool, Mode::Shared, Wait::Skip),
-        key.clone(),
-        |_tx| async {},
-    )
-    .await;
+    let r = run_tx_skip(spec(pool, Mode::Shared), key.clone(), |_tx| async {}).await;
     assert_eq!(r.unwrap(), Outcome::Skipped);
     // A shared holder elsewhere: shared runs.
     assert!(pg_unlock(&raw, key.id(), Mode::Exclusive).await);
     pg_lock(&raw, key.id(), Mode::Shared).await;
-    let r = run_tx_skip(
-        spec(pool, Mode::Shared, Wait::Skip),
-        key.clone(),
-        |_tx| async {},
-    )
-    .await;
+    let r = run_tx_skip(spec(pool, Mode::Shared), key.clone(), |_tx| async {}).await;
     assert_eq!(r.unwrap(), Outcome::Ran(()));
     assert!(pg_unlock(&raw, key.id(), Mode::Shared).await);
     assert!(wait_until_unlocked(&admin, &[key.id()], SETTLE)
@@ -575,7 +550,8 @@ async fn dropping_the_call_mid_wait_leaves_no_lock_or_waiter() {
         let ran = Arc::new(AtomicBool::new(false));
         let r2 = ran.clone();
         let call = tokio::spawn(run_tx_wait(
-            spec(pool, Mode::Exclusive, wait),
+            spec(pool, Mode::Exclusive),
+            wait,
             key.clone(),
             move |_tx| async move {
                 r2.store(true, Ordering::SeqCst);
@@ -617,7 +593,7 @@ async fn dropping_the_call_mid_body_rolls_back_and_frees_the_lock() {
         let (inside_tx, inside) = oneshot::channel();
         let (t, k2) = (table.name.clone(), k.clone());
         let call = tokio::spawn(run_tx_skip(
-            spec(pool, Mode::Exclusive, Wait::Skip),
+            spec(pool, Mode::Exclusive),
             key.clone(),
             move |tx| async move {
                 insert_row(&tx, &t, &k2).await.unwrap();
@@ -648,20 +624,16 @@ async fn dropping_the_call_mid_body_rolls_back_and_frees_the_lock() {
             "a dropped body's write committed"
         );
         // Free for the next caller.
-        let r = run_tx_skip(spec(pool, Mode::Exclusive, Wait::Skip), key, |_tx| async {}).await;
+        let r = run_tx_skip(spec(pool, Mode::Exclusive), key, |_tx| async {}).await;
         assert_eq!(r.unwrap(), Outcome::Ran(()));
     }
     // Dropped by a timeout around the call, as a caller would.
     let key = LockKey::named(unique("tx-droptimeout"));
     let r = tokio::time::timeout(
         Duration::from_millis(100),
-        run_tx_skip(
-            spec(pool, Mode::Exclusive, Wait::Skip),
-            key.clone(),
-            |_tx| async {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            },
-        ),
+        run_tx_skip(spec(pool, Mode::Exclusive), key.clone(), |_tx| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }),
     )
     .await;
     assert!(r.is_err());
@@ -684,7 +656,7 @@ async fn connections_are_reused_bounded_and_never_reused_after_a_leak() {
     assert!(poll_until(SETTLE, || async { count().await == 0 }).await);
 
     let key = || LockKey::named(unique("tx-reuse"));
-    let skip = || spec(pool, Mode::Exclusive, Wait::Skip);
+    let skip = || spec(pool, Mode::Exclusive);
     for i in 0..20 {
         let r = run_tx_skip(skip(), key(), move |_tx| async move {
             if i % 2 == 0 {
@@ -777,16 +749,11 @@ async fn session_scope_calls_fail_on_a_transaction_scope_only_entry() {
             .map(drop),
         "lock",
     );
-    let e = run_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
-        key.clone(),
-        async {},
-    )
-    .await;
+    let e = run_skip(spec(pool, Mode::Exclusive), key.clone(), async {}).await;
     eprintln!("{}", e.as_ref().unwrap_err());
     refused(e.map(drop), "the attribute without transaction");
     // Transaction scope works on it.
-    let r = run_tx_skip(spec(pool, Mode::Exclusive, Wait::Skip), key, |_tx| async {}).await;
+    let r = run_tx_skip(spec(pool, Mode::Exclusive), key, |_tx| async {}).await;
     assert_eq!(r.unwrap(), Outcome::Ran(()));
     // Bad settings.
     let zero = LockConfig::from_url(&db_url())
@@ -837,15 +804,14 @@ async fn behind_pgbouncer_in_transaction_mode() {
                 };
                 if c == 0 {
                     // One skips when busy, the others wait.
-                    match run_tx_skip(spec(pool, Mode::Exclusive, Wait::Skip), lock_key, body).await
-                    {
+                    match run_tx_skip(spec(pool, Mode::Exclusive), lock_key, body).await {
                         Ok(Outcome::Ran(Ok(()))) => true,
                         Ok(Outcome::Skipped) => false,
                         other => panic!("skip call through pgbouncer failed: {other:?}"),
                     }
                 } else {
                     let wait = Wait::Timeout(Duration::from_secs(20));
-                    run_tx_wait(spec(pool, Mode::Exclusive, wait), lock_key, body)
+                    run_tx_wait(spec(pool, Mode::Exclusive), wait, lock_key, body)
                         .await
                         .expect("lock machinery through pgbouncer")
                         .expect("body through pgbouncer");
@@ -874,19 +840,11 @@ async fn behind_pgbouncer_in_transaction_mode() {
     let k = LockKey::named(key.clone());
     let raw = raw_connect(&db_url()).await;
     pg_lock(&raw, k.id(), Mode::Exclusive).await;
-    let r = run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
-        k.clone(),
-        |_tx| async {},
-    )
-    .await;
+    let r = run_tx_skip(spec(pool, Mode::Exclusive), k.clone(), |_tx| async {}).await;
     assert_eq!(r.unwrap(), Outcome::Skipped);
     let r = run_tx_wait(
-        spec(
-            pool,
-            Mode::Exclusive,
-            Wait::Timeout(Duration::from_millis(200)),
-        ),
+        spec(pool, Mode::Exclusive),
+        Wait::Timeout(Duration::from_millis(200)),
         k.clone(),
         |_tx| async {},
     )
@@ -895,7 +853,8 @@ async fn behind_pgbouncer_in_transaction_mode() {
     // A wait dropped behind the proxy: the cancel request goes through it
     // and ends the server-side wait.
     let call = tokio::spawn(run_tx_wait(
-        spec(pool, Mode::Exclusive, Wait::Forever),
+        spec(pool, Mode::Exclusive),
+        Wait::Forever,
         k.clone(),
         |_tx| async {},
     ));
@@ -916,7 +875,7 @@ async fn behind_pgbouncer_in_transaction_mode() {
     // A rollback through the proxy.
     let (t, k2) = (holds.name.clone(), key.clone());
     let r = run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
+        spec(pool, Mode::Exclusive),
         k.clone(),
         move |tx| async move {
             record_hold(&tx, &t, &k2, -1, false, Duration::ZERO)
@@ -946,7 +905,7 @@ async fn a_terminated_backend_stops_or_fails_the_call_per_policy() {
         let key = LockKey::named(k.clone());
         let finished = Arc::new(AtomicBool::new(false));
         let (t, k2, fin, admin_url) = (table.name.clone(), k.clone(), finished.clone(), db_url());
-        let mut s = spec(pool, Mode::Exclusive, Wait::Skip);
+        let mut s = spec(pool, Mode::Exclusive);
         s.on_lost = Some(policy);
         let start = Instant::now();
         let r = run_tx_skip(s, key.clone(), move |tx| async move {
@@ -999,7 +958,7 @@ async fn a_full_pool_is_a_typed_error_after_a_bounded_wait() {
     let (inside_tx, inside) = oneshot::channel();
     let (leave_tx, leave) = oneshot::channel::<()>();
     let holder = tokio::spawn(run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
+        spec(pool, Mode::Exclusive),
         LockKey::named(unique("tx-full-a")),
         move |_tx| async move {
             let _ = inside_tx.send(());
@@ -1010,7 +969,7 @@ async fn a_full_pool_is_a_typed_error_after_a_bounded_wait() {
     // Another key, but no connection for it.
     let start = Instant::now();
     let r = run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
+        spec(pool, Mode::Exclusive),
         LockKey::named(unique("tx-full-b")),
         |_tx| async {},
     )
@@ -1028,11 +987,8 @@ async fn a_full_pool_is_a_typed_error_after_a_bounded_wait() {
     }
     assert!(start.elapsed() < Duration::from_secs(3));
     let r = run_tx_wait(
-        spec(
-            pool,
-            Mode::Exclusive,
-            Wait::Timeout(Duration::from_millis(100)),
-        ),
+        spec(pool, Mode::Exclusive),
+        Wait::Timeout(Duration::from_millis(100)),
         LockKey::named(unique("tx-full-c")),
         |_tx| async {},
     )
@@ -1042,7 +998,7 @@ async fn a_full_pool_is_a_typed_error_after_a_bounded_wait() {
     assert_eq!(holder.await.unwrap().unwrap(), Outcome::Ran(()));
     // Free again.
     let r = run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
+        spec(pool, Mode::Exclusive),
         LockKey::named(unique("tx-full-b")),
         |_tx| async {},
     )
@@ -1056,13 +1012,14 @@ fn calls_are_send() {
     fn assert_send<T: Send>(_: &T) {}
     let key = LockKey::named("send");
     let skip = run_tx_skip(
-        spec("default", Mode::Exclusive, Wait::Skip),
+        spec("default", Mode::Exclusive),
         key.clone(),
         |tx: Transaction| async move { tx.simple_query("SELECT 1").await.map(drop) },
     );
     assert_send(&skip);
     let wait = run_tx_wait(
-        spec("default", Mode::Shared, Wait::Forever),
+        spec("default", Mode::Shared),
+        Wait::Forever,
         key,
         |_tx| async {},
     );
@@ -1085,7 +1042,7 @@ async fn a_vanished_client_mid_statement_frees_the_lock_within_seconds() {
     let (inside_tx, inside) = oneshot::channel();
     let (t, k2) = (table.name.clone(), k.clone());
     let call = tokio::spawn(run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
+        spec(pool, Mode::Exclusive),
         key.clone(),
         move |tx| async move {
             insert_row(&tx, &t, &k2).await.unwrap();
@@ -1122,11 +1079,8 @@ async fn contend(pool: &'static str, key: &str, table: &str, rounds: i32) -> usi
     for round in 0..rounds {
         let (t, k) = (table.to_owned(), key.to_owned());
         run_tx_wait(
-            spec(
-                pool,
-                Mode::Exclusive,
-                Wait::Timeout(Duration::from_secs(30)),
-            ),
+            spec(pool, Mode::Exclusive),
+            Wait::Timeout(Duration::from_secs(30)),
             LockKey::named(key.to_owned()),
             move |tx| async move {
                 record_hold(&tx, &t, &k, round, false, Duration::from_millis(2)).await
@@ -1138,7 +1092,7 @@ async fn contend(pool: &'static str, key: &str, table: &str, rounds: i32) -> usi
         ran += 1;
         let (t, k) = (table.to_owned(), key.to_owned());
         let r = run_tx_skip(
-            spec(pool, Mode::Exclusive, Wait::Skip),
+            spec(pool, Mode::Exclusive),
             LockKey::named(key.to_owned()),
             move |tx| async move {
                 record_hold(&tx, &t, &k, round, false, Duration::from_millis(1)).await

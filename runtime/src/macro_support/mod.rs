@@ -19,8 +19,6 @@ pub struct Spec {
     pub pool: &'static str,
     /// `shared` or exclusive (the default).
     pub mode: Mode,
-    /// `skip` (the default), `wait`, or `wait = "30s"`.
-    pub wait: Wait,
     /// `on_lost = "abort" | "continue"`, else the registry entry's policy.
     pub on_lost: Option<OnLost>,
     /// `limit = N` (and `per = "…"`): N slots of the key across the fleet
@@ -28,11 +26,10 @@ pub struct Spec {
     pub limit: Option<Limit>,
 }
 
-/// Busy behaviour.
+/// How long a wait-mode call waits (`wait` or `wait = "30s"`); skip mode
+/// has entry points of its own, which take none.
 #[derive(Debug, Clone, Copy)]
 pub enum Wait {
-    /// Skip the body when the lock is busy.
-    Skip,
     /// Wait as long as it takes.
     Forever,
     /// Wait at most this long, then fail with [`Error::WaitTimeout`].
@@ -40,12 +37,11 @@ pub enum Wait {
 }
 
 impl Wait {
-    /// The longest wait: `None` for as long as it takes (or for skip mode,
-    /// which does not wait).
+    /// The longest wait: `None` for as long as it takes.
     pub(crate) fn timeout(self) -> Option<Duration> {
         match self {
             Wait::Timeout(t) => Some(t),
-            Wait::Forever | Wait::Skip => None,
+            Wait::Forever => None,
         }
     }
 }
@@ -66,8 +62,13 @@ pub async fn run_skip<F: Future>(
 
 /// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`,
 /// release. The body is boxed as in [`run_skip`].
-pub async fn run_wait<F: Future>(spec: Spec, key: LockKey, body: F) -> Result<F::Output, Error> {
-    run::run_wait(spec, key, Box::pin(body)).await
+pub async fn run_wait<F: Future>(
+    spec: Spec,
+    wait: Wait,
+    key: LockKey,
+    body: F,
+) -> Result<F::Output, Error> {
+    run::run_wait(spec, wait, key, Box::pin(body)).await
 }
 
 /// `transaction = tx`, skip mode: begin a transaction, take the
@@ -88,7 +89,12 @@ where
 }
 
 /// `transaction = tx`, wait mode.
-pub async fn run_tx_wait<B, F>(spec: Spec, key: LockKey, body: B) -> Result<F::Output, Error>
+pub async fn run_tx_wait<B, F>(
+    spec: Spec,
+    wait: Wait,
+    key: LockKey,
+    body: B,
+) -> Result<F::Output, Error>
 where
     B: FnOnce(crate::Transaction) -> F,
     F: Future,
@@ -96,7 +102,7 @@ where
 {
     let start = std::time::Instant::now();
     let name = key.name().to_owned();
-    match run::run_tx(spec, key, Busy::Wait(spec.wait.timeout()), body).await? {
+    match run::run_tx(spec, key, Busy::Wait(wait.timeout()), body).await? {
         Outcome::Ran(value) => Ok(value),
         // A wait never skips; kept as a value rather than a panic.
         Outcome::Skipped => Err(Error::WaitTimeout {

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use super::Spec;
+use super::{Spec, Wait};
 use crate::transaction::{self, Busy, TransactionResult};
 use crate::{Error, LockGuard, LockKey, Locker, OnLost, Outcome, SlotGuard};
 
@@ -39,11 +39,12 @@ pub(crate) async fn run_skip<F: Future>(
 /// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`, release.
 pub(crate) async fn run_wait<F: Future>(
     spec: Spec,
+    wait: Wait,
     key: LockKey,
     body: F,
 ) -> Result<F::Output, Error> {
     let locker = crate::locker(spec.pool)?;
-    let timeout = spec.wait.timeout();
+    let timeout = wait.timeout();
     if let Some(limit) = spec.limit {
         let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         let slot = Box::pin(locker.lock_slot(&slots, timeout)).await?;

@@ -61,8 +61,9 @@ pub(crate) enum Answer {
     Busy,
     /// An unlock: true if the session held the lock.
     Unlocked(bool),
-    /// A fencing token raised to at least the asked floor: its value now.
-    Raised(i64),
+    /// A fencing token raised to at least the asked floor: its value now
+    /// (`None` only if the server answered NULL, which it never does).
+    Raised(Option<i64>),
 }
 
 pub(crate) type Reply = Result<Answer, RequestError>;
@@ -734,7 +735,7 @@ fn answer(
     weak: &mpsc::WeakUnboundedSender<Op>,
 ) -> (Option<oneshot::Sender<Reply>>, Answer) {
     let answer = if op.is_raise() {
-        Answer::Raised(token.unwrap_or(0))
+        Answer::Raised(token)
     } else if op.is_unlock() {
         if yes {
             Counters::add(&shared.counters.released, 1);

@@ -57,7 +57,8 @@ fn main() {
     let (slots, per_ms, wait_ms) = (num(4) as u32, num(5), num(6));
     let (tasks, rounds, hold_ms) = (num(7) as usize, num(8) as usize, num(9));
     let per = (per_ms > 0).then(|| Duration::from_millis(per_ms));
-    let spec = limit_spec("default", slots, per, wait_from_millis(wait_ms));
+    let spec = limit_spec("default", slots, per);
+    let wait = wait_from_millis(wait_ms);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -96,12 +97,13 @@ fn main() {
                 let mut rng = Prng::new(u64::from(std::process::id()) << 8 | task as u64);
                 for round in 0..rounds {
                     let key = LockKey::named(key.clone());
-                    let outcome = if wait_ms == 0 {
-                        advisory_locked::__private::run_skip(spec, key, body(&ctx)).await
-                    } else {
-                        advisory_locked::__private::run_wait(spec, key, body(&ctx))
-                            .await
-                            .map(Outcome::Ran)
+                    let outcome = match wait {
+                        None => advisory_locked::__private::run_skip(spec, key, body(&ctx)).await,
+                        Some(wait) => {
+                            advisory_locked::__private::run_wait(spec, wait, key, body(&ctx))
+                                .await
+                                .map(Outcome::Ran)
+                        }
                     };
                     match outcome {
                         Ok(Outcome::Ran(Ok(()))) => {
