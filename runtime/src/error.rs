@@ -86,7 +86,7 @@ pub enum Error {
     /// [`LockConfig::transaction_scope_only`](crate::LockConfig::transaction_scope_only)
     /// needs only transaction-level locks. Never transient. See "Trusting
     /// the server" in `docs/design.md`.
-    #[error("advisory-locked: {target}'s {scope} advisory locks do not exclude: {seen}; refused{}", scope_hint(*.scope))]
+    #[error("advisory-locked: the {scope} advisory locks of {target} do not exclude: {seen}; refused{}", scope_hint(*.scope))]
     FakeAdvisoryLocks {
         /// `host:port/dbname` of the server, without any password.
         target: String,
