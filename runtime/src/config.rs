@@ -66,6 +66,11 @@ pub(crate) struct Settings {
     pub(crate) transaction_connections: usize,
     /// No lock sessions, no pooler probe: transaction scope only.
     pub(crate) transaction_scope_only: bool,
+    /// What the exclusion self-test saw of the server's transaction-level
+    /// locks, if they failed it at configuration (a session entry installs
+    /// anyway; its transaction-scope calls are refused with
+    /// [`Error::FakeAdvisoryLocks`]). Set by the connect, never by the user.
+    pub(crate) untrusted_transaction_locks: Option<String>,
     /// The TLS connector of [`LockConfig::tls_config`], if any.
     #[cfg(feature = "tls-rustls")]
     pub(crate) tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
@@ -165,6 +170,7 @@ impl LockConfig {
                 fencing: false,
                 transaction_connections: DEFAULT_TRANSACTION_CONNECTIONS,
                 transaction_scope_only: false,
+                untrusted_transaction_locks: None,
                 #[cfg(feature = "tls-rustls")]
                 tls: None,
             },

@@ -76,6 +76,26 @@ pub enum Error {
         target: String,
     },
 
+    /// The server's advisory locks of one scope do not exclude: the
+    /// exclusion self-test (a random key taken on one connection must be
+    /// refused on another, and be free again after its release) saw them
+    /// granted twice, or not behave as locks at all. Engines that speak
+    /// PostgreSQL but emulate advisory locks (CockroachDB's session-level
+    /// `pg_try_advisory_lock` always answers `true`) are refused with this,
+    /// for the scope that fails only: an entry configured with
+    /// [`LockConfig::transaction_scope_only`](crate::LockConfig::transaction_scope_only)
+    /// needs only transaction-level locks. Never transient. See "Trusting
+    /// the server" in `docs/design.md`.
+    #[error("advisory-locked: the {scope} advisory locks of {target} do not exclude: {seen}; refused{}", scope_hint(*.scope))]
+    FakeAdvisoryLocks {
+        /// `host:port/dbname` of the server, without any password.
+        target: String,
+        /// The scope whose locks failed the self-test.
+        scope: LockScope,
+        /// What the self-test saw.
+        seen: String,
+    },
+
     /// A wait-mode call did not get the lock within its timeout.
     #[error("advisory-locked: gave up waiting for lock {key:?} after {waited:?}")]
     WaitTimeout {
@@ -201,6 +221,37 @@ impl Error {
                 | Error::QuorumUnavailable { .. }
                 | Error::TransactionConnectionsBusy { .. }
         )
+    }
+}
+
+/// The two kinds of PostgreSQL advisory locks, which a server may support
+/// independently (see [`Error::FakeAdvisoryLocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockScope {
+    /// Session-level locks (`pg_try_advisory_lock`), held until unlocked or
+    /// the session ends: [`Locker`](crate::Locker) and the attribute
+    /// without `transaction = …`.
+    Session,
+    /// Transaction-level locks (`pg_try_advisory_xact_lock`), held until
+    /// the transaction ends: the attribute with `transaction = tx`.
+    Transaction,
+}
+
+impl fmt::Display for LockScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockScope::Session => "session-level",
+            LockScope::Transaction => "transaction-level",
+        })
+    }
+}
+
+/// What to do about [`Error::FakeAdvisoryLocks`] of a scope.
+fn scope_hint(scope: LockScope) -> &'static str {
+    match scope {
+        LockScope::Session => " (if its transaction-level locks are real, an entry configured with LockConfig::transaction_scope_only can use them)",
+        LockScope::Transaction => " for transaction-scope calls (transaction = tx)",
     }
 }
 

@@ -70,7 +70,7 @@ pub use config::{
     DEFAULT_SESSIONS, DEFAULT_WAIT_SESSIONS,
 };
 pub use error::{Error, Result};
-pub use error::{QueryError, ServerError};
+pub use error::{LockScope, QueryError, ServerError};
 pub use features::leader::{Campaign, Leader, Leadership, DEFAULT_CAMPAIGN_RETRY};
 pub use features::limit::{SlotGuard, Slots};
 pub use features::{names, status};

@@ -548,6 +548,28 @@ pub(crate) const COMMIT: &str = "COMMIT";
 pub(crate) const ROLLBACK: &str = "ROLLBACK";
 
 // ---------------------------------------------------------------------------
+// Exclusion self-test (crate::session::trust)
+// ---------------------------------------------------------------------------
+
+/// Session scope: try to take a random key (`$1`): `(granted)`.
+pub(crate) const TEST_TRY_LOCK: &str = "SELECT pg_catalog.pg_try_advisory_lock($1::bigint)";
+
+/// Session scope: release it: `(was held)`.
+pub(crate) const TEST_UNLOCK: &str = "SELECT pg_catalog.pg_advisory_unlock($1::bigint)";
+
+/// Session scope: try to take the key and, if granted, release it at once:
+/// `(granted, released)` (`OFFSET 0` keeps the try-lock in a sub-query of
+/// its own, evaluated once, before the unlock).
+pub(crate) const TEST_TRY_AND_UNLOCK: &str = "\
+SELECT t.got, CASE WHEN t.got THEN pg_catalog.pg_advisory_unlock($1::bigint) ELSE false END \
+FROM (SELECT pg_catalog.pg_try_advisory_lock($1::bigint) AS got OFFSET 0) AS t";
+
+/// Transaction scope, after `BEGIN`: try to take the key for the
+/// transaction: `(granted)`.
+pub(crate) const TEST_XACT_TRY_LOCK: &str =
+    "SELECT pg_catalog.pg_try_advisory_xact_lock($1::bigint)";
+
+// ---------------------------------------------------------------------------
 // Status
 // ---------------------------------------------------------------------------
 
@@ -651,6 +673,15 @@ mod tests {
             .collect();
         texts.extend([BACKEND_PID, SESSION_SETUP, IS_STANDBY, STATUS].map(str::to_owned));
         texts.extend([XACT_SET_TIMEOUTS, XACT_CHECK_BEFORE_COMMIT].map(str::to_owned));
+        texts.extend(
+            [
+                TEST_TRY_LOCK,
+                TEST_UNLOCK,
+                TEST_TRY_AND_UNLOCK,
+                TEST_XACT_TRY_LOCK,
+            ]
+            .map(str::to_owned),
+        );
         texts.push(create_fence_table(1));
         for mode in MODES {
             for key in [KeyId::Int(1), KeyId::Pair(1, 2)] {

@@ -82,7 +82,7 @@ impl WaitCall {
 }
 
 impl ServerLocker {
-    pub(crate) async fn connect(settings: Settings) -> Result<ServerLocker, Error> {
+    pub(crate) async fn connect(mut settings: Settings) -> Result<ServerLocker, Error> {
         let counters = Arc::new(Counters::default());
         let waiters = Arc::new(Waiters::default());
         if settings.transaction_scope_only {
@@ -95,7 +95,10 @@ impl ServerLocker {
             crate::server::fence::ensure_table(&settings).await?;
         }
         let first = Session::connect(&settings, &counters, &waiters).await?;
-        crate::session::proxy::refuse_transaction_pooling(
+        // Also the exclusion self-test of both scopes (crate::session::trust):
+        // failed session-level locks refuse the entry; failed
+        // transaction-level ones only its transaction-scope calls.
+        settings.untrusted_transaction_locks = crate::session::proxy::refuse_transaction_pooling(
             &settings,
             &first.canceller.target,
             first.backend_pid,
@@ -292,17 +295,23 @@ impl ServerLocker {
         } else {
             crate::session::Role::Lock
         };
-        match Session::connect_as(
+        // A replacement is checked again, with the exclusion self-test
+        // (crate::session::trust): the server behind the address may have
+        // changed. (The first session of a locker not probed yet gets the
+        // probe below, which runs the self-test too.)
+        let probed = &self.inner.probed;
+        let verify = probed.load(std::sync::atomic::Ordering::Acquire);
+        match Session::connect_checked(
             role,
             &self.inner.settings,
             &self.inner.counters,
             &self.inner.waiters,
+            verify,
         )
         .await
         {
             Ok(fresh) => {
-                let probed = &self.inner.probed;
-                if !probed.load(std::sync::atomic::Ordering::Acquire) {
+                if !verify {
                     // The first session of a locker that was not connected
                     // at configuration (a quorum member): the same check
                     // for a transaction-pooling proxy as at configuration.

@@ -7,6 +7,7 @@
 
 pub(crate) mod dispatch;
 pub(crate) mod proxy;
+pub(crate) mod trust;
 pub(crate) mod wakeup;
 
 use std::future::Future;
@@ -173,6 +174,21 @@ impl Session {
         counters: &Arc<Counters>,
         waiters: &Arc<Waiters>,
     ) -> Result<Arc<Session>, Error> {
+        Self::connect_checked(role, settings, counters, waiters, false).await
+    }
+
+    /// [`Session::connect_as`]; with `verify`, the fresh session and one
+    /// probe connection to its host also run the session-scope exclusion
+    /// self-test ([`crate::session::trust`]) before the session serves: for
+    /// a session that replaces one that died (the server may not be the one
+    /// checked at configuration). Within the connect timeout too.
+    pub(crate) async fn connect_checked(
+        role: Role,
+        settings: &Settings,
+        counters: &Arc<Counters>,
+        waiters: &Arc<Waiters>,
+        verify: bool,
+    ) -> Result<Arc<Session>, Error> {
         let mut connected = crate::pg::connect::connect(settings).await?;
         let target = format!(
             "{}/{}",
@@ -189,6 +205,16 @@ impl Session {
         let setting_up = async {
             let backend_pid =
                 set_up(&mut connected, settings, waiters, &statements, &target).await?;
+            if verify {
+                let test = trust::with_probe(settings, &connected.client, &connected.target);
+                drive(
+                    &mut connected.connection,
+                    &mut |ch, p| waiters.notified(ch, p),
+                    test,
+                )
+                .await
+                .map_err(|e| setup_error(settings, &target, e))??;
+            }
             let canceller = Canceller {
                 token: connected.client.cancel_token(),
                 target: connected.target.clone(),

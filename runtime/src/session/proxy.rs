@@ -51,12 +51,15 @@
 //! still the one it started on (a busy transaction pooler moves it).
 //!
 //! The probe costs two extra connections for a moment, at configuration
-//! time only, bounded by the connect timeout.
+//! time only, bounded by the connect timeout. The same two connections then
+//! run the exclusion self-test ([`crate::session::trust`]).
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::Settings;
+use crate::error::LockScope;
 use crate::pg::connect::{connect_client_at, Target};
+use crate::session::trust::Scopes;
 use crate::Error;
 
 /// How many `SELECT pg_backend_pid()` the probes send, alternately.
@@ -67,33 +70,50 @@ const PROBE_STATEMENTS: usize = 10;
 /// (`pg_backend_pid()`) of its first lock session, which must be connected
 /// and idle. A probe that can't connect is [`Error::Connect`]; the whole
 /// probe is bounded by the connect timeout ([`Error::ConnectTimeout`]).
+///
+/// Then, on the same two probe connections, the exclusion self-test
+/// ([`crate::session::trust`]) of both scopes: [`Error::FakeAdvisoryLocks`]
+/// if session-level locks fail it. What transaction-level locks did is
+/// returned (`Some(seen)` if they failed): the entry's lock sessions don't
+/// need them, its transaction-scope calls do.
 pub(crate) async fn refuse_transaction_pooling(
     settings: &Settings,
     host: &Target,
     first_backend_pid: i32,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let target = settings.target();
     let after = settings.connect_timeout;
-    let probed = tokio::time::timeout(after, probe(settings, host)).await;
-    let seen = match probed {
+    let probed = tokio::time::timeout(after, probe(settings, host, first_backend_pid)).await;
+    let (seen, verdict) = match probed {
         Err(_) => return Err(Error::ConnectTimeout { target, after }),
-        Ok(result) => result?,
-    };
-    match shared_backend(first_backend_pid, &seen) {
-        None => {
-            tracing::debug!(pool = %settings.name, lock_session = first_backend_pid, probes = ?seen, "advisory-locked: backends are not shared between connections");
-            Ok(())
-        }
-        Some(why) => {
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(Probed::Shared(why, seen))) => {
             tracing::error!(pool = %settings.name, target = %target, lock_session = first_backend_pid, probes = ?seen, "advisory-locked: {why}: a transaction-pooling proxy; refused");
-            Err(Error::TransactionPooler { target })
+            return Err(Error::TransactionPooler { target });
         }
-    }
+        Ok(Ok(Probed::Dedicated(seen, verdict))) => (seen, verdict),
+    };
+    tracing::debug!(pool = %settings.name, lock_session = first_backend_pid, probes = ?seen, "advisory-locked: backends are not shared between connections");
+    crate::session::trust::report(settings, &verdict, LockScope::Session)?;
+    // Logged (an error if it failed); the entry's transaction-scope calls
+    // will be refused then.
+    let _ = crate::session::trust::report(settings, &verdict, LockScope::Transaction);
+    Ok(verdict.transaction)
+}
+
+/// What the probe connections saw.
+enum Probed {
+    /// Backends are shared: why, and the backend pids `(probe, pid)`.
+    Shared(&'static str, Vec<(usize, i32)>),
+    /// Each client has a backend of its own: the pids, and the self-test's
+    /// verdict.
+    Dedicated(Vec<(usize, i32)>, crate::session::trust::Verdict),
 }
 
 /// The backend pids the two probe connections (to the lock session's
-/// host) saw, in order: `(probe, pid)`.
-async fn probe(settings: &Settings, host: &Target) -> Result<Vec<(usize, i32)>, Error> {
+/// host) saw, in order: `(probe, pid)`; if none is shared, the exclusion
+/// self-test on them.
+async fn probe(settings: &Settings, host: &Target, lock_session: i32) -> Result<Probed, Error> {
     let (a, b) = tokio::try_join!(
         connect_client_at(settings, host),
         connect_client_at(settings, host)
@@ -112,7 +132,16 @@ async fn probe(settings: &Settings, host: &Target) -> Result<Vec<(usize, i32)>, 
             seen.push((which, pid));
         }
     }
-    Ok(seen)
+    if let Some(why) = shared_backend(lock_session, &seen) {
+        return Ok(Probed::Shared(why, seen));
+    }
+    let verdict = crate::session::trust::exclusion(&a, &b, Scopes::BOTH)
+        .await
+        .map_err(|e| Error::Connect {
+            target: host.describe(),
+            source: Box::new(e),
+        })?;
+    Ok(Probed::Dedicated(seen, verdict))
 }
 
 /// `pg_backend_pid()` as a simple query: one round trip, one transaction,

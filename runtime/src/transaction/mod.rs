@@ -59,8 +59,10 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use crate::config::Settings;
+use crate::error::LockScope;
 use crate::pg::connect::Canceller;
 use crate::pg::sql;
+use crate::session::trust;
 use crate::{Error, KeyId, LockKey, Mode, OnLost, Outcome};
 
 /// The transaction a `transaction = tx` body runs in; the lock is a
@@ -275,11 +277,51 @@ async fn open(settings: &Settings) -> Result<Conn, Error> {
 
 /// For [`LockConfig::transaction_scope_only`](crate::LockConfig::transaction_scope_only)
 /// entries, at configuration time: one connection (then closed) shows that
-/// the server is reachable, takes the credentials and is not a standby.
+/// the server is reachable, takes the credentials and is not a standby;
+/// with one more to the same host (a probe, closed too), the
+/// transaction-scope exclusion self-test ([`crate::session::trust`]):
+/// [`Error::FakeAdvisoryLocks`] if it fails. The test is bounded by the
+/// connect timeout ([`Error::ConnectTimeout`]: e.g. a proxy that gives the
+/// entry a single server session, so that the second transaction waits for
+/// the first).
 pub(crate) async fn check_server(settings: &Settings) -> Result<(), Error> {
     let conn = open(settings).await?;
+    let host = &conn.cancel.target;
+    let probe = crate::pg::connect::connect_client_at(settings, host).await?;
+    let after = settings.connect_timeout;
+    let testing = trust::exclusion(&conn.client, &probe, trust::Scopes::TRANSACTION);
+    let verdict = match tokio::time::timeout(after, testing).await {
+        Ok(Ok(verdict)) => verdict,
+        Ok(Err(source)) => {
+            return Err(Error::Connect {
+                target: host.describe(),
+                source: Box::new(source),
+            })
+        }
+        Err(_) => {
+            return Err(Error::ConnectTimeout {
+                target: settings.target(),
+                after,
+            })
+        }
+    };
+    trust::report(settings, &verdict, LockScope::Transaction)?;
     tracing::debug!(pool = %settings.name, connection = conn.id, "advisory-locked: transaction-scope-only entry: server checked");
     Ok(())
+}
+
+/// [`Error::FakeAdvisoryLocks`] if the entry's transaction-level locks
+/// failed the exclusion self-test at configuration (a session entry, which
+/// installed for its session-level locks).
+fn refuse_if_untrusted(settings: &Settings) -> Result<(), Error> {
+    match &settings.untrusted_transaction_locks {
+        None => Ok(()),
+        Some(seen) => Err(Error::FakeAdvisoryLocks {
+            target: settings.target(),
+            scope: LockScope::Transaction,
+            seen: seen.clone(),
+        }),
+    }
 }
 
 /// Sends a cancel request for whatever runs on `conn` (bounded by the
@@ -481,6 +523,7 @@ where
     F: Future,
     F::Output: TransactionResult,
 {
+    refuse_if_untrusted(&call.pool.settings)?;
     let attempt = Attempt {
         start: Instant::now(),
         name: key.name().to_owned(),
