@@ -320,9 +320,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error and its causes as one line, each cause once (for logs and for
 /// text kept in other errors): the texts of the chain joined by `": "`,
-/// ending at the server's own error (its message, SQLSTATE, detail and hint)
-/// or at the driver's error (whose text already holds its cause). Neither
-/// the driver nor the server repeats a password in these.
+/// ending at the server's own error (its message, SQLSTATE, detail and
+/// hint). Neither the driver nor the server repeats a password in these.
 pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = String::new();
     let mut next = Some(e);
@@ -335,9 +334,6 @@ pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
             break;
         }
         text.push_str(&e.to_string());
-        if e.is::<tokio_postgres::Error>() {
-            break;
-        }
         next = e.source();
     }
     text

@@ -90,7 +90,9 @@ pub(crate) async fn refuse_transaction_pooling(
     let after = settings.connect_timeout;
     let probed = tokio::time::timeout(after, probe(settings, host)).await;
     let seen = match probed {
-        Err(_) => {
+        // The whole probe, or one probe's own connect (its start-up waits
+        // for a server connection too, and its timer may fire first).
+        Err(_) | Ok(Err(Error::ConnectTimeout { .. })) => {
             tracing::error!(pool = %settings.name, target = %target, lock_session = first_backend_pid, timeout_ms = after.as_millis() as u64, connections = CONNECTIONS_AT_ONCE, "advisory-locked: a probe connection got no answer while the lock session was open: a pooler whose pool is too small?");
             return Err(Error::PoolExhausted {
                 target,
