@@ -84,7 +84,11 @@ impl Settings {
             Some(Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
             Some(Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".to_owned(),
+            // (`hostaddr` alone; a configuration with neither is refused.)
+            None => match self.pg.get_hostaddrs().first() {
+                Some(addr) => addr.to_string(),
+                None => "(no host)".to_owned(),
+            },
         };
         let port = self.pg.get_ports().first().copied().unwrap_or(5432);
         let db = self
@@ -180,20 +184,30 @@ impl LockConfig {
     /// From a connection URL or key-value string
     /// (`postgres://user:password@host:port/dbname`, `host=… user=…`).
     ///
-    /// A string that can't be parsed is [`Error::InvalidConfig`]; the message
-    /// never repeats the string, which may hold a password.
+    /// A string that can't be parsed, or that names no server (an empty
+    /// string, `postgres:///app`, `user=app` without `host` or `hostaddr`),
+    /// is [`Error::InvalidConfig`]: there is no default host. A Unix socket
+    /// directory is a host (`host=/var/run/postgresql`,
+    /// `postgres://app@%2Fvar%2Frun%2Fpostgresql/app`). The message never
+    /// repeats the string, which may hold a password.
     pub fn from_url(url: &str) -> Result<Self, Error> {
         let pg = url
             .parse::<tokio_postgres::Config>()
             .map_err(|e| Error::InvalidConfig {
                 reason: crate::error::cause(&e),
             })?;
+        check_hosts(&pg)?;
         Ok(Self::new(pg))
     }
 
-    /// From the `DATABASE_URL` environment variable.
+    /// From the `DATABASE_URL` environment variable, as
+    /// [`from_url`](Self::from_url): unset, empty or naming no server is
+    /// [`Error::InvalidConfig`].
     pub fn from_env() -> Result<Self, Error> {
         match std::env::var("DATABASE_URL") {
+            Ok(url) if url.trim().is_empty() => Err(Error::InvalidConfig {
+                reason: "the DATABASE_URL environment variable is empty; set it to a connection URL such as postgres://user@host:5432/dbname".to_owned(),
+            }),
             Ok(url) => Self::from_url(&url),
             Err(_) => Err(Error::InvalidConfig {
                 reason: "the DATABASE_URL environment variable is not set (or not unicode)"
@@ -211,6 +225,30 @@ impl LockConfig {
 
     /// How many long-lived lock sessions (connections) this entry opens at
     /// most; each serves many locks at once. Default [`DEFAULT_SESSIONS`].
+    ///
+    /// # Connections
+    ///
+    /// An entry connects to the server with its lock sessions (the first at
+    /// [`install`](Self::install), the others when first needed), its wait
+    /// sessions ([`wait_sessions`](Self::wait_sessions), when first needed),
+    /// the connections of transaction-scope calls
+    /// ([`transaction_connections`](Self::transaction_connections)), and, at
+    /// `install`, for a moment, two probe connections next to the first lock
+    /// session. Through a pooler in session mode each of these holds a server
+    /// connection for its whole life, so the pooler's pool for the database
+    /// and user (pgbouncer: `default_pool_size` or the database's
+    /// `pool_size`, and `max_db_connections`, `max_user_connections`) must
+    /// have room for:
+    ///
+    /// - **3** to install: with fewer, a probe waits for a server connection
+    ///   that never comes free, and `install` fails after the connect
+    ///   timeout with [`Error::PoolExhausted`];
+    /// - `sessions` + `wait_sessions` (+ `transaction_connections` if the
+    ///   entry serves transaction scope) to use every one of them; a lock
+    ///   session that can't get one fails to connect and the live ones
+    ///   serve meanwhile.
+    ///
+    /// Plus what other clients of the pooler use.
     pub fn sessions(mut self, n: usize) -> Self {
         self.settings.sessions = n;
         self
@@ -410,6 +448,7 @@ impl LockConfig {
         if self.settings.name.is_empty() {
             return invalid("the registry entry's name is empty");
         }
+        check_hosts(&self.settings.pg)?;
         if self.settings.sessions == 0 {
             return invalid("sessions must be at least 1");
         }
@@ -457,6 +496,40 @@ impl LockConfig {
     }
 }
 
+/// [`Error::InvalidConfig`] unless `pg` names at least one server (a `host`,
+/// a TCP name or a Unix socket directory, or a `hostaddr`) and its lists of
+/// hosts, addresses and ports fit together, as a connection will need: an
+/// empty string parses to a configuration without any, which would only fail
+/// later, at the first connection, with a target that was never tried.
+fn check_hosts(pg: &tokio_postgres::Config) -> Result<(), Error> {
+    servers_reason(pg).map_or(Ok(()), |reason| Err(Error::InvalidConfig { reason }))
+}
+
+/// Why `pg` can't be connected to, as the connect path reads it (see
+/// [`check_hosts`]; `pg/connect.rs` asks this too), or `None`.
+pub(crate) fn servers_reason(pg: &tokio_postgres::Config) -> Option<String> {
+    use tokio_postgres::config::TargetSessionAttrs;
+    let (hosts, addrs, ports) = (
+        pg.get_hosts().len(),
+        pg.get_hostaddrs().len(),
+        pg.get_ports().len(),
+    );
+    let servers = hosts.max(addrs);
+    Some(
+        if pg.get_target_session_attrs() == TargetSessionAttrs::ReadOnly {
+            "target_session_attrs=read-only: advisory locks must be taken on the primary (a standby's coordinate nothing); use read-write or any".to_owned()
+        } else if servers == 0 {
+            "the connection string names no server: give a host (postgres://user@host:5432/dbname, or host=… in key-value form; a Unix socket directory such as host=/var/run/postgresql counts) or a hostaddr".to_owned()
+        } else if hosts != 0 && addrs != 0 && hosts != addrs {
+            format!("the connection string names {hosts} hosts but {addrs} hostaddrs: give one hostaddr per host, or none")
+        } else if ports > 1 && ports != servers {
+            format!("the connection string names {servers} hosts but {ports} ports: give one port for all, or one per host")
+        } else {
+            return None;
+        },
+    )
+}
+
 /// The `application_name` of lock sessions unless the user set one:
 /// `advisory-locked:<entry> <program>[<pid>]`, printable ASCII (anything else
 /// becomes `?`), at most 63 bytes (PostgreSQL's limit), shortening the
@@ -479,4 +552,65 @@ pub(crate) fn application_name(pool: &str) -> String {
     pool.truncate(MAX.saturating_sub(fixed + 1).min(pool.len()));
     exe.truncate(MAX.saturating_sub(fixed + pool.len()).min(exe.len()));
     format!("advisory-locked:{pool} {exe}{pid}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A string naming no server is refused when read, not at the first
+    /// connection; every form of naming one is accepted.
+    #[test]
+    fn a_connection_string_must_name_a_server() {
+        for url in [
+            "",
+            "   ",
+            "postgres://",
+            "postgres:///app",
+            "postgresql://app@/app",
+            "user=app dbname=app",
+            "port=5432",
+        ] {
+            match LockConfig::from_url(url) {
+                Err(Error::InvalidConfig { reason }) => {
+                    assert!(reason.contains("no server"), "{url:?}: {reason}")
+                }
+                other => panic!("{url:?}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+        for url in [
+            "host=/var/run/postgresql user=app",
+            "postgres://app@%2Fvar%2Frun%2Fpostgresql/app",
+            "hostaddr=127.0.0.1 user=app",
+            "postgres://app@db.internal:6432/app",
+            "host=a,b port=5432",
+            "host=a,b port=1,2 hostaddr=127.0.0.1,127.0.0.2",
+        ] {
+            let cfg = LockConfig::from_url(url).unwrap_or_else(|e| panic!("{url:?}: {e:?}"));
+            assert!(cfg.validate().is_ok(), "{url:?}");
+        }
+        assert_eq!(
+            LockConfig::from_url("hostaddr=127.0.0.2 port=6000 dbname=x")
+                .unwrap()
+                .settings()
+                .target(),
+            "127.0.0.2:6000/x"
+        );
+        for (url, says) in [
+            ("host=a,b hostaddr=127.0.0.1", "hostaddr"),
+            ("host=a,b port=1,2,3", "ports"),
+            ("host=a target_session_attrs=read-only", "primary"),
+        ] {
+            match LockConfig::from_url(url) {
+                Err(Error::InvalidConfig { reason }) => assert!(reason.contains(says), "{reason}"),
+                other => panic!("{url:?}: {other:?}"),
+            }
+        }
+        // Built from a driver config with no host: refused at connect.
+        let empty = LockConfig::new(tokio_postgres::Config::new());
+        assert!(matches!(
+            empty.into_settings(),
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
 }

@@ -11,6 +11,13 @@ use tokio_postgres::error::SqlState;
 ///
 /// Every infrastructure problem is one of these values; none is a panic and
 /// none is ever treated as "acquired".
+///
+/// As is the convention for Rust errors, an error's `Display` says what
+/// failed and not why: the cause (the driver's, the socket's or the
+/// server's error) is its [`source`](std::error::Error::source), so that an
+/// error reporter (`anyhow`'s `{:#}`, `eyre`, a `tracing` error field that
+/// walks the chain) shows each cause once. The server's own error, whatever
+/// the variant it came in, is [`Error::server_error`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -36,14 +43,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// A lock key that no lock can be taken on: a name containing NUL
+    /// (`'\0'`). PostgreSQL text can't hold NUL, so no `hashtextextended`
+    /// in psql can produce the number such a name hashes to: the lock could
+    /// never be found (e.g. in `pg_locks`) by its name. Returned by the lock
+    /// calls ([`Locker::try_lock`](crate::Locker::try_lock),
+    /// [`Locker::lock`](crate::Locker::lock), slots, transaction scope, the
+    /// attribute with a key template) before anything is sent; see
+    /// [`LockKey::named`](crate::LockKey::named) and
+    /// [`LockKey::try_named`](crate::LockKey::try_named).
+    #[error("advisory-locked: invalid lock key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key's name.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The server could not be reached or refused the connection (wrong
     /// credentials, unknown database, refused, ...).
-    #[error("advisory-locked: cannot connect to {target}: {}", cause(&**.source))]
+    #[error("advisory-locked: cannot connect to {target}")]
     Connect {
         /// `host:port/dbname` of the server, without any password.
         target: String,
         /// The cause: the driver's error (a `tokio_postgres::Error`), or the
-        /// socket's.
+        /// socket's. A refusal by the server is also in the one shape of
+        /// [`Error::server_error`].
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -53,6 +78,26 @@ pub enum Error {
     ConnectTimeout {
         /// `host:port/dbname` of the server, without any password.
         target: String,
+        /// The connect timeout that expired.
+        after: Duration,
+    },
+
+    /// Configuring an entry opened its first lock session and then two
+    /// short-lived probe connections (to check for a transaction-pooling
+    /// proxy, see [`LockConfig::install`](crate::LockConfig::install)), and a
+    /// probe got no answer within the connect timeout although the server
+    /// answered the lock session at once: most likely a pooler in session
+    /// mode whose pool for this database and user has fewer server
+    /// connections than the `connections` held at that moment (pgbouncer's
+    /// `default_pool_size` / `pool_size`, `max_db_connections`,
+    /// `max_user_connections`), so that the probe waited for a server
+    /// connection that never came free.
+    #[error("advisory-locked: {target} gave a probe connection no answer within {after:?} while this entry held {connections} connections to it (its first lock session and the probes for a transaction pooler): most likely a pooler in session mode with fewer than {connections} server connections for this database and user (pgbouncer: default_pool_size, max_db_connections, max_user_connections); raise it to at least {connections}, plus what other clients use")]
+    PoolExhausted {
+        /// `host:port/dbname` of the server (the pooler), without any password.
+        target: String,
+        /// The connections the entry held to it at once.
+        connections: usize,
         /// The connect timeout that expired.
         after: Duration,
     },
@@ -116,7 +161,7 @@ pub enum Error {
 
     /// A statement on a lock session failed (the session died, a server
     /// timeout, out of lock memory, ...).
-    #[error("advisory-locked: lock statement for {key:?} failed: {}", cause(&**.source))]
+    #[error("advisory-locked: lock statement for {key:?} failed")]
     Query {
         /// The key's name.
         key: String,
@@ -170,7 +215,7 @@ pub enum Error {
     /// the transaction itself, or the [`Transaction`](crate::Transaction)
     /// handle outlived the body (the transaction is then rolled back). The
     /// body's value is not returned.
-    #[error("advisory-locked: the transaction of lock {key:?} did not commit: {reason}{}", .source.as_deref().map(|e| format!(": {}", cause(e))).unwrap_or_default())]
+    #[error("advisory-locked: the transaction of lock {key:?} did not commit: {reason}")]
     Transaction {
         /// The key's name.
         key: String,
@@ -213,6 +258,7 @@ impl Error {
             self,
             Error::Connect { .. }
                 | Error::ConnectTimeout { .. }
+                | Error::PoolExhausted { .. }
                 | Error::WaitTimeout { .. }
                 | Error::LockLost { .. }
                 | Error::Query { .. }
@@ -255,6 +301,64 @@ fn scope_hint(scope: LockScope) -> &'static str {
     }
 }
 
+impl Error {
+    /// The error the server sent, in one shape whatever the variant it came
+    /// in: a refused connection ([`Error::Connect`], e.g. SQLSTATE 28P01 for
+    /// a wrong password), a failed lock statement ([`Error::Query`], e.g.
+    /// 53200 out of shared memory), a failed statement or `COMMIT` of a
+    /// transaction-scope call ([`Error::Transaction`]). `None` if the server
+    /// sent no error (a socket error, a timeout, a configuration mistake).
+    ///
+    /// ```
+    /// # fn show(e: &advisory_locked::Error) {
+    /// if let Some(server) = e.server_error() {
+    ///     eprintln!("{} {}: {}", server.severity(), server.code().code(), server.message());
+    ///     if let Some(hint) = server.hint() {
+    ///         eprintln!("hint: {hint}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn server_error(&self) -> Option<ServerError> {
+        server_error_in(std::error::Error::source(self)?)
+    }
+}
+
+/// The first server error in `e`'s chain (`e` included).
+fn server_error_in(e: &(dyn std::error::Error + 'static)) -> Option<ServerError> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(found) = server_error_here(e) {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// `e` itself as a server error, if it is one (of this crate or the
+/// driver's, also behind an `Arc`).
+fn server_error_here(e: &(dyn std::error::Error + 'static)) -> Option<ServerError> {
+    use std::sync::Arc;
+    let query = e
+        .downcast_ref::<QueryError>()
+        .or_else(|| e.downcast_ref::<Arc<QueryError>>().map(|q| &**q));
+    if let Some(q) = query {
+        return q.as_server_error().cloned();
+    }
+    if let Some(s) = e.downcast_ref::<ServerError>() {
+        return Some(s.clone());
+    }
+    let driver = e
+        .downcast_ref::<tokio_postgres::Error>()
+        .or_else(|| e.downcast_ref::<Arc<tokio_postgres::Error>>().map(|d| &**d));
+    let db = match driver {
+        Some(d) => d.as_db_error(),
+        None => e.downcast_ref::<tokio_postgres::error::DbError>(),
+    };
+    db.map(ServerError::from)
+}
+
 fn quorum_what(key: &Option<String>) -> String {
     match key {
         Some(key) => format!("lock {key:?}"),
@@ -265,34 +369,30 @@ fn quorum_what(key: &Option<String>) -> String {
 /// `Result<T, advisory_locked::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The most telling text of an error: the server's own message (with its
-/// SQLSTATE) for a server error, else the error and its causes. Neither the
-/// driver nor the server repeats a password in these.
+/// An error and its causes as one line, each cause once (for logs and for
+/// text kept in other errors): the texts of the chain joined by `": "`,
+/// ending at the server's own error (its message, SQLSTATE, detail and
+/// hint). Neither the driver nor the server repeats a password in these.
 pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
-    if let Some(db) = e
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::as_db_error)
-    {
-        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
-    }
-    if let Some(db) = e
-        .downcast_ref::<QueryError>()
-        .and_then(QueryError::as_server_error)
-    {
-        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
-    }
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+    let mut text = String::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        if let Some(server) = server_error_here(e) {
+            text.push_str(&server.to_string());
+            break;
+        }
+        text.push_str(&e.to_string());
+        next = e.source();
     }
     text
 }
 
 /// An error the server sent (an `ErrorResponse`), with every field a
-/// client can act on.
+/// client can act on, in one shape whichever connection it came on (see
+/// [`Error::server_error`]).
 #[derive(Debug, Clone)]
 pub struct ServerError {
     pub(crate) severity: String,
@@ -366,8 +466,39 @@ impl ServerError {
 }
 
 impl fmt::Display for ServerError {
+    /// `ERROR: <message> (SQLSTATE <code>)`, then `; DETAIL: …` and
+    /// `; HINT: …` when the server sent them: one line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.severity, self.message)
+        let (severity, message) = (&self.severity, &self.message);
+        write!(f, "{severity}: {message} (SQLSTATE {})", self.code.code())?;
+        if let Some(detail) = self.detail() {
+            write!(f, "; DETAIL: {detail}")?;
+        }
+        if let Some(hint) = self.hint() {
+            write!(f, "; HINT: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<&tokio_postgres::error::DbError> for ServerError {
+    /// The driver's server error in this shape.
+    fn from(db: &tokio_postgres::error::DbError) -> ServerError {
+        use tokio_postgres::error::ErrorPosition;
+        ServerError {
+            severity: db.severity().to_owned(),
+            code: db.code().clone(),
+            message: db.message().to_owned(),
+            more: Some(Box::new(MoreFields {
+                detail: db.detail().map(str::to_owned),
+                hint: db.hint().map(str::to_owned),
+                position: match db.position() {
+                    Some(ErrorPosition::Original(p)) => Some(*p),
+                    Some(ErrorPosition::Internal { .. }) | None => None,
+                },
+                context: db.where_().map(str::to_owned),
+            })),
+        }
     }
 }
 
@@ -382,8 +513,8 @@ pub enum QueryError {
     /// The connection ended (or can no longer be used).
     #[error("the connection to the server is closed")]
     Closed,
-    /// Reading or writing the socket failed.
-    #[error("connection: {0}")]
+    /// Reading or writing the socket failed (the cause is the source).
+    #[error("reading or writing the connection failed")]
     Io(#[from] io::Error),
     /// The server sent something this client does not expect.
     #[error("protocol: {0}")]
@@ -422,21 +553,7 @@ impl From<&tokio_postgres::Error> for QueryError {
     /// tokio-postgres, such as those of transaction scope).
     fn from(e: &tokio_postgres::Error) -> QueryError {
         if let Some(db) = e.as_db_error() {
-            use tokio_postgres::error::ErrorPosition;
-            return QueryError::Server(ServerError {
-                severity: db.severity().to_owned(),
-                code: db.code().clone(),
-                message: db.message().to_owned(),
-                more: Some(Box::new(MoreFields {
-                    detail: db.detail().map(str::to_owned),
-                    hint: db.hint().map(str::to_owned),
-                    position: match db.position() {
-                        Some(ErrorPosition::Original(p)) => Some(*p),
-                        _ => None,
-                    },
-                    context: db.where_().map(str::to_owned),
-                })),
-            });
+            return QueryError::Server(ServerError::from(db));
         }
         if e.is_closed() {
             return QueryError::Closed;

@@ -225,6 +225,17 @@ impl fmt::Display for KeyId {
 
 /// A lock key: its human name (for logs and errors) and the number locked.
 ///
+/// A name may be any text except one containing NUL (`'\0'`): PostgreSQL
+/// text can't hold NUL, so no `hashtextextended('…', 0)` in psql (nor any
+/// other tool that hashes text on the server) can produce the number such a
+/// name hashes to, and nobody could find its lock by name. The constructors
+/// don't fail ([`named`](Self::named) is used with computed names, e.g. by
+/// the attribute's key templates); a key whose name holds NUL is refused by
+/// every lock call instead, with [`Error::InvalidKey`](crate::Error::InvalidKey)
+/// and before anything is sent. [`try_named`](Self::try_named) returns that
+/// error at once. (A string literal `key = "a\0b"` in the attribute is a
+/// compile error.)
+///
 /// ```
 /// use advisory_locked::{key_hash, KeyId, LockKey};
 ///
@@ -235,10 +246,25 @@ impl fmt::Display for KeyId {
 /// let legacy = LockKey::pair(7, 42);
 /// assert_eq!(legacy.id(), KeyId::Pair(7, 42));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LockKey {
     name: Name,
     id: KeyId,
+    /// The name holds NUL: the key is refused by every lock call.
+    nul: bool,
+}
+
+/// True if `name` holds a NUL byte (a `const fn`, for [`LockKey::with_id`]).
+const fn has_nul(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == 0 {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// A key's name. Numbers are written into an inline buffer: a raw key
@@ -313,22 +339,60 @@ impl fmt::Debug for Name {
 
 impl LockKey {
     /// A key from a name, hashed with [`key_hash`].
+    ///
+    /// A name holding NUL makes a key that every lock call refuses with
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) (see the type's
+    /// documentation); [`try_named`](Self::try_named) refuses it here.
     pub fn named(name: impl Into<Cow<'static, str>>) -> Self {
         let name = name.into();
         let id = KeyId::Int(key_hash(&name));
+        let nul = name.as_bytes().contains(&0);
         LockKey {
             name: Name::Text(name),
             id,
+            nul,
         }
     }
 
+    /// [`named`](Self::named), but a name holding NUL is
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) here rather than at
+    /// the lock call.
+    ///
+    /// ```
+    /// use advisory_locked::{Error, LockKey};
+    ///
+    /// assert!(LockKey::try_named("tenant:7").is_ok());
+    /// assert!(matches!(LockKey::try_named("a\0b"), Err(Error::InvalidKey { .. })));
+    /// ```
+    pub fn try_named(name: impl Into<Cow<'static, str>>) -> Result<Self, crate::Error> {
+        let key = Self::named(name);
+        key.check()?;
+        Ok(key)
+    }
+
     /// A key with a name and a number computed beforehand (used by the
-    /// attribute, which hashes literal names at compile time).
+    /// attribute, which hashes literal names at compile time). A name
+    /// holding NUL is refused by the lock calls, as with
+    /// [`named`](Self::named).
     pub const fn with_id(name: &'static str, id: KeyId) -> Self {
         LockKey {
             name: Name::Text(Cow::Borrowed(name)),
             id,
+            nul: has_nul(name),
         }
+    }
+
+    /// [`Error::InvalidKey`](crate::Error::InvalidKey) if no lock can be
+    /// taken on this key (its name holds NUL); every lock call checks this
+    /// first.
+    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+        if self.nul {
+            return Err(crate::Error::InvalidKey {
+                key: self.name().to_owned(),
+                reason: "the name contains NUL (\\0): PostgreSQL text can't hold NUL, so hashtextextended can never produce this key's number and the lock could not be found by its name; remove the NUL from the name (or from the template's values)".to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// A raw 64-bit key, for interop with existing lock ids.
@@ -336,6 +400,7 @@ impl LockKey {
         LockKey {
             name: Name::number(format_args!("{id}")),
             id: KeyId::Int(id),
+            nul: false,
         }
     }
 
@@ -344,6 +409,7 @@ impl LockKey {
         LockKey {
             name: Name::number(format_args!("({a}, {b})")),
             id: KeyId::Pair(a, b),
+            nul: false,
         }
     }
 
@@ -355,6 +421,16 @@ impl LockKey {
     /// The number PostgreSQL locks.
     pub fn id(&self) -> KeyId {
         self.id
+    }
+}
+
+impl fmt::Debug for LockKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // (`nul` follows from the name.)
+        f.debug_struct("LockKey")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -443,5 +519,44 @@ mod name_tests {
             "LockKey { name: \"7\", id: Int(7) }"
         );
         assert_eq!(LockKey::int(7).to_string(), "\"7\" (7)");
+    }
+}
+
+#[cfg(test)]
+mod nul_tests {
+    use super::*;
+    use crate::Error;
+
+    #[test]
+    fn names_with_nul_are_refused_by_check() {
+        for key in [
+            LockKey::named("a\0b"),
+            LockKey::named(String::from("\0")),
+            LockKey::named(format!("tenant:{}", "x\0")),
+            LockKey::with_id("a\0b", KeyId::Int(key_hash("a\0b"))),
+        ] {
+            match key.check() {
+                Err(Error::InvalidKey { key: name, reason }) => {
+                    assert_eq!(name, key.name());
+                    assert!(reason.contains("NUL"), "{reason}");
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            LockKey::try_named("a\0b"),
+            Err(Error::InvalidKey { .. })
+        ));
+        for key in [
+            LockKey::named("a b"),
+            LockKey::named(""),
+            LockKey::named("é\u{1}"),
+            LockKey::with_id("k", KeyId::Int(1)),
+            LockKey::int(0),
+            LockKey::pair(0, 0),
+        ] {
+            assert!(key.check().is_ok(), "{key}");
+        }
+        assert_eq!(LockKey::try_named("x").unwrap(), LockKey::named("x"));
     }
 }

@@ -134,6 +134,7 @@ impl Locker {
 
     /// Takes the lock if it is free; `Ok(None)` if it is busy, here or in
     /// another process. A key busy in this process costs no round trip.
+    /// A key whose name holds NUL is [`Error::InvalidKey`] (see [`LockKey`]).
     pub async fn try_lock(&self, key: LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
         self.try_lock_notify(key, mode, false).await
     }
@@ -147,6 +148,7 @@ impl Locker {
         mode: Mode,
         notify: bool,
     ) -> Result<Option<LockGuard>, Error> {
+        key.check()?;
         self.refuse_if_transaction_scope_only()?;
         match &self.backend {
             Backend::Server(s) => Ok(s.try_lock(key, mode, notify).await?.map(LockGuard::server)),
@@ -170,13 +172,15 @@ impl Locker {
     /// statement as the unlock), and in any case with backoff (2 ms doubling
     /// to 250 ms, with jitter), which covers releases that notify nobody (a
     /// crashed holder, a skip-mode holder). An expired wait is
-    /// [`Error::WaitTimeout`].
+    /// [`Error::WaitTimeout`]; a key whose name holds NUL,
+    /// [`Error::InvalidKey`] (see [`LockKey`]).
     pub async fn lock(
         &self,
         key: LockKey,
         mode: Mode,
         timeout: Option<Duration>,
     ) -> Result<LockGuard, Error> {
+        key.check()?;
         self.refuse_if_transaction_scope_only()?;
         match &self.backend {
             Backend::Server(s) => s.lock(key, mode, timeout).await.map(LockGuard::server),

@@ -153,8 +153,8 @@ impl QuorumConfig {
             match result {
                 Ok(m) => members.push(m),
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(pool = %self.name, member = %s.name, error = %e, "advisory-locked: quorum member unreachable; it will be connected on use");
-                    causes.push(format!("{}: {e}", s.target()));
+                    tracing::warn!(pool = %self.name, member = %s.name, error = %crate::error::cause(&e), "advisory-locked: quorum member unreachable; it will be connected on use");
+                    causes.push(format!("{}: {}", s.target(), crate::error::cause(&e)));
                     members.push(ServerLocker::unconnected(s.clone()));
                 }
                 Err(e) => return Err(e),
@@ -360,7 +360,11 @@ impl QuorumLocker {
             match answer {
                 Ok(Some(guard)) => granted.push(guard),
                 Ok(None) => {}
-                Err(e) => causes.push(format!("{}: {e}", member.settings().target())),
+                Err(e) => causes.push(format!(
+                    "{}: {}",
+                    member.settings().target(),
+                    crate::error::cause(&e)
+                )),
             }
             if granted.len() >= inner.needed && grace.is_none() {
                 let took = started.elapsed().clamp(GRACE_MIN, GRACE_MAX);

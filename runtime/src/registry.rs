@@ -17,6 +17,12 @@ impl LockConfig {
     /// this entry's annotated fns that lock the same number as another name
     /// ([`names::collisions`](crate::features::names::collisions)) are logged as
     /// `tracing` errors.
+    ///
+    /// Installing holds three connections to the server at once (the first
+    /// lock session and two probes for a transaction-pooling proxy): behind a
+    /// pooler in session mode, its pool must have room for them, else this
+    /// fails with [`Error::PoolExhausted`] (see
+    /// [`sessions`](Self::sessions#connections) for what the entry uses later).
     pub async fn install(self) -> Result<Locker, Error> {
         let name = self.settings().name.clone();
         install_as(name, self.connect()).await

@@ -74,8 +74,17 @@ async fn wrong_credentials_are_typed_and_no_password_leaks_anywhere() {
         .unwrap_err();
     println!("wrong password: {e}");
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
-    assert!(e.to_string().contains("28P01"), "{e}");
-    for text in [e.to_string(), format!("{e:?}"), format!("{e:#?}")] {
+    // The server's reason is the cause (the source), in one shape.
+    let refused = e.server_error().expect("the server's error");
+    assert_eq!(refused.code().code(), "28P01", "{e:?}");
+    let mut chain = e.to_string();
+    let mut next = std::error::Error::source(&e);
+    while let Some(cause) = next {
+        chain = format!("{chain}: {cause}");
+        next = cause.source();
+    }
+    assert!(chain.contains("password authentication failed"), "{chain}");
+    for text in [chain, format!("{e:?}"), format!("{e:#?}")] {
         assert!(!text.contains(BAD) && !text.contains(GOOD), "{text}");
     }
     // Also through install() and a registry lookup afterwards.

@@ -10,8 +10,21 @@ use advisory_locked_tests::{db_url, free_port, raw_connect, unique, ThrowawaySer
 
 const PASSWORD: &str = "s3cret";
 
+/// The error and its causes, as an error reporter prints them (anyhow's
+/// `{:#}`): each text of the `source()` chain, joined by ": ".
+fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
 fn assert_no_password(e: &Error) {
-    let (display, debug) = (e.to_string(), format!("{e:?}"));
+    let (display, debug) = (report(e), format!("{e:?}"));
     assert!(
         !display.contains(PASSWORD),
         "Display leaks the password: {display}"
@@ -137,11 +150,12 @@ async fn an_unknown_database_or_role_is_a_connect_error() {
         other => panic!("expected Connect, got {other:?}"),
     }
     assert_no_password(&e);
-    // The message carries the server's own reason, not just "db error".
-    assert!(
-        e.to_string().contains("does not exist") && e.to_string().contains("3D000"),
-        "{e}"
-    );
+    // The server's own reason is in the error, not just "db error": as the
+    // cause (the source), in one shape with its SQLSTATE.
+    let server = e.server_error().expect("the server's error");
+    assert_eq!(server.code().code(), "3D000", "{e:?}");
+    assert!(server.message().contains("does not exist"), "{server}");
+    assert!(report(&e).contains("does not exist"), "{}", report(&e));
     assert!(e.is_transient());
     assert!(start.elapsed() < Duration::from_secs(5));
 
@@ -358,4 +372,133 @@ async fn a_hot_standby_is_refused() {
     drop(raw);
     drop(standby);
     drop(primary);
+}
+
+/// A connection string that names no server (an empty `DATABASE_URL`, a
+/// URL without a host) is `InvalidConfig` when it is read, not a `Connect`
+/// error at the first connection naming a target that was never tried.
+#[tokio::test]
+async fn a_url_naming_no_server_is_invalid_config() {
+    for url in ["", "postgres://", "postgres:///postgres", "user=postgres"] {
+        match LockConfig::from_url(url) {
+            Err(e @ Error::InvalidConfig { .. }) => {
+                assert!(e.to_string().contains("names no server"), "{url:?}: {e}");
+                assert!(!e.is_transient());
+            }
+            other => panic!("{url:?}: expected InvalidConfig, got {other:?}"),
+        }
+        let e = advisory_locked::configure(url).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidConfig { .. }), "{url:?}: {e:?}");
+    }
+    // A driver configuration without a host, given directly.
+    let e = LockConfig::new(tokio_postgres::Config::new())
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig { .. }), "{e:?}");
+    // A Unix socket directory is a server: accepted when read.
+    LockConfig::from_url("host=/var/run/postgresql user=postgres").expect("a socket dir");
+}
+
+/// `from_env` with `DATABASE_URL` set but empty: run in a child process of
+/// this test binary (the variable is process-wide), which runs the ignored
+/// test below.
+#[test]
+fn an_empty_database_url_is_invalid_config() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "from_env_in_a_child_with_an_empty_url"])
+        .args(["--ignored", "--nocapture", "--test-threads=1"])
+        .env("DATABASE_URL", "")
+        .output()
+        .expect("cannot run the test binary");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the child test did not run: {text}"
+    );
+    assert!(
+        text.contains("DATABASE_URL environment variable is empty"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "run by an_empty_database_url_is_invalid_config, with DATABASE_URL empty"]
+fn from_env_in_a_child_with_an_empty_url() {
+    assert_eq!(std::env::var("DATABASE_URL").as_deref(), Ok(""));
+    match LockConfig::from_env() {
+        Err(e @ Error::InvalidConfig { .. }) => println!("{e}"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
+
+/// `Display` says what failed, the cause is the `source()`: an error
+/// reporter that prints the chain shows the server's reason once.
+#[tokio::test]
+async fn display_leaves_the_cause_to_the_source_chain() {
+    let e = LockConfig::from_url(&with_password(&unique("no_such_db")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    let (display, chain) = (e.to_string(), report(&e));
+    assert!(matches!(e, Error::Connect { .. }), "{e:?}");
+    assert!(
+        display.starts_with("advisory-locked: cannot connect to ") && !display.contains("exist"),
+        "Display repeats the cause: {display}"
+    );
+    assert!(std::error::Error::source(&e).is_some());
+    assert_eq!(chain.matches("does not exist").count(), 1, "{chain}");
+}
+
+/// Every field of a server error, in one shape, from the driver's error
+/// (the crate's own protocol path is tested on bytes in `pg/protocol.rs`).
+#[tokio::test]
+async fn server_errors_carry_detail_hint_and_position() {
+    use advisory_locked::QueryError;
+    let client = raw_connect(&db_url()).await;
+    let e = client
+        .simple_query("SELECT no_such_function_here()")
+        .await
+        .unwrap_err();
+    let q = QueryError::from(&e);
+    let server = q.as_server_error().expect("a server error");
+    assert_eq!(server.code().code(), "42883");
+    assert_eq!(server.severity(), "ERROR");
+    assert!(
+        server
+            .hint()
+            .is_some_and(|h| h.contains("No function matches")),
+        "{server:?}"
+    );
+    assert_eq!(server.position(), Some(8));
+    let text = server.to_string();
+    assert!(
+        text.starts_with(
+            "ERROR: function no_such_function_here() does not exist (SQLSTATE 42883); HINT: "
+        ),
+        "{text}"
+    );
+    let table = "errors_detail"; // (a temporary table: this session's own)
+    client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE {table} (k int PRIMARY KEY); INSERT INTO {table} VALUES (1)"
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap_err();
+    let dup = QueryError::from(&e);
+    let dup = dup.as_server_error().unwrap();
+    assert_eq!(dup.code().code(), "23505");
+    assert_eq!(dup.detail(), Some("Key (k)=(1) already exists."), "{dup:?}");
+    assert!(
+        dup.to_string()
+            .contains("; DETAIL: Key (k)=(1) already exists."),
+        "{dup}"
+    );
 }

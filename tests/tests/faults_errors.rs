@@ -40,11 +40,10 @@ async fn all_advisory(client: &Client) -> i64 {
         .get(0)
 }
 
+/// The SQLSTATE of the server's error behind `e`, if any.
 fn sqlstate_of(e: &Error) -> String {
-    let text = e.to_string();
-    text.split("SQLSTATE ")
-        .nth(1)
-        .map(|s| s.chars().take(5).collect())
+    e.server_error()
+        .map(|s| s.code().code().to_owned())
         .unwrap_or_default()
 }
 
@@ -121,7 +120,8 @@ async fn out_of_lock_memory_is_a_typed_error_and_leaves_nothing_behind() {
     for e in &errors {
         assert!(matches!(e, Error::Query { .. }), "{e:?}");
         assert_eq!(sqlstate_of(e), "53200", "{e}");
-        assert!(e.to_string().contains("out of shared memory"), "{e}");
+        let server = e.server_error().expect("the server's error");
+        assert!(server.message().contains("out of shared memory"), "{e:?}");
     }
     // The failed statement's session is closed (its guards are lost, the
     // server frees its locks); requests that were still queued on it went to

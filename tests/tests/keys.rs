@@ -312,3 +312,68 @@ async fn locker_keys_show_in_pg_locks_too() {
     let left = wait_until_unlocked(&client, &[key.id()], Duration::from_secs(5)).await;
     assert!(left.is_empty(), "{left:?}");
 }
+
+// A key template whose value may hold NUL (`key = "nul:{v}"`), in each
+// mode; the literal `key = "a\0b"` is a compile error (ui-tests).
+#[advisory_locked(key = "nul:{v}", pool = "keys_nul")]
+async fn nul_template_skip(v: &str) -> u8 {
+    1
+}
+
+#[advisory_locked(key = "nul:{v}", pool = "keys_nul", wait = "5s")]
+async fn nul_template_wait(v: &str) -> u8 {
+    1
+}
+
+#[advisory_locked(key = "nul:{v}", pool = "keys_nul", transaction = tx)]
+async fn nul_template_tx(v: &str) {
+    let _ = &tx;
+}
+
+/// A name holding NUL is a typed error on every lock path, before
+/// anything reaches the server: PostgreSQL text can't hold NUL, so psql
+/// could never find the lock by its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_name_with_nul_is_a_typed_error() {
+    use advisory_locked::{Error, Outcome};
+    let is_invalid_key = |r: &Result<_, Error>, name: &str| match r {
+        Err(Error::InvalidKey { key, reason }) => {
+            assert_eq!(key, name);
+            assert!(reason.contains("NUL"), "{reason}");
+        }
+        Err(e) => panic!("{name:?}: expected InvalidKey, got {e:?}"),
+        Ok(_) => panic!("{name:?}: locked"),
+    };
+    let url = db_url();
+    let locker = LockConfig::from_url(&url).unwrap().connect().await.unwrap();
+    let client = raw_connect(&url).await;
+    let name = format!("{}\0b", unique("keys:nul"));
+    let key = LockKey::named(name.clone());
+    let r = locker.try_lock(key.clone(), Mode::Exclusive).await;
+    is_invalid_key(&r.map(drop), &name);
+    let r = locker
+        .lock(key.clone(), Mode::Shared, Some(Duration::from_secs(1)))
+        .await;
+    is_invalid_key(&r.map(drop), &name);
+    is_invalid_key(&LockKey::try_named(name.clone()).map(drop), &name);
+    let slots = advisory_locked::Slots::new(key.clone(), 2);
+    assert!(matches!(slots, Err(Error::InvalidKey { .. })), "{slots:?}");
+
+    advisory_locked::LockConfig::from_url(&url)
+        .unwrap()
+        .name("keys_nul")
+        .install()
+        .await
+        .expect("install keys_nul");
+    let value = format!("{}\0", unique("v"));
+    let templated = format!("nul:{value}");
+    is_invalid_key(&nul_template_skip(&value).await.map(drop), &templated);
+    is_invalid_key(&nul_template_wait(&value).await.map(drop), &templated);
+    is_invalid_key(&nul_template_tx(&value).await.map(drop), &templated);
+    // Nothing reached the server, and the same names without NUL lock.
+    let ids = [key.id(), LockKey::named(templated).id()];
+    assert!(advisory_locks(&client, &ids).await.is_empty());
+    let clean = unique("v");
+    assert_eq!(nul_template_skip(&clean).await.unwrap(), Outcome::Ran(1));
+    assert_eq!(nul_template_wait(&clean).await.unwrap(), 1);
+}

@@ -294,6 +294,64 @@ async fn bad_limits_are_typed_errors() {
     assert!(matches!(r, Err(Error::InvalidConfig { .. })), "{r:?}");
 }
 
+/// The public API accepts no limit the attribute rejects at compile time
+/// (`limit` in 1..=1024, `per` more than zero and at most 8760h): the same
+/// bounds are typed errors at run time, and nothing is locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_what_the_attribute_rejects() {
+    let locker = connect().await;
+    let name = unique("limits:bounds");
+    let key = || LockKey::named(name.clone());
+    for count in [0, Slots::MAX_COUNT + 1, u32::MAX] {
+        match Slots::new(key(), count) {
+            Err(Error::InvalidConfig { reason }) => assert!(reason.contains(&name), "{reason}"),
+            other => panic!("limit {count}: expected InvalidConfig, got {other:?}"),
+        }
+    }
+    let most = Slots::new(key(), Slots::MAX_COUNT).expect("1024 slots are allowed");
+    assert_eq!(most.count(), 1024);
+    let two = || Slots::new(key(), 2).unwrap();
+    for per in [
+        Duration::ZERO,
+        Slots::MAX_PERIOD + Duration::from_secs(1),
+        Duration::MAX,
+    ] {
+        let slots = two().per(per);
+        let skip = locker.try_lock_slot(&slots).await;
+        assert!(
+            matches!(skip, Err(Error::InvalidConfig { .. })),
+            "per {per:?}: {skip:?}"
+        );
+        let wait = locker.lock_slot(&slots, Some(Duration::from_secs(1))).await;
+        assert!(
+            matches!(wait, Err(Error::InvalidConfig { .. })),
+            "per {per:?}: {wait:?}"
+        );
+    }
+    // The attribute's entry points, with values the macro would refuse.
+    let pool = pool("limits_bounds").await;
+    for (slots, per) in [(1025, None), (2, Some(Duration::ZERO))] {
+        let spec = limit_spec(pool, slots, per);
+        let r = advisory_locked::__private::run_skip(spec, key(), async {}).await;
+        assert!(
+            matches!(r, Err(Error::InvalidConfig { .. })),
+            "{slots} {per:?}: {r:?}"
+        );
+    }
+    // Nothing was taken; the longest period is accepted.
+    let client = raw_connect(&db_url()).await;
+    let ids: Vec<_> = (0..2).map(|i| two().slot_key(i).id()).collect();
+    assert!(advisory_locks(&client, &ids).await.is_empty());
+    let slot = locker
+        .try_lock_slot(&two().per(Slots::MAX_PERIOD))
+        .await
+        .unwrap()
+        .expect("a free slot");
+    assert_eq!(slot.held_until(), Some(slot.taken() + Slots::MAX_PERIOD));
+    // (Kept by a background task until this test's runtime ends.)
+    drop(slot);
+}
+
 // ---- across processes ------------------------------------------------------
 
 struct Run {

@@ -207,6 +207,56 @@ async fn session_pooling_is_accepted_and_locks_exclude_through_it() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Install holds three server connections at once (its first lock session
+/// and two probes). Through session pooling with a pool of two, the second
+/// probe waits for a server connection that never comes free: a typed
+/// `PoolExhausted` naming the pool size, after the connect timeout, and
+/// nothing installed; with a pool of three, install succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_pool_too_small_for_install_is_named() {
+    let timeout = Duration::from_secs(2);
+    let small = Pgbouncer::start(&["pool_mode = session", "default_pool_size = 2"]);
+    let name = unique("pgbouncer-small");
+    let err = LockConfig::from_url(&small.url())
+        .unwrap()
+        .name(name.clone())
+        .connect_timeout(timeout)
+        .install()
+        .await
+        .expect_err("a pool of 2 can't hold install's 3 connections");
+    match &err {
+        Error::PoolExhausted {
+            connections, after, ..
+        } => assert_eq!((*connections, *after), (3, timeout), "{err:?}"),
+        other => panic!("expected PoolExhausted, got {other:?}\n{}", small.log()),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("default_pool_size") && text.contains("at least 3"),
+        "the message names the pool size: {text}"
+    );
+    assert!(matches!(
+        advisory_locked::locker(&name),
+        Err(Error::NotConfigured { .. })
+    ));
+    drop(small);
+
+    let enough = Pgbouncer::start(&["pool_mode = session", "default_pool_size = 3"]);
+    let locker = LockConfig::from_url(&enough.url())
+        .unwrap()
+        .connect_timeout(timeout)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("a pool of 3 is enough: {e:?}\n{}", enough.log()));
+    let key = LockKey::named(unique("pgbouncer-small"));
+    let guard = locker
+        .try_lock(key, Mode::Exclusive)
+        .await
+        .unwrap()
+        .expect("a free key");
+    guard.release().await.unwrap();
+}
+
 /// The hazard that the refusal prevents, with plain connections through a
 /// transaction-mode proxy (DESIGN.md): A takes a key and goes idle; B lands
 /// on the same server backend and is granted the same key; after A unlocks

@@ -140,7 +140,7 @@ async fn tls_failures_are_typed_errors() {
     .unwrap_err();
     println!("untrusted certificate: {e}");
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
-    assert!(e.to_string().contains("certificate"), "{e}");
+    assert!(report(&e).contains("certificate"), "{}", report(&e));
 
     // No TLS configured (sslmode=prefer, the default): the server rejects
     // the plain connection.
@@ -149,7 +149,7 @@ async fn tls_failures_are_typed_errors() {
         .unwrap_err();
     println!("no TLS: {e}");
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
-    assert!(e.to_string().contains("no encryption"), "{e}");
+    assert!(report(&e).contains("no encryption"), "{}", report(&e));
 
     // TLS configured, but sslmode=disable: plain, rejected as well.
     let e = connect(
@@ -233,4 +233,17 @@ async fn a_batch_of_512_requests_over_tls_is_answered() {
     for g in guards {
         g.release().await.unwrap();
     }
+}
+
+/// The error and its causes (the `source()` chain), as an error reporter
+/// prints them: `Display` leaves the cause to the chain.
+fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }

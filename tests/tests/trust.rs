@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use advisory_locked::__private::{run_tx_skip, Wait};
+use advisory_locked::__private::run_tx_skip;
 use advisory_locked::{Error, LockConfig, LockKey, LockScope, Locker, Mode, Outcome};
 use advisory_locked_tests::transaction::{pool_name, spec};
 use advisory_locked_tests::{
@@ -210,22 +210,16 @@ async fn a_shadowing_search_path_keeps_transaction_locks_real() {
     let key = LockKey::named(unique("trust-shadow-tx"));
     let checker = raw_connect(&role.db.as_ref().unwrap().url()).await;
     let (checker, key2) = (&checker, key.clone());
-    let outcome = run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
-        key,
-        |tx| async move {
-            let pid = tx.backend_pid();
-            let held = real_locks(checker, &key2, pid).await;
-            // The other try fails while this transaction holds the key.
-            let other = run_tx_skip(
-                spec(pool, Mode::Exclusive, Wait::Skip),
-                key2.clone(),
-                |_tx| async { Ok::<(), ()>(()) },
-            )
-            .await;
-            Ok::<_, ()>((held, other.map(|o| o.is_ran())))
-        },
-    )
+    let outcome = run_tx_skip(spec(pool, Mode::Exclusive), key, |tx| async move {
+        let pid = tx.backend_pid();
+        let held = real_locks(checker, &key2, pid).await;
+        // The other try fails while this transaction holds the key.
+        let other = run_tx_skip(spec(pool, Mode::Exclusive), key2.clone(), |_tx| async {
+            Ok::<(), ()>(())
+        })
+        .await;
+        Ok::<_, ()>((held, other.map(|o| o.is_ran())))
+    })
     .await
     .unwrap();
     let Outcome::Ran(Ok((held, other))) = outcome else {
@@ -297,11 +291,9 @@ async fn transaction_call(server: &ThrowawayServer, pool: &'static str) -> Resul
     let key = LockKey::named(unique("trust-tx-call"));
     let key2 = key.clone();
     let checker = &checker;
-    let outcome = run_tx_skip(
-        spec(pool, Mode::Exclusive, Wait::Skip),
-        key,
-        |tx| async move { Ok::<_, ()>(real_locks(checker, &key2, tx.backend_pid()).await) },
-    )
+    let outcome = run_tx_skip(spec(pool, Mode::Exclusive), key, |tx| async move {
+        Ok::<_, ()>(real_locks(checker, &key2, tx.backend_pid()).await)
+    })
     .await?;
     match outcome {
         Outcome::Ran(held) => Ok(held.unwrap()),

@@ -343,7 +343,7 @@ async fn follow(
             Ok(None) => failing = false,
             Err(e) => {
                 if !failing {
-                    tracing::warn!(pool = %pool, key = %key.name(), error = %e, "advisory-locked: campaign try failed; retrying");
+                    tracing::warn!(pool = %pool, key = %key.name(), error = %crate::error::cause(&e), "advisory-locked: campaign try failed; retrying");
                 }
                 failing = true;
             }

@@ -65,18 +65,26 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// `count` slots of `key`; [`Error::InvalidConfig`] if `count` is 0.
+    /// The most slots one limit may have (the attribute's `limit = N`
+    /// accepts the same, `1..=1024`): each slot is an advisory lock of its
+    /// own, and a waiter tries every one of them.
+    pub const MAX_COUNT: u32 = 1024;
+
+    /// The longest rate period, 365 days (the attribute's `per = "…"` accepts
+    /// the same, up to `"8760h"`).
+    pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    /// `count` slots of `key`: [`Error::InvalidConfig`] unless `count` is
+    /// in `1..=`[`MAX_COUNT`](Self::MAX_COUNT), [`Error::InvalidKey`] for a
+    /// key the lock calls refuse (see [`LockKey`]).
     pub fn new(key: LockKey, count: u32) -> Result<Slots, Error> {
-        if count == 0 {
-            return Err(Error::InvalidConfig {
-                reason: format!("limit for {:?} must be at least 1 slot", key.name()),
-            });
-        }
-        Ok(Slots {
+        let slots = Slots {
             key,
             count,
             per: None,
-        })
+        };
+        slots.check()?;
+        Ok(slots)
     }
 
     /// The rate form: each slot stays held at least `period` from the moment
@@ -89,6 +97,12 @@ impl Slots {
     /// period has passed, a background task of this process keeps the slot
     /// until then. If the process dies first, the server frees the slot at
     /// once and the rate is not enforced for that slot in that period.
+    ///
+    /// `period` must be more than zero and at most
+    /// [`MAX_PERIOD`](Self::MAX_PERIOD), as in the attribute; otherwise
+    /// [`Locker::try_lock_slot`] and [`Locker::lock_slot`] fail with
+    /// [`Error::InvalidConfig`] (this builder does not fail, so that it
+    /// chains).
     pub fn per(mut self, period: Duration) -> Slots {
         self.per = Some(period);
         self
@@ -113,6 +127,33 @@ impl Slots {
     /// `hashtextextended('<name>#<index>', 0)` in psql.
     pub fn slot_key(&self, index: u32) -> LockKey {
         LockKey::named(format!("{}#{index}", self.key.name()))
+    }
+
+    /// The bounds the attribute checks at compile time, for the limits
+    /// built at run time (and for the attribute's, again): one rule for both.
+    fn check(&self) -> Result<(), Error> {
+        self.key.check()?;
+        let name = self.key.name();
+        let invalid = |reason: String| Err(Error::InvalidConfig { reason });
+        if self.count == 0 {
+            return invalid(format!("limit for {name:?} must be at least 1 slot"));
+        }
+        if self.count > Self::MAX_COUNT {
+            return invalid(format!(
+                "limit for {name:?} is {} slots, but at most {} are allowed: each slot is an advisory lock of its own, held on the lock sessions",
+                self.count,
+                Self::MAX_COUNT
+            ));
+        }
+        match self.per {
+            Some(per) if per.is_zero() => invalid(format!(
+                "the rate period (per) of the limit for {name:?} is zero: give a positive period, or none to limit only how many run at once"
+            )),
+            Some(per) if per > Self::MAX_PERIOD => invalid(format!(
+                "the rate period (per) of the limit for {name:?} is {per:?}; the longest is 8760h (365 days)"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The slot indexes in the order one pass tries them: all of them, from
@@ -141,7 +182,8 @@ impl Locker {
     /// Takes a free slot of `slots` if there is one; `Ok(None)` if all are
     /// busy (in this process or others). Slots busy in this process cost no
     /// round trip; the others one try-lock each, one after the other from a
-    /// random slot.
+    /// random slot. A period out of bounds ([`Slots::per`]) is
+    /// [`Error::InvalidConfig`].
     ///
     /// ```no_run
     /// use advisory_locked::{LockConfig, LockKey, Slots};
@@ -160,6 +202,7 @@ impl Locker {
     /// # Ok(()) }
     /// ```
     pub async fn try_lock_slot(&self, slots: &Slots) -> Result<Option<SlotGuard>, Error> {
+        slots.check()?;
         for index in slots.rotation() {
             if let Some(guard) = self
                 .try_lock(slots.slot_key(index), Mode::Exclusive)
@@ -173,7 +216,8 @@ impl Locker {
     }
 
     /// Waits for any slot of `slots`, at most `timeout` (`None`: as long as
-    /// it takes); an expired wait is [`Error::WaitTimeout`] naming the key.
+    /// it takes); an expired wait is [`Error::WaitTimeout`] naming the key,
+    /// a period out of bounds ([`Slots::per`]) [`Error::InvalidConfig`].
     ///
     /// First one pass as [`try_lock_slot`](Self::try_lock_slot); if all
     /// slots are busy, a wait on all of them at once, each as
@@ -204,6 +248,7 @@ impl Locker {
         slots: &Slots,
         timeout: Option<Duration>,
     ) -> Result<SlotGuard, Error> {
+        slots.check()?;
         let start = Instant::now();
         for index in slots.rotation() {
             if let Some(guard) = self
@@ -440,5 +485,45 @@ mod tests {
         };
         let s = slots_of(LockKey::named("x"), rate, Mode::Exclusive).unwrap();
         assert_eq!((s.count(), s.period()), (2, Some(Duration::from_secs(1))));
+    }
+
+    /// The attribute's bounds, checked at run time: 1..=1024 slots, a
+    /// period in (0, 365 days], a key the lock calls accept.
+    #[test]
+    fn the_attributes_bounds_hold_at_run_time() {
+        let key = || LockKey::named("x");
+        let ok = |s: &Slots| s.check().is_ok();
+        assert!(ok(&Slots::new(key(), 1).unwrap()));
+        assert!(ok(&Slots::new(key(), Slots::MAX_COUNT).unwrap()));
+        for count in [Slots::MAX_COUNT + 1, u32::MAX] {
+            match Slots::new(key(), count) {
+                Err(Error::InvalidConfig { reason }) => {
+                    assert!(reason.contains("1024"), "{reason}")
+                }
+                other => panic!("{count}: {other:?}"),
+            }
+        }
+        let one = || Slots::new(key(), 1).unwrap();
+        assert!(ok(&one().per(Duration::from_nanos(1))));
+        assert!(ok(&one().per(Slots::MAX_PERIOD)));
+        for per in [
+            Duration::ZERO,
+            Slots::MAX_PERIOD + Duration::from_nanos(1),
+            Duration::MAX,
+        ] {
+            assert!(
+                matches!(one().per(per).check(), Err(Error::InvalidConfig { .. })),
+                "{per:?}"
+            );
+        }
+        // The attribute's values go through the same check.
+        let limit = |slots, per| Limit { slots, per };
+        assert!(slots_of(key(), limit(1025, None), Mode::Exclusive).is_err());
+        let zero = slots_of(key(), limit(2, Some(Duration::ZERO)), Mode::Exclusive).unwrap();
+        assert!(zero.check().is_err());
+        assert!(matches!(
+            Slots::new(LockKey::named("a\0b"), 2),
+            Err(Error::InvalidKey { .. })
+        ));
     }
 }

@@ -130,6 +130,7 @@ where
     F: Future,
     F::Output: TransactionResult,
 {
+    key.check()?;
     let locker = crate::locker(spec.pool)?;
     if locker.servers() > 1 {
         // A transaction lives on one server; a quorum's lock can't be one.

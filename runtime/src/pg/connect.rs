@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_postgres::config::{Host, LoadBalanceHosts, SslMode, TargetSessionAttrs};
+use tokio_postgres::config::{Host, LoadBalanceHosts, SslMode};
 use tokio_postgres::{AsyncMessage, CancelToken, Client, Connection};
 
 use crate::config::Settings;
@@ -67,23 +67,10 @@ pub(crate) fn targets(config: &tokio_postgres::Config) -> Result<Vec<Target>, St
         config.get_hostaddrs(),
         config.get_ports(),
     );
-    if config.get_target_session_attrs() == TargetSessionAttrs::ReadOnly {
-        return Err("target_session_attrs=read-only: advisory locks must be taken on the primary (a standby's coordinate nothing); use read-write or any".to_owned());
-    }
-    if hosts.is_empty() && addrs.is_empty() {
-        return Err("the connection string names no host (host or hostaddr)".to_owned());
-    }
-    if !hosts.is_empty() && !addrs.is_empty() && hosts.len() != addrs.len() {
-        return Err(format!(
-            "{} hosts but {} hostaddrs: give one hostaddr per host",
-            hosts.len(),
-            addrs.len()
-        ));
+    if let Some(reason) = crate::config::servers_reason(config) {
+        return Err(reason);
     }
     let n = hosts.len().max(addrs.len());
-    if ports.len() > 1 && ports.len() != n {
-        return Err(format!("{n} hosts but {} ports", ports.len()));
-    }
     let mut out: Vec<Target> = (0..n)
         .map(|i| Target {
             host: hosts.get(i).cloned(),
@@ -368,7 +355,7 @@ pub(crate) async fn connect(settings: &Settings) -> Result<Connected, Error> {
                 standby = Some(e);
             }
             Err(e) => {
-                tracing::debug!(pool = %settings.name, host = %target.describe(), error = %e, "advisory-locked: host failed; trying the next");
+                tracing::debug!(pool = %settings.name, host = %target.describe(), error = %crate::error::cause(&e), "advisory-locked: host failed; trying the next");
                 last = Some(e);
             }
         }

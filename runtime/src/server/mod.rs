@@ -247,7 +247,7 @@ impl ServerLocker {
                 let live = slots.iter().filter_map(Slot::live).min_by_key(|s| s.load());
                 match live {
                     Some(session) => {
-                        tracing::debug!(pool = %self.name(), slot = index, error = %e, "advisory-locked: a lock session can't connect; using another");
+                        tracing::debug!(pool = %self.name(), slot = index, error = %crate::error::cause(&e), "advisory-locked: a lock session can't connect; using another");
                         Ok(session)
                     }
                     None => Err(e),
@@ -333,7 +333,7 @@ impl ServerLocker {
             }
             Err(e) => {
                 let retry_in = slot.failed(&e);
-                tracing::warn!(pool = %self.name(), error = %e, retry_in_ms = retry_in.as_millis() as u64,
+                tracing::warn!(pool = %self.name(), error = %crate::error::cause(&e), retry_in_ms = retry_in.as_millis() as u64,
                     "advisory-locked: cannot open a lock session; failing fast until the next attempt");
                 Err(e)
             }
@@ -574,7 +574,7 @@ impl ServerLocker {
             }
             Ok(None) => Ok(None),
             Err(e) => {
-                tracing::warn!(pool = %self.name(), key = %key.name(), error = %e, "advisory-locked: lock failed");
+                tracing::warn!(pool = %self.name(), key = %key.name(), error = %crate::error::cause(&e), "advisory-locked: lock failed");
                 Err(e)
             }
         }
@@ -783,7 +783,7 @@ impl Slot {
         *outage = Some(Outage {
             attempts,
             next_attempt: Instant::now() + wait,
-            cause: e.to_string(),
+            cause: crate::error::cause(e),
         });
         wait
     }

@@ -272,7 +272,7 @@ impl WaitPool {
             Err(e) => {
                 drop(state);
                 let retry_in = self.failed();
-                tracing::warn!(pool = %inner.settings.name, error = %e, retry_in_ms = retry_in.as_millis() as u64,
+                tracing::warn!(pool = %inner.settings.name, error = %crate::error::cause(&e), retry_in_ms = retry_in.as_millis() as u64,
                     "advisory-locked: cannot open a wait session; waiting without one until the next attempt");
                 None
             }
@@ -320,7 +320,7 @@ impl Drop for CancelOnDrop<'_> {
         runtime.spawn(async move {
             tracing::debug!(pool = %settings.name, session = session.id(), "advisory-locked: caller gone; cancelling its wait on the server");
             if let Err(e) = session.canceller.cancel(&settings).await {
-                tracing::debug!(pool = %settings.name, session = session.id(), error = %e, "advisory-locked: cancel request failed; the wait ends with its lock_timeout");
+                tracing::debug!(pool = %settings.name, session = session.id(), error = %crate::error::cause(&e), "advisory-locked: cancel request failed; the wait ends with its lock_timeout");
             }
         });
     }

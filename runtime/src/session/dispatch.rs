@@ -820,7 +820,7 @@ fn failed(batch: Vec<Op>, e: Arc<QueryError>, shared: &Shared, backlog: &mut Vec
         // unknown. Only closing the session makes the server's state known
         // again (nothing held).
         _ => {
-            tracing::error!(session = shared.id, requests = batch.len(), error = %e,
+            tracing::error!(session = shared.id, requests = batch.len(), error = %crate::error::cause(&*e),
                 "advisory-locked: a lock statement failed; closing the session so that the server frees its locks");
             shared.kill();
         }

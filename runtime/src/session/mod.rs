@@ -290,7 +290,7 @@ impl Session {
                     tracing::debug!(pool = %pool, session = id, "advisory-locked: lock session closed")
                 }
                 Err(e) => {
-                    tracing::warn!(pool = %pool, session = id, error = %e, "advisory-locked: lock session ended")
+                    tracing::warn!(pool = %pool, session = id, error = %crate::error::cause(&*e), "advisory-locked: lock session ended")
                 }
             }
             drop(ended);
@@ -649,7 +649,7 @@ async fn hand_over(
         retry_in: std::time::Duration::ZERO,
         cause,
     };
-    drain(&mut c.connection, waiters).map_err(|e| unavailable(e.to_string()))?;
+    drain(&mut c.connection, waiters).map_err(|e| unavailable(crate::error::cause(&e)))?;
     // Let go without being polled again, so that the driver sends nothing,
     // not even its goodbye.
     drop(c.client);
@@ -661,16 +661,19 @@ async fn hand_over(
     };
     let mut wire = Wire::new(transport);
     let mut on_notify = |ch: &str, p: &str| waiters.notified(ch, p);
-    wire.sync_idle(&mut on_notify)
-        .await
-        .map_err(|e| unavailable(format!("the stream was not idle at the hand-over: {e}")))?;
+    wire.sync_idle(&mut on_notify).await.map_err(|e| {
+        unavailable(format!(
+            "the stream was not idle at the hand-over: {}",
+            crate::error::cause(&e)
+        ))
+    })?;
     if role == Role::Listening {
         // Listen for releases that wake waiters (see [`crate::session::wakeup`]).
         wire.simple(sql::LISTEN)
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(crate::error::cause(&e)))?;
         wire.answer()
             .await
-            .map_err(|e| unavailable(format!("LISTEN failed: {e}")))?;
+            .map_err(|e| unavailable(format!("LISTEN failed: {}", crate::error::cause(&*e))))?;
     }
     Ok(wire)
 }

@@ -51,8 +51,13 @@
 //! still the one it started on (a busy transaction pooler moves it).
 //!
 //! The probe costs two extra connections for a moment, at configuration
-//! time only, bounded by the connect timeout. The same two connections then
-//! run the exclusion self-test ([`crate::session::trust`]).
+//! time only, bounded by the connect timeout. With the lock session that is
+//! [`CONNECTIONS_AT_ONCE`] = 3 server connections at once; behind a pooler
+//! in session mode whose pool is smaller (pgbouncer's `default_pool_size =
+//! 2`), the second probe waits for a server connection that never comes
+//! free: that is [`Error::PoolExhausted`], naming the pool size as the
+//! likely cause. The same two connections then run the exclusion self-test
+//! ([`crate::session::trust`]).
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -65,11 +70,20 @@ use crate::Error;
 /// How many `SELECT pg_backend_pid()` the probes send, alternately.
 const PROBE_STATEMENTS: usize = 10;
 
+/// The connections an entry holds at once while it is probed: its first
+/// lock session and the two probes (the fencing table's connection, if
+/// any, is closed before). Configuring through a pooler in session mode
+/// needs that many server connections free.
+pub(crate) const CONNECTIONS_AT_ONCE: usize = 3;
+
 /// Fails with [`Error::TransactionPooler`] if the entry's connections share
 /// server sessions (see the module's documentation), given the backend pid
 /// (`pg_backend_pid()`) of its first lock session, which must be connected
 /// and idle. A probe that can't connect is [`Error::Connect`]; the whole
-/// probe is bounded by the connect timeout ([`Error::ConnectTimeout`]).
+/// probe is bounded by the connect timeout: a probe still unanswered then,
+/// although the lock session was answered at once, is
+/// [`Error::PoolExhausted`] (most likely a session-mode pooler without
+/// [`CONNECTIONS_AT_ONCE`] server connections for the entry).
 ///
 /// Then, on the same two probe connections, the exclusion self-test
 /// ([`crate::session::trust`]) of both scopes: [`Error::FakeAdvisoryLocks`]
@@ -85,7 +99,16 @@ pub(crate) async fn refuse_transaction_pooling(
     let after = settings.connect_timeout;
     let probed = tokio::time::timeout(after, probe(settings, host, first_backend_pid)).await;
     let (seen, verdict) = match probed {
-        Err(_) => return Err(Error::ConnectTimeout { target, after }),
+        // The whole probe, or one probe's own connect (its start-up waits
+        // for a server connection too, and its timer may fire first).
+        Err(_) | Ok(Err(Error::ConnectTimeout { .. })) => {
+            tracing::error!(pool = %settings.name, target = %target, lock_session = first_backend_pid, timeout_ms = after.as_millis() as u64, connections = CONNECTIONS_AT_ONCE, "advisory-locked: a probe connection got no answer while the lock session was open: a pooler whose pool is too small?");
+            return Err(Error::PoolExhausted {
+                target,
+                connections: CONNECTIONS_AT_ONCE,
+                after,
+            });
+        }
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Probed::Shared(why, seen))) => {
             tracing::error!(pool = %settings.name, target = %target, lock_session = first_backend_pid, probes = ?seen, "advisory-locked: {why}: a transaction-pooling proxy; refused");
