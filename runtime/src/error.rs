@@ -114,7 +114,7 @@ pub enum Error {
     /// several clients (pgbouncer in `pool_mode = transaction` or
     /// `statement`, and the like): session advisory locks would be granted
     /// to two holders at once and could stay held after their holder is
-    /// gone, so it is refused (see the README's guarantees).
+    /// gone, so it is refused (see docs/operations.md, pgbouncer).
     #[error("advisory-locked: {target} hands one server session to several clients (a transaction-pooling proxy such as pgbouncer in pool_mode = transaction): session advisory locks would not exclude anything there; connect the lock registry directly to PostgreSQL, or through a pooler in session mode")]
     TransactionPooler {
         /// `host:port/dbname` of the proxy, without any password.

@@ -5,17 +5,16 @@
 //! `tokio_postgres::Client`, each one also pays for the driver's request and
 //! response channels, type checks and a `Row` per answer: about 14,000
 //! client instructions for a `SELECT 1`, the larger part of the client's
-//! share of a round trip (see the README's performance section). [`Wire`]
+//! share of a round trip (see bench/README.md). [`Wire`]
 //! encodes requests straight into its write buffer and decodes answers
 //! straight from its read buffer, on the session's own task.
 //!
-//! Connecting stays with tokio-postgres: the session lends it the socket
-//! ([`Lent`]; with TLS, the stream its connector makes, `LendTls`) for the
-//! start-up (authentication, `sslmode`, parameters) and the set-up, and takes
-//! it back idle, with nothing unread: the set-up has no `LISTEN`, so the
-//! server sends nothing unasked before the hand-over (see
-//! `Session::set_up`). Backend messages are parsed with `postgres-protocol`,
-//! tokio-postgres's own codec.
+//! Connecting stays with tokio-postgres ([`crate::pg::connect`]): the
+//! session lends it the socket ([`Lent`]; with TLS, the stream its
+//! connector makes) for the start-up (authentication, `sslmode`,
+//! parameters) and the set-up, and takes it back; [`Wire::sync_idle`] then
+//! checks that the stream is idle, with nothing pending. Messages are
+//! encoded and decoded by [`crate::pg::protocol`], a pure codec.
 //!
 //! The session sends only prepared statements with binary parameters and
 //! binary results (booleans and integers), one Sync each, so every request
