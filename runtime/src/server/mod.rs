@@ -214,6 +214,7 @@ impl ServerLocker {
                     // could queue behind a blocking wait (crate::server::waiting).
                     if !home.is_dead()
                         && !home.is_wait()
+                        && !home.is_retired()
                         && !crate::local::lanes::much_heavier(
                             crate::local::lanes::weight(Some(Lane::of(home))),
                             least,
@@ -231,6 +232,9 @@ impl ServerLocker {
             }
         };
         if let Some(s) = slots[index].live() {
+            if s.retirable() {
+                self.retire(index, &s);
+            }
             return Ok(s);
         }
         // Connecting runs in a task of its own: it finishes (and its session
@@ -260,6 +264,49 @@ impl ServerLocker {
                 cause: "the runtime is shutting down".to_owned(),
             }),
         }
+    }
+
+    /// Replaces slot `index`'s session `old`, which once held thousands of
+    /// locks and now holds none (see [`Session::retirable`]), with a fresh
+    /// one, in the background: `old` serves until the fresh one is in the
+    /// slot, and is closed once what was routed to it before is released
+    /// (it is no key's home meanwhile).
+    fn retire(&self, index: usize, old: &Arc<Session>) {
+        let (locker, old) = (self.clone(), old.clone());
+        tokio::spawn(async move {
+            let inner = &locker.inner;
+            let fresh = Session::connect_checked(
+                old.role(),
+                &inner.settings,
+                &inner.counters,
+                &inner.waiters,
+                true,
+            )
+            .await;
+            let fresh = match fresh {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    tracing::debug!(pool = %locker.name(), session = old.id(), error = %crate::error::cause(&e), "advisory-locked: could not replace a bloated lock session; keeping it");
+                    return;
+                }
+            };
+            let swapped = {
+                let mut current = inner.slots[index].guard();
+                let still = current.as_ref().is_some_and(|s| Arc::ptr_eq(s, &old));
+                if still {
+                    *current = Some(fresh.clone());
+                }
+                still
+            };
+            if !swapped {
+                fresh.kill();
+                return;
+            }
+            tracing::info!(pool = %locker.name(), old = old.id(), new = fresh.id(), peak = old.peak(), "advisory-locked: retired an empty lock session that once held many locks");
+            // Whatever was routed to it before the swap ends first.
+            old.until_empty().await;
+            old.kill();
+        });
     }
 
     /// Opens a fresh session for slot `index` unless another caller just

@@ -151,7 +151,15 @@ pub(crate) struct Session {
     /// `Shared::unlocks_done` reaches n.
     unlocks_queued: AtomicU64,
     role: Role,
+    /// Set once the session was chosen for retirement (see
+    /// [`Session::retirable`]): it is tried once.
+    retiring: AtomicBool,
 }
+
+/// A session whose load once reached this many locks is replaced when it is
+/// empty again: PostgreSQL's backend-local lock table never shrinks, and
+/// every statement's end walks it (see [`crate::local::lanes`]).
+pub(crate) const RETIRE_PEAK: usize = 1024;
 
 impl Session {
     /// Connects, prepares the lock statements and refuses standby servers,
@@ -305,6 +313,7 @@ impl Session {
             peak: AtomicUsize::new(0),
             unlocks_queued: AtomicU64::new(0),
             role,
+            retiring: AtomicBool::new(false),
         })
     }
 
@@ -416,6 +425,46 @@ impl Session {
     /// This process's locks on this session, held or asked for.
     pub(crate) fn load(&self) -> usize {
         self.load.load(Ordering::Relaxed)
+    }
+
+    /// True, once, for a live lock session that once held at least
+    /// [`RETIRE_PEAK`] locks and now holds none, with every unlock
+    /// answered: time to replace it with a fresh one.
+    pub(crate) fn retirable(&self) -> bool {
+        self.role != Role::Wait
+            && self.load() == 0
+            && self.peak.load(Ordering::Relaxed) >= RETIRE_PEAK
+            && !self.unlock_pending(self.unlocks_queued())
+            && !self.is_dead()
+            && !self.retiring.swap(true, Ordering::Relaxed)
+    }
+
+    /// True once the session was chosen for retirement: new locks go
+    /// elsewhere (it is no key's home any more).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retiring.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once this process holds nothing on the session and every
+    /// unlock sent there is answered, or the session has ended.
+    pub(crate) async fn until_empty(&self) {
+        loop {
+            // Created before the check: an answer in between still wakes it.
+            let progress = self.shared.unlock_progress.notified();
+            let empty = self.load() == 0 && !self.unlock_pending(self.unlocks_queued());
+            if empty || self.is_dead() {
+                return;
+            }
+            tokio::select! {
+                () = progress => {}
+                () = self.closed() => return,
+            }
+        }
+    }
+
+    /// The session's role.
+    pub(crate) fn role(&self) -> Role {
+        self.role
     }
 
     /// The most [`Session::load`] has been (at least the load now).
