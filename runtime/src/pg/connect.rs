@@ -222,7 +222,9 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
-    pub(crate) fn of(#[allow(unused_variables)] settings: &Settings) -> Connector {
+    pub(crate) fn of(settings: &Settings) -> Connector {
+        #[cfg(not(feature = "tls-rustls"))]
+        let _ = settings;
         Connector {
             #[cfg(feature = "tls-rustls")]
             tls: settings.tls.clone(),
@@ -619,7 +621,8 @@ pub(crate) fn ends_session(e: &tokio_postgres::Error) -> bool {
         })
 }
 
-/// `connect_timeout` of one attempt, for callers that bound more than one.
+/// How many hosts a connect may try, each bounded by `connect_timeout`: a
+/// caller that bounds a whole connect gives it that many timeouts.
 pub(crate) fn attempts(settings: &Settings) -> u32 {
     targets(&settings.pg).map_or(1, |t| t.len().max(1) as u32)
 }
