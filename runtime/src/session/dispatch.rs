@@ -217,6 +217,14 @@ impl Op {
         self.req.action == Action::FencedTryLock
     }
 
+    /// A plain exclusive request on a `bigint` key (see
+    /// [`Statement::BatchExclusive`]).
+    fn is_exclusive_int8(&self) -> bool {
+        self.req.action.is_plain()
+            && self.req.mode == Mode::Exclusive
+            && self.req.form == Form::Int8
+    }
+
     /// Fenced locks, raises, waits and checked unlocks go out as statements
     /// of their own.
     fn goes_alone(&self) -> bool {
@@ -591,6 +599,9 @@ fn send(wire: &mut Wire<Transport>, statements: &Statements, shared: &Shared, ba
     match batch {
         [op] => send_one(wire, statements, op),
         [x, y] => send_two(wire, statements, x, y),
+        _ if batch.iter().all(Op::is_exclusive_int8) => {
+            send_batch_exclusive(wire, statements, batch)
+        }
         _ => send_batch(wire, statements, batch),
     }
 }
@@ -627,6 +638,20 @@ fn send_two(wire: &mut Wire<Transport>, statements: &Statements, x: &Op, y: &Op)
             Param::I32(ya),
             Param::I32(yb),
         ],
+    );
+}
+
+/// Many plain exclusive requests on `bigint` keys in one statement.
+fn send_batch_exclusive(wire: &mut Wire<Transport>, statements: &Statements, batch: &[Op]) {
+    let mut codes = Vec::with_capacity(batch.len());
+    let mut keys = Vec::with_capacity(batch.len());
+    for op in batch {
+        codes.push(op.req.code());
+        keys.push(op.key.parts().0);
+    }
+    wire.execute(
+        statements.name(Statement::BatchExclusive),
+        &[Param::I16s(&codes), Param::I64s(&keys)],
     );
 }
 
