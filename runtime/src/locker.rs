@@ -407,7 +407,7 @@ impl LockGuard {
     /// confirmed.
     pub async fn release(self) -> Result<(), Error> {
         // The hold ends here (the metrics see it before the unlock).
-        drop(self.holding);
+        self.holding.end();
         match self.held {
             Held::Server(g) => g.release().await,
             Held::Quorum(g) => g.release().await,

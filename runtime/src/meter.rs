@@ -215,6 +215,12 @@ pub(crate) struct Holding {
     inner: Option<HoldingInner>,
 }
 
+impl Holding {
+    /// Ends the hold now (as dropping it does).
+    #[inline]
+    pub(crate) fn end(self) {}
+}
+
 #[cfg(feature = "metrics")]
 struct HoldingInner {
     labels: Vec<::metrics::Label>,
@@ -313,6 +319,12 @@ pub(crate) struct BusyWaitSession<'a> {
     #[cfg(feature = "metrics")]
     metrics: &'a EntryMetrics,
     _entry: std::marker::PhantomData<&'a EntryMetrics>,
+}
+
+impl BusyWaitSession<'_> {
+    /// The wait is over (as dropping it says).
+    #[inline]
+    pub(crate) fn end(self) {}
 }
 
 #[cfg(feature = "metrics")]

@@ -177,7 +177,7 @@ impl WaitPool {
             };
             let busy = self.inner.counters.metrics.wait_session_busy();
             let answer = session.wait(id, mode, millis).await;
-            drop(busy);
+            busy.end();
             cancel.disarm();
             match answer {
                 Ok(Answer::Granted(grant)) => {
