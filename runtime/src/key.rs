@@ -418,6 +418,15 @@ impl LockKey {
         self.name.as_str()
     }
 
+    /// The name if it is a `&'static str` (a literal, as the attribute's
+    /// keys): a bounded metric label (see [`crate::meter`]).
+    pub(crate) fn static_name(&self) -> Option<&'static str> {
+        match &self.name {
+            Name::Text(Cow::Borrowed(name)) => Some(name),
+            _ => None,
+        }
+    }
+
     /// The number PostgreSQL locks.
     pub fn id(&self) -> KeyId {
         self.id

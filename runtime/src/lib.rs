@@ -48,6 +48,7 @@ mod features;
 mod key;
 mod local;
 mod locker;
+mod meter;
 mod outcome;
 mod pg;
 mod quorum;

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::config::{LockConfig, Settings};
 use crate::quorum::{QuorumConfig, QuorumGuard, QuorumLocker};
 use crate::server::{ServerGuard, ServerLocker};
@@ -135,14 +137,61 @@ impl Locker {
     /// Takes the lock if it is free; `Ok(None)` if it is busy, here or in
     /// another process. A key busy in this process costs no round trip.
     /// A key whose name holds NUL is [`Error::InvalidKey`] (see [`LockKey`]).
+    ///
+    /// Runs in a span `advisory_locked.acquire` and is counted in the
+    /// metrics (feature `metrics`), as the guide's "Metrics and traces" says.
     pub async fn try_lock(&self, key: LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
-        self.try_lock_notify(key, mode, false).await
+        let label = crate::meter::label_of(&key);
+        self.try_lock_as(key, mode, false, label).await
     }
 
     /// [`try_lock`](Self::try_lock) whose release, with `notify`, wakes
     /// waiters in other processes (as a lock taken by [`lock`](Self::lock)
     /// does).
     pub(crate) async fn try_lock_notify(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        notify: bool,
+    ) -> Result<Option<LockGuard>, Error> {
+        let label = crate::meter::label_of(&key);
+        self.try_lock_as(key, mode, notify, label).await
+    }
+
+    /// [`try_lock_notify`](Self::try_lock_notify) with the metrics' `key`
+    /// label `label` (an annotated call's key as written).
+    pub(crate) async fn try_lock_as(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        notify: bool,
+        label: &str,
+    ) -> Result<Option<LockGuard>, Error> {
+        let call = crate::meter::Call {
+            entry: self.name(),
+            key: label,
+            mode,
+        };
+        let span = call.acquire_span(&key, false);
+        let clock = crate::meter::Clock::start();
+        let result = self
+            .try_lock_unmetered(key, mode, notify)
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(Some(guard)) => Ok(Some(guard.metered(&call, &span, clock))),
+            Ok(None) => {
+                call.skipped(&span);
+                Ok(None)
+            }
+            Err(e) => {
+                call.failed(&span, clock, &e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_lock_unmetered(
         &self,
         key: LockKey,
         mode: Mode,
@@ -174,7 +223,48 @@ impl Locker {
     /// crashed holder, a skip-mode holder). An expired wait is
     /// [`Error::WaitTimeout`]; a key whose name holds NUL,
     /// [`Error::InvalidKey`] (see [`LockKey`]).
+    ///
+    /// Runs in a span `advisory_locked.acquire` and is counted in the
+    /// metrics (feature `metrics`), as the guide's "Metrics and traces" says.
     pub async fn lock(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        timeout: Option<Duration>,
+    ) -> Result<LockGuard, Error> {
+        let label = crate::meter::label_of(&key);
+        self.lock_as(key, mode, timeout, label).await
+    }
+
+    /// [`lock`](Self::lock) with the metrics' `key` label `label`.
+    pub(crate) async fn lock_as(
+        &self,
+        key: LockKey,
+        mode: Mode,
+        timeout: Option<Duration>,
+        label: &str,
+    ) -> Result<LockGuard, Error> {
+        let call = crate::meter::Call {
+            entry: self.name(),
+            key: label,
+            mode,
+        };
+        let span = call.acquire_span(&key, true);
+        let clock = crate::meter::Clock::start();
+        let result = self
+            .lock_unmetered(key, mode, timeout)
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(guard) => Ok(guard.metered(&call, &span, clock)),
+            Err(e) => {
+                call.failed(&span, clock, &e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn lock_unmetered(
         &self,
         key: LockKey,
         mode: Mode,
@@ -196,6 +286,8 @@ impl Locker {
 /// server's answer.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
+    /// Dropped first: sees whether the lock was lost before it is released.
+    holding: crate::meter::Holding,
     held: Held,
 }
 
@@ -218,14 +310,35 @@ impl std::fmt::Debug for LockGuard {
 impl LockGuard {
     fn server(guard: ServerGuard) -> LockGuard {
         LockGuard {
+            holding: Default::default(),
             held: Held::Server(guard),
         }
     }
 
     fn quorum(guard: QuorumGuard) -> LockGuard {
         LockGuard {
+            holding: Default::default(),
             held: Held::Quorum(guard),
         }
+    }
+
+    /// Counted as granted in the metrics; the hold is measured from now
+    /// until the guard ends.
+    fn metered(
+        mut self,
+        call: &crate::meter::Call<'_>,
+        span: &tracing::Span,
+        clock: crate::meter::Clock,
+    ) -> LockGuard {
+        let waited = match &self.held {
+            Held::Server(g) => g.waited,
+            Held::Quorum(g) => g.waited,
+        };
+        self.holding = call.granted(span, clock, waited, || {
+            let state = self.state();
+            Box::new(move || !state.is_held())
+        });
+        self
     }
 
     /// The key held.
@@ -293,6 +406,8 @@ impl LockGuard {
     /// quorum, every member is released, and this is `Ok` if a majority
     /// confirmed.
     pub async fn release(self) -> Result<(), Error> {
+        // The hold ends here (the metrics see it before the unlock).
+        self.holding.end();
         match self.held {
             Held::Server(g) => g.release().await,
             Held::Quorum(g) => g.release().await,

@@ -297,6 +297,7 @@ impl QuorumLocker {
                     quorum: self.clone(),
                     turn: Some(turn),
                 }),
+                waited: false,
             }));
         }
         // Short of a majority: the partial grants go back (dropping a guard
@@ -476,7 +477,10 @@ impl QuorumLocker {
             let turn = local.take();
             let had_turn = turn.is_some();
             match self.ask(key.clone(), mode, true, turn).await {
-                Ok(Some(guard)) => return Ok(guard),
+                Ok(Some(mut guard)) => {
+                    guard.waited = attempt > 0;
+                    return Ok(guard);
+                }
                 Ok(None) => {}
                 Err(e) => return Err(e),
             }
@@ -528,6 +532,8 @@ pub(crate) struct QuorumGuard {
     /// This process's turn on the key (exclusive mode), given up after the
     /// members' unlocks are queued (fields drop in order).
     local: Option<LocalTurn>,
+    /// Granted to a wait-mode call after a busy round (for the metrics).
+    pub(crate) waited: bool,
 }
 
 /// A task's turn on an exclusive key in this process.

@@ -65,7 +65,7 @@ impl Stats {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) statements: AtomicU64,
     pub(crate) lock_requests: AtomicU64,
@@ -78,9 +78,43 @@ pub(crate) struct Counters {
     pub(crate) sessions_opened: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
     pub(crate) server_waits: AtomicU64,
+    /// The entry's metric handles (feature `metrics`; empty without it).
+    pub(crate) metrics: crate::meter::EntryMetrics,
 }
 
 impl Counters {
+    /// The counters of registry entry `entry`.
+    pub(crate) fn new(entry: &str) -> Counters {
+        Counters {
+            statements: AtomicU64::default(),
+            lock_requests: AtomicU64::default(),
+            unlock_requests: AtomicU64::default(),
+            granted: AtomicU64::default(),
+            busy: AtomicU64::default(),
+            released: AtomicU64::default(),
+            local_busy: AtomicU64::default(),
+            local_joined: AtomicU64::default(),
+            sessions_opened: AtomicU64::default(),
+            heartbeats: AtomicU64::default(),
+            server_waits: AtomicU64::default(),
+            metrics: crate::meter::EntryMetrics::new(entry),
+        }
+    }
+
+    /// A statement sent on a lock session.
+    #[inline]
+    pub(crate) fn statement(&self) {
+        Self::add(&self.statements, 1);
+        self.metrics.statements(1);
+    }
+
+    /// A lock or wait session opened (see also
+    /// [`EntryMetrics::session_closed`](crate::meter::EntryMetrics::session_closed)).
+    pub(crate) fn session_opened(&self) {
+        Self::add(&self.sessions_opened, 1);
+        self.metrics.session_opened();
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }

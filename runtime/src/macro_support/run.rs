@@ -2,6 +2,8 @@
 
 use std::future::Future;
 
+use tracing::Instrument;
+
 use super::{Spec, Wait};
 use crate::transaction::{self, Busy, TransactionResult};
 use crate::{Error, LockGuard, LockKey, Locker, OnLost, Outcome, SlotGuard};
@@ -22,14 +24,15 @@ pub(crate) async fn run_skip<F: Future>(
         // Boxed: the slot machinery's future stays out of the plain
         // path's future and stack frame.
         return match Box::pin(locker.try_lock_slot(&slots)).await? {
-            Some(slot) => hold_slot(slot, body, policy(&spec, &locker))
+            Some(slot) => hold_slot(slot, body, policy(&spec, &locker), spec.pool)
                 .await
                 .map(Outcome::Ran),
             None => Ok(Outcome::Skipped),
         };
     }
-    match locker.try_lock(key, spec.mode).await? {
-        Some(guard) => hold(guard, body, policy(&spec, &locker))
+    let label = crate::meter::label_of(&key);
+    match locker.try_lock_as(key, spec.mode, false, label).await? {
+        Some(guard) => hold(guard, body, policy(&spec, &locker), spec.pool)
             .await
             .map(Outcome::Ran),
         None => Ok(Outcome::Skipped),
@@ -48,10 +51,11 @@ pub(crate) async fn run_wait<F: Future>(
     if let Some(limit) = spec.limit {
         let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         let slot = Box::pin(locker.lock_slot(&slots, timeout)).await?;
-        return hold_slot(slot, body, policy(&spec, &locker)).await;
+        return hold_slot(slot, body, policy(&spec, &locker), spec.pool).await;
     }
-    let guard = locker.lock(key, spec.mode, timeout).await?;
-    hold(guard, body, policy(&spec, &locker)).await
+    let label = crate::meter::label_of(&key);
+    let guard = locker.lock_as(key, spec.mode, timeout, label).await?;
+    hold(guard, body, policy(&spec, &locker), spec.pool).await
 }
 
 /// [`hold`] for a slot of a limit (`limit = N`): the body runs under the
@@ -62,8 +66,9 @@ async fn hold_slot<F: Future>(
     slot: SlotGuard,
     body: F,
     policy: OnLost,
+    entry: &str,
 ) -> Result<F::Output, Error> {
-    let value = run_body(slot.guard(), body, policy).await;
+    let value = run_body(slot.guard(), body, policy, entry).await;
     drop(slot);
     value
 }
@@ -76,16 +81,34 @@ async fn hold_slot<F: Future>(
 /// go on believing it holds it); [`OnLost::Continue`] lets it finish (it can
 /// check [`current_lock`](crate::current_lock)). If the body panics, the
 /// guard's drop releases the lock and the panic goes on.
-async fn hold<F: Future>(guard: LockGuard, body: F, policy: OnLost) -> Result<F::Output, Error> {
-    let value = run_body(&guard, body, policy).await;
+async fn hold<F: Future>(
+    guard: LockGuard,
+    body: F,
+    policy: OnLost,
+    entry: &str,
+) -> Result<F::Output, Error> {
+    let value = run_body(&guard, body, policy, entry).await;
     // Released without waiting for the server's answer: the unlock is
     // queued on the lock's session, ahead of any later request for this key.
     drop(guard);
     value
 }
 
-/// Runs `body` under `guard` with the loss policy (see [`hold`]).
+/// Runs `body` under `guard` with the loss policy (see [`hold`]), in a
+/// span `advisory_locked.hold`.
 async fn run_body<F: Future>(
+    guard: &LockGuard,
+    body: F,
+    policy: OnLost,
+    entry: &str,
+) -> Result<F::Output, Error> {
+    let span = crate::meter::hold_span(entry, guard.key(), guard.mode());
+    run_body_unspanned(guard, body, policy)
+        .instrument(span)
+        .await
+}
+
+async fn run_body_unspanned<F: Future>(
     guard: &LockGuard,
     body: F,
     policy: OnLost,

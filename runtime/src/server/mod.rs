@@ -83,7 +83,7 @@ impl WaitCall {
 
 impl ServerLocker {
     pub(crate) async fn connect(mut settings: Settings) -> Result<ServerLocker, Error> {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(&settings.name));
         let waiters = Arc::new(Waiters::default());
         if settings.transaction_scope_only {
             // No lock sessions (see LockConfig::transaction_scope_only);
@@ -119,7 +119,7 @@ impl ServerLocker {
     /// A locker whose sessions connect on first use (a quorum member that
     /// was unreachable at configuration).
     pub(crate) fn unconnected(settings: Settings) -> ServerLocker {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(&settings.name));
         let waiters = Arc::new(Waiters::default());
         Self::with_first(settings, counters, waiters, None)
     }
@@ -451,15 +451,23 @@ impl ServerLocker {
         };
         let id = call.key.id();
         let _forget = ForgetWaiter(&self.inner.waiters, id);
+        let mut guard = self.lock_rounds(&mut call).await?;
+        guard.waited |= call.attempt > 0;
+        Ok(guard)
+    }
+
+    /// The rounds of [`ServerLocker::lock`] until it is granted or times out.
+    async fn lock_rounds(&self, call: &mut WaitCall) -> Result<ServerGuard, Error> {
+        let (id, mode) = (call.key.id(), call.mode);
         loop {
             match self.inner.table.begin(id, mode) {
                 Begin::Reserved(recent) => {
-                    if let Some(guard) = self.lock_reserved(&mut call, recent).await? {
+                    if let Some(guard) = self.lock_reserved(call, recent).await? {
                         return Ok(guard);
                     }
                 }
                 Begin::Joined(session, token) => {
-                    return Ok(self.joined(call.key, mode, session, true, token))
+                    return Ok(self.joined(call.key.clone(), mode, session, true, token))
                 }
                 Begin::Busy(changed) | Begin::Pending(changed) => {
                     Counters::add(&self.inner.counters.local_busy, 1);
@@ -672,12 +680,15 @@ impl ServerLocker {
                     } else {
                         if_free
                     };
+                    let blocked = grant.blocked;
                     grant.keep();
                     reservation.armed = false;
                     self.inner
                         .table
                         .granted(key.id(), session.clone(), None, contended);
-                    WaitedHere::Got(self.guard(key.clone(), mode, session, true, None))
+                    let mut guard = self.guard(key.clone(), mode, session, true, None);
+                    guard.waited = blocked;
+                    WaitedHere::Got(guard)
                 }
                 Waited::TimedOut => WaitedHere::TimedOut,
                 Waited::Again => WaitedHere::Again,
@@ -760,6 +771,7 @@ impl ServerLocker {
             notify,
             token,
             done: false,
+            waited: false,
         }
     }
 }
@@ -884,6 +896,9 @@ pub(crate) struct ServerGuard {
     /// The grant's fencing token, on entries with fencing.
     token: Option<i64>,
     done: bool,
+    /// Granted to a wait-mode call that found the key busy first (for the
+    /// metrics and the acquire span).
+    pub(crate) waited: bool,
 }
 
 impl std::fmt::Debug for ServerGuard {

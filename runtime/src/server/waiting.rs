@@ -175,7 +175,9 @@ impl WaitPool {
                 session: Some(session.clone()),
                 settings: &self.inner.settings,
             };
+            let busy = self.inner.counters.metrics.wait_session_busy();
             let answer = session.wait(id, mode, millis).await;
+            busy.end();
             cancel.disarm();
             match answer {
                 Ok(Answer::Granted(grant)) => {

@@ -592,7 +592,7 @@ fn send(wire: &mut Wire<Transport>, statements: &Statements, shared: &Shared, ba
         wire.execute(statements.name(Statement::Ping), &[]);
         return;
     }
-    Counters::add(&counters.statements, 1);
+    counters.statement();
     let unlocks = batch.iter().filter(|op| op.is_unlock()).count() as u64;
     Counters::add(&counters.unlock_requests, unlocks);
     Counters::add(&counters.lock_requests, batch.len() as u64 - unlocks);

@@ -235,7 +235,7 @@ impl Session {
             Err(_) => return Err(Error::ConnectTimeout { target, after }),
         };
         tracing::debug!(pool = %settings.name, session = id, backend_pid, role = ?role, "advisory-locked: lock session connected");
-        Counters::add(&counters.sessions_opened, 1);
+        counters.session_opened();
         let opened = Opened {
             id,
             role,
@@ -552,6 +552,7 @@ struct Ended(Arc<Shared>);
 impl Drop for Ended {
     fn drop(&mut self) {
         self.0.ended.store(true, Ordering::Release);
+        self.0.counters.metrics.session_closed();
     }
 }
 
