@@ -1,4 +1,4 @@
-//! No leak (DESIGN.md invariant 2): a call dropped at any await point — while
+//! No leak (docs/design.md, invariant 2): a call dropped at any await point — while
 //! it asks the server, while it waits, while its body runs — leaves no lock
 //! behind, in `pg_locks` or in the process; a body that panics releases its
 //! lock and the panic goes on to the caller.

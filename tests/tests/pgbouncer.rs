@@ -208,7 +208,7 @@ async fn session_pooling_is_accepted_and_locks_exclude_through_it() {
 }
 
 /// The hazard that the refusal prevents, with plain connections through a
-/// transaction-mode proxy (DESIGN.md): A takes a key and goes idle; B lands
+/// transaction-mode proxy (docs/design.md): A takes a key and goes idle; B lands
 /// on the same server backend and is granted the same key; after A unlocks
 /// and both clients are gone, the key stays held by the pooled backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
