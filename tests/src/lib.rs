@@ -10,6 +10,8 @@
 //!   temporary directory, for the tests that need a second server or a standby;
 //! - [`pgbouncer`]: a real [`Pgbouncer`] in front of the test server;
 //! - [`tls`]: [`TestCertificates`] made with `openssl`, and a [`TlsServer`];
+//! - [`frozen`]: a runtime whose clock stands still, to tell a wake-up by
+//!   an event from one by a timer;
 //! - [`tools`]: where the programs above are found, and the message a test
 //!   fails with when one is missing (`scripts/test` installs them all);
 //! - [`workers`]: worker processes, their output, a clock they share;
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub mod blackhole;
 pub mod capture;
 pub mod db;
+pub mod frozen;
 pub mod limits;
 pub mod locks;
 pub mod pgbouncer;
@@ -102,4 +105,15 @@ pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
     })
     .await;
     out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+/// Polls `done` every 5 ms until it holds, at most `limit`; panics (failing
+/// the test) saying `what` did not happen. For waiting on an event a test
+/// can only observe by asking (counters, a task's state).
+pub async fn until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

@@ -10,10 +10,10 @@
 //! that no backoff step (and no wait deadline) can ever fire there. A waiter
 //! on it that gets its key was woken by a message from the server.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use advisory_locked::{LockConfig, LockKey, Locker, Mode};
+use advisory_locked_tests::frozen::FrozenClock;
 use advisory_locked_tests::{
     backends_named, db_url, db_url_with_app, named, pg_lock, pg_unlock, raw_connect,
     terminate_backend, unique,
@@ -22,85 +22,9 @@ use advisory_locked_tests::{
 /// How long (real time) a step may take before the test fails.
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// A current-thread runtime on a thread of its own, started paused and kept
-/// from auto-advancing by a blocking task that lasts as long as this does:
-/// its clock stands still, only I/O and other tasks move work along.
-struct FrozenClock {
-    handle: tokio::runtime::Handle,
-    started: tokio::time::Instant,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FrozenClock {
-    fn start() -> FrozenClock {
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                // While a blocking task runs, a paused clock does not
-                // auto-advance to the next timer.
-                let hold = tokio::task::spawn_blocking(move || {
-                    let _ = stopped.recv();
-                });
-                let now = tokio::time::Instant::now();
-                let _ = ready_tx.send((tokio::runtime::Handle::current(), now));
-                let _ = hold.await;
-            });
-        });
-        let (handle, started) = ready.recv().expect("the frozen runtime started");
-        FrozenClock {
-            handle,
-            started,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    /// Runs `fut` there; panics saying `what` did not happen if it takes
-    /// more than [`LIMIT`] of real time.
-    async fn run<F>(&self, what: &str, fut: F) -> F::Output
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        tokio::time::timeout(LIMIT, self.handle.spawn(fut))
-            .await
-            .unwrap_or_else(|_| panic!("{what}: not within {LIMIT:?}"))
-            .expect("the task panicked")
-    }
-
-    /// How far its clock has moved since it started (zero: it stood still).
-    async fn moved(&self) -> Duration {
-        let started = self.started;
-        self.run("read the clock", async move {
-            tokio::time::Instant::now() - started
-        })
-        .await
-    }
-}
-
-impl Drop for FrozenClock {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Polls `done` every 5 ms (real time) until it holds, at most [`LIMIT`].
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < LIMIT, "{what}: not within {LIMIT:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    advisory_locked_tests::until(what, LIMIT, done).await;
 }
 
 /// Without wait sessions: their waits don't need the notification (see
@@ -170,7 +94,9 @@ async fn handovers(
 async fn a_wait_mode_release_wakes_waiters_in_other_processes_at_once() {
     let a = locker().await;
     let frozen = FrozenClock::start();
-    let b = frozen.run("connect the waiters' entry", locker()).await;
+    let b = frozen
+        .run(LIMIT, "connect the waiters' entry", locker())
+        .await;
     // Four handovers at once, on four keys.
     let keys: Vec<LockKey> = (0..4)
         .map(|i| LockKey::named(unique(&format!("wakeup:{i}"))))
@@ -236,7 +162,7 @@ async fn waiters_are_woken_again_after_the_listening_session_is_replaced() {
     let frozen = FrozenClock::start();
     let url = db_url_with_app(&app);
     let b = frozen
-        .run("connect the waiters' entry", async move {
+        .run(LIMIT, "connect the waiters' entry", async move {
             locker_at(&url).await
         })
         .await;
@@ -246,7 +172,7 @@ async fn waiters_are_woken_again_after_the_listening_session_is_replaced() {
     let (mut held, listening) = {
         let b = b.clone();
         frozen
-            .run("take and release keys", async move {
+            .run(LIMIT, "take and release keys", async move {
                 let mut held = Vec::new();
                 for i in 0..20 {
                     let key = LockKey::int(base + 100 + i);
@@ -272,7 +198,7 @@ async fn waiters_are_woken_again_after_the_listening_session_is_replaced() {
     let on_listening = held.remove(0);
     assert_eq!(on_listening.backend_pid(), listening);
     frozen
-        .run("release the other keys", async move {
+        .run(LIMIT, "release the other keys", async move {
             for g in held {
                 g.release().await.unwrap();
             }
