@@ -75,6 +75,7 @@ fn write_config(dir: &ServerReadableDir, b: &Backend, port: u16, settings: &[&st
          logfile = {d}/pgbouncer.log\n\
          pidfile = {d}/pgbouncer.pid\n\
          max_client_conn = 200\n\
+         admin_users = {user}\n\
          ignore_startup_parameters = extra_float_digits\n\
          {}\n",
         settings.join("\n"),
@@ -148,6 +149,28 @@ impl Pgbouncer {
             "postgres://{}@127.0.0.1:{}/{}",
             self.user, self.port, self.db
         )
+    }
+
+    /// The clients connected to its databases now (its admin console's
+    /// `SHOW CLIENTS`, without the console's own connection).
+    pub async fn clients(&self) -> usize {
+        let console = crate::raw_connect(&format!(
+            "postgres://{}@127.0.0.1:{}/pgbouncer",
+            self.user, self.port
+        ))
+        .await;
+        let rows = console
+            .simple_query("SHOW CLIENTS")
+            .await
+            .expect("SHOW CLIENTS");
+        rows.iter()
+            .filter(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    r.try_get("database").ok().flatten() != Some("pgbouncer")
+                }
+                _ => false,
+            })
+            .count()
     }
 
     /// Its log and start-up errors so far (for failure messages).

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use advisory_locked::{advisory_locked, LockConfig, Outcome};
 use advisory_locked_tests::{db_url, raw_connect, unique, ScratchTable};
@@ -37,12 +37,8 @@ async fn limited(key: &str, inside: &AtomicUsize, most: &AtomicUsize, gate: &Sem
 }
 
 /// Polls `done` every 5 ms until it holds, at most 20 s; panics with `what`.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    advisory_locked_tests::until(what, Duration::from_secs(20), done).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

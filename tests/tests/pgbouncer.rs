@@ -233,7 +233,15 @@ async fn transaction_pooling_grants_one_session_lock_to_two_clients() {
         "t"
     );
     drop((a, b));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the proxy has seen both clients go, the key is still held.
+    let gone = Instant::now();
+    while proxy.clients().await > 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "the clients never left the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let held = advisory_locks(&direct, &[key]).await;
     assert_eq!(
         held.len(),
