@@ -1,5 +1,6 @@
 //! Worker processes for the multi-process tests: start several, wait for
-//! all (bounded), and read what the fencing workers recorded.
+//! all (bounded), read their output line by line, and read what the
+//! fencing workers recorded.
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -54,4 +55,26 @@ pub async fn fence_rounds(client: &Client, table: &str) -> (Vec<i64>, HashSet<i3
         assert!(w[1] > w[0], "tokens in grant order: {} then {}", w[0], w[1]);
     }
     (tokens, rows.iter().map(|r| r.get(1)).collect())
+}
+
+/// Microseconds since the Unix epoch on this host's clock: comparable across
+/// the processes of one machine (and with the server's `clock_timestamp()`).
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// The next line of a child's output, at most `limit` away; panics (failing
+/// the test) naming `what` if it does not come.
+pub async fn next_line<R>(lines: &mut tokio::io::Lines<R>, what: &str, limit: Duration) -> String
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    tokio::time::timeout(limit, lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("the worker did not say {what:?} within {limit:?}"))
+        .expect("worker output")
+        .unwrap_or_else(|| panic!("the worker ended before saying {what:?}"))
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use advisory_locked::{advisory_locked, LockConfig, Outcome};
 use advisory_locked_tests::{db_url, raw_connect, unique, ScratchTable};
+use tokio::sync::Semaphore;
 
 async fn install() {
     // One entry for the whole file; the first test to get here installs it.
@@ -23,28 +24,61 @@ async fn install() {
     .await;
 }
 
+/// A body that counts itself in, then stays until the test opens `gate`.
 #[advisory_locked(key = "{key}", limit = 2, wait = "20s", pool = "options")]
-async fn limited(key: &str, inside: &AtomicUsize, most: &AtomicUsize) {
+async fn limited(key: &str, inside: &AtomicUsize, most: &AtomicUsize, gate: &Semaphore) {
     let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
     most.fetch_max(now, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.acquire()
+        .await
+        .expect("the gate is never closed")
+        .forget();
     inside.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Polls `done` every 5 ms until it holds, at most 20 s; panics with `what`.
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    advisory_locked_tests::until(what, Duration::from_secs(20), done).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limit_lets_n_bodies_run_at_once() {
     install().await;
+    let entry = advisory_locked::locker("options").unwrap();
     let key = unique("opt:limit");
     let inside = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let refused = || {
+        let s = entry.stats();
+        s.busy + s.local_busy
+    };
+    let refused_before = refused();
     let calls: Vec<_> = (0..6)
         .map(|_| {
-            let (key, inside, most) = (key.clone(), inside.clone(), most.clone());
-            tokio::spawn(async move { limited(&key, &inside, &most).await })
+            let (key, inside, most, gate) =
+                (key.clone(), inside.clone(), most.clone(), gate.clone());
+            tokio::spawn(async move { limited(&key, &inside, &most, &gate).await })
         })
         .collect();
+    // Two bodies get in and stay; the other four find both slots taken
+    // (each refusal is counted) and must not get in while they stay.
+    until("two bodies never ran at once", || {
+        inside.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    until("the other calls never found the slots taken", || {
+        refused() - refused_before >= 8
+    })
+    .await;
+    assert_eq!(inside.load(Ordering::SeqCst), 2, "a third body got in");
+    gate.add_permits(6);
     for c in calls {
-        c.await.unwrap().expect("every call runs");
+        tokio::time::timeout(Duration::from_secs(30), c)
+            .await
+            .expect("a call hung")
+            .unwrap()
+            .expect("every call runs");
     }
     assert_eq!(most.load(Ordering::SeqCst), 2, "exactly 2 at once");
 }

@@ -1,4 +1,4 @@
-//! No leak (DESIGN.md invariant 2): a call dropped at any await point — while
+//! No leak (docs/design.md, invariant 2): a call dropped at any await point — while
 //! it asks the server, while it waits, while its body runs — leaves no lock
 //! behind, in `pg_locks` or in the process; a body that panics releases its
 //! lock and the panic goes on to the caller.
@@ -337,12 +337,22 @@ async fn a_panicking_body_releases_its_lock_and_the_panic_propagates() {
         .expect("the body did not start");
     let held = wait_until_locked(&client, &[id], SETTLE).await;
     assert_eq!(held.len(), 1, "{held:?}");
-    // A waiter of this process queues behind the holder.
+    // A waiter of this process queues behind the holder: it finds the key
+    // taken (counted) and waits.
+    let entry = advisory_locked::locker("cancel_panic").unwrap();
+    let refused = || {
+        let s = entry.stats();
+        s.busy + s.local_busy
+    };
+    let refused_before = refused();
     let waiter = {
         let key = key.clone();
         tokio::spawn(async move { after_panic(&key).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    advisory_locked_tests::until("the waiter found the key taken", SETTLE, || {
+        refused() > refused_before
+    })
+    .await;
     assert!(
         !waiter.is_finished(),
         "the waiter ran while the key was held"

@@ -23,14 +23,29 @@ async fn password_server() -> ThrowawayServer {
     // postgres stays trusted for the test's own admin connection.
     let hba = "host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
     std::fs::write(server.data_dir().join("pg_hba.conf"), hba).unwrap();
+    let load_time = "SELECT pg_conf_load_time()::text";
+    let loaded: String = admin.query_one(load_time, &[]).await.unwrap().get(0);
     let reloaded: bool = admin
         .query_one("SELECT pg_reload_conf()", &[])
         .await
         .unwrap()
         .get(0);
     assert!(reloaded);
-    // pg_hba is read again by new connections once the postmaster reloaded.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections use the new pg_hba.conf once the postmaster has
+    // reloaded: then a new connection's configuration is newer.
+    let start = std::time::Instant::now();
+    loop {
+        let fresh = raw_connect(&server.url("postgres")).await;
+        let now: String = fresh.query_one(load_time, &[]).await.unwrap().get(0);
+        if now != loaded {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the server never reloaded its configuration"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server
 }
 

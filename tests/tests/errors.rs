@@ -1,4 +1,4 @@
-//! Failures are values (DESIGN.md invariant 4): not configured, twice
+//! Failures are values (docs/design.md, invariant 4): not configured, twice
 //! configured, a bad URL, an unknown database, an unreachable server, a
 //! server that never answers, and a hot standby are each a typed `Error`,
 //! returned within a bounded time, and no message repeats the password.

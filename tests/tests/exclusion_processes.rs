@@ -1,4 +1,4 @@
-//! Mutual exclusion (DESIGN.md invariant 1): two holders of one exclusive key
+//! Mutual exclusion (docs/design.md, invariant 1): two holders of one exclusive key
 //! never run their bodies at the same time, across OS processes and across
 //! tasks of one process; shared holders never overlap an exclusive one.
 //!

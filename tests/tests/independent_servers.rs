@@ -1,4 +1,4 @@
-//! Locks do not cross servers or databases (DESIGN.md: the lock space is per
+//! Locks do not cross servers or databases (docs/design.md: the lock space is per
 //! database): the same key is granted at the same time on two independent
 //! servers, and on two databases of one server. This backs the README's
 //! statement that every participant must use the same database.

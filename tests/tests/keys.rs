@@ -1,6 +1,6 @@
 //! Keys: the compile-time hash equals the server's `hashtextextended(s, 0)`,
 //! and the locks the attribute takes show in `pg_locks` where an operator
-//! would look for them (DESIGN.md: 64-bit key = `classid` high 32 bits,
+//! would look for them (docs/design.md: 64-bit key = `classid` high 32 bits,
 //! `objid` low 32 bits, `objsubid` = 1; a pair = (`classid`, `objid`),
 //! `objsubid` = 2).
 

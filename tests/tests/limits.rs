@@ -162,6 +162,7 @@ async fn wait_mode_takes_the_first_slot_freed_and_times_out() {
 
     for round in 0..3u32 {
         let index = (round + 1) % 3;
+        let busy_before = locker.stats().busy;
         let wait = {
             let (locker, slots) = (locker.clone(), slots.clone());
             tokio::spawn(async move {
@@ -171,7 +172,13 @@ async fn wait_mode_takes_the_first_slot_freed_and_times_out() {
                 (Instant::now(), slot)
             })
         };
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // It tried every slot, and found each busy.
+        advisory_locked_tests::until(
+            "the waiter tried the 3 slots",
+            Duration::from_secs(20),
+            || locker.stats().busy - busy_before >= 3,
+        )
+        .await;
         assert!(
             !wait.is_finished(),
             "round {round}: a slot was granted while all were busy"

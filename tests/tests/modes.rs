@@ -116,11 +116,19 @@ async fn wait_mode_waits_until_another_connection_releases() {
     pg_lock(&other, id, Mode::Exclusive).await;
 
     let ran = Arc::new(AtomicBool::new(false));
+    let entry = advisory_locked::locker("modes_wait").unwrap();
+    let busy_before = entry.stats().busy;
     let call = {
         let (k, ran) = (k.clone(), ran.clone());
         tokio::spawn(async move { wait_fn(&k, &ran).await })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // It tried, found the key held, and waits (on the server or polling).
+    advisory_locked_tests::until(
+        "the waiter found the key held",
+        Duration::from_secs(20),
+        || entry.stats().busy > busy_before,
+    )
+    .await;
     assert!(
         !ran.load(Ordering::SeqCst),
         "the body ran while another session held the key"

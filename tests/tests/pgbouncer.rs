@@ -258,7 +258,7 @@ async fn a_session_pool_too_small_for_install_is_named() {
 }
 
 /// The hazard that the refusal prevents, with plain connections through a
-/// transaction-mode proxy (DESIGN.md): A takes a key and goes idle; B lands
+/// transaction-mode proxy (docs/design.md): A takes a key and goes idle; B lands
 /// on the same server backend and is granted the same key; after A unlocks
 /// and both clients are gone, the key stays held by the pooled backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +283,15 @@ async fn transaction_pooling_grants_one_session_lock_to_two_clients() {
         "t"
     );
     drop((a, b));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the proxy has seen both clients go, the key is still held.
+    let gone = Instant::now();
+    while proxy.clients().await > 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "the clients never left the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let held = advisory_locks(&direct, &[key]).await;
     assert_eq!(
         held.len(),

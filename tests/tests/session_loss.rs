@@ -1,4 +1,4 @@
-//! Loss is never silent (DESIGN.md invariant 3): when the session holding a
+//! Loss is never silent (docs/design.md, invariant 3): when the session holding a
 //! lock dies (here: `pg_terminate_backend`), the holder is told within a
 //! bounded time — an annotated body is stopped and the call returns
 //! `Error::LockLost` — and later calls work on a fresh session.

@@ -908,11 +908,22 @@ async fn a_terminated_backend_stops_or_fails_the_call_per_policy() {
         let mut s = spec(pool, Mode::Exclusive);
         s.on_lost = Some(policy);
         let start = Instant::now();
+        let abort = matches!(policy, OnLost::Abort);
         let r = run_tx_skip(s, key.clone(), move |tx| async move {
             insert_row(&tx, &t, &k2).await.unwrap();
             let other = raw_connect(&admin_url).await;
             assert!(terminate_backend(&other, tx.backend_pid()).await);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The body goes on until its connection is seen closed ...
+            let ended = Instant::now();
+            while !tx.is_closed() {
+                assert!(ended.elapsed() < SETTLE, "the connection never ended");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // ... and, under Abort, waits to be stopped (the runtime saw the
+            // same end: it stops the body long before this bound).
+            if abort {
+                tokio::time::sleep(SETTLE).await;
+            }
             fin.store(true, Ordering::SeqCst);
             Ok::<_, ()>(())
         })
