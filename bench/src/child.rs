@@ -355,6 +355,17 @@ pub async fn handover(
 }
 
 impl Handover {
+    /// A copy (for pooling while the rounds are still needed).
+    pub fn clone_summary(&self) -> Handover {
+        Handover {
+            lat: self.lat,
+            samples: self.samples.clone(),
+            reacquired_by_releaser: self.reacquired_by_releaser,
+            not_waiting: self.not_waiting,
+            acquisitions: self.acquisitions,
+        }
+    }
+
     /// The rounds of one contender, pooled.
     pub fn pool(rounds: Vec<Handover>) -> Handover {
         let mut samples = Vec::new();
