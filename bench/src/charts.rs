@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-const WIDTH: f64 = 760.0;
-const LABEL_W: f64 = 290.0;
+/// The plot's width (right of the labels).
+const PLOT_W: f64 = 440.0;
 const ROW_H: f64 = 28.0;
 const TOP: f64 = 48.0;
 const BOTTOM: f64 = 40.0;
@@ -53,17 +53,78 @@ fn axis(max: f64) -> (f64, f64) {
     ((max / step).ceil() * step, step)
 }
 
-/// The frame: title, grid and axis labels; returns the SVG so far and the
-/// x scale.
-fn frame(title: &str, unit: &str, rows: usize, max: f64) -> (String, impl Fn(f64) -> f64) {
+/// An x axis: where a value goes, and the ticks to draw.
+struct Scale {
+    label_w: f64,
+    lo: f64,
+    hi: f64,
+    log: bool,
+    ticks: Vec<f64>,
+}
+
+impl Scale {
+    /// Linear from 0 to a nice maximum above `max`.
+    fn linear(label_w: f64, max: f64) -> Scale {
+        let (hi, step) = axis(max);
+        let ticks = (0..=((hi / step).round() as usize))
+            .map(|i| i as f64 * step)
+            .collect();
+        Scale {
+            label_w,
+            lo: 0.0,
+            hi,
+            log: false,
+            ticks,
+        }
+    }
+
+    /// Logarithmic over [min, max], ticks at 1, 2, 5 × 10^k.
+    fn log(label_w: f64, min: f64, max: f64) -> Scale {
+        let lo = 10f64.powf(min.max(0.1).log10().floor());
+        let hi = 10f64.powf(max.max(lo * 10.0).log10().ceil());
+        let mut ticks = Vec::new();
+        let mut decade = lo;
+        while decade < hi * 1.01 {
+            for m in [1.0, 2.0, 5.0] {
+                if decade * m <= hi * 1.01 {
+                    ticks.push(decade * m);
+                }
+            }
+            decade *= 10.0;
+        }
+        Scale {
+            label_w,
+            lo,
+            hi,
+            log: true,
+            ticks,
+        }
+    }
+
+    fn x(&self, v: f64) -> f64 {
+        let f = if self.log {
+            (v.max(self.lo).log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
+        } else {
+            (v.max(0.0) - self.lo) / (self.hi - self.lo)
+        };
+        self.label_w + f.clamp(0.0, 1.0) * PLOT_W
+    }
+}
+
+/// Room for the longest label (about 6.6 px a character at 12 px).
+fn label_width<'a>(names: impl Iterator<Item = &'a str>) -> f64 {
+    let longest = names.map(|n| n.chars().count()).max().unwrap_or(10);
+    (longest as f64 * 6.6 + 20.0).max(120.0)
+}
+
+/// The frame: title, grid and axis labels.
+fn frame(title: &str, unit: &str, rows: usize, scale: &Scale) -> String {
+    let width = scale.label_w + PLOT_W + 60.0;
     let height = TOP + rows as f64 * ROW_H + BOTTOM;
-    let (top_val, step) = axis(max);
-    let plot_w = WIDTH - LABEL_W - 30.0;
-    let x = move |v: f64| LABEL_W + (v.max(0.0) / top_val).min(1.0) * plot_w;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"##
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="12">"##
     );
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
     let _ = writeln!(
@@ -72,9 +133,8 @@ fn frame(title: &str, unit: &str, rows: usize, max: f64) -> (String, impl Fn(f64
         escape(title)
     );
     let bottom = TOP + rows as f64 * ROW_H;
-    let mut v = 0.0;
-    while v <= top_val + step / 2.0 {
-        let gx = x(v);
+    for &v in &scale.ticks {
+        let gx = scale.x(v);
         let _ = writeln!(
             s,
             r##"<line x1="{gx:.1}" y1="{:.1}" x2="{gx:.1}" y2="{bottom:.1}" stroke="#dddddd"/>"##,
@@ -86,16 +146,15 @@ fn frame(title: &str, unit: &str, rows: usize, max: f64) -> (String, impl Fn(f64
             bottom + 16.0,
             trim(v)
         );
-        v += step;
     }
     let _ = writeln!(
         s,
         r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555555">{}</text>"##,
-        LABEL_W + plot_w / 2.0,
+        scale.label_w + PLOT_W / 2.0,
         bottom + 34.0,
         escape(unit)
     );
-    (s, x)
+    s
 }
 
 fn trim(v: f64) -> String {
@@ -106,19 +165,19 @@ fn trim(v: f64) -> String {
 /// Percentile bars: a line from p10 to p99, a box from p25 to p75, a tick
 /// at p50 (and p90 as a small mark).
 pub fn latency(title: &str, rows: &[LatRow]) -> String {
-    let max = rows.iter().map(|r| r.p99).fold(0.0, f64::max) * 1.05;
-    let (mut s, x) = frame(
-        title,
-        "µs (line p10–p99, box p25–p75, bar p50, dot p90)",
-        rows.len(),
-        max,
-    );
+    let max = rows.iter().map(|r| r.p99).fold(0.0, f64::max);
+    let min = rows.iter().map(|r| r.p10).fold(f64::MAX, f64::min);
+    let scale = Scale::log(label_width(rows.iter().map(|r| r.name.as_str())), min, max);
+    let x = |v| scale.x(v);
+    let label_w = scale.label_w;
+    let unit = "µs, log scale (line p10–p99, box p25–p75, red bar p50, dot p90; labels p50 / p99)";
+    let mut s = frame(title, unit, rows.len(), &scale);
     for (i, r) in rows.iter().enumerate() {
         let y = TOP + i as f64 * ROW_H + ROW_H / 2.0;
         let _ = writeln!(
             s,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LABEL_W - 8.0,
+            label_w - 8.0,
             y + 4.0,
             escape(&r.name)
         );
@@ -168,7 +227,10 @@ pub fn ratios(title: &str, unit: &str, rows: &[RatioRow]) -> String {
         .filter(|v| v.is_finite())
         .fold(1.0, f64::max)
         * 1.05;
-    let (mut s, x) = frame(title, unit, rows.len(), max);
+    let scale = Scale::linear(label_width(rows.iter().map(|r| r.name.as_str())), max);
+    let x = |v| scale.x(v);
+    let label_w = scale.label_w;
+    let mut s = frame(title, unit, rows.len(), &scale);
     let bottom = TOP + rows.len() as f64 * ROW_H;
     let one = x(1.0);
     let _ = writeln!(
@@ -181,7 +243,7 @@ pub fn ratios(title: &str, unit: &str, rows: &[RatioRow]) -> String {
         let _ = writeln!(
             s,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LABEL_W - 8.0,
+            label_w - 8.0,
             y + 4.0,
             escape(&r.name)
         );
@@ -190,9 +252,9 @@ pub fn ratios(title: &str, unit: &str, rows: &[RatioRow]) -> String {
         }
         let _ = writeln!(
             s,
-            r##"<rect x="{LABEL_W:.1}" y="{:.1}" width="{:.1}" height="14" fill="#8fb8de"/>"##,
+            r##"<rect x="{label_w:.1}" y="{:.1}" width="{:.1}" height="14" fill="#8fb8de"/>"##,
             y - 7.0,
-            (x(r.median) - LABEL_W).max(1.0)
+            (x(r.median) - label_w).max(1.0)
         );
         let _ = writeln!(
             s,

@@ -4,7 +4,7 @@
 //! [`harness`]).
 //!
 //! ```sh
-//! cargo run --release -p bench                  # full run (~2 min); results in bench/results/
+//! cargo run --release -p bench                  # full run (~1-2 min); results in bench/results/
 //! cargo run --release -p bench -- --quick       # smoke check (< 1 min); results in target/bench-results-quick/
 //! cargo run --release -p bench -- --only none --compile-time   # the attribute's compile time (slow)
 //! ```
@@ -62,7 +62,8 @@ pub struct Opts {
     pub json: PathBuf,
     pub results: PathBuf,
     pub url: String,
-    /// P1's epochs (fresh connections each) and the rounds of each.
+    /// P1: epochs per placement (fresh connections each), and the rounds of
+    /// each epoch.
     pub p1_epochs: usize,
     pub p1: Rounds,
     /// P1's "until another connection sees the key free".
@@ -159,16 +160,16 @@ fn defaults(quick: bool) -> Opts {
         json: PathBuf::new(),
         results: PathBuf::new(),
         url: std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned()),
-        p1_epochs: q(2, 5),
+        p1_epochs: q(2, 6),
         p1: Rounds {
             warm: q(50, 200),
             rounds: q(4, 6),
-            per_round: q(100, 200),
+            per_round: q(100, 300),
             block: 10,
         },
         seen_free: Rounds {
             warm: q(10, 30),
-            rounds: q(2, 4),
+            rounds: q(2, 5),
             per_round: q(40, 100),
             block: 5,
         },

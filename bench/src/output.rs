@@ -34,6 +34,12 @@ pub fn write_all(o: &Opts, rep: &mut Report) -> Result<(), BoxErr> {
     }
     std::fs::write(&o.json, &text)?;
     std::fs::write(dir.join("bench-results.json"), &text)?;
+    // Charts of an earlier run that this one has no data for go.
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "svg") {
+            std::fs::remove_file(e.path())?;
+        }
+    }
     for (name, svg) in charts_of(&doc) {
         std::fs::write(dir.join(name), svg)?;
     }
@@ -152,9 +158,10 @@ fn charts_of(doc: &Value) -> Vec<(String, String)> {
     if doc["p6"]["contenders"].is_array() {
         let mut rows = Vec::new();
         for c in list(&doc["p6"]["contenders"]) {
+            let short = name(c).split(" (").next().unwrap_or("?");
             for l in list(&c["levels"]) {
                 rows.push(ratio_row(
-                    &format!("{}, {} held", name(c), l["others_held"]),
+                    &format!("{short} · {} held", l["others_held"]),
                     &l["vs_floor"]["p50"],
                 ));
             }

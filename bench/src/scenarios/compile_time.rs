@@ -99,7 +99,10 @@ fn cargo(dir: &Path, args: &[&str]) -> Result<f64, BoxErr> {
 }
 
 /// Per profile, per variant: the timed builds.
-fn measure(dir: &Path, reps: usize) -> Result<Vec<(&'static str, Vec<Vec<f64>>)>, BoxErr> {
+/// Per profile: its name and, per variant, the seconds of each build.
+type Times = Vec<(&'static str, Vec<Vec<f64>>)>;
+
+fn measure(dir: &Path, reps: usize) -> Result<Times, BoxErr> {
     let mut out = Vec::new();
     for (profile, flag) in [("debug", None), ("release", Some("--release"))] {
         let with = |args: &[&'static str]| -> Vec<&'static str> {

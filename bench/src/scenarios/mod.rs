@@ -112,7 +112,7 @@ async fn header(o: &Opts, keys: &Keys, admin: &Client, rep: &mut Report) -> Resu
         keys.tag
     );
     println!(
-        "latency: paired rounds (P1: {} epochs × {} rounds × {} calls per contender, blocks of {}); \
+        "latency: paired rounds (P1: {} epochs per placement × {} rounds × {} calls per contender, blocks of {}); \
          P2: {} tasks, {} keys, {} rounds of {:.2} s (+{:.2} s warm-up) per contender",
         o.p1_epochs,
         o.p1.rounds,
