@@ -37,6 +37,10 @@ const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "\
 usage: bench [--quick] [--only p1,p2,..|none] [--compile-time] [--json PATH] [--results DIR]
              [--p2-secs SECS] [--p2-warmup SECS] [--p3-hold-us US] [--p3-pause-us US]
+       bench --render [DIR]
+
+  --render [DIR]    only write the charts and summary.md again from
+                    DIR/bench-results.json (default DIR: bench/results)
 
   --quick           fewer rounds (a smoke check, well under a minute)
   --only LIST       run only these scenarios (p1..p6), or none
@@ -207,6 +211,18 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("handover-child") => return child::main(&args[1..]),
         Some("p4-child") => return scenarios::p4_child(&args[1..]),
+        Some("--render") => {
+            let dir = args
+                .get(1)
+                .map_or_else(|| workspace().join("bench").join("results"), PathBuf::from);
+            return match output::render_dir(&dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench --render: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         _ => {}
     }
     let opts = match parse_args(&args) {

@@ -34,17 +34,34 @@ pub fn write_all(o: &Opts, rep: &mut Report) -> Result<(), BoxErr> {
     }
     std::fs::write(&o.json, &text)?;
     std::fs::write(dir.join("bench-results.json"), &text)?;
+    render(&doc, dir)?;
+    println!("results written to {} and {}", o.json.display(), show(dir));
+    Ok(())
+}
+
+/// The charts and the summary of `doc`, in `dir` (`bench --render`: again
+/// from a results file, without measuring).
+pub fn render(doc: &Value, dir: &Path) -> Result<(), BoxErr> {
     // Charts of an earlier run that this one has no data for go.
     for e in std::fs::read_dir(dir)?.flatten() {
         if e.path().extension().is_some_and(|x| x == "svg") {
             std::fs::remove_file(e.path())?;
         }
     }
-    for (name, svg) in charts_of(&doc) {
+    for (name, svg) in charts_of(doc) {
         std::fs::write(dir.join(name), svg)?;
     }
-    std::fs::write(dir.join("summary.md"), crate::summary::render(&doc))?;
-    println!("results written to {} and {}", o.json.display(), show(dir));
+    std::fs::write(dir.join("summary.md"), crate::summary::render(doc))?;
+    Ok(())
+}
+
+/// `bench --render DIR`: the charts and summary again from
+/// `DIR/bench-results.json`.
+pub fn render_dir(dir: &Path) -> Result<(), BoxErr> {
+    let text = std::fs::read_to_string(dir.join("bench-results.json"))?;
+    let doc: Value = serde_json::from_str(&text)?;
+    render(&doc, dir)?;
+    println!("charts and summary rendered again in {}", show(dir));
     Ok(())
 }
 

@@ -61,9 +61,20 @@ fn p1(doc: &Value, s: &mut String) {
     if places.is_empty() {
         return;
     }
+    // How much slower a round trip is when it wakes the other CPU, as measured.
+    let select1 = |pl: &Value| f(&pl["contenders"][0]["latency"]["median_us"]);
+    let modes = match places {
+        [same, cross] => format!(
+            "{:.1}× slower ({:.1} against {:.1} µs for `SELECT 1`)",
+            select1(cross) / select1(same),
+            select1(cross),
+            select1(same)
+        ),
+        _ => "several times slower".to_owned(),
+    };
     let _ = writeln!(
         s,
-        "## P1: one uncontended call\n\nA round trip on this machine is ~5× slower when it wakes the other CPU, \
+        "## P1: one uncontended call\n\nA round trip on this machine is {modes} when it wakes the other CPU, \
          and a connection keeps its mode: P1 pins the bench and the measured backends with `taskset`, \
          **same CPU** (no cross-CPU wake-up: the software cost shows) and **cross CPU** (every round trip \
          wakes the other CPU, as with a database on another machine), each in epochs of fresh connections.\n"
