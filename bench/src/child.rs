@@ -49,6 +49,14 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+/// One child's timing: acquisitions, hold, pause.
+#[derive(Clone, Copy)]
+struct Plan {
+    acquisitions: usize,
+    hold: Duration,
+    pause: Duration,
+}
+
 async fn run(args: &[String]) -> Result<(), BoxErr> {
     let [kind, url, key, acquisitions, hold_us, pause_us] = args else {
         return Err(
@@ -57,119 +65,17 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
         );
     };
     let key: i64 = key.parse()?;
-    let acquisitions: usize = acquisitions.parse()?;
-    let hold = Duration::from_micros(hold_us.parse()?);
-    let pause = Duration::from_micros(pause_us.parse()?);
-    let mut events: Vec<(char, u64)> = Vec::with_capacity(acquisitions * 3);
-
-    match kind.as_str() {
-        "ours" => {
-            let locker = LockConfig::from_url(url)?
-                .name("bench-handover")
-                .sessions(1)
-                .connect()
-                .await?;
-            let lock_key = LockKey::int(key);
-            // Warm up: the session and its statements.
-            if let Some(g) = locker.try_lock(lock_key.clone(), Mode::Exclusive).await? {
-                g.release().await?;
-            }
-            // And a wait session (opened at the first wait on the server, as
-            // the peers' connections are opened before): a key of this
-            // child's own, held by a second entry for a few milliseconds.
-            let warm_key =
-                LockKey::int(key ^ (1 << 23) ^ i64::from(std::process::id() & 0xffff) << 8);
-            let holder = LockConfig::from_url(url)?
-                .name("bench-handover-warm-up")
-                .sessions(1)
-                .connect()
-                .await?;
-            let held = holder
-                .try_lock(warm_key.clone(), Mode::Exclusive)
-                .await?
-                .ok_or("warm-up key busy")?;
-            let release = tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                held.release().await
-            });
-            locker
-                .lock(warm_key, Mode::Exclusive, Some(WAIT_TIMEOUT))
-                .await?
-                .release()
-                .await?;
-            release.await??;
-            if locker.stats().server_waits == 0 {
-                return Err("warm-up: the wait did not go to a wait session".into());
-            }
-            ready_then_go()?;
-            let deadline = Instant::now() + CHILD_DEADLINE;
-            for _ in 0..acquisitions {
-                if Instant::now() > deadline {
-                    break;
-                }
-                events.push(('c', now_ns()));
-                let g = locker
-                    .lock(lock_key.clone(), Mode::Exclusive, Some(WAIT_TIMEOUT))
-                    .await?;
-                events.push(('a', now_ns()));
-                nap(hold).await;
-                events.push(('r', now_ns()));
-                g.release().await?;
-                nap(pause).await;
-            }
-        }
-        "sqlx" => {
-            let mut conn = PgConnection::connect(url).await?;
-            // Bound the server-side wait of pg_advisory_lock.
-            sqlx::query("SET lock_timeout = '10s'")
-                .execute(&mut conn)
-                .await?;
-            let lock = PgAdvisoryLock::with_key(PgAdvisoryLockKey::BigInt(key));
-            // Warm up: the statements (sqlx caches prepared statements).
-            lock.acquire(&mut conn).await?.release_now().await?;
-            ready_then_go()?;
-            let deadline = Instant::now() + CHILD_DEADLINE;
-            for _ in 0..acquisitions {
-                if Instant::now() > deadline {
-                    break;
-                }
-                events.push(('c', now_ns()));
-                let g = lock.acquire(&mut conn).await?;
-                events.push(('a', now_ns()));
-                nap(hold).await;
-                events.push(('r', now_ns()));
-                g.release_now().await?;
-                nap(pause).await;
-            }
-        }
-        "raw" => {
-            // The floor: one connection blocking on the server, as sqlx, with
-            // tokio-postgres prepared statements.
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
-            client.batch_execute("SET lock_timeout = '10s'").await?;
-            let lock = client.prepare("SELECT pg_advisory_lock($1)").await?;
-            let unlock = client.prepare("SELECT pg_advisory_unlock($1)").await?;
-            client.execute(&lock, &[&key]).await?;
-            client.execute(&unlock, &[&key]).await?;
-            ready_then_go()?;
-            let deadline = Instant::now() + CHILD_DEADLINE;
-            for _ in 0..acquisitions {
-                if Instant::now() > deadline {
-                    break;
-                }
-                events.push(('c', now_ns()));
-                client.execute(&lock, &[&key]).await?;
-                events.push(('a', now_ns()));
-                nap(hold).await;
-                events.push(('r', now_ns()));
-                client.execute(&unlock, &[&key]).await?;
-                nap(pause).await;
-            }
-        }
+    let plan = Plan {
+        acquisitions: acquisitions.parse()?,
+        hold: Duration::from_micros(hold_us.parse()?),
+        pause: Duration::from_micros(pause_us.parse()?),
+    };
+    let events = match kind.as_str() {
+        "ours" => run_ours(url, key, plan).await?,
+        "sqlx" => run_sqlx(url, key, plan).await?,
+        "raw" => run_raw(url, key, plan).await?,
         other => return Err(format!("unknown kind {other:?}").into()),
-    }
-
+    };
     let mut out = std::io::stdout().lock();
     for (what, t) in events {
         writeln!(out, "{what} {t}")?;
@@ -177,6 +83,149 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
     writeln!(out, "done")?;
     out.flush()?;
     Ok(())
+}
+
+/// Up to `plan.acquisitions` times (within [`CHILD_DEADLINE`]): stamp `c`,
+/// `lock()`, stamp `a`, hold, stamp `r`, `unlock(guard)`, pause.
+async fn alternate<G, L, LF, U, UF>(
+    plan: Plan,
+    lock: L,
+    unlock: U,
+) -> Result<Vec<(char, u64)>, BoxErr>
+where
+    L: Fn() -> LF,
+    LF: std::future::Future<Output = Result<G, BoxErr>>,
+    U: Fn(G) -> UF,
+    UF: std::future::Future<Output = Result<(), BoxErr>>,
+{
+    let mut events = Vec::with_capacity(plan.acquisitions * 3);
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    for _ in 0..plan.acquisitions {
+        if Instant::now() > deadline {
+            break;
+        }
+        events.push(('c', now_ns()));
+        let g = lock().await?;
+        events.push(('a', now_ns()));
+        nap(plan.hold).await;
+        events.push(('r', now_ns()));
+        unlock(g).await?;
+        nap(plan.pause).await;
+    }
+    Ok(events)
+}
+
+async fn run_ours(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
+    let locker = LockConfig::from_url(url)?
+        .name("bench-handover")
+        .sessions(1)
+        .connect()
+        .await?;
+    let lock_key = LockKey::int(key);
+    // Warm up: the session and its statements.
+    if let Some(g) = locker.try_lock(lock_key.clone(), Mode::Exclusive).await? {
+        g.release().await?;
+    }
+    warm_wait_session(url, &locker, key).await?;
+    ready_then_go()?;
+    alternate(
+        plan,
+        || async {
+            let g = locker
+                .lock(lock_key.clone(), Mode::Exclusive, Some(WAIT_TIMEOUT))
+                .await?;
+            Ok(g)
+        },
+        |g: advisory_locked::LockGuard| async move { Ok(g.release().await?) },
+    )
+    .await
+}
+
+/// Opens `locker`'s wait session (the peers' connections are opened before
+/// too): a key of this child's own, held by a second entry for a few
+/// milliseconds while `locker` waits for it.
+async fn warm_wait_session(
+    url: &str,
+    locker: &advisory_locked::Locker,
+    key: i64,
+) -> Result<(), BoxErr> {
+    let warm_key = LockKey::int(key ^ (1 << 23) ^ i64::from(std::process::id() & 0xffff) << 8);
+    let holder = LockConfig::from_url(url)?
+        .name("bench-handover-warm-up")
+        .sessions(1)
+        .connect()
+        .await?;
+    let held = holder
+        .try_lock(warm_key.clone(), Mode::Exclusive)
+        .await?
+        .ok_or("warm-up key busy")?;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        held.release().await
+    });
+    locker
+        .lock(warm_key, Mode::Exclusive, Some(WAIT_TIMEOUT))
+        .await?
+        .release()
+        .await?;
+    release.await??;
+    if locker.stats().server_waits == 0 {
+        return Err("warm-up: the wait did not go to a wait session".into());
+    }
+    Ok(())
+}
+
+async fn run_sqlx(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
+    let mut conn = PgConnection::connect(url).await?;
+    // Bound the server-side wait of pg_advisory_lock.
+    sqlx::query("SET lock_timeout = '10s'")
+        .execute(&mut conn)
+        .await?;
+    let lock = PgAdvisoryLock::with_key(PgAdvisoryLockKey::BigInt(key));
+    // Warm up: the statements (sqlx caches prepared statements).
+    lock.acquire(&mut conn).await?.release_now().await?;
+    ready_then_go()?;
+    // sqlx's guard borrows the connection: the loop of `alternate`, inline.
+    let mut events = Vec::with_capacity(plan.acquisitions * 3);
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    for _ in 0..plan.acquisitions {
+        if Instant::now() > deadline {
+            break;
+        }
+        events.push(('c', now_ns()));
+        let g = lock.acquire(&mut conn).await?;
+        events.push(('a', now_ns()));
+        nap(plan.hold).await;
+        events.push(('r', now_ns()));
+        g.release_now().await?;
+        nap(plan.pause).await;
+    }
+    Ok(events)
+}
+
+async fn run_raw(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
+    // The floor: one connection blocking on the server, as sqlx, with
+    // tokio-postgres prepared statements.
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    client.batch_execute("SET lock_timeout = '10s'").await?;
+    let lock = client.prepare("SELECT pg_advisory_lock($1)").await?;
+    let unlock = client.prepare("SELECT pg_advisory_unlock($1)").await?;
+    client.execute(&lock, &[&key]).await?;
+    client.execute(&unlock, &[&key]).await?;
+    ready_then_go()?;
+    alternate(
+        plan,
+        || async {
+            client.execute(&lock, &[&key]).await?;
+            Ok(())
+        },
+        |()| async {
+            client.execute(&unlock, &[&key]).await?;
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// Sleeps `d`; not at all (not even a timer tick) if it is zero.
@@ -253,8 +302,28 @@ pub async fn handover(
             .spawn()?;
         children.push(child);
     }
+    let (all, acq) = collect_logs(&mut children).await?;
+    for mut child in children {
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .map_err(|_| "handover child did not exit")??;
+        if !status.success() {
+            return Err(format!("handover child exited with {status}").into());
+        }
+    }
+    Ok(analyse(&all, acq))
+}
+
+/// (time, process, event) of both children, sorted by time.
+type Events = Vec<(u64, usize, char)>;
+
+/// Waits for both children's `ready`, says `go`, reads their logs; the
+/// acquisitions of each.
+async fn collect_logs(
+    children: &mut [tokio::process::Child],
+) -> Result<(Events, [usize; 2]), BoxErr> {
     let mut outs = Vec::new();
-    for child in &mut children {
+    for child in children.iter_mut() {
         let stdout = child.stdout.take().ok_or("no child stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -265,13 +334,12 @@ pub async fn handover(
         }
         outs.push(lines);
     }
-    for child in &mut children {
+    for child in children.iter_mut() {
         let mut stdin = child.stdin.take().ok_or("no child stdin")?;
         stdin.write_all(b"go\n").await?;
         stdin.flush().await?;
     }
-    // (time, process, event)
-    let mut all: Vec<(u64, usize, char)> = Vec::new();
+    let mut all: Events = Vec::new();
     let mut acq = [0usize; 2];
     for (p, lines) in outs.iter_mut().enumerate() {
         let limit = tokio::time::Instant::now() + CHILD_DEADLINE + Duration::from_secs(20);
@@ -292,25 +360,20 @@ pub async fn handover(
                 continue;
             };
             let what = what.chars().next().unwrap_or('?');
-            if what == 'a' {
-                acq[p] += 1;
-            }
+            acq[p] += usize::from(what == 'a');
             all.push((t.parse()?, p, what));
         }
         if !done {
             return Err("handover child ended without `done`".into());
         }
     }
-    for mut child in children {
-        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .map_err(|_| "handover child did not exit")??;
-        if !status.success() {
-            return Err(format!("handover child exited with {status}").into());
-        }
-    }
     all.sort_unstable();
+    Ok((all, acq))
+}
 
+/// The handovers in the merged log: from a release while the other process
+/// was waiting to the other's acquisition.
+fn analyse(all: &Events, acquisitions: [usize; 2]) -> Handover {
     let mut samples = Vec::new();
     let mut reacquired_by_releaser = 0;
     let mut not_waiting = 0;
@@ -323,38 +386,45 @@ pub async fn handover(
             continue;
         }
         let other = 1 - x;
-        let waiting_since = last_campaign[other];
         // The next acquisition by anyone after this release.
         let Some(&(t1, y, _)) = all[i + 1..].iter().find(|e| e.2 == 'a') else {
             continue;
         };
         // Was the other process campaigning (not yet holding) at t0?
-        let other_waiting = waiting_since.is_some_and(|c| {
+        let other_waiting = last_campaign[other].is_some_and(|c| {
             c < t0
                 && !all[..i]
                     .iter()
                     .any(|e| e.1 == other && e.2 == 'a' && e.0 > c)
         });
-        if y == x {
-            if other_waiting {
-                reacquired_by_releaser += 1;
-            }
-        } else if other_waiting {
-            samples.push(t1 - t0);
-        } else {
-            not_waiting += 1;
+        match (y == x, other_waiting) {
+            (true, true) => reacquired_by_releaser += 1,
+            (false, true) => samples.push(t1 - t0),
+            (false, false) => not_waiting += 1,
+            (true, false) => {}
         }
     }
-    Ok(Handover {
+    Handover {
         lat: Lat::from_nanos(samples.clone()),
         samples,
         reacquired_by_releaser,
         not_waiting,
-        acquisitions: acq,
-    })
+        acquisitions,
+    }
 }
 
 impl Handover {
+    /// A copy (for pooling while the rounds are still needed).
+    pub fn clone_summary(&self) -> Handover {
+        Handover {
+            lat: self.lat,
+            samples: self.samples.clone(),
+            reacquired_by_releaser: self.reacquired_by_releaser,
+            not_waiting: self.not_waiting,
+            acquisitions: self.acquisitions,
+        }
+    }
+
     /// The rounds of one contender, pooled.
     pub fn pool(rounds: Vec<Handover>) -> Handover {
         let mut samples = Vec::new();

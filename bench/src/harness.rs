@@ -1,13 +1,17 @@
-//! Measuring contenders side by side.
+//! Measuring contenders side by side, in pairs.
 //!
-//! Round-trip latency on this kind of machine (a small VM) moves by several
-//! times with the machine's activity: an idle vCPU that must be woken adds
-//! tens of microseconds to every round trip, a busy one doesn't. Measuring
-//! one contender after the other would compare different machines. So the
-//! latency contenders of a scenario run interleaved: in rounds, each round a
-//! block of every contender (rotating which goes first), and the samples of
-//! all rounds are pooled. Throughput contenders likewise run in rotating
-//! windows.
+//! Round-trip latency on a small VM moves by several times with the
+//! machine's activity (an idle vCPU that must be woken adds tens of
+//! microseconds to a round trip, a busy one doesn't), and it stays in one
+//! mode for a while. Measuring one contender after the other would compare
+//! different machines, and pooling every sample of a run lets one slow spell
+//! decide a ratio. So contenders run **interleaved in short rounds**: in each
+//! round every contender makes the same number of calls, in blocks of a few
+//! calls that alternate between contenders (rotating which goes first).
+//! A ratio is computed **per round** (the contender's median in the round
+//! over the reference's median in the same round) and reported as the
+//! median over the rounds with its spread ([`Spread`]). Throughput
+//! contenders likewise run one short window each per round.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,17 +22,21 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::util::{round2, BoxErr, Lat, Rng};
+use crate::util::{round2, BoxErr, Lat, Rng, Spread};
 
-type ProbeFuture = Pin<Box<dyn Future<Output = Result<bool, BoxErr>> + Send>>;
+/// What one call reports: whether it did what it should (e.g. the lock was
+/// granted; `false`: busy), and, for calls that time themselves (a part of
+/// what they do), the nanoseconds to count instead of the whole call.
+pub type Sample = (bool, Option<u64>);
+type ProbeFuture = Pin<Box<dyn Future<Output = Result<Sample, BoxErr>> + Send>>;
 
-/// One latency contender: a call that returns `Ok(true)` when it did what
-/// it should (e.g. the lock was granted) and `Ok(false)` when not (busy).
+/// One latency contender.
 pub struct Probe {
     pub name: &'static str,
     call: Box<dyn Fn() -> ProbeFuture + Send + Sync>,
 }
 
+/// A contender timed from the call to its return.
 pub fn probe<F, Fut>(name: &'static str, call: F) -> Probe
 where
     F: Fn() -> Fut + Send + Sync + 'static,
@@ -36,76 +44,142 @@ where
 {
     Probe {
         name,
-        call: Box::new(move || Box::pin(call())),
+        call: Box::new(move || {
+            let fut = call();
+            Box::pin(async move { fut.await.map(|ok| (ok, None)) })
+        }),
     }
 }
 
-/// A contender's pooled samples and how many calls answered `false`.
-pub struct Measured {
-    pub lat: Lat,
-    pub not_ok: usize,
-    /// The timed calls, in nanoseconds (for pooling runs).
+/// A contender that times itself: it returns the duration to count.
+pub fn timed_probe<F, Fut>(name: &'static str, call: F) -> Probe
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Duration, BoxErr>> + Send + 'static,
+{
+    Probe {
+        name,
+        call: Box::new(move || {
+            let fut = call();
+            Box::pin(async move { fut.await.map(|d| (true, Some(d.as_nanos() as u64))) })
+        }),
+    }
+}
+
+/// The shape of a paired latency run.
+#[derive(Debug, Clone, Copy)]
+pub struct Rounds {
+    /// Untimed calls of each contender before the first round.
+    pub warm: usize,
+    pub rounds: usize,
+    /// Timed calls of each contender per round.
+    pub per_round: usize,
+    /// Calls of one contender in a row inside a round.
+    pub block: usize,
+}
+
+/// One contender's samples: pooled over the run and per round.
+pub struct Series {
+    pub name: &'static str,
+    /// Every timed call, in nanoseconds.
     pub samples: Vec<u64>,
+    /// Each round's distribution.
+    pub rounds: Vec<Lat>,
+    /// Calls that answered `false` (busy).
+    pub not_ok: usize,
 }
 
-impl Measured {
-    /// Runs of one probe, pooled.
-    pub fn pool(runs: impl IntoIterator<Item = Measured>) -> Measured {
-        let (mut samples, mut not_ok) = (Vec::new(), 0);
-        for m in runs {
-            samples.extend(m.samples);
-            not_ok += m.not_ok;
-        }
-        Measured {
-            lat: Lat::from_nanos(samples.clone()),
-            not_ok,
-            samples,
-        }
+impl Series {
+    pub fn pooled(&self) -> Lat {
+        Lat::from_nanos(self.samples.clone())
+    }
+
+    /// The per-round ratio of `stat` over `reference`'s in the same round.
+    pub fn ratio(&self, reference: &Series, stat: impl Fn(&Lat) -> f64) -> Spread {
+        Spread::of(
+            self.rounds
+                .iter()
+                .zip(&reference.rounds)
+                .map(|(a, b)| stat(a) / stat(b)),
+        )
+    }
+
+    /// Median and p99 ratios to `reference`, as JSON.
+    pub fn ratios_json(&self, reference: &Series) -> Value {
+        json!({
+            "reference": reference.name,
+            "p50": self.ratio(reference, |l| l.median).json(),
+            "p99": self.ratio(reference, |l| l.p99).json(),
+        })
+    }
+
+    /// Pooled distribution and the busy count, as JSON.
+    pub fn json(&self) -> Value {
+        json!({ "name": self.name, "latency": self.pooled().json(), "not_ok": self.not_ok })
     }
 }
 
-/// `warm` untimed calls of each probe, then `rounds` rounds of
-/// `total / rounds` timed calls of each probe, one probe after the other.
-pub async fn interleave(
-    probes: &[Probe],
-    warm: usize,
-    total: usize,
-    rounds: usize,
-) -> Result<Vec<Measured>, BoxErr> {
-    let rounds = rounds.clamp(1, total.max(1));
-    let block = total / rounds;
-    let mut not_ok = vec![0usize; probes.len()];
-    for p in probes {
-        for _ in 0..warm {
-            (p.call)().await.map_err(|e| format!("{}: {e}", p.name))?;
+/// Appends `from`'s samples and rounds to `into`'s, contender by contender
+/// (the phases or epochs of one scenario); `into` empty: takes `from`.
+pub fn merge(into: &mut Vec<Series>, from: Vec<Series>) {
+    if into.is_empty() {
+        *into = from;
+        return;
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        a.samples.extend(b.samples);
+        a.rounds.extend(b.rounds);
+        a.not_ok += b.not_ok;
+    }
+}
+
+/// `r.warm` untimed calls of each probe, then `r.rounds` rounds; in each
+/// round every probe makes `r.per_round` timed calls, in blocks of
+/// `r.block` calls that alternate between the probes (the first block's
+/// probe rotates from round to round).
+pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> {
+    let call = |i: usize| async move {
+        (probes[i].call)()
+            .await
+            .map_err(|e| -> BoxErr { format!("{}: {e}", probes[i].name).into() })
+    };
+    for i in 0..probes.len() {
+        for _ in 0..r.warm {
+            call(i).await?;
         }
     }
-    let mut samples: Vec<Vec<u64>> = probes.iter().map(|_| Vec::with_capacity(total)).collect();
-    for r in 0..rounds {
-        for j in 0..probes.len() {
-            let i = (r + j) % probes.len();
-            let call = &probes[i].call;
-            for _ in 0..block {
-                let t = Instant::now();
-                let ok = call()
-                    .await
-                    .map_err(|e| format!("{}: {e}", probes[i].name))?;
-                samples[i].push(t.elapsed().as_nanos() as u64);
-                if !ok {
-                    not_ok[i] += 1;
+    let block = r.block.clamp(1, r.per_round.max(1));
+    let mut out: Vec<Series> = probes
+        .iter()
+        .map(|p| Series {
+            name: p.name,
+            samples: Vec::with_capacity(r.rounds * r.per_round),
+            rounds: Vec::with_capacity(r.rounds),
+            not_ok: 0,
+        })
+        .collect();
+    for round in 0..r.rounds {
+        let mut this: Vec<Vec<u64>> = probes.iter().map(|_| Vec::new()).collect();
+        let mut done = 0;
+        while done < r.per_round {
+            let n = block.min(r.per_round - done);
+            for j in 0..probes.len() {
+                let i = (round + j) % probes.len();
+                for _ in 0..n {
+                    let t = Instant::now();
+                    let (ok, own) = call(i).await?;
+                    this[i].push(own.unwrap_or_else(|| t.elapsed().as_nanos() as u64));
+                    out[i].not_ok += usize::from(!ok);
                 }
             }
+            done += n;
+        }
+        for (s, v) in out.iter_mut().zip(this) {
+            s.samples.extend_from_slice(&v);
+            s.rounds.push(Lat::from_nanos(v));
         }
     }
-    Ok(samples
-        .into_iter()
-        .zip(not_ok)
-        .map(|(s, not_ok)| Measured {
-            lat: Lat::from_nanos(s.clone()),
-            not_ok,
-            samples: s,
-        })
-        .collect())
+    Ok(out)
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
@@ -122,7 +196,7 @@ where
     Arc::new(move |k| Box::pin(f(k)))
 }
 
-/// Counts of a throughput contender, over all its measuring windows.
+/// Counts of a throughput contender in one window (or summed over several).
 #[derive(Default)]
 pub struct Tput {
     /// Locked calls that ended inside a measuring window.
@@ -138,6 +212,22 @@ pub struct Tput {
 }
 
 impl Tput {
+    /// The rounds of one contender, summed.
+    pub fn total(rounds: &[Tput]) -> Tput {
+        let mut t = Tput::default();
+        for r in rounds {
+            t.ok += r.ok;
+            t.busy += r.busy;
+            t.errors += r.errors;
+            t.all_calls += r.all_calls;
+            t.secs += r.secs;
+            if t.first_error.is_none() {
+                t.first_error.clone_from(&r.first_error);
+            }
+        }
+        t
+    }
+
     pub fn per_sec(&self) -> f64 {
         self.ok as f64 / self.secs
     }
@@ -164,24 +254,32 @@ pub struct Load {
     pub rounds: usize,
 }
 
-/// Every contender gets `rounds` windows of `window / rounds`, each after
-/// its own warm-up, in rotating order.
-pub async fn rotate(load: Load, ops: &[Op]) -> Vec<Tput> {
-    let rounds = load.rounds.max(1);
-    let window = load.window / rounds as u32;
-    let mut totals: Vec<Tput> = ops.iter().map(|_| Tput::default()).collect();
-    for r in 0..rounds {
+/// Every contender gets `load.rounds` windows of `load.window` each (after
+/// its own warm-up), one per round, in rotating order; `before` runs before
+/// each window. Per contender: the counts of each round.
+pub async fn rotate<F, Fut>(load: Load, ops: &[Op], before: F) -> Result<Vec<Vec<Tput>>, BoxErr>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), BoxErr>>,
+{
+    let mut out: Vec<Vec<Tput>> = ops.iter().map(|_| Vec::new()).collect();
+    for r in 0..load.rounds.max(1) {
         for j in 0..ops.len() {
             let i = (r + j) % ops.len();
-            window_of(load, window, ops[i].clone(), &mut totals[i]).await;
+            before().await?;
+            let mut t = Tput::default();
+            let seed = ((r * ops.len() + i) as u64) << 20;
+            window_of(load, seed, ops[i].clone(), &mut t).await;
+            out[i].push(t);
         }
     }
-    totals
+    Ok(out)
 }
 
 /// `load.tasks` tasks each loop over random keys calling `op(k)`, for a
 /// warm-up and then a measuring window; calls that end inside the window count.
-async fn window_of(load: Load, window: Duration, op: Op, total: &mut Tput) {
+async fn window_of(load: Load, seed: u64, op: Op, total: &mut Tput) {
+    let window = load.window;
     const WARMING: u8 = 0;
     const MEASURING: u8 = 1;
     const STOPPED: u8 = 2;
@@ -192,7 +290,7 @@ async fn window_of(load: Load, window: Duration, op: Op, total: &mut Tput) {
         let op = op.clone();
         let phase = phase.clone();
         let keys = load.keys;
-        let seed = (t as u64 + 1) ^ (total.all_calls << 20);
+        let seed = (t as u64 + 1) ^ seed;
         set.spawn(async move {
             let mut rng = Rng::new(seed);
             let until = Instant::now() + cap;

@@ -1,45 +1,60 @@
-//! The benchmark of issue #5: advisory-locked against the raw tokio-postgres
-//! floor and against sqlx's `PgAdvisoryLock`, all in one run against one
-//! server.
+//! The benchmark of issues #5 and #15: advisory-locked against the raw
+//! tokio-postgres floor and against sqlx's `PgAdvisoryLock`, all in one run
+//! against one server, every ratio paired round by round (see
+//! [`harness`]).
 //!
 //! ```sh
-//! cargo run --release -p bench                 # full run (~30 s)
-//! cargo run --release -p bench -- --quick      # fewer iterations
-//! cargo run --release -p bench -- --json PATH  # results as JSON (default target/bench-results.json)
+//! cargo run --release -p bench                  # full run (~1-2 min); results in bench/results/
+//! cargo run --release -p bench -- --quick       # smoke check (< 1 min); results in target/bench-results-quick/
+//! cargo run --release -p bench -- --only none --compile-time   # the attribute's compile time (slow)
 //! ```
 //!
 //! `DATABASE_URL` overrides `postgres://postgres@127.0.0.1:5432/postgres`.
 
+mod alloc;
+mod charts;
 mod child;
 mod harness;
+mod output;
+mod report;
 mod scenarios;
+mod summary;
 mod util;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use harness::{Load, Rounds};
 use util::BoxErr;
+
+/// Counts live heap bytes for P4 (only while enabled: in P4's child).
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 const USAGE: &str = "\
-usage: bench [--quick] [--only p1,p2,..] [--json PATH] [--p2-secs SECS] [--p2-warmup SECS]
-             [--p3-hold-us US] [--p3-pause-us US]
+usage: bench [--quick] [--only p1,p2,..|none] [--compile-time] [--json PATH] [--results DIR]
+             [--p2-secs SECS] [--p2-warmup SECS] [--p3-hold-us US] [--p3-pause-us US]
+       bench --render [DIR]
 
-  --quick           fewer iterations, shorter P2 (a fast check)
-  --only LIST       run only these scenarios (p1..p6; p1 includes the floor)
-  --json PATH       where to write the results (default: target/bench-results.json
-                    of the workspace)
-  --p2-secs SECS    P2 measuring time per contender, split over 3 rotating
-                    windows (default 3; quick: 1, one window)
-  --p2-warmup SECS  P2 warm-up before each window (default 0.3, quick 0.2)
+  --render [DIR]    only write the charts and summary.md again from
+                    DIR/bench-results.json (default DIR: bench/results)
+
+  --quick           fewer rounds (a smoke check, well under a minute)
+  --only LIST       run only these scenarios (p1..p6), or none
+  --compile-time    also time builds of a generated crate of 200 annotated fns
+                    against the same unannotated and under tracing (slow)
+  --json PATH       the results as JSON (default: target/bench-results.json)
+  --results DIR     charts, summary.md and the JSON (default: bench/results,
+                    or target/bench-results-quick with --quick)
+  --p2-secs SECS    P2 measuring window per contender and round (default 0.6)
+  --p2-warmup SECS  P2 warm-up before each window (default 0.3)
   --p3-hold-us US   P3: how long each process holds the key (default 3000)
-  --p3-pause-us US  P3: how long it pauses after a release (default 1000);
-                    below the hold, the other process is waiting at a release
+  --p3-pause-us US  P3: how long it pauses after a release (default 1000)
 
-DATABASE_URL overrides postgres://postgres@127.0.0.1:5432/postgres.
-P6_DEBUG=1 prints each P6 phase (level, the hot key's backend, medians).";
+DATABASE_URL overrides postgres://postgres@127.0.0.1:5432/postgres.";
 
 /// How much of everything to do.
 #[derive(Debug, Clone)]
@@ -47,113 +62,141 @@ pub struct Opts {
     pub quick: bool,
     /// Scenarios to run (`p1`..`p6`); empty: all.
     pub only: Vec<String>,
+    pub compile_time: bool,
     pub json: PathBuf,
+    pub results: PathBuf,
     pub url: String,
-    /// Warm-up and timed iterations of the sequential latency loops.
-    pub warm: usize,
-    pub seq: usize,
-    /// Rounds of the interleaved latency runs (P1, P6).
-    pub rounds: usize,
-    /// Rotating windows per P2 contender.
-    pub rounds_p2: usize,
-    pub p2_tasks: usize,
-    pub p2_keys: u32,
-    pub p2_warmup: Duration,
-    pub p2_window: Duration,
+    /// P1: epochs per placement (fresh connections each), and the rounds of
+    /// each epoch.
+    pub p1_epochs: usize,
+    pub p1: Rounds,
+    /// P1's "until another connection sees the key free".
+    pub seen_free: Rounds,
+    pub p2: Load,
     pub p3_handovers: usize,
-    /// P3: each process holds the key this long, then pauses this long.
     pub p3_hold_us: u64,
     pub p3_pause_us: u64,
     pub p4_keys: u32,
     pub p5_tries: usize,
-    pub p6_seq: usize,
+    /// One phase of P6 (per level and cycle).
+    pub p6: Rounds,
+    pub p6_cycles: usize,
+}
+
+fn secs(v: Option<&String>, name: &str) -> Result<f64, String> {
+    let v = v.ok_or(format!("{name} needs a value"))?;
+    match v.parse::<f64>() {
+        Ok(s) if (0.0..=600.0).contains(&s) => Ok(s),
+        _ => Err(format!("{name}: not a number of seconds in 0..=600: {v}")),
+    }
+}
+
+fn micros(v: Option<&String>, name: &str) -> Result<u64, String> {
+    let v = v.ok_or(format!("{name} needs a value"))?;
+    match v.parse::<u64>() {
+        Ok(us) if us <= 100_000 => Ok(us),
+        _ => Err(format!(
+            "{name}: not a whole number of microseconds up to 100000: {v}"
+        )),
+    }
+}
+
+fn parse_only(list: Option<&String>) -> Result<Vec<String>, String> {
+    let list = list.ok_or("--only needs a list, e.g. p1,p2")?;
+    let mut only = Vec::new();
+    for id in list.split(',') {
+        let id = id.trim().to_lowercase();
+        if !["p1", "p2", "p3", "p4", "p5", "p6", "none"].contains(&id.as_str()) {
+            return Err(format!("--only: unknown scenario {id:?}"));
+        }
+        only.push(id);
+    }
+    Ok(only)
 }
 
 fn parse_args(args: &[String]) -> Result<Opts, String> {
-    let mut quick = false;
-    let mut only = Vec::new();
-    let mut json = None;
-    let mut p2_secs = None;
-    let mut p2_warm = None;
-    let mut p3_hold_us = 3_000;
-    let mut p3_pause_us = 1_000;
+    let mut o = defaults(args.iter().any(|a| a == "--quick"));
+    let (mut json, mut results) = (None, None);
     let mut it = args.iter();
-    let secs = |v: Option<&String>, name: &str| -> Result<f64, String> {
-        let v = v.ok_or(format!("{name} needs a value"))?;
-        let s: f64 = v
-            .parse()
-            .map_err(|_| format!("{name}: not a number: {v}"))?;
-        if !(0.0..=600.0).contains(&s) {
-            return Err(format!("{name}: out of range (0..=600): {v}"));
-        }
-        Ok(s)
-    };
-    let micros = |v: Option<&String>, name: &str| -> Result<u64, String> {
-        let v = v.ok_or(format!("{name} needs a value"))?;
-        match v.parse::<u64>() {
-            Ok(us) if us <= 100_000 => Ok(us),
-            _ => Err(format!(
-                "{name}: not a whole number of microseconds up to 100000: {v}"
-            )),
-        }
-    };
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--quick" => quick = true,
-            "--only" => {
-                let list = it.next().ok_or("--only needs a list, e.g. p1,p2")?;
-                for id in list.split(',') {
-                    let id = id.trim().to_lowercase();
-                    if !["p1", "p2", "p3", "p4", "p5", "p6"].contains(&id.as_str()) {
-                        return Err(format!("--only: unknown scenario {id:?}"));
-                    }
-                    only.push(id);
-                }
-            }
+            "--quick" => {}
+            "--only" => o.only = parse_only(it.next())?,
+            "--compile-time" => o.compile_time = true,
             "--json" => json = Some(PathBuf::from(it.next().ok_or("--json needs a path")?)),
-            "--p2-secs" => p2_secs = Some(secs(it.next(), "--p2-secs")?),
-            "--p2-warmup" => p2_warm = Some(secs(it.next(), "--p2-warmup")?),
-            "--p3-hold-us" => p3_hold_us = micros(it.next(), "--p3-hold-us")?,
-            "--p3-pause-us" => p3_pause_us = micros(it.next(), "--p3-pause-us")?,
+            "--results" => {
+                results = Some(PathBuf::from(
+                    it.next().ok_or("--results needs a directory")?,
+                ))
+            }
+            "--p2-secs" => o.p2.window = Duration::from_secs_f64(secs(it.next(), "--p2-secs")?),
+            "--p2-warmup" => o.p2.warmup = Duration::from_secs_f64(secs(it.next(), "--p2-warmup")?),
+            "--p3-hold-us" => o.p3_hold_us = micros(it.next(), "--p3-hold-us")?,
+            "--p3-pause-us" => o.p3_pause_us = micros(it.next(), "--p3-pause-us")?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let json = json.unwrap_or_else(|| {
-        // The workspace's target directory (this crate sits one level below).
-        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        manifest
-            .parent()
-            .unwrap_or(manifest)
-            .join("target")
-            .join("bench-results.json")
+    let ws = workspace();
+    o.json = json.unwrap_or_else(|| ws.join("target").join("bench-results.json"));
+    o.results = results.unwrap_or_else(|| {
+        if o.quick {
+            ws.join("target").join("bench-results-quick")
+        } else {
+            ws.join("bench").join("results")
+        }
     });
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-    let (warm, seq, p3, p6) = if quick {
-        (100, 500, 60, 500)
-    } else {
-        (500, 5_000, 300, 3_000)
-    };
-    Ok(Opts {
+    Ok(o)
+}
+
+/// The workspace root (this crate sits one level below).
+fn workspace() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn defaults(quick: bool) -> Opts {
+    let q = |quick_value, full| if quick { quick_value } else { full };
+    Opts {
         quick,
-        only,
-        json,
-        url,
-        warm,
-        seq,
-        rounds: if quick { 10 } else { 50 },
-        rounds_p2: if quick { 1 } else { 3 },
-        p2_tasks: 256,
-        p2_keys: 1_024,
-        p2_warmup: Duration::from_secs_f64(p2_warm.unwrap_or(if quick { 0.2 } else { 0.3 })),
-        p2_window: Duration::from_secs_f64(p2_secs.unwrap_or(if quick { 1.0 } else { 3.0 })),
-        p3_handovers: p3,
-        p3_hold_us,
-        p3_pause_us,
+        only: Vec::new(),
+        compile_time: false,
+        json: PathBuf::new(),
+        results: PathBuf::new(),
+        url: std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned()),
+        p1_epochs: q(2, 6),
+        p1: Rounds {
+            warm: q(50, 200),
+            rounds: q(4, 6),
+            per_round: q(100, 300),
+            block: 10,
+        },
+        seen_free: Rounds {
+            warm: q(10, 30),
+            rounds: q(2, 5),
+            per_round: q(40, 100),
+            block: 5,
+        },
+        p2: Load {
+            tasks: 256,
+            keys: 1_024,
+            warmup: Duration::from_secs_f64(if quick { 0.1 } else { 0.3 }),
+            window: Duration::from_secs_f64(if quick { 0.25 } else { 0.6 }),
+            rounds: q(2, 5),
+        },
+        p3_handovers: q(60, 300),
+        p3_hold_us: 3_000,
+        p3_pause_us: 1_000,
         p4_keys: 10_000,
-        p5_tries: 10_000,
-        p6_seq: p6,
-    })
+        p5_tries: q(2_000, 10_000),
+        p6: Rounds {
+            warm: 20,
+            rounds: q(3, 6),
+            per_round: q(40, 100),
+            block: 10,
+        },
+        p6_cycles: q(1, 3),
+    }
 }
 
 impl Opts {
@@ -165,12 +208,24 @@ impl Opts {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("handover-child") {
-        return child::main(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("handover-child") => return child::main(&args[1..]),
+        Some("p4-child") => return scenarios::p4_child(&args[1..]),
+        Some("--render") => {
+            let dir = args
+                .get(1)
+                .map_or_else(|| workspace().join("bench").join("results"), PathBuf::from);
+            return match output::render_dir(&dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench --render: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
-    let latency_child = args.first().map(String::as_str) == Some("latency-child");
-    let args = if latency_child { &args[1..] } else { &args[..] };
-    let opts = match parse_args(args) {
+    let opts = match parse_args(&args) {
         Ok(o) => o,
         Err(msg) => {
             if !msg.is_empty() {
@@ -184,12 +239,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if latency_child {
-        // P1 without cross-thread wake-ups (see scenarios::p1_one_worker).
-        builder.worker_threads(1);
-    }
-    let rt = match builder.enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bench: tokio runtime: {e}");
@@ -198,12 +251,7 @@ fn main() -> ExitCode {
     };
     // The measuring task runs on a worker thread, as a server's handlers do.
     let result: Result<(), BoxErr> = rt.block_on(async move {
-        let task = if latency_child {
-            tokio::spawn(scenarios::latency_child(opts))
-        } else {
-            tokio::spawn(scenarios::run(opts))
-        };
-        match task.await {
+        match tokio::spawn(scenarios::run(opts)).await {
             Ok(r) => r,
             Err(e) => Err(format!("the benchmark task failed: {e}").into()),
         }

@@ -1,0 +1,136 @@
+//! P3: cross-process handover (see [`crate::child`]): two processes
+//! alternate on one key in wait mode; the time from one's release to the
+//! other's grant. The crate, sqlx and the raw floor (tokio-postgres blocking
+//! in `pg_advisory_lock`) run in rounds, in rotating order; each round's
+//! median is divided by the raw floor's median in the same round.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{connect_raw, raw_statements};
+use crate::child::{handover, Handover};
+use crate::report::{lat_value, Report, Verdict};
+use crate::util::{round2, scn, BoxErr, Keys, Lat, Spread};
+use crate::Opts;
+
+const KINDS: [&str; 3] = ["ours", "sqlx", "raw"];
+
+struct Measured {
+    /// Per contender, per round.
+    runs: [Vec<Handover>; 3],
+    /// `SELECT 1` after sleeping the hold time (a handover's wake-ups).
+    idle: Lat,
+}
+
+async fn measure(o: &Opts, keys: &Keys) -> Result<Measured, BoxErr> {
+    let rounds = if o.quick { 1 } else { 3 };
+    let per_round = (o.p3_handovers / rounds).max(10);
+    let timing = (o.p3_hold_us, o.p3_pause_us);
+    let scenarios = [scn::P3_OURS, scn::P3_SQLX, scn::P3_RAW];
+    let mut runs: [Vec<Handover>; 3] = Default::default();
+    for round in 0..rounds {
+        for j in 0..KINDS.len() {
+            let i = (round + j) % KINDS.len();
+            let key = keys.int(scenarios[i], round as u32);
+            runs[i].push(handover(KINDS[i], &o.url, key, per_round, timing).await?);
+        }
+    }
+    let client = Arc::new(connect_raw(&o.url).await?);
+    let st = raw_statements(&client).await?;
+    let asleep = Duration::from_micros(o.p3_hold_us.max(1));
+    let mut idle = Vec::with_capacity(200);
+    for _ in 0..200 {
+        tokio::time::sleep(asleep).await;
+        let t = Instant::now();
+        client.query_one(&st.select1, &[]).await?;
+        idle.push(t.elapsed().as_nanos() as u64);
+    }
+    Ok(Measured {
+        runs,
+        idle: Lat::from_nanos(idle),
+    })
+}
+
+fn ratio(m: &Measured, i: usize, r: usize) -> Spread {
+    Spread::of(
+        m.runs[i]
+            .iter()
+            .zip(&m.runs[r])
+            .map(|(a, b)| a.lat.median / b.lat.median),
+    )
+}
+
+pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> {
+    let m = measure(o, keys).await?;
+    let (r_ours, r_sqlx) = (ratio(&m, 0, 2), ratio(&m, 1, 2));
+    let [ours, sqlx, raw] = m
+        .runs
+        .each_ref()
+        .map(|r| Handover::pool(r.iter().map(Handover::clone_summary).collect()));
+    for (name, h) in KINDS.iter().zip([&ours, &sqlx, &raw]) {
+        eprintln!(
+            "P3: {name} {} over {} handovers ({} re-acquired by the releaser, {} not waiting)",
+            lat_value(&h.lat),
+            h.lat.n,
+            h.reacquired_by_releaser,
+            h.not_waiting
+        );
+    }
+    let value = |h: &Handover| {
+        format!(
+            "{} (n={}, releaser re-took {}×)",
+            lat_value(&h.lat),
+            h.lat.n,
+            h.reacquired_by_releaser
+        )
+    };
+    rep.row(
+        "P3",
+        format!(
+            "SELECT 1 after {} µs asleep (a handover's wake-ups)",
+            o.p3_hold_us
+        ),
+        lat_value(&m.idle),
+        "",
+        "reference",
+        Verdict::Info,
+    );
+    rep.row(
+        "P3",
+        "floor: raw tokio-postgres pg_advisory_lock / unlock, 2 processes",
+        value(&raw),
+        "1.00×",
+        "floor",
+        Verdict::Info,
+    );
+    let pass = ours.lat.n > 0 && r_ours.median <= 1.05;
+    rep.row(
+        "P3",
+        "Locker::lock wait mode + release().await, 2 processes",
+        value(&ours),
+        format!("p50 {} the floor", r_ours.text()),
+        "≤ 1.05× the floor",
+        Verdict::of(pass),
+    );
+    rep.row(
+        "P3",
+        "sqlx PgAdvisoryLock::acquire (blocks on the server)",
+        value(&sqlx),
+        format!("p50 {} the floor", r_sqlx.text()),
+        "peer",
+        Verdict::Info,
+    );
+    rep.json.insert(
+        "p3".into(),
+        json!({
+            "ours": ours.json(), "sqlx": sqlx.json(), "raw_floor": raw.json(),
+            "ours_vs_floor": r_ours.json(), "sqlx_vs_floor": r_sqlx.json(),
+            "select1_after_hold_asleep": m.idle.json(),
+            "ours_over_asleep_select1": round2(ours.lat.median / m.idle.median),
+            "hold_us": o.p3_hold_us, "pause_us": o.p3_pause_us,
+        }),
+    );
+    Ok(())
+}
