@@ -6,6 +6,8 @@
 
 mod run;
 
+pub use run::{Hold, Running};
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -57,7 +59,11 @@ pub async fn run_skip<F: Future>(
     key: LockKey,
     body: F,
 ) -> Result<Outcome<F::Output>, Error> {
-    run::run_skip(spec, key, Box::pin(body)).await
+    let body = Box::pin(body);
+    match run::acquire_skip(spec, key).await? {
+        Some(hold) => run::Running::new(hold, body).await.map(Outcome::Ran),
+        None => Ok(Outcome::Skipped),
+    }
 }
 
 /// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`,
@@ -68,7 +74,9 @@ pub async fn run_wait<F: Future>(
     key: LockKey,
     body: F,
 ) -> Result<F::Output, Error> {
-    run::run_wait(spec, wait, key, Box::pin(body)).await
+    let body = Box::pin(body);
+    let hold = run::acquire_wait(spec, wait, key).await?;
+    run::Running::new(hold, body).await
 }
 
 /// `transaction = tx`, skip mode: begin a transaction, take the

@@ -1,143 +1,173 @@
 //! Running a body under a lock: what `#[advisory_locked]` expands into.
 
 use std::future::Future;
-
-use tracing::Instrument;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use super::{Spec, Wait};
+use crate::server::loss::Scope;
 use crate::transaction::{self, Busy, TransactionResult};
-use crate::{Error, LockGuard, LockKey, Locker, OnLost, Outcome, SlotGuard};
+use crate::{Error, LockGuard, LockKey, LockState, Locker, OnLost, Outcome, SlotGuard};
 
 fn policy(spec: &Spec, locker: &Locker) -> OnLost {
     spec.on_lost.unwrap_or(locker.settings().on_lost)
 }
 
-/// Skip mode: take the lock if free, run `body`, release.
-pub(crate) async fn run_skip<F: Future>(
-    spec: Spec,
-    key: LockKey,
-    body: F,
-) -> Result<Outcome<F::Output>, Error> {
+// An annotated call is an acquisition, which is not generic (compiled once,
+// here), then [`Running`], the one small generic future, which polls the
+// body under the lock. The attribute's compile time is spent mostly on
+// what it makes generic over each fn's body.
+
+/// Skip mode: the lock if it is free (`None`: busy).
+pub(crate) async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
     let locker = crate::locker(spec.pool)?;
+    let policy = policy(&spec, &locker);
     if let Some(limit) = spec.limit {
         let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         // Boxed: the slot machinery's future stays out of the plain
         // path's future and stack frame.
-        return match Box::pin(locker.try_lock_slot(&slots)).await? {
-            Some(slot) => hold_slot(slot, body, policy(&spec, &locker), spec.pool)
-                .await
-                .map(Outcome::Ran),
-            None => Ok(Outcome::Skipped),
-        };
+        let slot = Box::pin(locker.try_lock_slot(&slots)).await?;
+        return Ok(slot.map(|s| Hold::new(Held::Slot(s), policy, spec.pool)));
     }
     let label = crate::meter::label_of(&key);
-    match locker.try_lock_as(key, spec.mode, false, label).await? {
-        Some(guard) => hold(guard, body, policy(&spec, &locker), spec.pool)
-            .await
-            .map(Outcome::Ran),
-        None => Ok(Outcome::Skipped),
-    }
+    let guard = locker.try_lock_as(key, spec.mode, false, label).await?;
+    Ok(guard.map(|g| Hold::new(Held::Lock(g), policy, spec.pool)))
 }
 
-/// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`, release.
-pub(crate) async fn run_wait<F: Future>(
-    spec: Spec,
-    wait: Wait,
-    key: LockKey,
-    body: F,
-) -> Result<F::Output, Error> {
+/// Wait mode: the lock, waited for (bounded by `wait`).
+pub(crate) async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Error> {
     let locker = crate::locker(spec.pool)?;
+    let policy = policy(&spec, &locker);
     let timeout = wait.timeout();
     if let Some(limit) = spec.limit {
         let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         let slot = Box::pin(locker.lock_slot(&slots, timeout)).await?;
-        return hold_slot(slot, body, policy(&spec, &locker), spec.pool).await;
+        return Ok(Hold::new(Held::Slot(slot), policy, spec.pool));
     }
     let label = crate::meter::label_of(&key);
     let guard = locker.lock_as(key, spec.mode, timeout, label).await?;
-    hold(guard, body, policy(&spec, &locker), spec.pool).await
+    Ok(Hold::new(Held::Lock(guard), policy, spec.pool))
 }
 
-/// [`hold`] for a slot of a limit (`limit = N`): the body runs under the
-/// slot's lock; afterwards the slot is dropped, which in the rate form
-/// (`per = "…"`) keeps it in a background task until its period has passed,
-/// while this call returns at once.
-async fn hold_slot<F: Future>(
-    slot: SlotGuard,
-    body: F,
-    policy: OnLost,
-    entry: &str,
-) -> Result<F::Output, Error> {
-    let value = run_body(slot.guard(), body, policy, entry).await;
-    drop(slot);
-    value
+/// The lock of an annotated call: a plain lock, or a slot of a limit
+/// (`limit = N`), which in the rate form (`per = "…"`) is kept by a
+/// background task until its period has passed when it is dropped.
+enum Held {
+    Lock(LockGuard),
+    Slot(SlotGuard),
 }
 
-/// Runs `body` while `guard` holds the lock, then releases it.
-///
-/// If the lock's session ends while the body runs, the policy applies:
-/// [`OnLost::Abort`] drops the body at its next await point and returns
-/// [`Error::LockLost`] (the server has freed the lock, so the body must not
-/// go on believing it holds it); [`OnLost::Continue`] lets it finish (it can
-/// check [`current_lock`](crate::current_lock)). If the body panics, the
-/// guard's drop releases the lock and the panic goes on.
-async fn hold<F: Future>(
-    guard: LockGuard,
-    body: F,
-    policy: OnLost,
-    entry: &str,
-) -> Result<F::Output, Error> {
-    let value = run_body(&guard, body, policy, entry).await;
-    // Released without waiting for the server's answer: the unlock is
-    // queued on the lock's session, ahead of any later request for this key.
-    drop(guard);
-    value
-}
-
-/// Runs `body` under `guard` with the loss policy (see [`hold`]), in a
-/// span `advisory_locked.hold`.
-async fn run_body<F: Future>(
-    guard: &LockGuard,
-    body: F,
-    policy: OnLost,
-    entry: &str,
-) -> Result<F::Output, Error> {
-    let span = crate::meter::hold_span(entry, guard.key(), guard.mode());
-    run_body_unspanned(guard, body, policy)
-        .instrument(span)
-        .await
-}
-
-async fn run_body_unspanned<F: Future>(
-    guard: &LockGuard,
-    body: F,
-    policy: OnLost,
-) -> Result<F::Output, Error> {
-    // One state for both the body's `current_lock()` and the loss watch
-    // (each `state()` clones the key's name).
-    let state = guard.state();
-    let lost = state.lost();
-    let body = crate::server::loss::scope(state, body);
-    let value = match policy {
-        OnLost::Abort => {
-            tokio::select! {
-                biased;
-                () = lost => {
-                    tracing::error!(key = %guard.key().name(), "advisory-locked: lock lost while the body ran; the body was stopped");
-                    return Err(Error::LockLost { key: guard.key().name().to_owned() });
-                }
-                value = body => value,
-            }
+impl Held {
+    fn guard(&self) -> &LockGuard {
+        match self {
+            Held::Lock(g) => g,
+            Held::Slot(s) => s.guard(),
         }
-        OnLost::Continue => {
-            let value = body.await;
-            if !guard.is_held() {
-                tracing::warn!(key = %guard.key().name(), "advisory-locked: lock lost while the body ran; the body was let finish (on_lost = continue)");
+    }
+}
+
+/// A held lock and what running a body under it needs; not generic.
+pub struct Hold {
+    held: Held,
+    /// The body's [`current_lock`](crate::current_lock), in place while it
+    /// is polled.
+    state: Option<LockState>,
+    /// With [`OnLost::Abort`]: resolves when the lock is lost.
+    lost: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    span: tracing::Span,
+}
+
+impl Hold {
+    fn new(held: Held, policy: OnLost, entry: &str) -> Hold {
+        let guard = held.guard();
+        // One state for both the body's `current_lock()` and the loss watch
+        // (each `state()` clones the key's name).
+        let state = guard.state();
+        let lost = match policy {
+            OnLost::Abort => {
+                Some(Box::pin(state.lost()) as Pin<Box<dyn Future<Output = ()> + Send>>)
             }
-            value
+            OnLost::Continue => None,
+        };
+        let span = crate::meter::hold_span(entry, guard.key(), guard.mode());
+        Hold {
+            held,
+            state: Some(state),
+            lost,
+            span,
         }
-    };
-    Ok(value)
+    }
+
+    /// With [`OnLost::Abort`], the error that ends the call once the lock
+    /// is lost (the server has freed it, so the body must not go on
+    /// believing it holds it: it is dropped at its next await point).
+    fn poll_lost(&mut self, cx: &mut Context<'_>) -> Option<Error> {
+        let lost = self.lost.as_mut()?;
+        lost.as_mut().poll(cx).is_ready().then(|| {
+            let key = self.held.guard().key().name();
+            tracing::error!(key = %key, "advisory-locked: lock lost while the body ran; the body was stopped");
+            Error::LockLost {
+                key: key.to_owned(),
+            }
+        })
+    }
+
+    /// The body ended: the lock is released without waiting for the
+    /// server's answer (the unlock is queued on the lock's session, ahead
+    /// of any later request for this key).
+    fn finish(self) {
+        if self.lost.is_none() && !self.held.guard().is_held() {
+            tracing::warn!(key = %self.held.guard().key().name(), "advisory-locked: lock lost while the body ran; the body was let finish (on_lost = continue)");
+        }
+    }
+}
+
+/// A body running under a [`Hold`]: the loss policy applies (with
+/// [`OnLost::Abort`] the loss is polled first), the body sees its lock as
+/// [`current_lock`](crate::current_lock) and runs in the span
+/// `advisory_locked.hold`. If the body panics, dropping this releases the
+/// lock and the panic goes on.
+pub struct Running<F> {
+    body: Option<Pin<Box<F>>>,
+    hold: Option<Hold>,
+}
+
+impl<F> Running<F> {
+    pub(crate) fn new(hold: Hold, body: Pin<Box<F>>) -> Running<F> {
+        Running {
+            body: Some(body),
+            hold: Some(hold),
+        }
+    }
+}
+
+impl<F: Future> Future for Running<F> {
+    type Output = Result<F::Output, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let (Some(hold), Some(body)) = (this.hold.as_mut(), this.body.as_mut()) else {
+            return Poll::Ready(Err(Error::InvalidConfig {
+                reason: "an annotated call's future was polled after it completed".to_owned(),
+            }));
+        };
+        if let Some(e) = hold.poll_lost(cx) {
+            this.body = None;
+            this.hold = None;
+            return Poll::Ready(Err(e));
+        }
+        let polled = {
+            let _span = hold.span.enter();
+            let _scope = Scope::enter(&mut hold.state);
+            body.as_mut().poll(cx)
+        };
+        let value = std::task::ready!(polled);
+        this.body = None;
+        if let Some(hold) = this.hold.take() {
+            hold.finish();
+        }
+        Poll::Ready(Ok(value))
+    }
 }
 
 /// `transaction = tx`: the entry's transaction connections, then

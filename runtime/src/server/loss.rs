@@ -122,17 +122,37 @@ impl LockState {
     }
 }
 
-tokio::task_local! {
-    static CURRENT: LockState;
+thread_local! {
+    /// The lock of the body being polled on this thread (see [`Scope`]).
+    static CURRENT: std::cell::RefCell<Option<LockState>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The lock of the `#[advisory_locked]` body running in this task, if any
 /// (inner-most when bodies nest). Not inherited by tasks the body spawns.
 pub fn current_lock() -> Option<LockState> {
-    CURRENT.try_with(Clone::clone).ok()
+    CURRENT.with_borrow(Clone::clone)
 }
 
-/// Runs `body` with `state` as its [`current_lock`].
-pub(crate) fn scope<F: Future>(state: LockState, body: F) -> impl Future<Output = F::Output> {
-    CURRENT.scope(state, body)
+/// Makes `state` the [`current_lock`] while a body is polled: entered
+/// around each poll, it puts the state in place (moved, not cloned) and
+/// puts the one before back when dropped, so nested bodies see their own
+/// and a panicking poll leaves nothing behind.
+pub(crate) struct Scope<'a> {
+    state: &'a mut Option<LockState>,
+    before: Option<LockState>,
+}
+
+impl<'a> Scope<'a> {
+    pub(crate) fn enter(state: &'a mut Option<LockState>) -> Scope<'a> {
+        let mine = state.take();
+        let before = CURRENT.with(|c| c.replace(mine));
+        Scope { state, before }
+    }
+}
+
+impl Drop for Scope<'_> {
+    fn drop(&mut self) {
+        let before = self.before.take();
+        *self.state = CURRENT.with(|c| c.replace(before));
+    }
 }

@@ -172,6 +172,7 @@ impl WaitPool {
             Counters::add(&self.inner.counters.server_waits, 1);
             tracing::debug!(pool = %self.inner.settings.name, key = %key.name(), session = session.id(), lock_timeout_ms = millis, "advisory-locked: waiting on the server");
             let cancel = CancelOnDrop {
+                lend: session.lend_number(),
                 session: Some(session.clone()),
                 settings: &self.inner.settings,
             };
@@ -292,15 +293,13 @@ impl WaitPool {
 }
 
 /// Cancels a wait on the server if the caller goes away while it is
-/// blocked there (a CancelRequest with the session's backend key data), so
-/// that the wait session is free at once instead of at the end of its
-/// `lock_timeout` slice. The dispatcher then handles the cancelled wait as
-/// any failed one (an unlock if the session holds the key). A cancel that
-/// arrives after the wait was granted may hit the statement that gives
-/// the grant back; that failed unlock closes the session, which frees
-/// everything it held: never two holders, at worst a session replaced.
+/// blocked there, so that the wait session is free at once instead of at
+/// the end of its `lock_timeout` slice (see [`Session::cancel_wait`]). The
+/// dispatcher then handles the cancelled wait as any failed one (an unlock
+/// if the session holds the key).
 struct CancelOnDrop<'a> {
     session: Option<Arc<Session>>,
+    lend: u64,
     settings: &'a Settings,
 }
 
@@ -312,19 +311,9 @@ impl CancelOnDrop<'_> {
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let settings = self.settings.clone();
-        runtime.spawn(async move {
-            tracing::debug!(pool = %settings.name, session = session.id(), "advisory-locked: caller gone; cancelling its wait on the server");
-            if let Err(e) = session.canceller.cancel(&settings).await {
-                tracing::debug!(pool = %settings.name, session = session.id(), error = %crate::error::cause(&e), "advisory-locked: cancel request failed; the wait ends with its lock_timeout");
-            }
-        });
+        if let Some(session) = self.session.take() {
+            session.cancel_wait(self.lend, self.settings);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ pub(crate) mod trust;
 pub(crate) mod wakeup;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -81,6 +81,11 @@ pub(crate) struct Shared {
     unlocks_done: AtomicU64,
     /// Wakes callers waiting for an unlock to be answered.
     unlock_progress: Notify,
+    /// Counts the lends of a wait session (see [`Session::cancel_wait`]).
+    lends: AtomicU64,
+    /// Cancel requests being sent: no new lend until they are done, so that
+    /// a cancel meant for one wait can't hit the next.
+    cancels: AtomicU32,
 }
 
 impl Shared {
@@ -118,9 +123,20 @@ impl Shared {
     /// Lends an idle wait session for one blocking wait; false if it is
     /// waiting or holding a lock.
     pub(crate) fn lend(&self) -> bool {
-        self.lending
-            .compare_exchange(IDLE, WAITING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        if self
+            .lending
+            .compare_exchange(IDLE, WAITING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        self.lends.fetch_add(1, Ordering::SeqCst);
+        if self.cancels.load(Ordering::SeqCst) > 0 {
+            // A cancel request for the last wait may still be on its way.
+            self.lending.store(IDLE, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// The blocking wait was granted: the session holds that lock.
@@ -271,6 +287,8 @@ impl Session {
             killer: futures_util::task::AtomicWaker::new(),
             counters: counters.clone(),
             lending: AtomicU8::new(IDLE),
+            lends: AtomicU64::new(0),
+            cancels: AtomicU32::new(0),
             unlocks_done: AtomicU64::new(0),
             unlock_progress: Notify::new(),
         });
@@ -502,6 +520,41 @@ impl Session {
     /// Lends this wait session for one blocking wait (see [`Shared::lend`]).
     pub(crate) fn lend(&self) -> bool {
         !self.is_dead() && self.shared.lend()
+    }
+
+    /// Which lend of this wait session the current one is (read right after
+    /// [`Session::lend`]).
+    pub(crate) fn lend_number(&self) -> u64 {
+        self.shared.lends.load(Ordering::SeqCst)
+    }
+
+    /// Cancels the blocking wait of lend `lend` if it is still waiting on
+    /// the server (a CancelRequest with the session's backend key data);
+    /// returns false if it is not (answered, or the session lent again).
+    /// Until the cancel request is done, the session is lent to no other
+    /// wait: a cancel that reaches the server late can then only hit this
+    /// wait, the unlock that gives back its grant (which closes the session
+    /// if it fails), or nothing (PostgreSQL ignores a cancel while idle).
+    pub(crate) fn cancel_wait(self: &Arc<Self>, lend: u64, settings: &Settings) -> bool {
+        let shared = &self.shared;
+        shared.cancels.fetch_add(1, Ordering::SeqCst);
+        let still = shared.lending.load(Ordering::SeqCst) == WAITING
+            && shared.lends.load(Ordering::SeqCst) == lend
+            && !self.is_dead();
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(runtime)) = (still, runtime) else {
+            shared.cancels.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        };
+        let (session, settings) = (self.clone(), settings.clone());
+        runtime.spawn(async move {
+            tracing::debug!(pool = %settings.name, session = session.id(), "advisory-locked: caller gone; cancelling its wait on the server");
+            if let Err(e) = session.canceller.cancel(&settings).await {
+                tracing::debug!(pool = %settings.name, session = session.id(), error = %e, "advisory-locked: cancel request failed; the wait ends with its lock_timeout");
+            }
+            session.shared.cancels.fetch_sub(1, Ordering::SeqCst);
+        });
+        true
     }
 
     /// Gives back a lent wait session whose wait was never queued.
