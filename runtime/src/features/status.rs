@@ -163,21 +163,8 @@ fn seconds(s: Option<f64>) -> Option<Duration> {
 /// # Ok(()) }
 /// ```
 pub async fn held_locks(config: &LockConfig) -> Result<Vec<HeldLock>, Error> {
-    let mut settings = config.settings().clone();
-    if settings.pg.get_application_name().is_none() {
-        settings.pg.application_name("advisory-locked-status");
-    }
-    let target = settings.target();
-    let after = settings.connect_timeout;
-    let (client, _) = match tokio::time::timeout(
-        after * crate::pg::connect::attempts(&settings),
-        crate::pg::connect::connect_client(&settings),
-    )
-    .await
-    {
-        Ok(result) => result?,
-        Err(_) => return Err(Error::ConnectTimeout { target, after }),
-    };
+    let client = connect(config).await?;
+    let target = config.settings().target();
     let rows = client.query(crate::pg::sql::STATUS, &[]).await.map_err(|e| {
         tracing::warn!(target = %target, error = %crate::error::cause(&e), "advisory-locked: the pg_locks status query failed");
         Error::Query {
@@ -230,6 +217,34 @@ pub async fn held_locks(config: &LockConfig) -> Result<Vec<HeldLock>, Error> {
         });
     }
     Ok(locks)
+}
+
+/// A plain connection to the database of `config`, for an operator's own
+/// queries about locks (the `advisory-locked` command line tool uses it):
+/// the same transport as the lock sessions (TLS, multi-host URLs, standbys
+/// refused), the `application_name` `advisory-locked-status` unless
+/// `config` sets one, and at most `config`'s connect timeout per host.
+/// [`held_locks`] queries through one of these. The connection closes when
+/// the client is dropped; it needs a Tokio runtime.
+///
+/// Fails with [`Error::Connect`] / [`Error::ConnectTimeout`] (or
+/// [`Error::Standby`] for a hot standby) if no server can be used.
+pub async fn connect(config: &LockConfig) -> Result<tokio_postgres::Client, Error> {
+    let mut settings = config.settings().clone();
+    if settings.pg.get_application_name().is_none() {
+        settings.pg.application_name("advisory-locked-status");
+    }
+    let target = settings.target();
+    let after = settings.connect_timeout;
+    match tokio::time::timeout(
+        after * crate::pg::connect::attempts(&settings),
+        crate::pg::connect::connect_client(&settings),
+    )
+    .await
+    {
+        Ok(result) => Ok(result?.0),
+        Err(_) => Err(Error::ConnectTimeout { target, after }),
+    }
 }
 
 /// Names the locks that have no name yet from `names` (key names known only
