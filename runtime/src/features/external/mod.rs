@@ -329,24 +329,3 @@ async fn run<E: AdvisoryExecutor + ?Sized>(
         },
     }
 }
-
-/// A server error in the crate's shape, from a driver's fields.
-pub(crate) fn server_error(
-    severity: &str,
-    code: &str,
-    message: &str,
-    detail: Option<&str>,
-    hint: Option<&str>,
-) -> QueryError {
-    QueryError::Server(crate::ServerError {
-        severity: severity.to_owned(),
-        code: SqlState::from_code(code),
-        message: message.to_owned(),
-        more: Some(Box::new(crate::error::MoreFields {
-            detail: detail.map(str::to_owned),
-            hint: hint.map(str::to_owned),
-            position: None,
-            context: None,
-        })),
-    })
-}

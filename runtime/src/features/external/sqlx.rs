@@ -31,14 +31,14 @@ async fn query_bool(
 fn query_error(e: &sqlx::Error) -> QueryError {
     match e {
         sqlx::Error::Database(db) => match db.try_downcast_ref::<PgDatabaseError>() {
-            Some(pg) => super::server_error(
+            Some(pg) => server_error(
                 severity(pg.severity()),
                 pg.code(),
                 pg.message(),
                 pg.detail(),
                 pg.hint(),
             ),
-            None => super::server_error(
+            None => server_error(
                 "ERROR",
                 db.code().as_deref().unwrap_or("XX000"),
                 db.message(),
@@ -106,3 +106,24 @@ impl AdvisoryExecutor for sqlx::Transaction<'_, Postgres> {
 }
 
 impl AdvisoryTransaction for sqlx::Transaction<'_, Postgres> {}
+
+/// A server error in the crate's shape, from a driver's fields.
+fn server_error(
+    severity: &str,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) -> QueryError {
+    QueryError::Server(crate::ServerError {
+        severity: severity.to_owned(),
+        code: tokio_postgres::error::SqlState::from_code(code),
+        message: message.to_owned(),
+        more: Some(Box::new(crate::error::MoreFields {
+            detail: detail.map(str::to_owned),
+            hint: hint.map(str::to_owned),
+            position: None,
+            context: None,
+        })),
+    })
+}
