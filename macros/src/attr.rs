@@ -9,6 +9,7 @@
 //!          | "on_lost" "=" ("\"abort\"" | "\"continue\"")
 //!          | "limit" "=" int (1..=1024) | "per" "=" duration-string
 //!          | "transaction" "=" ident
+//!          | "on" "=" ident
 //!          | "crate" "=" path-string
 //! key     := string (literal or template) | int | "-" int | "(" int "," int ")"
 //! ```
@@ -54,6 +55,8 @@ pub struct Args {
     pub per: Option<u64>,
     /// `transaction = tx`: the name the body gets its transaction under.
     pub transaction: Option<Ident>,
+    /// `on = tx`: the argument holding the caller's transaction to lock in.
+    pub on: Option<Ident>,
     /// `crate = "path"`: the advisory-locked crate's path, if not
     /// `::advisory_locked`.
     pub crate_path: Option<Path>,
@@ -101,12 +104,13 @@ enum Name {
     Limit,
     Per,
     Transaction,
+    On,
     Crate,
 }
 
 impl Name {
     /// Every option, in the order they are listed in messages.
-    const ALL: [Name; 11] = [
+    const ALL: [Name; 12] = [
         Name::Key,
         Name::Wait,
         Name::Skip,
@@ -117,6 +121,7 @@ impl Name {
         Name::Limit,
         Name::Per,
         Name::Transaction,
+        Name::On,
         Name::Crate,
     ];
 
@@ -132,6 +137,7 @@ impl Name {
             Name::Limit => "limit",
             Name::Per => "per",
             Name::Transaction => "transaction",
+            Name::On => "on",
             Name::Crate => "crate",
         }
     }
@@ -260,6 +266,25 @@ fn check_combinations(seen: &Seen, errors: &mut Errors) {
         "`on_lost` can't be set with `transaction`: a transaction's lock ends with its connection, and the entry's policy (`LockConfig::on_lost`) applies; whatever the policy, the transaction is rolled back; remove `on_lost`",
         errors,
     );
+    check_on(seen, errors);
+}
+
+/// `on = tx` locks in the caller's transaction: none of the options about
+/// the crate's own sessions or transactions go with it.
+fn check_on(seen: &Seen, errors: &mut Errors) {
+    for (other, why) in [
+        (Name::Transaction, "`transaction = …` opens a transaction of the crate's own, `on = …` locks in the caller's"),
+        (Name::Pool, "the lock is taken in the caller's transaction, not on a registry entry's sessions"),
+        (Name::OnLost, "the lock ends with the caller's transaction, which the caller commits or rolls back"),
+        (Name::Limit, "a fleet-wide limit is not supported in the caller's transaction"),
+        (Name::Per, "a fleet-wide limit is not supported in the caller's transaction"),
+    ] {
+        let msg = format!(
+            "`on` and `{}` cannot be combined: {why}; remove one of them",
+            other.as_str()
+        );
+        seen.conflict(Name::On, other, &msg, errors);
+    }
 }
 
 /// Whether an unparsable option was meant as the key: `key …` or a bare
@@ -403,6 +428,7 @@ fn apply(args: &mut Args, raw: RawOption, errors: &mut Errors) {
         Name::Limit => value::limit(&value).map(|n| args.limit = Some(n)),
         Name::Per => value::per(&value).map(|ms| args.per = Some(ms)),
         Name::Transaction => value::transaction(&value).map(|tx| args.transaction = Some(tx)),
+        Name::On => value::on(&value).map(|arg| args.on = Some(arg)),
         Name::Crate => value::crate_path(&value).map(|path| args.crate_path = Some(path)),
         Name::Skip | Name::Shared | Name::Exclusive => {
             Err(value::flag_with_value(name, eq, &value))
@@ -618,6 +644,26 @@ mod tests {
             parse_err(quote!(key = "k", transaction = tx, limit = 2, per = "1s")).len(),
             2
         );
+    }
+
+    #[test]
+    fn on_option() {
+        let args = parse_ok(quote!(key = "k:{id}", on = tx, wait = "5s", shared));
+        assert_eq!(args.on.unwrap().to_string(), "tx");
+        for (tokens, start) in [
+            (quote!(key = "k", on), "`on` needs the name of the fn's argument"),
+            (quote!(key = "k", on = "tx"), "`on` takes the name of the fn's argument that holds the transaction, not a string: write `on = tx`"),
+            (quote!(key = "k", on = a.b), "`on` takes the name of the fn's argument that holds the transaction, e.g. `on = tx`; found an expression"),
+            (quote!(key = "k", on = self), "`on` takes the name"),
+            (quote!(key = "k", on = tx, transaction = t), "`on` and `transaction` cannot be combined"),
+            (quote!(key = "k", pool = "p", on = tx), "`on` and `pool` cannot be combined"),
+            (quote!(key = "k", on = tx, on_lost = "abort"), "`on` and `on_lost` cannot be combined"),
+            (quote!(key = "k", on = tx, limit = 2), "`on` and `limit` cannot be combined"),
+            (quote!(key = "k", on = tx, on = t), "duplicate option `on`"),
+        ] {
+            let e = parse_err(tokens.clone());
+            assert!(e[0].starts_with(start), "{tokens}: {e:?}");
+        }
     }
 
     #[test]

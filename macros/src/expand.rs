@@ -33,7 +33,7 @@ pub fn expand(options: &Options, f: ValidFn) -> TokenStream {
     let key_name = key_name(options, &krate, &sig);
     let assertion = commit_assertion(options, &krate, &ret);
     let key_expr = key_expr(&options.key, &krate, &sig);
-    let call = call(options, &krate, &ret, &key_var, &body.stmts);
+    let call = call(options, &krate, &ret, &key_var, &body.stmts, &sig);
     let inner_attrs = &body.inner_attrs;
     quote! {
         #(#attrs)*
@@ -111,7 +111,7 @@ fn output(options: &Options, krate: &Krate, ret: &BodyType, old: &ReturnType) ->
 /// type is reported at the return type.
 fn commit_assertion(options: &Options, krate: &Krate, ret: &BodyType) -> TokenStream {
     match options.scope {
-        Scope::Session { .. } => TokenStream::new(),
+        Scope::Session { .. } | Scope::On { .. } => TokenStream::new(),
         Scope::Transaction { .. } => {
             let (ty, span) = (&ret.ty, ret.span);
             let k = krate.at(span);
@@ -129,8 +129,19 @@ fn call(
     ret: &BodyType,
     key_var: &Ident,
     stmts: &[Stmt],
+    sig: &Signature,
 ) -> TokenStream {
     let skip = options.wait == WaitMode::Skip;
+    if let Scope::On { arg } = &options.scope {
+        let arg = argument_ident(sig, &Root::Arg(arg.clone()), arg.span());
+        return call_on(
+            options,
+            krate,
+            &arg,
+            key_var,
+            body(options, krate, ret, stmts),
+        );
+    }
     // With a transaction, the call is spanned at the return type: that is
     // where a body type without `TransactionResult` is reported.
     let (run, span) = match (&options.scope, skip) {
@@ -138,6 +149,7 @@ fn call(
         (Scope::Session { .. }, false) => ("run_wait", Span::call_site()),
         (Scope::Transaction { .. }, true) => ("run_tx_skip", ret.span),
         (Scope::Transaction { .. }, false) => ("run_tx_wait", ret.span),
+        (Scope::On { .. }, _) => ("run_on", Span::call_site()),
     };
     let run = Ident::new(run, span);
     let k = krate.at(span);
@@ -149,6 +161,32 @@ fn call(
             #spec,
             #wait
             #key_var,
+            #body,
+        )
+        .await
+    }
+}
+
+/// `on = tx`: the transaction-level lock in the argument `tx` (its own
+/// token, so that a type that is not a transaction is reported at the
+/// argument), then the body.
+fn call_on(
+    options: &Options,
+    krate: &Krate,
+    arg: &Ident,
+    key_var: &Ident,
+    body: TokenStream,
+) -> TokenStream {
+    let k = krate.at(Span::call_site());
+    let mode = mode(options.shared, &k);
+    let (lock, run) = match options.wait {
+        WaitMode::Skip => (quote!(on_try), quote!(run_on_skip)),
+        WaitMode::Forever | WaitMode::TimeoutMillis(_) => (quote!(on_wait), quote!(run_on_wait)),
+    };
+    let wait = wait(options, krate);
+    quote! {
+        #k::__private::#run(
+            #k::__private::#lock(#arg, #mode, #wait #key_var).await,
             #body,
         )
         .await
@@ -175,7 +213,7 @@ fn spec(options: &Options, krate: &Krate) -> TokenStream {
     let mode = mode(options.shared, &k);
     let (on_lost, limit) = match &options.scope {
         Scope::Session { on_lost, limit } => (*on_lost, limit.as_ref()),
-        Scope::Transaction { .. } => (None, None),
+        Scope::Transaction { .. } | Scope::On { .. } => (None, None),
     };
     let on_lost = some_or_none(on_lost.map(|policy| match policy {
         OnLost::Abort => quote!(#k::OnLost::Abort),
@@ -229,7 +267,7 @@ fn body(options: &Options, krate: &Krate, ret: &BodyType, stmts: &[Stmt]) -> Tok
         }
     };
     match &options.scope {
-        Scope::Session { .. } => future,
+        Scope::Session { .. } | Scope::On { .. } => future,
         Scope::Transaction { name } => {
             let k = krate.at(Span::call_site());
             quote!(move |#name: #k::Transaction| #future)

@@ -53,6 +53,7 @@ use proc_macro::TokenStream;
 /// | `limit = N` | at most `N` (1..=1024) bodies at once across the fleet instead of one. |
 /// | `per = "1m"` | with `limit`: each slot is held at least this long from the body's start, so at most `N` starts per period. |
 /// | `transaction = tx` | run the body in a transaction under a transaction-level lock; the body names it `tx` (`advisory_locked::Transaction`) and must return `Result<T, E>` (commit on `Ok`) or `()` (commit). Not with `limit`, `per` or `on_lost`. |
+/// | `on = tx` | take a transaction-level lock in the caller's own transaction, the fn's argument `tx` (a `&mut` of `sqlx::PgTransaction<'_>`, `tokio_postgres::Transaction<'_>` or `deadpool_postgres::Transaction<'_>`: any `advisory_locked::external::AdvisoryTransaction`), before the body runs. The lock ends when the caller commits or rolls back that transaction, together with its writes: not when the fn returns. Unlike `transaction = tx` (the crate opens a transaction of its own on its own connection), nothing is configured and no registry entry is used. Not with `transaction`, `pool`, `limit`, `per` or `on_lost`. |
 /// | `crate = "path"` | the path the generated code names the `advisory-locked` crate by, instead of `::advisory_locked`: for a renamed dependency (`crate = "my_alias"`) or a re-export (`crate = "crate::reexported"`, where `mod reexported { pub use ::advisory_locked::*; }`). The path must name the crate's root, or a module re-exporting all of it (a glob `pub use` does, including the hidden `__private` module the expansion uses). |
 ///
 /// With a renamed dependency (`al = { package = "advisory-locked", … }` in
@@ -408,6 +409,59 @@ mod tests {
             got.contains(&quote!(kind: ::advisory_locked::names::KeyKind::Pair,).to_string()),
             "{got}"
         );
+    }
+
+    #[test]
+    fn on_expansion() {
+        let got = expand(
+            quote!(key = "invoice:{id}", on = tx),
+            quote!(
+                async fn f(tx: &mut Tx<'_>, id: i64) -> u8 {
+                    work(tx, id).await
+                }
+            ),
+        );
+        let want = quote! {
+            ::advisory_locked::__private::run_on_skip(
+                ::advisory_locked::__private::on_try(tx, ::advisory_locked::Mode::Exclusive, __advisory_locked_key).await,
+                async move {
+                    #[allow(unreachable_code, clippy::diverging_sub_expression, clippy::needless_return)]
+                    if let ::core::option::Option::Some(__advisory_locked_ret) = ::core::option::Option::None::<u8> {
+                        return __advisory_locked_ret;
+                    }
+                    work(tx, id).await
+                },
+            )
+            .await
+        };
+        assert!(got.contains(&want.to_string()), "{got}");
+        assert!(
+            got.contains(
+                &quote!(-> ::core::result::Result<::advisory_locked::Outcome<u8>, ::advisory_locked::Error>)
+                    .to_string()
+            ),
+            "{got}"
+        );
+        assert!(!got.contains("Spec"), "{got}");
+
+        let got = expand(
+            quote!(key = 7, on = r#conn, wait = "5s", shared),
+            quote!(
+                async fn g(r#conn: &mut C) {}
+            ),
+        );
+        let want = quote!(
+            ::advisory_locked::__private::on_wait(
+                r#conn,
+                ::advisory_locked::Mode::Shared,
+                ::advisory_locked::__private::Wait::Timeout(::core::time::Duration::from_millis(
+                    5000u64
+                )),
+                __advisory_locked_key
+            )
+            .await
+        );
+        assert!(got.contains(&want.to_string()), "{got}");
     }
 
     #[test]

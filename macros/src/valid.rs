@@ -32,6 +32,9 @@ pub enum Scope {
     },
     /// `transaction = tx`: in a transaction the body gets under this name.
     Transaction { name: Ident },
+    /// `on = tx`: a transaction-level lock in the caller's transaction,
+    /// the fn's argument of this name (as written in the signature).
+    On { arg: Ident },
 }
 
 /// `limit = N` and its `per = "…"`.
@@ -84,9 +87,13 @@ fn options(args: Args) -> Option<Options> {
         limit,
         per,
         transaction,
+        on,
         crate_path,
     } = args;
     let scope = match (transaction, on_lost, limit, per) {
+        _ if on.is_some() && pool.is_some() => return None,
+        (None, None, None, None) if on.is_some() => Scope::On { arg: on? },
+        _ if on.is_some() => return None,
         (Some(name), None, None, None) => Scope::Transaction { name },
         (Some(_), ..) | (None, _, None, Some(_)) => return None,
         (None, on_lost, limit, per_millis) => Scope::Session {
@@ -129,6 +136,9 @@ pub fn check(args: &Args, f: &LockedFn) -> Option<syn::Error> {
     }
     if let Some(tx) = &args.transaction {
         check_transaction_name(tx, &f.sig, &mut errors);
+    }
+    if let Some(on) = &args.on {
+        check_on_argument(on, &f.sig, &mut errors);
     }
     check_fn(f, &mut errors);
     errors.finish()
@@ -184,6 +194,42 @@ fn check_transaction_name(tx: &Ident, sig: &Signature, errors: &mut Errors) {
             tx.span(),
             format!("`transaction = {name}` would hide the argument `{name}` in the body: give the transaction another name, e.g. `transaction = {other}`"),
         );
+    }
+}
+
+/// `on = tx` names an argument, whose type is a `&mut` (the caller keeps
+/// its transaction, to commit it after the call).
+fn check_on_argument(on: &Ident, sig: &Signature, errors: &mut Errors) {
+    let name = on.unraw().to_string();
+    let found = sig.inputs.iter().find_map(|arg| match arg {
+        FnArg::Typed(pt) => match &*pt.pat {
+            Pat::Ident(pi) if pi.subpat.is_none() && pi.ident.unraw() == name => Some(&pt.ty),
+            _ => None,
+        },
+        FnArg::Receiver(_) => None,
+    });
+    let Some(ty) = found else {
+        let names: Vec<String> = argument_names(sig)
+            .into_iter()
+            .filter(|n| n != "self")
+            .collect();
+        let mut msg = format!("`on = {name}`: this fn has no argument `{name}`");
+        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        match closest(&name, names.iter().map(String::as_str)) {
+            Some(best) => msg.push_str(&format!(": did you mean `{best}`?")),
+            None if names.is_empty() => msg.push_str(
+                "; add the transaction as an argument, e.g. `tx: &mut sqlx::PgTransaction<'_>`",
+            ),
+            None => msg.push_str(&format!("; its arguments are {}", list.join(", "))),
+        }
+        errors.add(on.span(), msg);
+        return;
+    };
+    if !matches!(&**ty, Type::Reference(r) if r.mutability.is_some()) {
+        errors.push(syn::Error::new_spanned(
+            ty,
+            format!("`on = {name}` needs `{name}` to be a `&mut` of the transaction (e.g. `{name}: &mut sqlx::PgTransaction<'_>`): the caller keeps the transaction and commits it after the call, which ends the lock"),
+        ));
     }
 }
 
@@ -387,6 +433,57 @@ mod tests {
             ),
         )
         .is_empty());
+    }
+
+    #[test]
+    fn on_names_a_mut_argument() {
+        assert!(errors_for(
+            quote!(key = "k", on = tx),
+            quote!(
+                async fn f(id: i64, tx: &mut sqlx::PgTransaction<'_>) {}
+            ),
+        )
+        .is_empty());
+        let e = errors_for(
+            quote!(key = "k", on = txn),
+            quote!(
+                async fn f(&self, tx: &mut T, id: i64) {}
+            ),
+        );
+        assert_eq!(
+            e,
+            ["`on = txn`: this fn has no argument `txn`: did you mean `tx`?"]
+        );
+        let e = errors_for(
+            quote!(key = "k", on = db),
+            quote!(
+                async fn f(tx: &mut T, id: i64) {}
+            ),
+        );
+        assert_eq!(
+            e,
+            ["`on = db`: this fn has no argument `db`; its arguments are `tx`, `id`"]
+        );
+        let e = errors_for(
+            quote!(key = "k", on = tx),
+            quote!(
+                async fn f() {}
+            ),
+        );
+        assert!(
+            e[0].ends_with("e.g. `tx: &mut sqlx::PgTransaction<'_>`"),
+            "{e:?}"
+        );
+        let e = errors_for(
+            quote!(key = "k", on = tx),
+            quote!(
+                async fn f(tx: &T) {}
+            ),
+        );
+        assert!(
+            e[0].starts_with("`on = tx` needs `tx` to be a `&mut` of the transaction"),
+            "{e:?}"
+        );
     }
 
     #[test]

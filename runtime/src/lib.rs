@@ -74,7 +74,7 @@ pub use error::{Error, Result};
 pub use error::{LockScope, QueryError, ServerError};
 pub use features::leader::{Campaign, Leader, Leadership, DEFAULT_CAMPAIGN_RETRY};
 pub use features::limit::{SlotGuard, Slots};
-pub use features::{names, status};
+pub use features::{external, names, status};
 pub use key::Mode;
 pub use key::{key_hash, KeyId, LockKey};
 pub use locker::{LockGuard, Locker};

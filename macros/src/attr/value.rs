@@ -59,6 +59,7 @@ pub fn missing_value(name: Name) -> String {
         Name::Limit => format!("`limit` needs a value: write `limit = N` (1..={MAX_LIMIT}) to let at most N bodies run at once across the fleet"),
         Name::Per => "`per` needs a value: write `per = \"1m\"` (with `limit = N`: at most N starts per minute)".to_owned(),
         Name::Transaction => "`transaction` needs a name for the transaction: write `transaction = tx`, and use `tx` in the body".to_owned(),
+        Name::On => "`on` needs the name of the fn's argument that holds the transaction to lock in: write `on = tx` for an argument `tx: &mut sqlx::PgTransaction<'_>` (or another transaction type of `advisory_locked::external`)".to_owned(),
         Name::Crate => "`crate` needs a value: write the path the advisory-locked crate is reachable under, e.g. `crate = \"my_alias\"`".to_owned(),
         Name::Wait | Name::Skip | Name::Shared | Name::Exclusive => format!("`{}` needs no value", name.as_str()),
     }
@@ -221,6 +222,54 @@ pub fn transaction(value: &Expr) -> syn::Result<Ident> {
                 describe(other)
             ),
         )),
+    }
+}
+
+/// `on = tx`: the plain name of the argument holding the caller's
+/// transaction.
+pub fn on(value: &Expr) -> syn::Result<Ident> {
+    if let Some(ident) = plain_ident(value) {
+        return Ok(ident);
+    }
+    Err(match ungroup(value) {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => {
+            let fix = syn::parse_str::<Ident>(&s.value())
+                .map(|i| format!("`on = {i}`"))
+                .unwrap_or_else(|_| "`on = tx`".to_owned());
+            syn::Error::new(
+                s.span(),
+                format!("`on` takes the name of the fn's argument that holds the transaction, not a string: write {fix}"),
+            )
+        }
+        other => syn::Error::new(
+            other.span(),
+            format!(
+                "`on` takes the name of the fn's argument that holds the transaction, e.g. `on = tx`; found {}",
+                describe(other)
+            ),
+        ),
+    })
+}
+
+/// A single identifier other than `self`, `Self`, `super`, `crate`.
+fn plain_ident(value: &Expr) -> Option<Ident> {
+    match ungroup(value) {
+        Expr::Path(p)
+            if p.qself.is_none()
+                && p.attrs.is_empty()
+                && p.path.leading_colon.is_none()
+                && p.path.segments.len() == 1
+                && p.path.segments[0].arguments.is_none()
+                && !matches!(
+                    p.path.segments[0].ident.to_string().as_str(),
+                    "self" | "Self" | "super" | "crate"
+                ) =>
+        {
+            Some(p.path.segments[0].ident.clone())
+        }
+        _ => None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! What is built on the [`Locker`](crate::Locker): fleet-wide limits, leader
-//! election, the names of annotated keys, and the status view.
+//! election, the names of annotated keys, the status view, and locks on the
+//! application's own connections.
 
+pub mod external;
 pub(crate) mod leader;
 pub(crate) mod limit;
 pub mod names;

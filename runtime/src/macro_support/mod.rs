@@ -123,5 +123,6 @@ where
 /// The compile-time collection the attribute submits [`KeyName`]s to.
 pub use inventory;
 
+pub use crate::features::external::macro_support::{on_try, on_wait, run_on_skip, run_on_wait};
 pub use crate::features::limit::Limit;
 pub use crate::features::names::KeyName;

@@ -798,3 +798,149 @@ mod tests {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Bring your own connection (crate::features::external)
+// ---------------------------------------------------------------------------
+
+/// What a statement of [`crate::features::external`] does, on a caller's
+/// connection or transaction. Every statement answers one row of one
+/// `boolean` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum External {
+    /// `pg_try_advisory_xact_lock[_shared]`: `(granted)`. Parameters: the key.
+    TryXact,
+    /// `pg_advisory_xact_lock[_shared]` under the lock timeout `$1`
+    /// (text, `'0'`: none), set with `set_config(…, true)` and put back to
+    /// the caller's own value in the same statement once granted:
+    /// `(true)`. Parameters: the timeout, then the key.
+    WaitXact,
+    /// `pg_try_advisory_lock[_shared]`: `(granted)`. Parameters: the key.
+    TrySession,
+    /// `pg_advisory_lock[_shared]` as [`External::WaitXact`] does.
+    WaitSession,
+    /// `pg_advisory_unlock[_shared]`: `(was held)`. Parameters: the key.
+    Unlock,
+}
+
+impl External {
+    const ALL: [External; 5] = [
+        External::TryXact,
+        External::WaitXact,
+        External::TrySession,
+        External::WaitSession,
+        External::Unlock,
+    ];
+
+    /// True for the statements whose first parameter is the lock timeout.
+    pub(crate) fn waits(self) -> bool {
+        matches!(self, External::WaitXact | External::WaitSession)
+    }
+}
+
+/// The text of an [`External`] statement for a mode and a key form.
+pub(crate) fn external(what: External, mode: Mode, form: Form) -> &'static str {
+    static TEXTS: std::sync::LazyLock<Vec<(External, Mode, Form, String)>> =
+        std::sync::LazyLock::new(|| {
+            let mut texts = Vec::new();
+            for what in External::ALL {
+                for mode in MODES {
+                    for form in FORMS {
+                        texts.push((what, mode, form, external_text(what, mode, form)));
+                    }
+                }
+            }
+            texts
+        });
+    TEXTS
+        .iter()
+        .find(|(w, m, f, _)| (*w, *m, *f) == (what, mode, form))
+        .map(|(.., text)| text.as_str())
+        .unwrap_or_default()
+}
+
+fn external_text(what: External, mode: Mode, form: Form) -> String {
+    let shared = match mode {
+        Mode::Exclusive => "",
+        Mode::Shared => "_shared",
+    };
+    let first = if what.waits() { 2 } else { 1 };
+    let key = match form {
+        Form::Int8 => format!("${first}::bigint"),
+        Form::Pair => format!("${first}::integer, ${}::integer", first + 1),
+    };
+    let call = |name: &str| format!("pg_catalog.{name}{shared}({key})");
+    match what {
+        External::TryXact => format!("SELECT {}", call("pg_try_advisory_xact_lock")),
+        External::TrySession => format!("SELECT {}", call("pg_try_advisory_lock")),
+        External::Unlock => format!("SELECT {}", call("pg_advisory_unlock")),
+        External::WaitXact => wait_with_timeout(&call("pg_advisory_xact_lock")),
+        External::WaitSession => wait_with_timeout(&call("pg_advisory_lock")),
+    }
+}
+
+/// One statement: remember the caller's `lock_timeout`, set `$1` for this
+/// transaction, wait for the lock, put the caller's value back. Each
+/// `OFFSET 0` sub-query is evaluated before the query around it (and its
+/// volatile columns are never dropped), so the order is fixed.
+fn wait_with_timeout(lock: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config('lock_timeout', w.old, true) IS NOT NULL \
+         FROM (SELECT t.old, {lock} AS locked \
+               FROM (SELECT pg_catalog.current_setting('lock_timeout') AS old, \
+                            pg_catalog.set_config('lock_timeout', $1, true) AS set \
+                     OFFSET 0) AS t \
+               OFFSET 0) AS w"
+    )
+}
+
+#[cfg(test)]
+mod external_tests {
+    use super::*;
+
+    fn all() -> Vec<&'static str> {
+        let mut texts = Vec::new();
+        for what in External::ALL {
+            for mode in MODES {
+                for form in FORMS {
+                    texts.push(external(what, mode, form));
+                }
+            }
+        }
+        texts
+    }
+
+    /// Twenty distinct texts, each calling `pg_catalog` functions only.
+    #[test]
+    fn distinct_and_qualified() {
+        let texts = all();
+        assert_eq!(texts.len(), 20);
+        for (i, text) in texts.iter().enumerate() {
+            assert!(!text.is_empty());
+            assert!(!texts[..i].contains(text), "{text}");
+            for (at, _) in text.match_indices('(') {
+                let start = text[..at]
+                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                    .map_or(0, |p| p + 1);
+                let word = &text[start..at];
+                assert!(
+                    word.is_empty() || word.starts_with("pg_catalog."),
+                    "unqualified call {word}( in {text}"
+                );
+            }
+        }
+        assert!(external(External::WaitXact, Mode::Shared, Form::Pair)
+            .contains("pg_catalog.pg_advisory_xact_lock_shared($2::integer, $3::integer)"));
+    }
+
+    /// The server accepts every text.
+    #[tokio::test]
+    async fn every_external_statement_prepares_on_the_server() {
+        let client = crate::pg::test_server::client().await;
+        for text in all() {
+            if let Err(e) = client.prepare(text).await {
+                panic!("{text}: {e:?}");
+            }
+        }
+    }
+}
