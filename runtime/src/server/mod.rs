@@ -181,10 +181,10 @@ impl ServerLocker {
         &self.inner.settings.name
     }
 
-    /// The live session for a new lock of a key (see [`crate::local::lanes`]),
-    /// connecting a fresh one if the chosen slot's session died. `recent`:
-    /// where this process held the key last, if it released it lately.
-    async fn session_for(&self, recent: Option<&Recent>) -> Result<Arc<Session>, Error> {
+    /// The slot a new lock goes to, or (`Err`) the key's home session (see
+    /// [`crate::local::lanes`]), after waiting for any unlock of the key
+    /// still on its way where that matters.
+    async fn route(&self, recent: Option<&Recent>) -> Result<usize, Arc<Session>> {
         let slots = &self.inner.slots;
         let index = if slots.len() == 1 {
             // The only other home a key can have is a wait session.
@@ -220,7 +220,7 @@ impl ServerLocker {
                             least,
                         )
                     {
-                        return Ok(home.clone());
+                        return Err(home.clone());
                     }
                     if home.unlock_pending(r.unlock) {
                         // Moving to a lighter session: not before the last
@@ -230,6 +230,18 @@ impl ServerLocker {
                     light
                 }
             }
+        };
+        Ok(index)
+    }
+
+    /// The live session for a new lock of a key (see [`crate::local::lanes`]),
+    /// connecting a fresh one if the chosen slot's session died. `recent`:
+    /// where this process held the key last, if it released it lately.
+    async fn session_for(&self, recent: Option<&Recent>) -> Result<Arc<Session>, Error> {
+        let slots = &self.inner.slots;
+        let index = match self.route(recent).await {
+            Ok(index) => index,
+            Err(home) => return Ok(home),
         };
         if let Some(s) = slots[index].live() {
             if s.retirable() {
