@@ -12,13 +12,14 @@
 //!
 //! The database: `DATABASE_URL`, else postgres://postgres@127.0.0.1:5432/postgres;
 //! when nothing answers there and PostgreSQL's binaries are installed, a
-//! throwaway server is started for the run (as root, through `runuser`).
+//! throwaway server is started for the run (as root, through `runuser`; see
+//! `advisory_locked_tests::demo`, which every example shares).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use advisory_locked::{advisory_locked, Campaign, LockConfig, LockKey, Outcome};
-use advisory_locked_tests::ThrowawayServer;
+use advisory_locked_tests::demo::{check, describe, find_or_start_server, DemoError};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -53,7 +54,7 @@ async fn export(worker: usize, job: usize) {
 ///    without letting go (`exit` inside leadership): the server frees the
 ///    lock when the connection closes, and the next campaigner takes over
 ///    within its retry interval.
-async fn campaign_and_lead(worker: usize) -> Result<(), Box<dyn std::error::Error>> {
+async fn campaign_and_lead(worker: usize) -> Result<(), DemoError> {
     let locker = advisory_locked::locker("default")?;
     let leader = Campaign::new(LockKey::named("fleet:leader"))
         .retry_interval(Duration::from_millis(100))
@@ -141,7 +142,7 @@ fn event(worker: usize, text: &str) {
     println!("EVENT {us} {worker} {text}");
 }
 
-async fn worker(phase: &str, id: usize) -> Result<(), Box<dyn std::error::Error>> {
+async fn worker(phase: &str, id: usize) -> Result<(), DemoError> {
     advisory_locked::configure_from_env().await?;
     match phase {
         "once" => match nightly_report(id).await? {
@@ -204,7 +205,7 @@ struct Event {
 
 /// Starts `WORKERS` processes for one phase, echoes their events, and
 /// returns them once all have exited.
-async fn run_phase(url: &str, phase: &str) -> Result<Vec<Event>, Box<dyn std::error::Error>> {
+async fn run_phase(url: &str, phase: &str) -> Result<Vec<Event>, DemoError> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let mut children = Vec::new();
@@ -292,7 +293,7 @@ fn max_concurrent(events: &[Event], prefix: &str, same: impl Fn(&str) -> String)
     max
 }
 
-async fn coordinator() -> Result<(), Box<dyn std::error::Error>> {
+async fn coordinator() -> Result<(), DemoError> {
     let (url, _server) = find_or_start_server().await?;
     println!(
         "advisory-locked fleet demo: {WORKERS} worker processes, database {}",
@@ -454,69 +455,6 @@ fn max_overlap_leaders(events: &[Event]) -> usize {
         }
     }
     max
-}
-
-/// The database to use: `DATABASE_URL`, else the default local server, else
-/// a throwaway server started from the installed binaries (kept alive, and
-/// stopped, by the returned value).
-async fn find_or_start_server(
-) -> Result<(String, Option<ThrowawayServer>), Box<dyn std::error::Error>> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        return Ok((url, None));
-    }
-    let url = "postgres://postgres@127.0.0.1:5432/postgres".to_owned();
-    let answers = match url
-        .parse::<tokio_postgres::Config>()?
-        .connect_timeout(Duration::from_secs(3))
-        .connect(tokio_postgres::NoTls)
-        .await
-    {
-        Ok(_) => true,
-        Err(e) => {
-            println!("no PostgreSQL answers at 127.0.0.1:5432 ({e})");
-            false
-        }
-    };
-    if answers {
-        return Ok((url, None));
-    }
-    let installed = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dirs| dirs.flatten().any(|d| d.path().join("bin/initdb").exists()))
-        .unwrap_or(false);
-    if !installed {
-        return Err("no PostgreSQL server to use. Either set DATABASE_URL=postgres://user:password@host:port/db, \
-                    start a server on 127.0.0.1:5432 that lets user postgres in, \
-                    or install the server binaries (Debian/Ubuntu: apt-get install postgresql) so that this demo can start a throwaway one"
-            .into());
-    }
-    println!("starting a throwaway PostgreSQL server from the installed binaries ...");
-    let server = std::panic::catch_unwind(ThrowawayServer::start)
-        .map_err(|_| "could not start a throwaway server (see the message above)")?;
-    Ok((server.url("postgres"), Some(server)))
-}
-
-/// `host:port/dbname` of a connection string, never its password.
-fn describe(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(c) => {
-            let host = match c.get_hosts().first() {
-                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-                Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-                None => "localhost".to_owned(),
-            };
-            let port = c.get_ports().first().copied().unwrap_or(5432);
-            format!("{host}:{port}/{}", c.get_dbname().unwrap_or("postgres"))
-        }
-        Err(_) => "(unparsable DATABASE_URL)".to_owned(),
-    }
-}
-
-fn check(ok: bool, what: &str) -> Result<(), Box<dyn std::error::Error>> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("expected: {what}").into())
-    }
 }
 
 #[tokio::main]

@@ -12,6 +12,8 @@
 //! - [`tls`]: [`TestCertificates`] made with `openssl`, and a [`TlsServer`];
 //! - [`frozen`]: a runtime whose clock stands still, to tell a wake-up by
 //!   an event from one by a timer;
+//! - [`demo`]: what the runnable examples share: a database found, or a
+//!   throwaway server started, when none answers;
 //! - [`tools`]: where the programs above are found, and the message a test
 //!   fails with when one is missing (`scripts/test` installs them all);
 //! - [`workers`]: worker processes, their output, a clock they share;
@@ -26,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub mod blackhole;
 pub mod capture;
 pub mod db;
+pub mod demo;
 pub mod frozen;
 pub mod limits;
 pub mod locks;
