@@ -353,7 +353,7 @@ impl LockConfig {
     /// standby), then closes it.
     ///
     /// On such an entry only `#[advisory_locked(…, transaction = tx)]` calls
-    /// work; session-scope calls ([`Locker::try_lock`], [`Locker::lock`],
+    /// work; session-scope calls ([`Locker::try_lock`](crate::Locker::try_lock), [`Locker::lock`](crate::Locker::lock),
     /// the attribute without `transaction = …`) fail with
     /// [`Error::TransactionScopeOnly`].
     ///

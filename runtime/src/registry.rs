@@ -22,7 +22,8 @@ impl LockConfig {
     /// lock session and two probes for a transaction-pooling proxy): behind a
     /// pooler in session mode, its pool must have room for them, else this
     /// fails with [`Error::PoolExhausted`] (see
-    /// [`sessions`](Self::sessions#connections) for what the entry uses later).
+    /// [`sessions`](Self::sessions), its "Connections", for what the entry
+    /// uses later).
     pub async fn install(self) -> Result<Locker, Error> {
         let name = self.settings().name.clone();
         install_as(name, self.connect()).await
