@@ -321,5 +321,5 @@ pub use rustls;
 
 /// The README's code blocks, compiled and run as doc tests.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
