@@ -33,7 +33,8 @@
 //! below are the reference; the repository's `docs/guide.md` and
 //! `docs/operations.md` go into depth, and `tests/examples/` holds runnable
 //! programs (`cargo run -p advisory-locked-tests --example NAME`): `axum_tenant`,
-//! `scheduled`, `leader`, `quorum`, `transaction`, `fleet`, `status`.
+//! `scheduled`, `leader`, `quorum`, `sqlx_transaction`, `transaction`,
+//! `fleet`, `status`.
 //!
 //! # Options of the attribute
 //!
@@ -62,6 +63,8 @@
 //! - `per = "1m"`: with `limit`, each slot is held at least this long from the
 //!   body's start: at most `N` starts per period, and a minimum hold.
 //! - `transaction = tx`: transaction scope ([scopes](#scopes-session-and-transaction)).
+//! - `on = tx`: a transaction-level lock in the caller's own transaction,
+//!   the fn's argument `tx` ([bring your own connection](#bring-your-own-connection)).
 //! - `crate = "path"`: where the generated code finds this crate, for a
 //!   renamed dependency or a re-export.
 //!
@@ -120,6 +123,42 @@
 //! Behind a transaction-pooling proxy (pgbouncer `pool_mode = transaction`)
 //! only transaction scope excludes anything; see
 //! [`LockConfig::transaction_scope_only`].
+//!
+//! # Bring your own connection
+//!
+//! A service that already holds a sqlx `PgPool`, a deadpool-postgres pool or
+//! a tokio-postgres `Client` can take the lock in *its own* transaction, so
+//! that its writes and the lock end together when it commits or rolls back:
+//! `on = tx` names the fn's argument (a `&mut` of an
+//! [`external::AdvisoryTransaction`]); no registry entry is used. The
+//! [`external`] module has the same without the attribute
+//! ([`external::lock_xact`], [`external::try_lock_xact`]) and session-level
+//! locks on a connection ([`external::SessionLock`]). Features `sqlx` and
+//! `deadpool-postgres` add those libraries' types; tokio-postgres' are always
+//! there.
+//!
+//! ```no_run
+//! # #[cfg(feature = "sqlx")]
+//! # mod demo {
+//! use advisory_locked::advisory_locked;
+//!
+//! #[advisory_locked(key = "invoice:{id}", wait = "10s", on = tx)]
+//! async fn bill(tx: &mut sqlx::PgTransaction<'_>, id: i64) -> Result<u64, sqlx::Error> {
+//!     let done = sqlx::query("UPDATE invoices SET billed = true WHERE id = $1")
+//!         .bind(id)
+//!         .execute(&mut **tx)
+//!         .await?;
+//!     Ok(done.rows_affected())
+//! }
+//!
+//! async fn handler(pool: sqlx::PgPool, id: i64) -> Result<(), Box<dyn std::error::Error>> {
+//!     let mut tx = pool.begin().await?;
+//!     bill(&mut tx, id).await??; // the lock is held from here ...
+//!     tx.commit().await?; // ... to here, released with the commit
+//!     Ok(())
+//! }
+//! # }
+//! ```
 //!
 //! # Limits and rates
 //!
@@ -260,6 +299,8 @@
 //! - `tls-rustls`: TLS for the lock sessions ([`LockConfig::tls_root_certificates_pem`],
 //!   [`LockConfig::tls_config`]).
 //! - `metrics`: counters, histograms and gauges through the `metrics` crate.
+//! - `sqlx`, `deadpool-postgres`: locks on those libraries' connections and
+//!   transactions ([`external`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

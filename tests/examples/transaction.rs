@@ -24,9 +24,9 @@
 //! five payments were booked, the invoice was not overpaid, and the refused
 //! attempts left no row behind.
 //!
-//! Bringing your own transaction (a sqlx `PgTransaction`, a
-//! deadpool-postgres or tokio-postgres one) instead of the crate's is the
-//! subject of the "bring your own connection" API.
+//! To lock in a transaction of your own instead (a sqlx `PgTransaction`, a
+//! deadpool-postgres or tokio-postgres one), use `on = tx`: see the
+//! `sqlx_transaction` example.
 //!
 //! The database: `DATABASE_URL`, else postgres://postgres@127.0.0.1:5432/postgres,
 //! else a throwaway server started from the installed PostgreSQL binaries
