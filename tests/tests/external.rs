@@ -296,6 +296,50 @@ async fn waiting_transactions_exclude_across_pools() {
     contend(&db_url(), 4, 10).await;
 }
 
+/// Mutual exclusion across processes: three worker processes, each on its
+/// own connection, lock the same key in their transactions
+/// (`external::lock_xact`) and increment one counter by reading it and
+/// writing it back; no update is lost, and no lock is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_locks_exclude_across_processes() {
+    let observer = raw_connect(&db_url()).await;
+    let table =
+        ScratchTable::create(&observer, "ext_procs", "(id int PRIMARY KEY, n bigint)").await;
+    observer
+        .execute(&format!("INSERT INTO {} VALUES (1, 0)", table.name), &[])
+        .await
+        .unwrap();
+    let key = unique("ext-procs");
+    let (workers, rounds) = (3, 1000);
+    let args = (0..workers)
+        .map(|_| {
+            vec![
+                db_url(),
+                table.name.clone(),
+                key.clone(),
+                rounds.to_string(),
+            ]
+        })
+        .collect();
+    advisory_locked_tests::workers::run_processes(
+        env!("CARGO_BIN_EXE_external_worker"),
+        args,
+        Duration::from_secs(120),
+    )
+    .await;
+    let n: i64 = observer
+        .query_one(&format!("SELECT n FROM {} WHERE id = 1", table.name), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        n,
+        (workers * rounds) as i64,
+        "lost updates across processes"
+    );
+    assert_eq!(holders(&observer, LockKey::named(key).id()).await, []);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_times_out_and_keeps_the_callers_lock_timeout() {
     let url = db_url();
