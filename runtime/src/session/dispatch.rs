@@ -381,6 +381,12 @@ impl Flight {
 
     /// Queues `batch` on the wire, as many statements as it takes.
     fn send(&mut self, d: &mut Parts<'_>, batch: Vec<Op>) {
+        if !batch.iter().any(Op::goes_alone) {
+            // The common case, without the Vec of parts.
+            send(d.wire, d.statements, d.shared, &batch);
+            self.in_flight.push_back(batch);
+            return;
+        }
         for part in split(batch) {
             send(d.wire, d.statements, d.shared, &part);
             self.in_flight.push_back(part);
@@ -544,9 +550,6 @@ impl Dispatcher {
 /// Splits requests into statements, in order: runs of plain requests share
 /// one; a fenced lock, a raise, a wait or a checked unlock goes alone.
 fn split(batch: Vec<Op>) -> Vec<Vec<Op>> {
-    if !batch.iter().any(Op::goes_alone) {
-        return vec![batch];
-    }
     let mut parts = Vec::new();
     let mut run = Vec::new();
     for op in batch {
