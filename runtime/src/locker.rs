@@ -174,10 +174,15 @@ impl Locker {
         };
         let span = call.acquire_span(&key, false);
         let clock = crate::meter::Clock::start();
-        let result = self
-            .try_lock_unmetered(key, mode, notify)
-            .instrument(span.clone())
-            .await;
+        // Without a subscriber that wants the span, no wrapper (it would
+        // move the whole acquisition future into itself).
+        let result = if span.is_disabled() {
+            self.try_lock_unmetered(key, mode, notify).await
+        } else {
+            self.try_lock_unmetered(key, mode, notify)
+                .instrument(span.clone())
+                .await
+        };
         match result {
             Ok(Some(guard)) => Ok(Some(guard.metered(&call, &span, clock))),
             Ok(None) => {
@@ -251,10 +256,13 @@ impl Locker {
         };
         let span = call.acquire_span(&key, true);
         let clock = crate::meter::Clock::start();
-        let result = self
-            .lock_unmetered(key, mode, timeout)
-            .instrument(span.clone())
-            .await;
+        let result = if span.is_disabled() {
+            self.lock_unmetered(key, mode, timeout).await
+        } else {
+            self.lock_unmetered(key, mode, timeout)
+                .instrument(span.clone())
+                .await
+        };
         match result {
             Ok(guard) => Ok(guard.metered(&call, &span, clock)),
             Err(e) => {

@@ -142,6 +142,7 @@ pub(crate) enum Backend {
 
 /// Decodes the next whole message from `buf` (consuming it), or `None` if
 /// `buf` does not hold one yet.
+#[inline]
 pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Backend>, QueryError> {
     let Some(message) = Message::parse(buf)? else {
         return Ok(None);
@@ -174,6 +175,7 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Backend>, QueryError> 
 }
 
 /// Appends a data row's values to `out`: booleans and integers in binary.
+#[inline]
 pub(crate) fn row_values(row: &DataRowBody, out: &mut Values) -> Result<(), QueryError> {
     let buf = row.buffer();
     let mut ranges = row.ranges();
