@@ -118,7 +118,13 @@ async fn out_of_lock_memory_is_a_typed_error_and_leaves_nothing_behind() {
         errors[0]
     );
     for e in &errors {
-        assert!(matches!(e, Error::Query { .. }), "{e:?}");
+        // A request re-queued to a fresh session can meet the full lock
+        // table in that session's set-up: its exclusion self-test takes a
+        // lock (then Connect, with the same SQLSTATE from the server).
+        assert!(
+            matches!(e, Error::Query { .. } | Error::Connect { .. }),
+            "{e:?}"
+        );
         assert_eq!(sqlstate_of(e), "53200", "{e}");
         let server = e.server_error().expect("the server's error");
         assert!(server.message().contains("out of shared memory"), "{e:?}");
