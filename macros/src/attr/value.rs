@@ -190,44 +190,26 @@ pub fn on_lost(value: &Expr) -> syn::Result<OnLost> {
 
 /// `transaction = tx`: a plain name for the body's transaction.
 pub fn transaction(value: &Expr) -> syn::Result<Ident> {
-    match ungroup(value) {
-        Expr::Path(p)
-            if p.qself.is_none()
-                && p.attrs.is_empty()
-                && p.path.leading_colon.is_none()
-                && p.path.segments.len() == 1
-                && p.path.segments[0].arguments.is_none()
-                && !matches!(
-                    p.path.segments[0].ident.to_string().as_str(),
-                    "self" | "Self" | "super" | "crate"
-                ) =>
-        {
-            Ok(p.path.segments[0].ident.clone())
-        }
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(s), ..
-        }) => {
-            let fix = syn::parse_str::<Ident>(&s.value())
-                .map(|i| format!("`transaction = {i}`"))
-                .unwrap_or_else(|_| "`transaction = tx`".to_owned());
-            Err(syn::Error::new(
-                s.span(),
-                format!("`transaction` takes the name the body uses for its transaction, not a string: write {fix}"),
-            ))
-        }
-        other => Err(syn::Error::new(
-            other.span(),
-            format!(
-                "`transaction` takes the name the body uses for its transaction, e.g. `transaction = tx`; found {}",
-                describe(other)
-            ),
-        )),
-    }
+    name_of(
+        "transaction",
+        "the name the body uses for its transaction",
+        value,
+    )
 }
 
 /// `on = tx`: the plain name of the argument holding the caller's
 /// transaction.
 pub fn on(value: &Expr) -> syn::Result<Ident> {
+    name_of(
+        "on",
+        "the name of the fn's argument that holds the transaction",
+        value,
+    )
+}
+
+/// The value of `option = name`, a plain name (`what` it names, for the
+/// errors: a string, or anything else, is refused with the fix).
+fn name_of(option: &str, what: &str, value: &Expr) -> syn::Result<Ident> {
     if let Some(ident) = plain_ident(value) {
         return Ok(ident);
     }
@@ -236,17 +218,17 @@ pub fn on(value: &Expr) -> syn::Result<Ident> {
             lit: Lit::Str(s), ..
         }) => {
             let fix = syn::parse_str::<Ident>(&s.value())
-                .map(|i| format!("`on = {i}`"))
-                .unwrap_or_else(|_| "`on = tx`".to_owned());
+                .map(|i| format!("`{option} = {i}`"))
+                .unwrap_or_else(|_| format!("`{option} = tx`"));
             syn::Error::new(
                 s.span(),
-                format!("`on` takes the name of the fn's argument that holds the transaction, not a string: write {fix}"),
+                format!("`{option}` takes {what}, not a string: write {fix}"),
             )
         }
         other => syn::Error::new(
             other.span(),
             format!(
-                "`on` takes the name of the fn's argument that holds the transaction, e.g. `on = tx`; found {}",
+                "`{option}` takes {what}, e.g. `{option} = tx`; found {}",
                 describe(other)
             ),
         ),
