@@ -343,6 +343,24 @@ fn status_json(locks: &[HeldLock]) -> serde_json::Value {
 }
 
 /// Left-aligned columns, two spaces apart.
+/// The table of `who` and `release`: one row per holder or waiter.
+fn process_table<'a>(procs: impl IntoIterator<Item = &'a db::Process>) -> String {
+    let rows: Vec<Vec<String>> = procs.into_iter().map(db::Process::cells).collect();
+    table(
+        &[
+            "ROLE",
+            "PID",
+            "MODE",
+            "APPLICATION",
+            "CLIENT",
+            "USER",
+            "STATE",
+            "FOR",
+        ],
+        &rows,
+    )
+}
+
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
@@ -394,24 +412,8 @@ async fn who(key: &LockKey, db: &Db, names: &[String], json: bool) -> Result<(),
         });
         println!("{value}");
     } else if !procs.is_empty() {
-        let rows: Vec<Vec<String>> = procs.iter().map(db::Process::cells).collect();
         println!("key {described}");
-        print!(
-            "{}",
-            table(
-                &[
-                    "ROLE",
-                    "PID",
-                    "MODE",
-                    "APPLICATION",
-                    "CLIENT",
-                    "USER",
-                    "STATE",
-                    "FOR"
-                ],
-                &rows
-            )
-        );
+        print!("{}", process_table(&procs));
     }
     if held {
         Ok(())
@@ -471,23 +473,7 @@ async fn release(key: &LockKey, db: &Db, yes: bool) -> Result<(), Failure> {
         };
         return Err(Failure::NotHeld(format!("{key}: {why}; nothing released")));
     }
-    let rows: Vec<Vec<String>> = holders.iter().map(|p| p.cells()).collect();
-    eprint!(
-        "{}",
-        table(
-            &[
-                "ROLE",
-                "PID",
-                "MODE",
-                "APPLICATION",
-                "CLIENT",
-                "USER",
-                "STATE",
-                "FOR"
-            ],
-            &rows
-        )
-    );
+    eprint!("{}", process_table(holders.iter().copied()));
     if !yes && !confirm(key, pids.len())? {
         return Err(Failure::NotHeld(
             "not confirmed; nothing released".to_owned(),
