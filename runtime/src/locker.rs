@@ -7,6 +7,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::config::{LockConfig, Settings};
+use crate::local::lanes::Tenure;
 use crate::quorum::{QuorumConfig, QuorumGuard, QuorumLocker};
 use crate::server::{ServerGuard, ServerLocker};
 use crate::{Error, LockKey, Mode, Stats};
@@ -142,7 +143,8 @@ impl Locker {
     /// metrics (feature `metrics`), as the guide's "Metrics and traces" says.
     pub async fn try_lock(&self, key: LockKey, mode: Mode) -> Result<Option<LockGuard>, Error> {
         let label = crate::meter::label_of(&key);
-        self.try_lock_as(key, mode, false, label).await
+        self.try_lock_as(key, mode, false, Tenure::Open, label)
+            .await
     }
 
     /// [`try_lock`](Self::try_lock) whose release, with `notify`, wakes
@@ -155,16 +157,19 @@ impl Locker {
         notify: bool,
     ) -> Result<Option<LockGuard>, Error> {
         let label = crate::meter::label_of(&key);
-        self.try_lock_as(key, mode, notify, label).await
+        self.try_lock_as(key, mode, notify, Tenure::Open, label)
+            .await
     }
 
-    /// [`try_lock_notify`](Self::try_lock_notify) with the metrics' `key`
-    /// label `label` (an annotated call's key as written).
+    /// [`try_lock_notify`](Self::try_lock_notify) with a routing hint
+    /// (see [`Tenure`]) and the metrics' `key` label `label` (an annotated
+    /// call's key as written).
     pub(crate) async fn try_lock_as(
         &self,
         key: LockKey,
         mode: Mode,
         notify: bool,
+        tenure: Tenure,
         label: &str,
     ) -> Result<Option<LockGuard>, Error> {
         let call = crate::meter::Call {
@@ -177,9 +182,9 @@ impl Locker {
         // Without a subscriber that wants the span, no wrapper (it would
         // move the whole acquisition future into itself).
         let result = if span.is_disabled() {
-            self.try_lock_unmetered(key, mode, notify).await
+            self.try_lock_unmetered(key, mode, notify, tenure).await
         } else {
-            self.try_lock_unmetered(key, mode, notify)
+            self.try_lock_unmetered(key, mode, notify, tenure)
                 .instrument(span.clone())
                 .await
         };
@@ -201,11 +206,15 @@ impl Locker {
         key: LockKey,
         mode: Mode,
         notify: bool,
+        tenure: Tenure,
     ) -> Result<Option<LockGuard>, Error> {
         key.check()?;
         self.refuse_if_transaction_scope_only()?;
         match &self.backend {
-            Backend::Server(s) => Ok(s.try_lock(key, mode, notify).await?.map(LockGuard::server)),
+            Backend::Server(s) => Ok(s
+                .try_lock(key, mode, notify, tenure)
+                .await?
+                .map(LockGuard::server)),
             // Boxed: the quorum's (larger) future stays out of every
             // call's future and stack frame (debug builds nest deeply).
             Backend::Quorum(q) => Ok(Box::pin(q.try_lock(key, mode, notify))
@@ -238,15 +247,17 @@ impl Locker {
         timeout: Option<Duration>,
     ) -> Result<LockGuard, Error> {
         let label = crate::meter::label_of(&key);
-        self.lock_as(key, mode, timeout, label).await
+        self.lock_as(key, mode, timeout, Tenure::Open, label).await
     }
 
-    /// [`lock`](Self::lock) with the metrics' `key` label `label`.
+    /// [`lock`](Self::lock) with a routing hint (see [`Tenure`]) and the
+    /// metrics' `key` label `label`.
     pub(crate) async fn lock_as(
         &self,
         key: LockKey,
         mode: Mode,
         timeout: Option<Duration>,
+        tenure: Tenure,
         label: &str,
     ) -> Result<LockGuard, Error> {
         let call = crate::meter::Call {
@@ -257,9 +268,9 @@ impl Locker {
         let span = call.acquire_span(&key, true);
         let clock = crate::meter::Clock::start();
         let result = if span.is_disabled() {
-            self.lock_unmetered(key, mode, timeout).await
+            self.lock_unmetered(key, mode, timeout, tenure).await
         } else {
-            self.lock_unmetered(key, mode, timeout)
+            self.lock_unmetered(key, mode, timeout, tenure)
                 .instrument(span.clone())
                 .await
         };
@@ -277,11 +288,15 @@ impl Locker {
         key: LockKey,
         mode: Mode,
         timeout: Option<Duration>,
+        tenure: Tenure,
     ) -> Result<LockGuard, Error> {
         key.check()?;
         self.refuse_if_transaction_scope_only()?;
         match &self.backend {
-            Backend::Server(s) => s.lock(key, mode, timeout).await.map(LockGuard::server),
+            Backend::Server(s) => s
+                .lock(key, mode, timeout, tenure)
+                .await
+                .map(LockGuard::server),
             Backend::Quorum(q) => Box::pin(q.lock(key, mode, timeout))
                 .await
                 .map(LockGuard::quorum),

@@ -31,6 +31,7 @@ const GRACE_MIN: Duration = Duration::from_millis(25);
 const GRACE_MAX: Duration = Duration::from_millis(250);
 
 use crate::config::Settings;
+use crate::local::lanes::Tenure;
 use crate::server::loss::Holder;
 use crate::server::{ServerGuard, ServerLocker};
 use crate::session::dispatch::Answer;
@@ -336,7 +337,8 @@ impl QuorumLocker {
             .members
             .iter()
             .map(|m| {
-                let ask = m.try_lock(key.clone(), mode, notify);
+                // Quorum keys are packed as any key of unknown tenure.
+                let ask = m.try_lock(key.clone(), mode, notify, Tenure::Open);
                 async move { (m, ask.await) }
             })
             .collect();

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use advisory_locked::{KeyId, LockConfig, LockGuard, LockKey, Locker, Mode};
+use advisory_locked::{
+    advisory_locked, KeyId, LockConfig, LockGuard, LockKey, Locker, Mode, Outcome,
+};
 use advisory_locked_tests::{advisory_locks, db_url, join_all, raw_connect, unique};
 
 async fn locker(sessions: usize) -> Locker {
@@ -146,6 +148,51 @@ async fn repeated_keys_avoid_a_session_that_held_many_locks() {
     let by_pid = holders(&admin, &ids).await;
     assert_eq!(by_pid.keys().copied().collect::<Vec<_>>(), vec![packed_pid]);
     drop(more);
+}
+
+/// The server process holding the lock of the annotated body running now.
+#[advisory_locked(key = "lanes:scoped:{tag}", pool = "lanes-scoped")]
+async fn scoped_holder(tag: &str, admin: &tokio_postgres::Client) -> i32 {
+    let lock = advisory_locked::current_lock().expect("inside an annotated body");
+    let on_server = advisory_locks(admin, &[lock.key().id()]).await;
+    assert_eq!(on_server.len(), 1, "one holder: {on_server:?}");
+    on_server[0].pid
+}
+
+/// A key taken by an annotated fn is released when its body ends: even
+/// the first time, it runs on a light session, not in the one where
+/// long-held locks are packed (whose every statement pays for them).
+#[tokio::test]
+async fn an_annotated_fns_new_key_runs_on_a_light_session() {
+    let admin = raw_connect(&db_url()).await;
+    LockConfig::from_url(&db_url())
+        .unwrap()
+        .name("lanes-scoped")
+        .sessions(2)
+        .install()
+        .await
+        .expect("install");
+    let locker = advisory_locked::locker("lanes-scoped").unwrap();
+    let held = hold_many(&locker, "scoped-cold", 300).await;
+    let cold: Vec<KeyId> = held.iter().map(|g| g.key().id()).collect();
+    let by_pid = holders(&admin, &cold).await;
+    assert_eq!(by_pid.len(), 1, "packed: {by_pid:?}");
+    let packed_pid = *by_pid.keys().next().unwrap();
+    for i in 0..5 {
+        let tag = unique(&format!("new-{i}"));
+        let pid = match scoped_holder(&tag, &admin).await.unwrap() {
+            Outcome::Ran(pid) => pid,
+            Outcome::Skipped => panic!("a fresh key was busy"),
+        };
+        assert_ne!(
+            pid, packed_pid,
+            "call {i}: a new key of an annotated fn ran in the session holding 300 locks"
+        );
+    }
+    // A new key taken through the Locker (tenure unknown) is still packed.
+    let more = hold_many(&locker, "scoped-cold-again", 1).await;
+    assert_eq!(more[0].backend_pid(), packed_pid);
+    drop((more, held));
 }
 
 /// Many keys, each released and at once taken again in a tight loop while

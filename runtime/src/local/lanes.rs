@@ -24,6 +24,9 @@
 //!   / 25.1 / 31.8 µs, against 20.5 on a fresh one (p10 over 5,400 calls).
 //! - Cold keys pack into sessions that have held many locks before, among
 //!   sessions holding as many now, which keeps the others fresh.
+//! - A key taken by an annotated fn is released when the fn's body ends
+//!   ([`Tenure::Scoped`]): even the first time, it goes to the lightest
+//!   session, as a hot key does.
 //!
 //! So long-held locks gather in few sessions, and short ones run on a
 //! session that holds (almost) nothing and never held much: their latency
@@ -44,6 +47,19 @@
 //! loads), but if the loads changed enough to route it elsewhere it can
 //! find the key busy with that unlock still queued: a spurious "busy", never
 //! a second holder.
+
+/// How long a new lock is expected to be held, as routing sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tenure {
+    /// Unknown: a key not released lately may be held long, and is packed
+    /// ([`packed`]).
+    Open,
+    /// Released when the call that took it ends (an annotated fn's body):
+    /// a key not released lately goes to the lightest session ([`lightest`]),
+    /// as a hot key does, instead of the fullest one. Its statement then
+    /// does not pay for the long-held locks packed elsewhere.
+    Scoped,
+}
 
 /// A session holding this many locks takes no more cold keys while another
 /// session holds fewer.

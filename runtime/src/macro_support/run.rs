@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::{Spec, Wait};
+use crate::local::lanes::Tenure;
 use crate::server::loss::Scope;
 use crate::transaction::{self, Busy, TransactionResult};
 use crate::{Error, LockGuard, LockKey, LockState, Locker, OnLost, Outcome, SlotGuard};
@@ -30,7 +31,9 @@ pub(crate) async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold
         return Ok(slot.map(|s| Hold::new(Held::Slot(s), policy, spec.pool)));
     }
     let label = crate::meter::label_of(&key);
-    let guard = locker.try_lock_as(key, spec.mode, false, label).await?;
+    let guard = locker
+        .try_lock_as(key, spec.mode, false, Tenure::Scoped, label)
+        .await?;
     Ok(guard.map(|g| Hold::new(Held::Lock(g), policy, spec.pool)))
 }
 
@@ -45,7 +48,9 @@ pub(crate) async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result
         return Ok(Hold::new(Held::Slot(slot), policy, spec.pool));
     }
     let label = crate::meter::label_of(&key);
-    let guard = locker.lock_as(key, spec.mode, timeout, label).await?;
+    let guard = locker
+        .lock_as(key, spec.mode, timeout, Tenure::Scoped, label)
+        .await?;
     Ok(Hold::new(Held::Lock(guard), policy, spec.pool))
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::config::Settings;
-use crate::local::lanes::Lane;
+use crate::local::lanes::{Lane, Tenure};
 use crate::local::table::{Begin, Recent, Table};
 use crate::session::dispatch::{Answer, RequestError};
 use crate::session::wakeup::Waiters;
@@ -58,6 +58,7 @@ impl std::fmt::Debug for ServerLocker {
 struct WaitCall {
     key: LockKey,
     mode: Mode,
+    tenure: Tenure,
     start: Instant,
     deadline: Option<tokio::time::Instant>,
     /// Rounds that found the key busy (for the backoff).
@@ -184,7 +185,7 @@ impl ServerLocker {
     /// The slot a new lock goes to, or (`Err`) the key's home session (see
     /// [`crate::local::lanes`]), after waiting for any unlock of the key
     /// still on its way where that matters.
-    async fn route(&self, recent: Option<&Recent>) -> Result<usize, Arc<Session>> {
+    async fn route(&self, recent: Option<&Recent>, tenure: Tenure) -> Result<usize, Arc<Session>> {
         let slots = &self.inner.slots;
         let index = if slots.len() == 1 {
             // The only other home a key can have is a wait session.
@@ -205,6 +206,7 @@ impl ServerLocker {
                 *load = slot.load();
             }
             match recent {
+                None if tenure == Tenure::Scoped => crate::local::lanes::lightest(loads),
                 None => crate::local::lanes::packed(loads),
                 Some(r) => {
                     let light = crate::local::lanes::lightest(loads);
@@ -237,9 +239,13 @@ impl ServerLocker {
     /// The live session for a new lock of a key (see [`crate::local::lanes`]),
     /// connecting a fresh one if the chosen slot's session died. `recent`:
     /// where this process held the key last, if it released it lately.
-    async fn session_for(&self, recent: Option<&Recent>) -> Result<Arc<Session>, Error> {
+    async fn session_for(
+        &self,
+        recent: Option<&Recent>,
+        tenure: Tenure,
+    ) -> Result<Arc<Session>, Error> {
         let slots = &self.inner.slots;
-        let index = match self.route(recent).await {
+        let index = match self.route(recent, tenure).await {
             Ok(index) => index,
             Err(home) => return Ok(home),
         };
@@ -407,11 +413,12 @@ impl ServerLocker {
         key: LockKey,
         mode: Mode,
         notify: bool,
+        tenure: Tenure,
     ) -> Result<Option<ServerGuard>, Error> {
         loop {
             match self.inner.table.begin(key.id(), mode) {
                 Begin::Reserved(recent) => {
-                    let got = self.ask_server(&key, mode, notify, recent).await?;
+                    let got = self.ask_server(&key, mode, notify, recent, tenure).await?;
                     if got.is_none() {
                         tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in another session)");
                     }
@@ -451,6 +458,7 @@ impl ServerLocker {
         key: LockKey,
         mode: Mode,
         timeout: Option<Duration>,
+        tenure: Tenure,
     ) -> Result<ServerGuard, Error> {
         let start = Instant::now();
         let mut call = WaitCall {
@@ -458,6 +466,7 @@ impl ServerLocker {
             start,
             key,
             mode,
+            tenure,
             attempt: 0,
             waited_at_once: false,
         };
@@ -530,7 +539,10 @@ impl ServerLocker {
                 WaitedHere::Again | WaitedHere::Fallback => Ok(None),
             };
         }
-        if let Some(guard) = self.ask_server(key, mode, true, recent).await? {
+        if let Some(guard) = self
+            .ask_server(key, mode, true, recent, call.tenure)
+            .await?
+        {
             call.log_waited(self.name());
             return Ok(Some(guard));
         }
@@ -585,7 +597,10 @@ impl ServerLocker {
         let (key, mode) = (&call.key, call.mode);
         match self.inner.table.begin(key.id(), mode) {
             Begin::Reserved(recent) => {
-                if let Some(guard) = self.ask_server(key, mode, true, recent).await? {
+                if let Some(guard) = self
+                    .ask_server(key, mode, true, recent, call.tenure)
+                    .await?
+                {
                     return Ok(Some(guard));
                 }
             }
@@ -624,13 +639,14 @@ impl ServerLocker {
         mode: Mode,
         notify: bool,
         recent: Option<Recent>,
+        tenure: Tenure,
     ) -> Result<Option<ServerGuard>, Error> {
         let mut reservation = Reservation {
             locker: self.clone(),
             id: key.id(),
             armed: true,
         };
-        let result = self.try_on_server(key, mode, recent).await;
+        let result = self.try_on_server(key, mode, recent, tenure).await;
         match result {
             Ok(Some((session, token))) => {
                 reservation.armed = false;
@@ -729,13 +745,14 @@ impl ServerLocker {
         key: &LockKey,
         mode: Mode,
         recent: Option<Recent>,
+        tenure: Tenure,
     ) -> Result<Option<(Arc<Session>, Option<i64>)>, Error> {
         let fenced = self.inner.settings.fencing;
         // A session that died unnoticed fails the request: then one more try
         // on a fresh session.
         let mut retried = false;
         loop {
-            let session = self.session_for(recent.as_ref()).await?;
+            let session = self.session_for(recent.as_ref(), tenure).await?;
             let ticket = session.routed();
             let error = match session.try_lock(key.id(), mode, fenced).await {
                 Ok(Answer::Granted(grant)) => {
