@@ -311,6 +311,10 @@ extern crate self as advisory_locked;
 // Layers, from the bottom up; a module imports only from its own folder or
 // from the layers above it in this list (`tests/tests/layers.rs` checks that
 // no import cycle comes back).
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+#[path = "bench_support.rs"]
+pub mod __bench;
 mod backoff;
 mod config;
 mod error;

@@ -133,6 +133,36 @@ async fn raw_probes(o: &Opts, keys: &Keys, pids: &mut Vec<i32>) -> Result<Vec<Pr
     Ok(vec![select1, pair, two])
 }
 
+/// The crate's own protocol path alone (`advisory_locked::__bench`): the
+/// one-statement floor's statement, prepared and sent by the crate's codec
+/// and wire from the caller's task, on a lock session set up as the crate
+/// does (no dispatcher, no table, no routing). Against the tokio-postgres
+/// floor, it shows what the own protocol saves or costs per call (issue 13).
+async fn own_protocol_probe(o: &Opts, keys: &Keys, pids: &mut Vec<i32>) -> Result<Probe, BoxErr> {
+    use advisory_locked::__bench::OwnProtocol;
+    let mut own = OwnProtocol::connect(LockConfig::from_url(&o.url)?.name("bench-p1-own")).await?;
+    pids.push(own.backend_pid());
+    let key = keys.int(scn::FLOOR, 2);
+    // Held from here on: each call releases the previous call's lock.
+    let (_, got) = own.unlock_and_try_lock(key, key).await?;
+    if !got {
+        return Err("P1: the own-protocol key was busy".into());
+    }
+    // A probe is called through a shared reference: the session sits
+    // behind an (uncontended) async mutex.
+    let own = Arc::new(tokio::sync::Mutex::new(own));
+    Ok(probe(
+        "own protocol, unlock+try-lock, 1 statement",
+        move || {
+            let own = own.clone();
+            async move {
+                let (held, got) = own.lock().await.unlock_and_try_lock(key, key).await?;
+                Ok(held && got)
+            }
+        },
+    ))
+}
+
 /// The crate's contenders: the attribute, a `Locker` whose guard is dropped,
 /// a `Locker` whose guard is `release().await`ed.
 fn crate_probes(epoch: usize, keys: &Keys, drop_l: &Locker, release_l: &Locker) -> Vec<Probe> {
@@ -195,6 +225,7 @@ async fn epoch(
     }
     let mut probes = raw_probes(o, keys, &mut pids).await?;
     probes.extend(crate_probes(e, keys, &drop_l, &release_l));
+    probes.push(own_protocol_probe(o, keys, &mut pids).await?);
     let obs = Arc::new(raw_conn(o, &mut pids).await?);
     let holder = raw_conn(o, &mut pids).await?;
     if let Some(p) = placement {
@@ -300,8 +331,9 @@ fn placement_json(label: &str, slug: &str, epochs: usize, m: &Measured) -> Value
 /// (contender, its floor): the attribute and the dropped guard pair the
 /// previous call's unlock with this call's try-lock, as the one-statement
 /// floor does; `release().await` waits for the unlock, as the two-statement
-/// floor does.
-const FLOORS: [(usize, usize); 3] = [(3, 1), (4, 1), (5, 2)];
+/// floor does; the own protocol path sends the one-statement floor's
+/// statement.
+const FLOORS: [(usize, usize); 4] = [(3, 1), (4, 1), (5, 2), (6, 1)];
 
 fn ratios_json(m: &[Series]) -> Value {
     let mut j = Map::new();
@@ -327,7 +359,7 @@ fn report_latency(
     m: &[Series],
     rep: &mut Report,
 ) -> Result<(), BoxErr> {
-    if m.len() != 6 {
+    if m.len() != 7 {
         return Err("P1: wrong number of contenders".into());
     }
     for s in m {
@@ -338,7 +370,7 @@ fn report_latency(
             s.not_ok
         );
     }
-    if m[..3].iter().any(|s| s.not_ok > 0) {
+    if m[..3].iter().chain(&m[6..]).any(|s| s.not_ok > 0) {
         return Err("P1: a raw reference's key was busy".into());
     }
     let both = |c: &Series, f: &Series| {

@@ -284,7 +284,7 @@ impl Statements {
         }
     }
 
-    fn name(&self, statement: Statement) -> &str {
+    pub(crate) fn name(&self, statement: Statement) -> &str {
         &self.names[statement.index()]
     }
 

@@ -5,6 +5,8 @@
 //! connection task reports the session's death through a watch channel, so
 //! holders can learn that their locks are gone.
 
+#[cfg(feature = "bench-internals")]
+pub(crate) mod bare;
 pub(crate) mod dispatch;
 pub(crate) mod proxy;
 pub(crate) mod trust;
@@ -213,53 +215,9 @@ impl Session {
         waiters: &Arc<Waiters>,
         verify: bool,
     ) -> Result<Arc<Session>, Error> {
-        let mut connected = crate::pg::connect::connect(settings).await?;
-        let target = format!(
-            "{}/{}",
-            connected.target.describe(),
-            settings
-                .pg
-                .get_dbname()
-                .or(settings.pg.get_user())
-                .unwrap_or("postgres")
-        );
-        let after = settings.connect_timeout;
-        let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
-        let statements = Statements::new(id, settings.fencing, role == Role::Wait);
-        let setting_up = async {
-            let backend_pid =
-                set_up(&mut connected, settings, waiters, &statements, &target).await?;
-            if verify {
-                let test = trust::with_probe(settings, &connected.client, &connected.target);
-                drive(
-                    &mut connected.connection,
-                    &mut |ch, p| waiters.notified(ch, p),
-                    test,
-                )
-                .await
-                .map_err(|e| setup_error(settings, &target, e))??;
-            }
-            let canceller = Canceller {
-                token: connected.client.cancel_token(),
-                target: connected.target.clone(),
-            };
-            let wire = hand_over(connected, waiters, role, &target).await?;
-            Ok::<_, Error>((backend_pid, wire, canceller))
-        };
-        let (backend_pid, wire, canceller) = match tokio::time::timeout(after, setting_up).await {
-            Ok(result) => result?,
-            Err(_) => return Err(Error::ConnectTimeout { target, after }),
-        };
-        tracing::debug!(pool = %settings.name, session = id, backend_pid, role = ?role, "advisory-locked: lock session connected");
+        let opened = open(role, settings, waiters, verify).await?;
+        tracing::debug!(pool = %settings.name, session = opened.id, backend_pid = opened.backend_pid, role = ?role, "advisory-locked: lock session connected");
         counters.session_opened();
-        let opened = Opened {
-            id,
-            role,
-            statements,
-            wire,
-            backend_pid,
-            canceller,
-        };
         Ok(Self::start(opened, settings, counters, waiters))
     }
 
@@ -632,13 +590,69 @@ impl Drop for LoadTicket<'_> {
 }
 
 /// A session's connection after its set-up, before its task starts.
-struct Opened {
+pub(crate) struct Opened {
     id: u64,
     role: Role,
     statements: Statements,
     wire: Wire<Transport>,
     backend_pid: i32,
     canceller: Canceller,
+}
+
+/// A session's connection ([`crate::pg::connect`]: the first host that
+/// is a primary), its set-up through tokio-postgres, with `verify` the
+/// exclusion self-test (see [`Session::connect_checked`]), and the
+/// hand-over of the socket; all within the configured connect timeout.
+pub(crate) async fn open(
+    role: Role,
+    settings: &Settings,
+    waiters: &Arc<Waiters>,
+    verify: bool,
+) -> Result<Opened, Error> {
+    let mut connected = crate::pg::connect::connect(settings).await?;
+    let target = format!(
+        "{}/{}",
+        connected.target.describe(),
+        settings
+            .pg
+            .get_dbname()
+            .or(settings.pg.get_user())
+            .unwrap_or("postgres")
+    );
+    let after = settings.connect_timeout;
+    let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
+    let statements = Statements::new(id, settings.fencing, role == Role::Wait);
+    let setting_up = async {
+        let backend_pid = set_up(&mut connected, settings, waiters, &statements, &target).await?;
+        if verify {
+            let test = trust::with_probe(settings, &connected.client, &connected.target);
+            drive(
+                &mut connected.connection,
+                &mut |ch, p| waiters.notified(ch, p),
+                test,
+            )
+            .await
+            .map_err(|e| setup_error(settings, &target, e))??;
+        }
+        let canceller = Canceller {
+            token: connected.client.cancel_token(),
+            target: connected.target.clone(),
+        };
+        let wire = hand_over(connected, waiters, role, &target).await?;
+        Ok::<_, Error>((backend_pid, wire, canceller))
+    };
+    let (backend_pid, wire, canceller) = match tokio::time::timeout(after, setting_up).await {
+        Ok(result) => result?,
+        Err(_) => return Err(Error::ConnectTimeout { target, after }),
+    };
+    Ok(Opened {
+        id,
+        role,
+        statements,
+        wire,
+        backend_pid,
+        canceller,
+    })
 }
 
 /// An error of the set-up: a statement that vanished or was there already

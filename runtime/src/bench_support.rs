@@ -1,0 +1,34 @@
+//! What the project's bench measures below the public API (feature
+//! `bench-internals`; not part of the API, no stability promised).
+
+use crate::{Error, LockConfig};
+
+/// A lock session driven by its caller, without the crate's dispatcher:
+/// the crate's own protocol path alone (see `bench/README.md`, P1).
+pub struct OwnProtocol(crate::session::bare::Bare);
+
+impl OwnProtocol {
+    /// Connects and sets up one lock session of `config`'s server, as the
+    /// crate does.
+    pub async fn connect(config: LockConfig) -> Result<OwnProtocol, Error> {
+        let settings = config.into_settings()?;
+        Ok(OwnProtocol(
+            crate::session::bare::Bare::open(&settings).await?,
+        ))
+    }
+
+    /// The session's server process id (for pinning it).
+    pub fn backend_pid(&self) -> i32 {
+        self.0.backend_pid()
+    }
+
+    /// Unlocks `unlock` and tries `lock` (exclusive, 64-bit keys) in one
+    /// statement: (whether `unlock` was held, whether `lock` was granted).
+    pub async fn unlock_and_try_lock(
+        &mut self,
+        unlock: i64,
+        lock: i64,
+    ) -> Result<(bool, bool), Error> {
+        self.0.unlock_and_try_lock(unlock, lock).await
+    }
+}
