@@ -1,6 +1,7 @@
 //! P3: cross-process handover. The parent re-executes this binary twice as
 //! `bench handover-child KIND URL KEY ACQUISITIONS HOLD_US PAUSE_US` (KIND:
-//! `ours`, `sqlx`, or `raw`, the floor: tokio-postgres blocking in
+//! `ours` (`release().await`), `ours-drop` (the guard dropped), `sqlx`, or
+//! `raw`, the floor: tokio-postgres blocking in
 //! `pg_advisory_lock`); both
 //! children alternate on one key in wait mode and print what happened when
 //! (realtime-clock nanoseconds, comparable between processes); the parent
@@ -60,7 +61,7 @@ struct Plan {
 async fn run(args: &[String]) -> Result<(), BoxErr> {
     let [kind, url, key, acquisitions, hold_us, pause_us] = args else {
         return Err(
-            "usage: bench handover-child ours|sqlx|raw URL KEY ACQUISITIONS HOLD_US PAUSE_US"
+            "usage: bench handover-child ours|ours-drop|sqlx|raw URL KEY ACQUISITIONS HOLD_US PAUSE_US"
                 .into(),
         );
     };
@@ -71,7 +72,8 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
         pause: Duration::from_micros(pause_us.parse()?),
     };
     let events = match kind.as_str() {
-        "ours" => run_ours(url, key, plan).await?,
+        "ours" => run_ours(url, key, plan, Release::Awaited).await?,
+        "ours-drop" => run_ours(url, key, plan, Release::Dropped).await?,
         "sqlx" => run_sqlx(url, key, plan).await?,
         "raw" => run_raw(url, key, plan).await?,
         other => return Err(format!("unknown kind {other:?}").into()),
@@ -115,7 +117,21 @@ where
     Ok(events)
 }
 
-async fn run_ours(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
+/// How the crate's child gives the lock back.
+#[derive(Clone, Copy)]
+enum Release {
+    /// `release().await`: the unlock's answer is awaited.
+    Awaited,
+    /// The guard is dropped: the unlock is sent in the background.
+    Dropped,
+}
+
+async fn run_ours(
+    url: &str,
+    key: i64,
+    plan: Plan,
+    release: Release,
+) -> Result<Vec<(char, u64)>, BoxErr> {
     let locker = LockConfig::from_url(url)?
         .name("bench-handover")
         .sessions(1)
@@ -136,7 +152,13 @@ async fn run_ours(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, B
                 .await?;
             Ok(g)
         },
-        |g: advisory_locked::LockGuard| async move { Ok(g.release().await?) },
+        |g: advisory_locked::LockGuard| async move {
+            match release {
+                Release::Awaited => g.release().await?,
+                Release::Dropped => drop(g),
+            }
+            Ok(())
+        },
     )
     .await
 }

@@ -193,6 +193,11 @@ fn p3(doc: &Value, s: &mut String) {
             "ours",
             Some("ours_vs_floor"),
         ),
+        (
+            "Locker::lock + guard dropped",
+            "ours_drop",
+            Some("ours_drop_vs_floor"),
+        ),
         ("sqlx acquire", "sqlx", Some("sqlx_vs_floor")),
     ] {
         let l = &p3[key]["latency"];

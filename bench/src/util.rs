@@ -187,6 +187,7 @@ pub mod scn {
     pub const P5: u8 = 12;
     pub const P6_FLOOR: u8 = 13;
     pub const P6_OTHERS: u8 = 14;
+    pub const P3_OURS_DROP: u8 = 20;
 }
 
 /// Keys unique to this run: every integer key has the run's tag in its high
