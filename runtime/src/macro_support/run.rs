@@ -77,7 +77,11 @@ pub struct Hold {
     /// The body's [`current_lock`](crate::current_lock), in place while it
     /// is polled.
     state: Option<LockState>,
-    /// With [`OnLost::Abort`]: resolves when the lock is lost.
+    /// [`OnLost::Abort`]: the body is stopped once the lock is lost.
+    abort: bool,
+    /// With [`OnLost::Abort`], once the body has been pending: resolves
+    /// when the lock is lost. Set up only then (see [`Hold::watch_loss`]):
+    /// a body that ends in its first poll needs no waker for the loss.
     lost: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     span: tracing::Span,
 }
@@ -88,40 +92,65 @@ impl Hold {
         // One state for both the body's `current_lock()` and the loss watch
         // (each `state()` clones the key's name).
         let state = guard.state();
-        let lost = match policy {
-            OnLost::Abort => {
-                Some(Box::pin(state.lost()) as Pin<Box<dyn Future<Output = ()> + Send>>)
-            }
-            OnLost::Continue => None,
-        };
         let span = crate::meter::hold_span(entry, guard.key(), guard.mode());
         Hold {
             held,
             state: Some(state),
-            lost,
+            abort: policy == OnLost::Abort,
+            lost: None,
             span,
         }
     }
 
-    /// With [`OnLost::Abort`], the error that ends the call once the lock
-    /// is lost (the server has freed it, so the body must not go on
-    /// believing it holds it: it is dropped at its next await point).
+    /// True while the lock's session lives (the state is in place: this
+    /// is not called while the body is polled).
+    fn is_held(&self) -> bool {
+        self.state.as_ref().is_none_or(LockState::is_held)
+    }
+
+    /// With [`OnLost::Abort`], before the body is polled: the error that
+    /// ends the call once the lock is lost (the server has freed it, so the
+    /// body must not go on believing it holds it: it is dropped at its next
+    /// await point). Before the loss is watched, the session is asked.
     fn poll_lost(&mut self, cx: &mut Context<'_>) -> Option<Error> {
-        let lost = self.lost.as_mut()?;
-        lost.as_mut().poll(cx).is_ready().then(|| {
-            let key = self.held.guard().key().name();
-            tracing::error!(key = %key, "advisory-locked: lock lost while the body ran; the body was stopped");
-            Error::LockLost {
-                key: key.to_owned(),
-            }
-        })
+        if !self.abort {
+            return None;
+        }
+        let lost = match self.lost.as_mut() {
+            Some(lost) => lost.as_mut().poll(cx).is_ready(),
+            None => !self.is_held(),
+        };
+        lost.then(|| self.lost_error())
+    }
+
+    /// With [`OnLost::Abort`], the body is pending: from now on the loss
+    /// wakes the task (polled once here to register it), so a body that
+    /// waits is stopped when the lock is lost. The error if it is lost
+    /// already.
+    fn watch_loss(&mut self, cx: &mut Context<'_>) -> Option<Error> {
+        if !self.abort || self.lost.is_some() {
+            return None;
+        }
+        let mut lost: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(self.state.as_ref()?.lost());
+        let ready = lost.as_mut().poll(cx).is_ready();
+        self.lost = Some(lost);
+        ready.then(|| self.lost_error())
+    }
+
+    fn lost_error(&self) -> Error {
+        let key = self.held.guard().key().name();
+        tracing::error!(key = %key, "advisory-locked: lock lost while the body ran; the body was stopped");
+        Error::LockLost {
+            key: key.to_owned(),
+        }
     }
 
     /// The body ended: the lock is released without waiting for the
     /// server's answer (the unlock is queued on the lock's session, ahead
     /// of any later request for this key).
     fn finish(self) {
-        if self.lost.is_none() && !self.held.guard().is_held() {
+        if !self.abort && !self.is_held() {
             tracing::warn!(key = %self.held.guard().key().name(), "advisory-locked: lock lost while the body ran; the body was let finish (on_lost = continue)");
         }
     }
@@ -166,7 +195,14 @@ impl<F: Future> Future for Running<F> {
             let _scope = Scope::enter(&mut hold.state);
             body.as_mut().poll(cx)
         };
-        let value = std::task::ready!(polled);
+        let Poll::Ready(value) = polled else {
+            if let Some(e) = hold.watch_loss(cx) {
+                this.body = None;
+                this.hold = None;
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Pending;
+        };
         this.body = None;
         if let Some(hold) = this.hold.take() {
             hold.finish();
