@@ -149,7 +149,7 @@ impl Hold {
     /// The body ended: the lock is released without waiting for the
     /// server's answer (the unlock is queued on the lock's session, ahead
     /// of any later request for this key).
-    fn finish(self) {
+    fn finish(&self) {
         if !self.abort && !self.is_held() {
             tracing::warn!(key = %self.held.guard().key().name(), "advisory-locked: lock lost while the body ran; the body was let finish (on_lost = continue)");
         }
@@ -204,9 +204,9 @@ impl<F: Future> Future for Running<F> {
             return Poll::Pending;
         };
         this.body = None;
-        if let Some(hold) = this.hold.take() {
-            hold.finish();
-        }
+        // Finished and dropped in place (a `take()` would move it).
+        hold.finish();
+        this.hold = None;
         Poll::Ready(Ok(value))
     }
 }
