@@ -168,7 +168,13 @@ impl<V> Default for IdMap<V> {
 
 impl<V> IdMap<V> {
     /// The map of `id`'s key space, and `id` in it.
-    fn side(&mut self, id: KeyId) -> (&mut std::collections::HashMap<i64, V, BuildKeyIdHasher>, i64) {
+    fn side(
+        &mut self,
+        id: KeyId,
+    ) -> (
+        &mut std::collections::HashMap<i64, V, BuildKeyIdHasher>,
+        i64,
+    ) {
         match id {
             KeyId::Int(k) => (&mut self.ints, k),
             KeyId::Pair(a, b) => (&mut self.pairs, (i64::from(a) << 32) | i64::from(b as u32)),
@@ -178,7 +184,9 @@ impl<V> IdMap<V> {
     pub(crate) fn get(&self, id: KeyId) -> Option<&V> {
         match id {
             KeyId::Int(k) => self.ints.get(&k),
-            KeyId::Pair(a, b) => self.pairs.get(&((i64::from(a) << 32) | i64::from(b as u32))),
+            KeyId::Pair(a, b) => self
+                .pairs
+                .get(&((i64::from(a) << 32) | i64::from(b as u32))),
         }
     }
 
@@ -408,7 +416,10 @@ fn written<const N: usize>(args: fmt::Arguments<'_>) -> Option<(u8, [u8; N])> {
             Ok(())
         }
     }
-    let mut b = Buf { len: 0, buf: [0; N] };
+    let mut b = Buf {
+        len: 0,
+        buf: [0; N],
+    };
     fmt::write(&mut b, args).ok()?;
     Some((b.len as u8, b.buf))
 }

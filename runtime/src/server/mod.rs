@@ -424,9 +424,7 @@ impl ServerLocker {
                     }
                     return Ok(got);
                 }
-                Begin::Joined(session) => {
-                    return Ok(Some(self.joined(key, mode, session, notify)))
-                }
+                Begin::Joined(session) => return Ok(Some(self.joined(key, mode, session, notify))),
                 Begin::Busy(_) => {
                     Counters::add(&self.inner.counters.local_busy, 1);
                     tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in this process)");
@@ -616,13 +614,7 @@ impl ServerLocker {
 
     /// The guard of a lock this caller joined in the in-process table
     /// (shared with the holders there, or handed over by one).
-    fn joined(
-        &self,
-        key: LockKey,
-        mode: Mode,
-        session: Arc<Session>,
-        notify: bool,
-    ) -> ServerGuard {
+    fn joined(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> ServerGuard {
         Counters::add(&self.inner.counters.local_joined, 1);
         self.guard(key, mode, session, notify)
     }
@@ -681,7 +673,12 @@ impl ServerLocker {
             // on the server waits for any unlock still on its way.
             Begin::Reserved(_) => {}
             Begin::Joined(session) => {
-                return Ok(WaitedHere::Got(self.joined(key.clone(), mode, session, true)))
+                return Ok(WaitedHere::Got(self.joined(
+                    key.clone(),
+                    mode,
+                    session,
+                    true,
+                )))
             }
             // Busy in this process now: awaited in memory.
             Begin::Busy(_) | Begin::Pending(_) => return Ok(WaitedHere::Again),
@@ -776,13 +773,7 @@ impl ServerLocker {
         }
     }
 
-    fn guard(
-        &self,
-        key: LockKey,
-        mode: Mode,
-        session: Arc<Session>,
-        notify: bool,
-    ) -> ServerGuard {
+    fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> ServerGuard {
         tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id(), "advisory-locked: acquired");
         // The session (and the grant's fencing token) stay in the table's
         // entry (see ServerGuard::held).
