@@ -147,7 +147,8 @@ impl Locker {
         let span = call.acquire_span(&key, false);
         let clock = crate::meter::Clock::start();
         let result = if span.is_disabled() {
-            self.try_lock_unmetered(key, mode, false, Tenure::Open).await
+            self.try_lock_unmetered(key, mode, false, Tenure::Open)
+                .await
         } else {
             self.try_lock_unmetered(key, mode, false, Tenure::Open)
                 .instrument(span.clone())
