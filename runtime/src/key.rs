@@ -148,6 +148,86 @@ impl KeyId {
 /// A map keyed by [`KeyId`], with [`KeyIdHasher`].
 pub(crate) type KeyMap<V> = std::collections::HashMap<KeyId, V, BuildKeyIdHasher>;
 
+/// A map keyed by [`KeyId`] for the per-lock tables (see
+/// [`crate::local::table`]): one map per key space, so that a key takes 8
+/// bytes in a bucket rather than the 16 of a `KeyId` (its tag and padding).
+/// A map that was never used allocates nothing.
+pub(crate) struct IdMap<V> {
+    ints: std::collections::HashMap<i64, V, BuildKeyIdHasher>,
+    pairs: std::collections::HashMap<i64, V, BuildKeyIdHasher>,
+}
+
+impl<V> Default for IdMap<V> {
+    fn default() -> Self {
+        IdMap {
+            ints: Default::default(),
+            pairs: Default::default(),
+        }
+    }
+}
+
+impl<V> IdMap<V> {
+    /// The map of `id`'s key space, and `id` in it.
+    fn side(
+        &mut self,
+        id: KeyId,
+    ) -> (
+        &mut std::collections::HashMap<i64, V, BuildKeyIdHasher>,
+        i64,
+    ) {
+        match id {
+            KeyId::Int(k) => (&mut self.ints, k),
+            KeyId::Pair(a, b) => (&mut self.pairs, (i64::from(a) << 32) | i64::from(b as u32)),
+        }
+    }
+
+    pub(crate) fn get(&self, id: KeyId) -> Option<&V> {
+        match id {
+            KeyId::Int(k) => self.ints.get(&k),
+            KeyId::Pair(a, b) => self
+                .pairs
+                .get(&((i64::from(a) << 32) | i64::from(b as u32))),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, id: KeyId) -> Option<&mut V> {
+        let (map, k) = self.side(id);
+        map.get_mut(&k)
+    }
+
+    pub(crate) fn insert(&mut self, id: KeyId, value: V) -> Option<V> {
+        let (map, k) = self.side(id);
+        map.insert(k, value)
+    }
+
+    pub(crate) fn remove(&mut self, id: KeyId) -> Option<V> {
+        let (map, k) = self.side(id);
+        map.remove(&k)
+    }
+
+    /// The value of `id`, inserted first if missing.
+    pub(crate) fn get_or_default(&mut self, id: KeyId) -> &mut V
+    where
+        V: Default,
+    {
+        let (map, k) = self.side(id);
+        map.entry(k).or_default()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ints.len() + self.pairs.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ints.is_empty() && self.pairs.is_empty()
+    }
+
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&mut V) -> bool) {
+        self.ints.retain(|_, v| keep(v));
+        self.pairs.retain(|_, v| keep(v));
+    }
+}
+
 /// Hashes [`KeyId`]s for the in-process maps (a few per lock on the hot
 /// path): a multiply-rotate mix with a per-process random seed, much
 /// cheaper than the default SipHash. Keys are chosen by the application,
@@ -246,12 +326,66 @@ impl fmt::Display for KeyId {
 /// let legacy = LockKey::pair(7, 42);
 /// assert_eq!(legacy.id(), KeyId::Pair(7, 42));
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct LockKey {
-    name: Name,
-    id: KeyId,
-    /// The name holds NUL: the key is refused by every lock call.
-    nul: bool,
+    repr: Repr,
+}
+
+/// A key's name and number in 32 bytes (a guard keeps its key inline: see
+/// [`crate::LockGuard`]). Numbers are written into an inline buffer: a raw
+/// key costs no allocation to make or to clone.
+#[derive(Clone)]
+enum Repr {
+    /// A `&'static str` name (a literal, as the attribute's keys). `raw`
+    /// and `pair`: the number, as in [`KeyId::from_raw`]. `nul`: the name
+    /// holds NUL, and the key is refused by every lock call.
+    Static {
+        name: &'static str,
+        raw: i64,
+        pair: bool,
+        nul: bool,
+    },
+    /// An owned name (as [`Repr::Static`]).
+    Owned {
+        name: Box<str>,
+        raw: i64,
+        pair: bool,
+        nul: bool,
+    },
+    /// A raw 64-bit key; its name is the number, `buf[..len]`.
+    Int {
+        id: i64,
+        len: u8,
+        buf: [u8; INT_LEN],
+    },
+    /// A key of the two-int4 key space; its name is `(a, b)`, `buf[..len]`,
+    /// and the pair is read back from the name (no room for both).
+    Pair { len: u8, buf: [u8; PAIR_LEN] },
+}
+
+/// Enough for any i64.
+const INT_LEN: usize = 20;
+/// Enough for `(-2147483648, -2147483648)`.
+const PAIR_LEN: usize = 26;
+
+impl KeyId {
+    /// The key's 64 bits and whether it is a pair: the inverse of
+    /// [`KeyId::from_raw`].
+    const fn raw(self) -> (i64, bool) {
+        match self {
+            KeyId::Int(k) => (k, false),
+            KeyId::Pair(a, b) => (((a as i64) << 32) | (b as u32 as i64), true),
+        }
+    }
+
+    /// A key from its 64 bits: a pair `(a, b)` is `a << 32 | b as u32`.
+    const fn from_raw(raw: i64, pair: bool) -> KeyId {
+        if pair {
+            KeyId::Pair((raw >> 32) as i32, raw as i32)
+        } else {
+            KeyId::Int(raw)
+        }
+    }
 }
 
 /// True if `name` holds a NUL byte (a `const fn`, for [`LockKey::with_id`]).
@@ -267,77 +401,68 @@ const fn has_nul(name: &str) -> bool {
     false
 }
 
-/// A key's name. Numbers are written into an inline buffer: a raw key
-/// costs no allocation to make or to clone (a guard keeps a clone).
-#[derive(Clone)]
-enum Name {
-    Text(Cow<'static, str>),
-    Number { len: u8, buf: [u8; NUMBER_LEN] },
-}
-
-/// Enough for `(-2147483648, -2147483648)` and any i64.
-const NUMBER_LEN: usize = 26;
-
-impl Name {
-    fn number(args: fmt::Arguments<'_>) -> Name {
-        struct Buf {
-            len: usize,
-            buf: [u8; NUMBER_LEN],
-        }
-        impl fmt::Write for Buf {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                let end = self.len + s.len();
-                let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
-                dst.copy_from_slice(s.as_bytes());
-                self.len = end;
-                Ok(())
-            }
-        }
-        let mut b = Buf {
-            len: 0,
-            buf: [0; NUMBER_LEN],
-        };
-        match fmt::write(&mut b, args) {
-            Ok(()) => Name::Number {
-                len: b.len as u8,
-                buf: b.buf,
-            },
-            // Can't happen for the numbers written here; stay correct anyway.
-            Err(_) => Name::Text(Cow::Owned(args.to_string())),
+/// Writes `args` into an inline buffer; `None` if it does not fit.
+fn written<const N: usize>(args: fmt::Arguments<'_>) -> Option<(u8, [u8; N])> {
+    struct Buf<const N: usize> {
+        len: usize,
+        buf: [u8; N],
+    }
+    impl<const N: usize> fmt::Write for Buf<N> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let end = self.len + s.len();
+            let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+            dst.copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
         }
     }
-
-    fn as_str(&self) -> &str {
-        match self {
-            Name::Text(t) => t,
-            Name::Number { len, buf } => {
-                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
-            }
-        }
-    }
+    let mut b = Buf {
+        len: 0,
+        buf: [0; N],
+    };
+    fmt::write(&mut b, args).ok()?;
+    Some((b.len as u8, b.buf))
 }
 
-impl PartialEq for Name {
-    fn eq(&self, other: &Name) -> bool {
-        self.as_str() == other.as_str()
-    }
+/// The text of an inline name (written from a `&str`, so always UTF-8).
+fn inline_str(buf: &[u8], len: u8) -> &str {
+    std::str::from_utf8(&buf[..len as usize]).unwrap_or_default()
 }
 
-impl Eq for Name {}
-
-impl std::hash::Hash for Name {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl fmt::Debug for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
+/// The pair a name `(a, b)` written by [`LockKey::pair`] stands for.
+fn pair_of(name: &str) -> KeyId {
+    let pair = name
+        .strip_prefix('(')
+        .and_then(|n| n.strip_suffix(')'))
+        .and_then(|n| n.split_once(", "))
+        .and_then(|(a, b)| Some(KeyId::Pair(a.parse().ok()?, b.parse().ok()?)));
+    // LockKey::pair wrote the name: it always reads back.
+    pair.unwrap_or(KeyId::Pair(0, 0))
 }
 
 impl LockKey {
+    /// A key with a name that is not the number's text: `raw`/`pair` from
+    /// `id`, `nul` from the name.
+    fn text(name: Cow<'static, str>, id: KeyId) -> Self {
+        let (raw, pair) = id.raw();
+        let nul = name.as_bytes().contains(&0);
+        let repr = match name {
+            Cow::Borrowed(name) => Repr::Static {
+                name,
+                raw,
+                pair,
+                nul,
+            },
+            Cow::Owned(name) => Repr::Owned {
+                name: name.into_boxed_str(),
+                raw,
+                pair,
+                nul,
+            },
+        };
+        LockKey { repr }
+    }
+
     /// A key from a name, hashed with [`key_hash`].
     ///
     /// A name holding NUL makes a key that every lock call refuses with
@@ -346,12 +471,7 @@ impl LockKey {
     pub fn named(name: impl Into<Cow<'static, str>>) -> Self {
         let name = name.into();
         let id = KeyId::Int(key_hash(&name));
-        let nul = name.as_bytes().contains(&0);
-        LockKey {
-            name: Name::Text(name),
-            id,
-            nul,
-        }
+        Self::text(name, id)
     }
 
     /// [`named`](Self::named), but a name holding NUL is
@@ -375,10 +495,14 @@ impl LockKey {
     /// holding NUL is refused by the lock calls, as with
     /// [`named`](Self::named).
     pub const fn with_id(name: &'static str, id: KeyId) -> Self {
+        let (raw, pair) = id.raw();
         LockKey {
-            name: Name::Text(Cow::Borrowed(name)),
-            id,
-            nul: has_nul(name),
+            repr: Repr::Static {
+                name,
+                raw,
+                pair,
+                nul: has_nul(name),
+            },
         }
     }
 
@@ -386,7 +510,11 @@ impl LockKey {
     /// taken on this key (its name holds NUL); every lock call checks this
     /// first.
     pub(crate) fn check(&self) -> Result<(), crate::Error> {
-        if self.nul {
+        let nul = match &self.repr {
+            Repr::Static { nul, .. } | Repr::Owned { nul, .. } => *nul,
+            Repr::Int { .. } | Repr::Pair { .. } => false,
+        };
+        if nul {
             return Err(crate::Error::InvalidKey {
                 key: self.name().to_owned(),
                 reason: "the name contains NUL (\\0): PostgreSQL text can't hold NUL, so hashtextextended can never produce this key's number and the lock could not be found by its name; remove the NUL from the name (or from the template's values)".to_owned(),
@@ -397,55 +525,86 @@ impl LockKey {
 
     /// A raw 64-bit key, for interop with existing lock ids.
     pub fn int(id: i64) -> Self {
-        LockKey {
-            name: Name::number(format_args!("{id}")),
-            id: KeyId::Int(id),
-            nul: false,
+        match written(format_args!("{id}")) {
+            Some((len, buf)) => LockKey {
+                repr: Repr::Int { id, len, buf },
+            },
+            // Can't happen (INT_LEN fits any i64); stay correct anyway.
+            None => Self::text(Cow::Owned(id.to_string()), KeyId::Int(id)),
         }
     }
 
     /// A key in the two-int4 key space, `pg_advisory_lock(a, b)`.
     pub fn pair(a: i32, b: i32) -> Self {
-        LockKey {
-            name: Name::number(format_args!("({a}, {b})")),
-            id: KeyId::Pair(a, b),
-            nul: false,
+        match written(format_args!("({a}, {b})")) {
+            Some((len, buf)) => LockKey {
+                repr: Repr::Pair { len, buf },
+            },
+            // Can't happen (PAIR_LEN fits any pair); stay correct anyway.
+            None => Self::text(Cow::Owned(format!("({a}, {b})")), KeyId::Pair(a, b)),
         }
     }
 
     /// The human name of the key.
     pub fn name(&self) -> &str {
-        self.name.as_str()
+        match &self.repr {
+            Repr::Static { name, .. } => name,
+            Repr::Owned { name, .. } => name,
+            Repr::Int { len, buf, .. } => inline_str(buf, *len),
+            Repr::Pair { len, buf } => inline_str(buf, *len),
+        }
     }
 
     /// The name if it is a `&'static str` (a literal, as the attribute's
     /// keys): a bounded metric label (see [`crate::meter`]).
     pub(crate) fn static_name(&self) -> Option<&'static str> {
-        match &self.name {
-            Name::Text(Cow::Borrowed(name)) => Some(name),
+        match &self.repr {
+            Repr::Static { name, .. } => Some(name),
             _ => None,
         }
     }
 
     /// The number PostgreSQL locks.
     pub fn id(&self) -> KeyId {
-        self.id
+        match &self.repr {
+            Repr::Static { raw, pair, .. } | Repr::Owned { raw, pair, .. } => {
+                KeyId::from_raw(*raw, *pair)
+            }
+            Repr::Int { id, .. } => KeyId::Int(*id),
+            Repr::Pair { len, buf } => pair_of(inline_str(buf, *len)),
+        }
+    }
+}
+
+/// Keys are equal when their names and numbers are (whether a name is
+/// borrowed or owned does not matter).
+impl PartialEq for LockKey {
+    fn eq(&self, other: &LockKey) -> bool {
+        self.id() == other.id() && self.name() == other.name()
+    }
+}
+
+impl Eq for LockKey {}
+
+impl std::hash::Hash for LockKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+        self.id().hash(state);
     }
 }
 
 impl fmt::Debug for LockKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // (`nul` follows from the name.)
         f.debug_struct("LockKey")
-            .field("name", &self.name)
-            .field("id", &self.id)
+            .field("name", &self.name())
+            .field("id", &self.id())
             .finish()
     }
 }
 
 impl fmt::Display for LockKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} ({})", self.name, self.id)
+        write!(f, "{:?} ({})", self.name(), self.id())
     }
 }
 
@@ -510,6 +669,34 @@ mod hasher_tests {
         m.insert(KeyId::Int(7), 1);
         assert_eq!(m.get(&KeyId::Int(7)), Some(&1));
     }
+
+    #[test]
+    fn id_maps_keep_the_key_spaces_apart() {
+        let mut m: IdMap<u8> = IdMap::default();
+        assert!(m.is_empty());
+        let ids = [
+            KeyId::Int(5),
+            KeyId::Pair(0, 5),
+            KeyId::Int(-1),
+            KeyId::Pair(-1, -1),
+            KeyId::Pair(0, -1),
+            KeyId::Int(u32::MAX as i64),
+            KeyId::Pair(i32::MIN, i32::MAX),
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(m.insert(*id, i as u8), None, "{id}");
+        }
+        assert_eq!(m.len(), ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(m.get(*id), Some(&(i as u8)), "{id}");
+        }
+        *m.get_or_default(KeyId::Pair(7, 7)) += 3;
+        assert_eq!(m.get_mut(KeyId::Pair(7, 7)).copied(), Some(3));
+        m.retain(|v| *v % 2 == 1);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m.remove(KeyId::Pair(0, 5)), Some(1));
+        assert_eq!(m.get(KeyId::Int(5)), None);
+    }
 }
 
 #[cfg(test)]
@@ -528,6 +715,36 @@ mod name_tests {
             "LockKey { name: \"7\", id: Int(7) }"
         );
         assert_eq!(LockKey::int(7).to_string(), "\"7\" (7)");
+    }
+
+    #[test]
+    fn raw_keys_read_back_their_numbers() {
+        for k in [0, 1, -1, 42, i64::MIN, i64::MAX] {
+            let key = LockKey::int(k);
+            assert_eq!((key.id(), key.name()), (KeyId::Int(k), &*k.to_string()));
+        }
+        let edges = [0, 1, -1, 7, i32::MIN, i32::MAX];
+        for a in edges {
+            for b in edges {
+                let key = LockKey::pair(a, b);
+                assert_eq!(key.id(), KeyId::Pair(a, b));
+                assert_eq!(key.name(), format!("({a}, {b})"));
+                assert_eq!(KeyId::from_raw(KeyId::Pair(a, b).raw().0, true), key.id());
+            }
+        }
+        let odd = LockKey::with_id("legacy", KeyId::Pair(-3, i32::MIN));
+        assert_eq!(odd.id(), KeyId::Pair(-3, i32::MIN));
+        assert_ne!(odd, LockKey::with_id("legacy", KeyId::Int(-3)));
+        // Borrowed or owned, the same name is the same key.
+        assert_eq!(LockKey::named("a"), LockKey::named(String::from("a")));
+        assert_eq!(LockKey::named("a").static_name(), Some("a"));
+        assert_eq!(LockKey::named(String::from("a")).static_name(), None);
+    }
+
+    /// A guard keeps its key inline (see `crate::LockGuard`'s size test).
+    #[test]
+    fn a_key_takes_32_bytes() {
+        assert_eq!(std::mem::size_of::<LockKey>(), 32);
     }
 }
 

@@ -403,7 +403,8 @@ impl QuorumLocker {
         let raises = granted
             .iter()
             .filter(|g| g.fencing_token() != Some(top))
-            .map(|g| g.session().raise(key.id(), top));
+            .filter_map(ServerGuard::session)
+            .map(|s| s.raise(key.id(), top));
         let raised = join_all(raises)
             .await
             .into_iter()
@@ -581,7 +582,11 @@ impl QuorumGuard {
     }
 
     pub(crate) fn state(&self) -> crate::LockState {
-        let sessions: Arc<[_]> = self.guards.iter().map(|g| g.session().clone()).collect();
+        let sessions: Arc<[_]> = self
+            .guards
+            .iter()
+            .filter_map(ServerGuard::session)
+            .collect();
         crate::LockState::new(
             self.key.clone(),
             Holder::Quorum {

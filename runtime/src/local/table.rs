@@ -11,30 +11,43 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
-use crate::key::KeyMap;
+use crate::key::IdMap;
 use crate::session::Session;
 use crate::{KeyId, Mode};
 
-enum Entry {
-    /// A try-lock for this key is in flight to the server, or (`waiting`)
-    /// a wait on a wait session, which may last long (see
-    /// [`crate::server::waiting`]).
-    Acquiring {
-        mode: Mode,
-        waiting: bool,
-        changed: Changed,
-    },
-    /// This process holds the key on `session`, for `holders` guards.
-    Held {
-        mode: Mode,
-        holders: usize,
-        session: Arc<Session>,
-        /// The grant's fencing token, shared by the joined holders.
-        token: Option<i64>,
-        /// How contended the key is (see [`Recent::contended`]).
-        contended: u8,
-        changed: Changed,
-    },
+/// A key of this process: being acquired (no session yet), or held.
+///
+/// Kept to 16 bytes (with an 8-byte key, a 24-byte bucket): the table holds
+/// one per held key. What few keys need lives in side maps of [`State`]:
+/// the wake-up of tasks waiting for the entry to change, and the fencing
+/// token.
+struct Entry {
+    /// `None`: a try-lock for this key is in flight to the server, or
+    /// (`waiting`) a wait on a wait session, which may last long (see
+    /// [`crate::server::waiting`]). `Some`: this process holds the key on
+    /// that session, for `holders` guards.
+    session: Option<Arc<Session>>,
+    holders: u32,
+    mode: Mode,
+    waiting: bool,
+    /// How contended the key is (see [`Recent::contended`]).
+    contended: u8,
+    /// A task waits for this entry to change: its [`Notify`] is in
+    /// [`State::changed`].
+    watched: bool,
+}
+
+impl Entry {
+    fn acquiring(mode: Mode, waiting: bool) -> Entry {
+        Entry {
+            session: None,
+            holders: 0,
+            mode,
+            waiting,
+            contended: 0,
+            watched: false,
+        }
+    }
 }
 
 /// A key this process released lately: the session it was held on, and
@@ -64,9 +77,9 @@ pub(crate) enum Begin {
     /// The caller reserved the key and must ask the server; with where it
     /// was held last if this process released it lately.
     Reserved(Option<Recent>),
-    /// The caller joined a shared lock this process already holds (with
-    /// that grant's fencing token).
-    Joined(Arc<Session>, Option<i64>),
+    /// The caller joined a shared lock this process already holds (its
+    /// grant's fencing token stays in the table: see [`Table::holder`]).
+    Joined(Arc<Session>),
     /// Busy in this process; the future resolves when that changes.
     Busy(OwnedNotified),
     /// A shared try-lock is in flight; wait for its outcome, then try again.
@@ -80,9 +93,15 @@ pub(crate) struct Table {
 
 #[derive(Default)]
 struct State {
-    entries: KeyMap<Entry>,
+    entries: IdMap<Entry>,
+    /// Wakes the tasks waiting for an entry to change; created by the first
+    /// of them (most keys are never waited for), dropped when it wakes them.
+    changed: IdMap<Arc<Notify>>,
+    /// The fencing tokens of held keys (entries with fencing tokens), shared
+    /// by the joined holders.
+    tokens: IdMap<i64>,
     /// Keys released lately and not granted since.
-    recent: KeyMap<Recent>,
+    recent: IdMap<Recent>,
     /// `recent` is trimmed when it grows past this.
     recent_limit: usize,
 }
@@ -100,28 +119,28 @@ impl State {
         );
         if self.recent.len() > self.recent_limit.max(RECENT_KEYS) {
             // Only keys whose unlock is still on its way must be kept.
-            self.recent
-                .retain(|_, r| r.session.unlock_pending(r.unlock));
+            self.recent.retain(|r| r.session.unlock_pending(r.unlock));
             self.recent_limit = 2 * self.recent.len();
         }
     }
-}
 
-/// Wakes the tasks waiting for an entry to change; created by the first
-/// of them (most keys are never waited for).
-type Changed = Option<Arc<Notify>>;
+    /// A future that resolves when the entry of `id` changes. Created under
+    /// the table's mutex: it receives every notify_waiters() that happens
+    /// after this point, even before it is first polled.
+    fn watch(&mut self, id: KeyId) -> OwnedNotified {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.watched = true;
+        }
+        self.changed.get_or_default(id).clone().notified_owned()
+    }
 
-fn enabled(n: &mut Changed) -> OwnedNotified {
-    // Created under the table's mutex: it receives every notify_waiters()
-    // that happens after this point, even before it is first polled.
-    n.get_or_insert_with(Default::default)
-        .clone()
-        .notified_owned()
-}
-
-fn wake(changed: Changed) {
-    if let Some(n) = changed {
-        n.notify_waiters();
+    /// Wakes the tasks waiting for the entry of `id` (`watched`) to change.
+    fn wake(&mut self, id: KeyId, watched: bool) {
+        if watched {
+            if let Some(n) = self.changed.remove(id) {
+                n.notify_waiters();
+            }
+        }
     }
 }
 
@@ -145,40 +164,21 @@ impl Table {
 
     fn begin_as(&self, id: KeyId, mode: Mode, waiting: bool) -> Begin {
         let mut state = self.lock();
-        let State {
-            entries, recent, ..
-        } = &mut *state;
-        match entries.get_mut(&id) {
-            None => {
-                entries.insert(
-                    id,
-                    Entry::Acquiring {
-                        mode,
-                        waiting,
-                        changed: None,
-                    },
-                );
-                // Kept until granted: a try-lock that is dropped or
-                // refused leaves the hint for the next one.
-                Begin::Reserved(recent.get(&id).cloned())
+        let Some(entry) = state.entries.get_mut(id) else {
+            state.entries.insert(id, Entry::acquiring(mode, waiting));
+            // Kept until granted: a try-lock that is dropped or
+            // refused leaves the hint for the next one.
+            return Begin::Reserved(state.recent.get(id).cloned());
+        };
+        let shared = entry.mode == Mode::Shared && mode == Mode::Shared;
+        match &entry.session {
+            None if shared && !entry.waiting => Begin::Pending(state.watch(id)),
+            None => Begin::Busy(state.watch(id)),
+            Some(session) if shared && !session.is_dead() => {
+                entry.holders += 1;
+                Begin::Joined(session.clone())
             }
-            Some(Entry::Acquiring {
-                mode: Mode::Shared,
-                waiting: false,
-                changed,
-            }) if mode == Mode::Shared => Begin::Pending(enabled(changed)),
-            Some(Entry::Acquiring { changed, .. }) => Begin::Busy(enabled(changed)),
-            Some(Entry::Held {
-                mode: Mode::Shared,
-                holders,
-                session,
-                token,
-                ..
-            }) if mode == Mode::Shared && !session.is_dead() => {
-                *holders += 1;
-                Begin::Joined(session.clone(), *token)
-            }
-            Some(Entry::Held { changed, .. }) => Begin::Busy(enabled(changed)),
+            Some(_) => Begin::Busy(state.watch(id)),
         }
     }
 
@@ -191,29 +191,27 @@ impl Table {
         contended: u8,
     ) {
         let mut t = self.lock();
-        t.recent.remove(&id);
-        if let Some(entry) = t.entries.get_mut(&id) {
-            if let Entry::Acquiring { mode, changed, .. } = entry {
-                let changed = changed.take();
-                *entry = Entry::Held {
-                    mode: *mode,
-                    holders: 1,
-                    session,
-                    token,
-                    contended,
-                    changed: None,
-                };
-                wake(changed);
-            }
+        t.recent.remove(id);
+        let Some(entry) = t.entries.get_mut(id).filter(|e| e.session.is_none()) else {
+            return;
+        };
+        entry.session = Some(session);
+        entry.holders = 1;
+        entry.contended = contended;
+        let watched = std::mem::take(&mut entry.watched);
+        if let Some(token) = token {
+            t.tokens.insert(id, token);
         }
+        t.wake(id, watched);
     }
 
     /// A reservation ended without a grant.
     pub(crate) fn abandon(&self, id: KeyId) {
         let mut t = self.lock();
-        if let Some(Entry::Acquiring { changed, .. }) = t.entries.get_mut(&id) {
-            wake(changed.take());
-            t.entries.remove(&id);
+        if t.entries.get(id).is_some_and(|e| e.session.is_none()) {
+            if let Some(entry) = t.entries.remove(id) {
+                t.wake(id, entry.watched);
+            }
         }
     }
 
@@ -231,27 +229,28 @@ impl Table {
         last: impl FnOnce(&Arc<Session>),
     ) -> Option<Arc<Session>> {
         let mut t = self.lock();
-        match t.entries.get_mut(&id) {
-            Some(Entry::Held { holders, .. }) if *holders > 1 => {
-                *holders -= 1;
-                None
-            }
-            Some(Entry::Held { .. }) => match t.entries.remove(&id) {
-                Some(Entry::Held {
-                    session,
-                    changed,
-                    contended,
-                    ..
-                }) => {
-                    last(&session);
-                    t.remember(id, &session, contended);
-                    wake(changed);
-                    Some(session)
-                }
-                _ => None,
-            },
-            _ => None,
+        let entry = t.entries.get_mut(id).filter(|e| e.session.is_some())?;
+        if entry.holders > 1 {
+            entry.holders -= 1;
+            return None;
         }
+        let entry = t.entries.remove(id)?;
+        let session = entry.session?;
+        if !t.tokens.is_empty() {
+            t.tokens.remove(id);
+        }
+        last(&session);
+        t.remember(id, &session, entry.contended);
+        t.wake(id, entry.watched);
+        Some(session)
+    }
+
+    /// The session holding `id` and its grant's fencing token, if this
+    /// process holds it.
+    pub(crate) fn holder(&self, id: KeyId) -> Option<(Arc<Session>, Option<i64>)> {
+        let t = self.lock();
+        let session = t.entries.get(id)?.session.clone()?;
+        Some((session, t.tokens.get(id).copied()))
     }
 
     /// How many keys this process holds or is acquiring.

@@ -36,10 +36,12 @@ pub struct LockState {
 }
 
 /// What holds a lock: one session, or the sessions of a quorum's granting
-/// members, of which `needed` must live.
+/// members, of which `needed` must live; or nothing any more (a guard that
+/// let go).
 #[derive(Clone)]
 pub(crate) enum Holder {
     Session(Arc<Session>),
+    Released,
     Quorum {
         sessions: Arc<[Arc<Session>]>,
         needed: usize,
@@ -50,6 +52,7 @@ impl Holder {
     pub(crate) fn is_held(&self) -> bool {
         match self {
             Holder::Session(s) => !s.is_dead(),
+            Holder::Released => false,
             Holder::Quorum { sessions, needed } => {
                 sessions.iter().filter(|s| !s.is_dead()).count() >= *needed
             }
@@ -64,21 +67,21 @@ impl Holder {
     /// scheduler round.)
     pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         use futures_util::future::Either;
-        match self {
-            Holder::Session(s) => Either::Left(s.closed()),
-            Holder::Quorum { sessions, needed } => {
-                let needed = *needed;
-                let mut closed: Vec<_> = sessions.iter().map(|s| Box::pin(s.closed())).collect();
-                Either::Right(std::future::poll_fn(move |cx| {
-                    closed.retain_mut(|c| c.as_mut().poll(cx).is_pending());
-                    if closed.len() < needed {
-                        std::task::Poll::Ready(())
-                    } else {
-                        std::task::Poll::Pending
-                    }
-                }))
+        let (sessions, needed): (&[Arc<Session>], usize) = match self {
+            Holder::Session(s) => return Either::Left(s.closed()),
+            // Lost already: resolves at once.
+            Holder::Released => (&[], 1),
+            Holder::Quorum { sessions, needed } => (sessions, *needed),
+        };
+        let mut closed: Vec<_> = sessions.iter().map(|s| Box::pin(s.closed())).collect();
+        Either::Right(std::future::poll_fn(move |cx| {
+            closed.retain_mut(|c| c.as_mut().poll(cx).is_pending());
+            if closed.len() < needed {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
             }
-        }
+        }))
     }
 }
 

@@ -424,9 +424,7 @@ impl ServerLocker {
                     }
                     return Ok(got);
                 }
-                Begin::Joined(session, token) => {
-                    return Ok(Some(self.joined(key, mode, session, notify, token)))
-                }
+                Begin::Joined(session) => return Ok(Some(self.joined(key, mode, session, notify))),
                 Begin::Busy(_) => {
                     Counters::add(&self.inner.counters.local_busy, 1);
                     tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in this process)");
@@ -487,8 +485,8 @@ impl ServerLocker {
                         return Ok(guard);
                     }
                 }
-                Begin::Joined(session, token) => {
-                    return Ok(self.joined(call.key.clone(), mode, session, true, token))
+                Begin::Joined(session) => {
+                    return Ok(self.joined(call.key.clone(), mode, session, true))
                 }
                 Begin::Busy(changed) | Begin::Pending(changed) => {
                     Counters::add(&self.inner.counters.local_busy, 1);
@@ -606,8 +604,8 @@ impl ServerLocker {
             }
             // Joining counted this caller as a holder: it holds the lock
             // now (and its guard releases it).
-            Begin::Joined(session, token) => {
-                return Ok(Some(self.joined(key.clone(), mode, session, true, token)))
+            Begin::Joined(session) => {
+                return Ok(Some(self.joined(key.clone(), mode, session, true)))
             }
             Begin::Busy(_) | Begin::Pending(_) => {}
         }
@@ -616,16 +614,9 @@ impl ServerLocker {
 
     /// The guard of a lock this caller joined in the in-process table
     /// (shared with the holders there, or handed over by one).
-    fn joined(
-        &self,
-        key: LockKey,
-        mode: Mode,
-        session: Arc<Session>,
-        notify: bool,
-        token: Option<i64>,
-    ) -> ServerGuard {
+    fn joined(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> ServerGuard {
         Counters::add(&self.inner.counters.local_joined, 1);
-        self.guard(key, mode, session, notify, token)
+        self.guard(key, mode, session, notify)
     }
 
     /// Sends one try-lock for a key reserved in the table.
@@ -653,7 +644,7 @@ impl ServerLocker {
                 self.inner
                     .table
                     .granted(key.id(), session.clone(), token, 0);
-                Ok(Some(self.guard(key.clone(), mode, session, notify, token)))
+                Ok(Some(self.guard(key.clone(), mode, session, notify)))
             }
             Ok(None) => Ok(None),
             Err(e) => {
@@ -681,13 +672,12 @@ impl ServerLocker {
             // Where this process held it last does not matter here: a wait
             // on the server waits for any unlock still on its way.
             Begin::Reserved(_) => {}
-            Begin::Joined(session, token) => {
+            Begin::Joined(session) => {
                 return Ok(WaitedHere::Got(self.joined(
                     key.clone(),
                     mode,
                     session,
                     true,
-                    token,
                 )))
             }
             // Busy in this process now: awaited in memory.
@@ -714,7 +704,7 @@ impl ServerLocker {
                     self.inner
                         .table
                         .granted(key.id(), session.clone(), None, contended);
-                    let mut guard = self.guard(key.clone(), mode, session, true, None);
+                    let mut guard = self.guard(key.clone(), mode, session, true);
                     guard.waited = blocked;
                     WaitedHere::Got(guard)
                 }
@@ -783,22 +773,15 @@ impl ServerLocker {
         }
     }
 
-    fn guard(
-        &self,
-        key: LockKey,
-        mode: Mode,
-        session: Arc<Session>,
-        notify: bool,
-        token: Option<i64>,
-    ) -> ServerGuard {
+    fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> ServerGuard {
         tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id(), "advisory-locked: acquired");
+        // The session (and the grant's fencing token) stay in the table's
+        // entry (see ServerGuard::held).
         ServerGuard {
             locker: self.clone(),
             key,
             mode,
-            session,
             notify,
-            token,
             done: false,
             waited: false,
         }
@@ -915,15 +898,16 @@ impl Drop for Reservation {
 /// A lock held on one server. Dropping it releases the lock (the unlock
 /// is sent in the background). The public face is [`crate::LockGuard`].
 #[must_use = "the lock is released when the guard is dropped"]
+///
+/// Kept small (a [`crate::LockGuard`] is one, inline): the session holding
+/// the lock and the grant's fencing token are read from the key's entry in
+/// the in-process table, which lives as long as its guards do.
 pub(crate) struct ServerGuard {
     locker: ServerLocker,
     key: LockKey,
     mode: Mode,
-    session: Arc<Session>,
     /// Taken in wait mode: its release wakes waiters in other processes.
     notify: bool,
-    /// The grant's fencing token, on entries with fencing.
-    token: Option<i64>,
     done: bool,
     /// Granted to a wait-mode call that found the key busy first (for the
     /// metrics and the acquire span).
@@ -952,35 +936,42 @@ impl ServerGuard {
         self.mode
     }
 
+    /// The session holding the lock and the grant's fencing token, from the
+    /// key's entry in the table (`None` only once this guard let go).
+    fn held(&self) -> Option<(Arc<Session>, Option<i64>)> {
+        self.locker.inner.table.holder(self.key.id())
+    }
+
     /// The server's process id of the session holding the lock (as in
     /// `pg_locks.pid`).
     pub(crate) fn backend_pid(&self) -> i32 {
-        self.session.backend_pid
+        self.held().map_or(0, |(s, _)| s.backend_pid)
     }
 
     /// False once the session holding the lock is known to have ended: the
     /// server has then released the lock, and another process may hold it.
     pub(crate) fn is_held(&self) -> bool {
-        !self.session.is_dead()
+        self.held().is_some_and(|(s, _)| !s.is_dead())
     }
 
     /// The lock as [`current_lock`](crate::current_lock) shows it.
     pub(crate) fn state(&self) -> crate::LockState {
-        crate::LockState::new(
-            self.key.clone(),
-            crate::server::loss::Holder::Session(self.session.clone()),
-            self.token,
-        )
+        use crate::server::loss::Holder;
+        let (holder, token) = match self.held() {
+            Some((session, token)) => (Holder::Session(session), token),
+            None => (Holder::Released, None),
+        };
+        crate::LockState::new(self.key.clone(), holder, token)
     }
 
     /// The grant's fencing token (entries with fencing only).
     pub(crate) fn fencing_token(&self) -> Option<i64> {
-        self.token
+        self.held().and_then(|(_, token)| token)
     }
 
     /// The session holding the lock.
-    pub(crate) fn session(&self) -> &Arc<Session> {
-        &self.session
+    pub(crate) fn session(&self) -> Option<Arc<Session>> {
+        self.held().map(|(s, _)| s)
     }
 
     /// Releases the lock and waits for the server to confirm.
