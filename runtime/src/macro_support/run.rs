@@ -13,13 +13,106 @@ fn policy(spec: &Spec, locker: &Locker) -> OnLost {
     spec.on_lost.unwrap_or(locker.settings().on_lost)
 }
 
-// An annotated call is an acquisition, which is not generic (compiled once,
-// here), then [`Running`], the one small generic future, which polls the
-// body under the lock. The attribute's compile time is spent mostly on
-// what it makes generic over each fn's body.
+// An annotated call is a [`Core`], which is not generic (compiled once,
+// here: the acquisition, the loss policy, the span and `current_lock`),
+// and [`RunSkip`] / [`RunWait`], the two small generic futures, which poll
+// the body when the core says so. The attribute's compile time is spent
+// mostly on what is generic over each fn's body, so that is kept to one
+// `poll` each: no generic `async fn` (its coroutine and drop glue), and no
+// non-generic future that only a generic one polls (it would be compiled
+// in each crate using the attribute, with everything below it, since no
+// code here polls it).
+
+/// The acquisition, boxed: its future is polled through the box's vtable,
+/// which is compiled here.
+type Acquiring = Pin<Box<dyn Future<Output = Result<Option<Hold>, Error>> + Send>>;
+
+/// The part of an annotated call that is not generic: acquiring the lock,
+/// then holding it while the body runs.
+pub struct Core {
+    state: State,
+}
+
+// One per call, from the first state to the second: boxing the hold would
+// cost an allocation a call for no saving.
+#[allow(clippy::large_enum_variant)]
+enum State {
+    Acquiring(Acquiring),
+    Holding(Hold),
+    Done,
+}
+
+/// What a call does next (see [`Core::poll_step`]).
+pub enum Step<'a> {
+    /// Poll the body inside this: its span and its `current_lock`.
+    Run(Entered<'a>),
+    /// Skip mode: the lock is busy; the body does not run.
+    Skipped,
+    /// The call ends with this error (the body is dropped, then the lock).
+    Failed(Error),
+}
+
+/// While a body is polled: its lock is [`current_lock`](crate::current_lock)
+/// and its span `advisory_locked.hold` is entered (left last).
+pub struct Entered<'a> {
+    _scope: Scope<'a>,
+    _span: tracing::span::Entered<'a>,
+}
+
+impl Core {
+    pub(crate) fn skip(spec: Spec, key: LockKey) -> Core {
+        Core::acquiring(Box::pin(acquire_skip(spec, key)))
+    }
+
+    pub(crate) fn wait(spec: Spec, wait: Wait, key: LockKey) -> Core {
+        Core::acquiring(Box::pin(async move {
+            acquire_wait(spec, wait, key).await.map(Some)
+        }))
+    }
+
+    fn acquiring(acquiring: Acquiring) -> Core {
+        Core {
+            state: State::Acquiring(acquiring),
+        }
+    }
+
+    /// Acquires, then (with [`OnLost::Abort`]) checks that the lock is
+    /// still held before each poll of the body. After [`Step::Failed`] or
+    /// [`Step::Skipped`], and once the body is ready, the caller drops the
+    /// body, then calls [`end`](Core::end).
+    pub fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step<'_>> {
+        if let State::Acquiring(acquiring) = &mut self.state {
+            match std::task::ready!(acquiring.as_mut().poll(cx)) {
+                Ok(Some(hold)) => self.state = State::Holding(hold),
+                Ok(None) => {
+                    self.state = State::Done;
+                    return Poll::Ready(Step::Skipped);
+                }
+                Err(e) => {
+                    self.state = State::Done;
+                    return Poll::Ready(Step::Failed(e));
+                }
+            }
+        }
+        let State::Holding(hold) = &mut self.state else {
+            return Poll::Ready(Step::Failed(completed()));
+        };
+        Poll::Ready(match hold.poll_lost(cx) {
+            Some(e) => Step::Failed(e),
+            None => Step::Run(hold.enter()),
+        })
+    }
+
+    /// The call is over: the lock, if held, is released.
+    pub fn end(&mut self) {
+        if let State::Holding(hold) = std::mem::replace(&mut self.state, State::Done) {
+            hold.finish();
+        }
+    }
+}
 
 /// Skip mode: the lock if it is free (`None`: busy).
-pub(crate) async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
+async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
     let locker = crate::locker(spec.pool)?;
     let policy = policy(&spec, &locker);
     if let Some(limit) = spec.limit {
@@ -35,7 +128,7 @@ pub(crate) async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold
 }
 
 /// Wait mode: the lock, waited for (bounded by `wait`).
-pub(crate) async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Error> {
+async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Error> {
     let locker = crate::locker(spec.pool)?;
     let policy = policy(&spec, &locker);
     let timeout = wait.timeout();
@@ -63,6 +156,13 @@ impl Held {
             Held::Lock(g) => g,
             Held::Slot(s) => s.guard(),
         }
+    }
+}
+
+/// The error of a call polled again after it completed.
+fn completed() -> Error {
+    Error::InvalidConfig {
+        reason: "an annotated call's future was polled after it completed".to_owned(),
     }
 }
 
@@ -98,6 +198,14 @@ impl Hold {
         }
     }
 
+    /// Around each poll of the body.
+    fn enter(&mut self) -> Entered<'_> {
+        Entered {
+            _scope: Scope::enter(&mut self.state),
+            _span: self.span.enter(),
+        }
+    }
+
     /// With [`OnLost::Abort`], the error that ends the call once the lock
     /// is lost (the server has freed it, so the body must not go on
     /// believing it holds it: it is dropped at its next await point).
@@ -122,51 +230,79 @@ impl Hold {
     }
 }
 
-/// A body running under a [`Hold`]: the loss policy applies (with
-/// [`OnLost::Abort`] the loss is polled first), the body sees its lock as
-/// [`current_lock`](crate::current_lock) and runs in the span
-/// `advisory_locked.hold`. If the body panics, dropping this releases the
+/// Skip mode: a body running under a [`Core`]'s lock, if it is free. The
+/// body is boxed: moving this future moves a pointer, not the body's
+/// future (in debug builds every move of a future is a stack copy, and
+/// annotated calls nested in annotated bodies would otherwise need
+/// megabytes of stack). If the body panics, dropping this releases the
 /// lock and the panic goes on.
-pub struct Running<F> {
+pub struct RunSkip<F> {
     body: Option<Pin<Box<F>>>,
-    hold: Option<Hold>,
+    core: Core,
 }
 
-impl<F> Running<F> {
-    pub(crate) fn new(hold: Hold, body: Pin<Box<F>>) -> Running<F> {
-        Running {
-            body: Some(body),
-            hold: Some(hold),
+/// Wait mode: a body running under a [`Core`]'s lock, once granted.
+pub struct RunWait<F> {
+    body: Option<Pin<Box<F>>>,
+    core: Core,
+}
+
+impl<F> RunSkip<F> {
+    pub(crate) fn new(core: Core, body: F) -> RunSkip<F> {
+        RunSkip {
+            body: Some(Box::pin(body)),
+            core,
         }
     }
 }
 
-impl<F: Future> Future for Running<F> {
+impl<F> RunWait<F> {
+    pub(crate) fn new(core: Core, body: F) -> RunWait<F> {
+        RunWait {
+            body: Some(Box::pin(body)),
+            core,
+        }
+    }
+}
+
+impl<F: Future> Future for RunSkip<F> {
+    type Output = Result<Outcome<F::Output>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let out = match (std::task::ready!(this.core.poll_step(cx)), &mut this.body) {
+            (Step::Run(entered), Some(body)) => {
+                let polled = body.as_mut().poll(cx);
+                drop(entered);
+                Ok(Outcome::Ran(std::task::ready!(polled)))
+            }
+            (Step::Skipped, _) => Ok(Outcome::Skipped),
+            (Step::Failed(e), _) => Err(e),
+            (Step::Run(_), None) => Err(completed()),
+        };
+        this.body = None;
+        this.core.end();
+        Poll::Ready(out)
+    }
+}
+
+impl<F: Future> Future for RunWait<F> {
     type Output = Result<F::Output, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let (Some(hold), Some(body)) = (this.hold.as_mut(), this.body.as_mut()) else {
-            return Poll::Ready(Err(Error::InvalidConfig {
-                reason: "an annotated call's future was polled after it completed".to_owned(),
-            }));
+        let out = match (std::task::ready!(this.core.poll_step(cx)), &mut this.body) {
+            (Step::Run(entered), Some(body)) => {
+                let polled = body.as_mut().poll(cx);
+                drop(entered);
+                Ok(std::task::ready!(polled))
+            }
+            (Step::Failed(e), _) => Err(e),
+            (Step::Skipped, _) | (Step::Run(_), None) => Err(completed()),
         };
-        if let Some(e) = hold.poll_lost(cx) {
-            this.body = None;
-            this.hold = None;
-            return Poll::Ready(Err(e));
-        }
-        let polled = {
-            let _span = hold.span.enter();
-            let _scope = Scope::enter(&mut hold.state);
-            body.as_mut().poll(cx)
-        };
-        let value = std::task::ready!(polled);
         this.body = None;
-        if let Some(hold) = this.hold.take() {
-            hold.finish();
-        }
-        Poll::Ready(Ok(value))
+        this.core.end();
+        Poll::Ready(out)
     }
 }
 
