@@ -52,12 +52,19 @@ impl Wait {
 /// returning a small future (see [`RunSkip`]); like an `async fn`, nothing
 /// happens until it is polled.
 pub fn run_skip<F: Future>(spec: Spec, key: LockKey, body: F) -> RunSkip<F> {
-    RunSkip::new(Core::skip(spec, key), body)
+    // Built here, not by a constructor: one generic fn less a call site.
+    RunSkip {
+        body: Box::pin(body),
+        core: Core::skip(spec, key),
+    }
 }
 
 /// Wait mode: wait for the lock (bounded by `wait`), run `body`, release.
 pub fn run_wait<F: Future>(spec: Spec, wait: Wait, key: LockKey, body: F) -> RunWait<F> {
-    RunWait::new(Core::wait(spec, wait, key), body)
+    RunWait {
+        body: Box::pin(body),
+        core: Core::wait(spec, wait, key),
+    }
 }
 
 /// `transaction = tx`, skip mode: begin a transaction, take the

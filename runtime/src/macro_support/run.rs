@@ -39,6 +39,11 @@ pub struct Core {
 enum State {
     Acquiring(Acquiring),
     Holding(Hold),
+    /// The lock was lost and the body stopped: the hold is kept until the
+    /// call is dropped, so that the body is dropped first.
+    Stopped {
+        _kept: Hold,
+    },
     Done,
 }
 
@@ -48,7 +53,7 @@ pub enum Step<'a> {
     Run(Entered<'a>),
     /// Skip mode: the lock is busy; the body does not run.
     Skipped,
-    /// The call ends with this error (the body is dropped, then the lock).
+    /// The call ends with this error; the body is not polled again.
     Failed(Error),
 }
 
@@ -77,9 +82,9 @@ impl Core {
     }
 
     /// Acquires, then (with [`OnLost::Abort`]) checks that the lock is
-    /// still held before each poll of the body. After [`Step::Failed`] or
-    /// [`Step::Skipped`], and once the body is ready, the caller drops the
-    /// body, then calls [`end`](Core::end).
+    /// still held before each poll of the body. Once the body is ready, the
+    /// caller calls [`end`](Core::end). A lost lock is released when the
+    /// call is dropped, after the body (the call's field declared first).
     pub fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step<'_>> {
         if let State::Acquiring(acquiring) = &mut self.state {
             match std::task::ready!(acquiring.as_mut().poll(cx)) {
@@ -94,16 +99,23 @@ impl Core {
                 }
             }
         }
+        let lost = match &mut self.state {
+            State::Holding(hold) => hold.poll_lost(cx),
+            _ => return Poll::Ready(Step::Failed(completed())),
+        };
+        if let Some(e) = lost {
+            if let State::Holding(hold) = std::mem::replace(&mut self.state, State::Done) {
+                self.state = State::Stopped { _kept: hold };
+            }
+            return Poll::Ready(Step::Failed(e));
+        }
         let State::Holding(hold) = &mut self.state else {
             return Poll::Ready(Step::Failed(completed()));
         };
-        Poll::Ready(match hold.poll_lost(cx) {
-            Some(e) => Step::Failed(e),
-            None => Step::Run(hold.enter()),
-        })
+        Poll::Ready(Step::Run(hold.enter()))
     }
 
-    /// The call is over: the lock, if held, is released.
+    /// The body is done: the lock is released.
     pub fn end(&mut self) {
         if let State::Holding(hold) = std::mem::replace(&mut self.state, State::Done) {
             hold.finish();
@@ -234,35 +246,19 @@ impl Hold {
 /// body is boxed: moving this future moves a pointer, not the body's
 /// future (in debug builds every move of a future is a stack copy, and
 /// annotated calls nested in annotated bodies would otherwise need
-/// megabytes of stack). If the body panics, dropping this releases the
-/// lock and the panic goes on.
+/// megabytes of stack). The body is not dropped when it is done or stopped
+/// but with this future, which is dropped as the `.await` on it ends; then
+/// the core, which releases the lock if the body did not end normally (it
+/// was stopped, or it panicked: then the panic goes on).
 pub struct RunSkip<F> {
-    body: Option<Pin<Box<F>>>,
-    core: Core,
+    pub(crate) body: Pin<Box<F>>,
+    pub(crate) core: Core,
 }
 
 /// Wait mode: a body running under a [`Core`]'s lock, once granted.
 pub struct RunWait<F> {
-    body: Option<Pin<Box<F>>>,
-    core: Core,
-}
-
-impl<F> RunSkip<F> {
-    pub(crate) fn new(core: Core, body: F) -> RunSkip<F> {
-        RunSkip {
-            body: Some(Box::pin(body)),
-            core,
-        }
-    }
-}
-
-impl<F> RunWait<F> {
-    pub(crate) fn new(core: Core, body: F) -> RunWait<F> {
-        RunWait {
-            body: Some(Box::pin(body)),
-            core,
-        }
-    }
+    pub(crate) body: Pin<Box<F>>,
+    pub(crate) core: Core,
 }
 
 impl<F: Future> Future for RunSkip<F> {
@@ -270,19 +266,16 @@ impl<F: Future> Future for RunSkip<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let out = match (std::task::ready!(this.core.poll_step(cx)), &mut this.body) {
-            (Step::Run(entered), Some(body)) => {
-                let polled = body.as_mut().poll(cx);
-                drop(entered);
-                Ok(Outcome::Ran(std::task::ready!(polled)))
-            }
-            (Step::Skipped, _) => Ok(Outcome::Skipped),
-            (Step::Failed(e), _) => Err(e),
-            (Step::Run(_), None) => Err(completed()),
+        let entered = match std::task::ready!(this.core.poll_step(cx)) {
+            Step::Run(entered) => entered,
+            Step::Skipped => return Poll::Ready(Ok(Outcome::Skipped)),
+            Step::Failed(e) => return Poll::Ready(Err(e)),
         };
-        this.body = None;
+        let polled = this.body.as_mut().poll(cx);
+        drop(entered);
+        let value = std::task::ready!(polled);
         this.core.end();
-        Poll::Ready(out)
+        Poll::Ready(Ok(Outcome::Ran(value)))
     }
 }
 
@@ -291,18 +284,17 @@ impl<F: Future> Future for RunWait<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let out = match (std::task::ready!(this.core.poll_step(cx)), &mut this.body) {
-            (Step::Run(entered), Some(body)) => {
-                let polled = body.as_mut().poll(cx);
-                drop(entered);
-                Ok(std::task::ready!(polled))
-            }
-            (Step::Failed(e), _) => Err(e),
-            (Step::Skipped, _) | (Step::Run(_), None) => Err(completed()),
+        let entered = match std::task::ready!(this.core.poll_step(cx)) {
+            Step::Run(entered) => entered,
+            // A wait never skips.
+            Step::Skipped => return Poll::Ready(Err(completed())),
+            Step::Failed(e) => return Poll::Ready(Err(e)),
         };
-        this.body = None;
+        let polled = this.body.as_mut().poll(cx);
+        drop(entered);
+        let value = std::task::ready!(polled);
         this.core.end();
-        Poll::Ready(out)
+        Poll::Ready(Ok(value))
     }
 }
 
