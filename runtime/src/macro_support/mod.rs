@@ -6,7 +6,7 @@
 
 mod run;
 
-pub use run::{Hold, Running};
+pub use run::{Core, Entered, RunSkip, RunWait, Step};
 
 use std::future::Future;
 use std::time::Duration;
@@ -48,35 +48,23 @@ impl Wait {
     }
 }
 
-/// Skip mode: take the lock if free, run `body`, release.
-///
-/// The body is boxed once here, so that the layers below move a pointer,
-/// not the body's future: in debug builds every move of a future is a
-/// stack copy, and annotated calls nested in annotated bodies (each body
-/// holding the next call's future) would otherwise need megabytes of stack.
-pub async fn run_skip<F: Future>(
-    spec: Spec,
-    key: LockKey,
-    body: F,
-) -> Result<Outcome<F::Output>, Error> {
-    let body = Box::pin(body);
-    match run::acquire_skip(spec, key).await? {
-        Some(hold) => run::Running::new(hold, body).await.map(Outcome::Ran),
-        None => Ok(Outcome::Skipped),
+/// Skip mode: take the lock if free, run `body`, release. A plain fn
+/// returning a small future (see [`RunSkip`]); like an `async fn`, nothing
+/// happens until it is polled.
+pub fn run_skip<F: Future>(spec: Spec, key: LockKey, body: F) -> RunSkip<F> {
+    // Built here, not by a constructor: one generic fn less a call site.
+    RunSkip {
+        body: Box::pin(body),
+        core: Core::skip(spec, key),
     }
 }
 
-/// Wait mode: wait for the lock (bounded by the spec's timeout), run `body`,
-/// release. The body is boxed as in [`run_skip`].
-pub async fn run_wait<F: Future>(
-    spec: Spec,
-    wait: Wait,
-    key: LockKey,
-    body: F,
-) -> Result<F::Output, Error> {
-    let body = Box::pin(body);
-    let hold = run::acquire_wait(spec, wait, key).await?;
-    run::Running::new(hold, body).await
+/// Wait mode: wait for the lock (bounded by `wait`), run `body`, release.
+pub fn run_wait<F: Future>(spec: Spec, wait: Wait, key: LockKey, body: F) -> RunWait<F> {
+    RunWait {
+        body: Box::pin(body),
+        core: Core::wait(spec, wait, key),
+    }
 }
 
 /// `transaction = tx`, skip mode: begin a transaction, take the

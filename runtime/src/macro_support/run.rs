@@ -14,13 +14,132 @@ fn policy(spec: &Spec, locker: &Locker) -> OnLost {
     spec.on_lost.unwrap_or(locker.settings().on_lost)
 }
 
-// An annotated call is an acquisition, which is not generic (compiled once,
-// here), then [`Running`], the one small generic future, which polls the
-// body under the lock. The attribute's compile time is spent mostly on
-// what it makes generic over each fn's body.
+// An annotated call is a [`Core`], which is not generic (compiled once,
+// here: the acquisition, the loss policy, the span and `current_lock`),
+// and [`RunSkip`] / [`RunWait`], the two small generic futures, which poll
+// the body when the core says so. The attribute's compile time is spent
+// mostly on what is generic over each fn's body, so that is kept to one
+// `poll` each: no generic `async fn` (its coroutine and drop glue), and no
+// non-generic future that only a generic one polls (it would be compiled
+// in each crate using the attribute, with everything below it, since no
+// code here polls it).
+
+/// The acquisition, boxed: its future is polled through the box's vtable,
+/// which is compiled here.
+type Acquiring = Pin<Box<dyn Future<Output = Result<Option<Hold>, Error>> + Send>>;
+
+/// The part of an annotated call that is not generic: acquiring the lock,
+/// then holding it while the body runs.
+pub struct Core {
+    state: State,
+}
+
+// One per call, from the first state to the second: boxing the hold would
+// cost an allocation a call for no saving.
+#[allow(clippy::large_enum_variant)]
+enum State {
+    Acquiring(Acquiring),
+    Holding(Hold),
+    /// The lock was lost and the body stopped: the hold is kept until the
+    /// call is dropped, so that the body is dropped first.
+    Stopped {
+        _kept: Hold,
+    },
+    Done,
+}
+
+/// What a call does next (see [`Core::poll_step`]).
+pub enum Step<'a> {
+    /// Poll the body inside this: its span and its `current_lock`.
+    Run(Entered<'a>),
+    /// Skip mode: the lock is busy; the body does not run.
+    Skipped,
+    /// The call ends with this error; the body is not polled again.
+    Failed(Error),
+}
+
+/// While a body is polled: its lock is [`current_lock`](crate::current_lock)
+/// and its span `advisory_locked.hold` is entered (left last).
+pub struct Entered<'a> {
+    _scope: Scope<'a>,
+    _span: tracing::span::Entered<'a>,
+}
+
+impl Core {
+    pub(crate) fn skip(spec: Spec, key: LockKey) -> Core {
+        Core::acquiring(Box::pin(acquire_skip(spec, key)))
+    }
+
+    pub(crate) fn wait(spec: Spec, wait: Wait, key: LockKey) -> Core {
+        Core::acquiring(Box::pin(async move {
+            acquire_wait(spec, wait, key).await.map(Some)
+        }))
+    }
+
+    fn acquiring(acquiring: Acquiring) -> Core {
+        Core {
+            state: State::Acquiring(acquiring),
+        }
+    }
+
+    /// Acquires, then (with [`OnLost::Abort`]) checks that the lock is
+    /// still held before each poll of the body. Once the body is ready, the
+    /// caller calls [`end`](Core::end). A lost lock is released when the
+    /// call is dropped, after the body (the call's field declared first).
+    pub fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step<'_>> {
+        if let State::Acquiring(acquiring) = &mut self.state {
+            match std::task::ready!(acquiring.as_mut().poll(cx)) {
+                Ok(Some(hold)) => self.state = State::Holding(hold),
+                Ok(None) => {
+                    self.state = State::Done;
+                    return Poll::Ready(Step::Skipped);
+                }
+                Err(e) => {
+                    self.state = State::Done;
+                    return Poll::Ready(Step::Failed(e));
+                }
+            }
+        }
+        let lost = match &mut self.state {
+            State::Holding(hold) => hold.poll_lost(cx),
+            _ => return Poll::Ready(Step::Failed(completed())),
+        };
+        if let Some(e) = lost {
+            if let State::Holding(hold) = std::mem::replace(&mut self.state, State::Done) {
+                self.state = State::Stopped { _kept: hold };
+            }
+            return Poll::Ready(Step::Failed(e));
+        }
+        let State::Holding(hold) = &mut self.state else {
+            return Poll::Ready(Step::Failed(completed()));
+        };
+        Poll::Ready(Step::Run(hold.enter()))
+    }
+
+    /// The body is pending: with [`OnLost::Abort`], the loss wakes the
+    /// task from now on (see [`Hold::watch_loss`]). The error that ends the
+    /// call if the lock is lost already; the body is not polled again.
+    pub fn pending(&mut self, cx: &mut Context<'_>) -> Option<Error> {
+        let State::Holding(hold) = &mut self.state else {
+            return None;
+        };
+        let e = hold.watch_loss(cx)?;
+        if let State::Holding(hold) = std::mem::replace(&mut self.state, State::Done) {
+            self.state = State::Stopped { _kept: hold };
+        }
+        Some(e)
+    }
+
+    /// The body is done: the lock is released.
+    pub fn end(&mut self) {
+        if let State::Holding(hold) = std::mem::replace(&mut self.state, State::Done) {
+            hold.finish();
+        }
+    }
+}
 
 /// Skip mode: the lock if it is free (`None`: busy).
-pub(crate) async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
+async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
     let locker = crate::locker(spec.pool)?;
     let policy = policy(&spec, &locker);
     if let Some(limit) = spec.limit {
@@ -38,7 +157,7 @@ pub(crate) async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold
 }
 
 /// Wait mode: the lock, waited for (bounded by `wait`).
-pub(crate) async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Error> {
+async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Error> {
     let locker = crate::locker(spec.pool)?;
     let policy = policy(&spec, &locker);
     let timeout = wait.timeout();
@@ -71,6 +190,13 @@ impl Held {
     }
 }
 
+/// The error of a call polled again after it completed.
+fn completed() -> Error {
+    Error::InvalidConfig {
+        reason: "an annotated call's future was polled after it completed".to_owned(),
+    }
+}
+
 /// A held lock and what running a body under it needs; not generic.
 pub struct Hold {
     held: Held,
@@ -99,6 +225,14 @@ impl Hold {
             abort: policy == OnLost::Abort,
             lost: None,
             span,
+        }
+    }
+
+    /// Around each poll of the body.
+    fn enter(&mut self) -> Entered<'_> {
+        Entered {
+            _scope: Scope::enter(&mut self.state),
+            _span: self.span.enter(),
         }
     }
 
@@ -156,57 +290,68 @@ impl Hold {
     }
 }
 
-/// A body running under a [`Hold`]: the loss policy applies (with
-/// [`OnLost::Abort`] the loss is polled first), the body sees its lock as
-/// [`current_lock`](crate::current_lock) and runs in the span
-/// `advisory_locked.hold`. If the body panics, dropping this releases the
-/// lock and the panic goes on.
-pub struct Running<F> {
-    body: Option<Pin<Box<F>>>,
-    hold: Option<Hold>,
+/// Skip mode: a body running under a [`Core`]'s lock, if it is free. The
+/// body is boxed: moving this future moves a pointer, not the body's
+/// future (in debug builds every move of a future is a stack copy, and
+/// annotated calls nested in annotated bodies would otherwise need
+/// megabytes of stack). The body is not dropped when it is done or stopped
+/// but with this future, which is dropped as the `.await` on it ends; then
+/// the core, which releases the lock if the body did not end normally (it
+/// was stopped, or it panicked: then the panic goes on).
+pub struct RunSkip<F> {
+    pub(crate) body: Pin<Box<F>>,
+    pub(crate) core: Core,
 }
 
-impl<F> Running<F> {
-    pub(crate) fn new(hold: Hold, body: Pin<Box<F>>) -> Running<F> {
-        Running {
-            body: Some(body),
-            hold: Some(hold),
-        }
+/// Wait mode: a body running under a [`Core`]'s lock, once granted.
+pub struct RunWait<F> {
+    pub(crate) body: Pin<Box<F>>,
+    pub(crate) core: Core,
+}
+
+impl<F: Future> Future for RunSkip<F> {
+    type Output = Result<Outcome<F::Output>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let entered = match std::task::ready!(this.core.poll_step(cx)) {
+            Step::Run(entered) => entered,
+            Step::Skipped => return Poll::Ready(Ok(Outcome::Skipped)),
+            Step::Failed(e) => return Poll::Ready(Err(e)),
+        };
+        let polled = this.body.as_mut().poll(cx);
+        drop(entered);
+        let Poll::Ready(value) = polled else {
+            return this
+                .core
+                .pending(cx)
+                .map_or(Poll::Pending, |e| Poll::Ready(Err(e)));
+        };
+        this.core.end();
+        Poll::Ready(Ok(Outcome::Ran(value)))
     }
 }
 
-impl<F: Future> Future for Running<F> {
+impl<F: Future> Future for RunWait<F> {
     type Output = Result<F::Output, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let (Some(hold), Some(body)) = (this.hold.as_mut(), this.body.as_mut()) else {
-            return Poll::Ready(Err(Error::InvalidConfig {
-                reason: "an annotated call's future was polled after it completed".to_owned(),
-            }));
+        let entered = match std::task::ready!(this.core.poll_step(cx)) {
+            Step::Run(entered) => entered,
+            // A wait never skips.
+            Step::Skipped => return Poll::Ready(Err(completed())),
+            Step::Failed(e) => return Poll::Ready(Err(e)),
         };
-        if let Some(e) = hold.poll_lost(cx) {
-            this.body = None;
-            this.hold = None;
-            return Poll::Ready(Err(e));
-        }
-        let polled = {
-            let _span = hold.span.enter();
-            let _scope = Scope::enter(&mut hold.state);
-            body.as_mut().poll(cx)
-        };
+        let polled = this.body.as_mut().poll(cx);
+        drop(entered);
         let Poll::Ready(value) = polled else {
-            if let Some(e) = hold.watch_loss(cx) {
-                this.body = None;
-                this.hold = None;
-                return Poll::Ready(Err(e));
-            }
-            return Poll::Pending;
+            return this
+                .core
+                .pending(cx)
+                .map_or(Poll::Pending, |e| Poll::Ready(Err(e)));
         };
-        this.body = None;
-        // Finished and dropped in place (a `take()` would move it).
-        hold.finish();
-        this.hold = None;
+        this.core.end();
         Poll::Ready(Ok(value))
     }
 }
