@@ -132,9 +132,11 @@ impl Core {
 
     /// The body is done: the lock is released.
     pub fn end(&mut self) {
-        if let State::Holding(hold) = std::mem::replace(&mut self.state, State::Done) {
+        // Finished and dropped in place: the hold is not small.
+        if let State::Holding(hold) = &self.state {
             hold.finish();
         }
+        self.state = State::Done;
     }
 }
 
@@ -147,7 +149,7 @@ async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
         // Boxed: the slot machinery's future stays out of the plain
         // path's future and stack frame.
         let slot = Box::pin(locker.try_lock_slot(&slots)).await?;
-        return Ok(slot.map(|s| Hold::new(Held::Slot(s), policy, spec.pool)));
+        return Ok(slot.map(|s| Hold::new(Held::Slot(Box::new(s)), policy, spec.pool)));
     }
     let label = crate::meter::label_of(&key);
     let guard = locker
@@ -164,7 +166,7 @@ async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Erro
     if let Some(limit) = spec.limit {
         let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         let slot = Box::pin(locker.lock_slot(&slots, timeout)).await?;
-        return Ok(Hold::new(Held::Slot(slot), policy, spec.pool));
+        return Ok(Hold::new(Held::Slot(Box::new(slot)), policy, spec.pool));
     }
     let label = crate::meter::label_of(&key);
     let guard = locker
@@ -176,9 +178,11 @@ async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Erro
 /// The lock of an annotated call: a plain lock, or a slot of a limit
 /// (`limit = N`), which in the rate form (`per = "…"`) is kept by a
 /// background task until its period has passed when it is dropped.
+/// The slot is boxed: it is rarer and larger, and a hold is moved a few
+/// times a call.
 enum Held {
     Lock(LockGuard),
-    Slot(SlotGuard),
+    Slot(Box<SlotGuard>),
 }
 
 impl Held {
