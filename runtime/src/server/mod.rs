@@ -186,54 +186,64 @@ impl ServerLocker {
     /// [`crate::local::lanes`]), after waiting for any unlock of the key
     /// still on its way where that matters.
     async fn route(&self, recent: Option<&Recent>, tenure: Tenure) -> Result<usize, Arc<Session>> {
-        let slots = &self.inner.slots;
-        let index = if slots.len() == 1 {
-            // The only other home a key can have is a wait session.
-            if let Some(r) = recent.filter(|r| r.session.is_wait()) {
-                r.session.unlock_answered(r.unlock).await;
-            }
-            0
-        } else {
-            let mut buf = [None; 8];
-            let mut heap = Vec::new();
-            let loads: &mut [crate::local::lanes::Load] = if slots.len() <= buf.len() {
-                &mut buf[..slots.len()]
-            } else {
-                heap.resize(slots.len(), None);
-                &mut heap
-            };
-            for (load, slot) in loads.iter_mut().zip(slots) {
-                *load = slot.load();
-            }
-            match recent {
-                None if tenure == Tenure::Scoped => crate::local::lanes::lightest(loads),
-                None => crate::local::lanes::packed(loads),
-                Some(r) => {
-                    let light = crate::local::lanes::lightest(loads);
-                    let least = crate::local::lanes::weight(loads[light]);
-                    let home = &r.session;
-                    // A wait session is never a home: a try-lock there
-                    // could queue behind a blocking wait (crate::server::waiting).
-                    if !home.is_dead()
-                        && !home.is_wait()
-                        && !home.is_retired()
-                        && !crate::local::lanes::much_heavier(
-                            crate::local::lanes::weight(Some(Lane::of(home))),
-                            least,
-                        )
-                    {
-                        return Err(home.clone());
-                    }
-                    if home.unlock_pending(r.unlock) {
-                        // Moving to a lighter session: not before the last
-                        // unlock is answered, or this lock could overtake it.
-                        home.unlock_answered(r.unlock).await;
-                    }
-                    light
-                }
-            }
-        };
+        let (index, wait) = self.choose(recent, tenure)?;
+        if let (Some(r), true) = (recent, wait) {
+            // Boxed: rarely needed, and its future would otherwise be
+            // nested in every lock call's (and moved with it).
+            Box::pin(r.session.unlock_answered(r.unlock)).await;
+        }
         Ok(index)
+    }
+
+    /// [`route`](Self::route)'s choice: the slot, and whether the last
+    /// unlock of the key (`recent`) must be answered first; or the key's
+    /// home session.
+    fn choose(
+        &self,
+        recent: Option<&Recent>,
+        tenure: Tenure,
+    ) -> Result<(usize, bool), Arc<Session>> {
+        let slots = &self.inner.slots;
+        if slots.len() == 1 {
+            // The only other home a key can have is a wait session.
+            return Ok((0, recent.is_some_and(|r| r.session.is_wait())));
+        }
+        let mut buf = [None; 8];
+        let mut heap = Vec::new();
+        let loads: &mut [crate::local::lanes::Load] = if slots.len() <= buf.len() {
+            &mut buf[..slots.len()]
+        } else {
+            heap.resize(slots.len(), None);
+            &mut heap
+        };
+        for (load, slot) in loads.iter_mut().zip(slots) {
+            *load = slot.load();
+        }
+        let r = match recent {
+            None if tenure == Tenure::Scoped => {
+                return Ok((crate::local::lanes::lightest(loads), false))
+            }
+            None => return Ok((crate::local::lanes::packed(loads), false)),
+            Some(r) => r,
+        };
+        let light = crate::local::lanes::lightest(loads);
+        let least = crate::local::lanes::weight(loads[light]);
+        let home = &r.session;
+        // A wait session is never a home: a try-lock there
+        // could queue behind a blocking wait (crate::server::waiting).
+        if !home.is_dead()
+            && !home.is_wait()
+            && !home.is_retired()
+            && !crate::local::lanes::much_heavier(
+                crate::local::lanes::weight(Some(Lane::of(home))),
+                least,
+            )
+        {
+            return Err(home.clone());
+        }
+        // Moving to a lighter session: not before the last unlock is
+        // answered, or this lock could overtake it.
+        Ok((light, home.unlock_pending(r.unlock)))
     }
 
     /// The live session for a new lock of a key (see [`crate::local::lanes`]),
