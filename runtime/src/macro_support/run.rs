@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use super::{Spec, Wait};
 use crate::local::lanes::Tenure;
 use crate::server::loss::Scope;
+use crate::server::Granted;
 use crate::transaction::{self, Busy, TransactionResult};
 use crate::{Error, LockGuard, LockKey, LockState, Locker, OnLost, Outcome, SlotGuard};
 
@@ -152,10 +153,11 @@ async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
         return Ok(slot.map(|s| Hold::new(Held::Slot(Box::new(s)), policy, spec.pool)));
     }
     let label = crate::meter::label_of(&key);
+    let mut granted = None;
     let guard = locker
-        .try_lock_as(key, spec.mode, false, Tenure::Scoped, label)
+        .try_lock_as(key, spec.mode, false, Tenure::Scoped, label, &mut granted)
         .await?;
-    Ok(guard.map(|g| Hold::new(Held::Lock(g), policy, spec.pool)))
+    Ok(guard.map(|g| Hold::granted(Held::Lock(g), policy, spec.pool, granted)))
 }
 
 /// Wait mode: the lock, waited for (bounded by `wait`).
@@ -218,10 +220,15 @@ pub struct Hold {
 
 impl Hold {
     fn new(held: Held, policy: OnLost, entry: &str) -> Hold {
+        Hold::granted(held, policy, entry, None)
+    }
+
+    /// [`new`](Self::new), with what the try-lock left in `granted` (see
+    /// [`LockGuard::state_granted`]).
+    fn granted(held: Held, policy: OnLost, entry: &str, granted: Granted) -> Hold {
         let guard = held.guard();
-        // One state for both the body's `current_lock()` and the loss watch
-        // (each `state()` clones the key's name).
-        let state = guard.state();
+        // One state for both the body's `current_lock()` and the loss watch.
+        let state = guard.state_granted(granted);
         let span = crate::meter::hold_span(entry, guard.key(), guard.mode());
         Hold {
             held,

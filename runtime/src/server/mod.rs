@@ -424,11 +424,14 @@ impl ServerLocker {
         mode: Mode,
         notify: bool,
         tenure: Tenure,
+        granted: &mut Granted,
     ) -> Result<Option<ServerGuard>, Error> {
         loop {
             match self.inner.table.begin(key.id(), mode) {
                 Begin::Reserved(recent) => {
-                    let got = self.ask_server(&key, mode, notify, recent, tenure).await?;
+                    let got = self
+                        .ask_server(&key, mode, notify, recent, tenure, granted)
+                        .await?;
                     if got.is_none() {
                         tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in another session)");
                     }
@@ -548,7 +551,7 @@ impl ServerLocker {
             };
         }
         if let Some(guard) = self
-            .ask_server(key, mode, true, recent, call.tenure)
+            .ask_server(key, mode, true, recent, call.tenure, &mut None)
             .await?
         {
             call.log_waited(self.name());
@@ -606,7 +609,7 @@ impl ServerLocker {
         match self.inner.table.begin(key.id(), mode) {
             Begin::Reserved(recent) => {
                 if let Some(guard) = self
-                    .ask_server(key, mode, true, recent, call.tenure)
+                    .ask_server(key, mode, true, recent, call.tenure, &mut None)
                     .await?
                 {
                     return Ok(Some(guard));
@@ -626,7 +629,7 @@ impl ServerLocker {
     /// (shared with the holders there, or handed over by one).
     fn joined(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> ServerGuard {
         Counters::add(&self.inner.counters.local_joined, 1);
-        self.guard(key, mode, session, notify)
+        self.guard(key, mode, &session, notify)
     }
 
     /// Sends one try-lock for a key reserved in the table.
@@ -641,6 +644,7 @@ impl ServerLocker {
         notify: bool,
         recent: Option<Recent>,
         tenure: Tenure,
+        granted: &mut Granted,
     ) -> Result<Option<ServerGuard>, Error> {
         let mut reservation = Reservation {
             locker: self.clone(),
@@ -654,7 +658,9 @@ impl ServerLocker {
                 self.inner
                     .table
                     .granted(key.id(), session.clone(), token, 0);
-                Ok(Some(self.guard(key.clone(), mode, session, notify)))
+                let guard = self.guard(key.clone(), mode, &session, notify);
+                *granted = Some((session, token));
+                Ok(Some(guard))
             }
             Ok(None) => Ok(None),
             Err(e) => {
@@ -714,7 +720,7 @@ impl ServerLocker {
                     self.inner
                         .table
                         .granted(key.id(), session.clone(), None, contended);
-                    let mut guard = self.guard(key.clone(), mode, session, true);
+                    let mut guard = self.guard(key.clone(), mode, &session, true);
                     guard.waited = blocked;
                     WaitedHere::Got(guard)
                 }
@@ -783,7 +789,7 @@ impl ServerLocker {
         }
     }
 
-    fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> ServerGuard {
+    fn guard(&self, key: LockKey, mode: Mode, session: &Session, notify: bool) -> ServerGuard {
         tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id(), "advisory-locked: acquired");
         // The session (and the grant's fencing token) stay in the table's
         // entry (see ServerGuard::held).
@@ -797,6 +803,12 @@ impl ServerLocker {
         }
     }
 }
+
+/// The session that granted a try-lock and the grant's fencing token, for
+/// a caller that wants the lock's [`LockState`](crate::LockState) at once
+/// ([`ServerGuard::state`] reads them from the table). Left `None` for a
+/// lock joined in this process.
+pub(crate) type Granted = Option<(Arc<Session>, Option<i64>)>;
 
 /// One of an entry's lock sessions, replaced when it dies.
 struct Slot {
