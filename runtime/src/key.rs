@@ -644,6 +644,7 @@ impl LockKey {
     }
 
     /// The number PostgreSQL locks.
+    #[inline]
     pub fn id(&self) -> KeyId {
         match &self.repr {
             Repr::Static { raw, pair, .. } | Repr::Owned { raw, pair, .. } => {
