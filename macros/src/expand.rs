@@ -397,8 +397,9 @@ fn key_expr(key: &Key, krate: &Krate, sig: &Signature) -> TokenStream {
     }
 }
 
-/// `LockKey::named(format!(…))` of a template. Each value is borrowed into a
-/// local first, so that errors about the value (not `Display`, no such
+/// `__private::template_key(format_args!(…))` of a template: the key
+/// `LockKey::named(format!(…))` makes, built without a `String` when its
+/// name is short. Each value is borrowed into a local first, so that errors about the value (not `Display`, no such
 /// field) point at the key.
 fn template_key_expr(
     template: &Template,
@@ -433,6 +434,6 @@ fn template_key_expr(
     }
     quote_spanned! {span=> {
         #(#bindings)*
-        #k::LockKey::named(::std::format!(#format #(, #values)*))
+        #k::__private::template_key(::core::format_args!(#format #(, #values)*))
     }}
 }

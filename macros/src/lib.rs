@@ -230,7 +230,7 @@ mod tests {
                     let __advisory_locked_value_0 = &tenant_id;
                     let __advisory_locked_value_1 = &self.id;
                     let __advisory_locked_value_2 = &p.0;
-                    ::advisory_locked::LockKey::named(::std::format!(
+                    ::advisory_locked::__private::template_key(::core::format_args!(
                         "t:{{{}}}:{}:{}",
                         __advisory_locked_value_0,
                         __advisory_locked_value_1,
@@ -476,7 +476,7 @@ mod tests {
         for want in [
             quote!(my_alias::__private::run_wait),
             quote!(my_alias::__private::inventory::submit!),
-            quote!(my_alias::LockKey::named),
+            quote!(my_alias::__private::template_key),
             quote!(::core::result::Result<(), my_alias::Error>),
         ] {
             assert!(got.contains(&want.to_string()), "{want}: {got}");

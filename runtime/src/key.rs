@@ -332,8 +332,9 @@ pub struct LockKey {
 }
 
 /// A key's name and number in 32 bytes (a guard keeps its key inline: see
-/// [`crate::LockGuard`]). Numbers are written into an inline buffer: a raw
-/// key costs no allocation to make or to clone.
+/// [`crate::LockGuard`]). Numbers, and computed names of up to
+/// [`SHORT_LEN`] bytes (most template keys), are written into an inline
+/// buffer: such a key costs no allocation to make or to clone.
 #[derive(Clone)]
 enum Repr {
     /// A `&'static str` name (a literal, as the attribute's keys). `raw`
@@ -345,7 +346,16 @@ enum Repr {
         pair: bool,
         nul: bool,
     },
-    /// An owned name (as [`Repr::Static`]).
+    /// A computed name of up to [`SHORT_LEN`] bytes, `buf[..len]`,
+    /// hashed to `raw` (always [`KeyId::Int`]); `nul` as in
+    /// [`Repr::Static`].
+    Short {
+        raw: i64,
+        len: u8,
+        nul: bool,
+        buf: [u8; SHORT_LEN],
+    },
+    /// A longer owned name (as [`Repr::Static`]).
     Owned {
         name: Box<str>,
         raw: i64,
@@ -365,6 +375,12 @@ enum Repr {
 
 /// Enough for any i64.
 const INT_LEN: usize = 20;
+/// The longest computed name kept inline (what fits in 32 bytes beside
+/// the number).
+const SHORT_LEN: usize = 21;
+/// A template's name is formatted into a stack buffer this long first (see
+/// [`LockKey::formatted`]).
+const FORMAT_LEN: usize = 128;
 /// Enough for `(-2147483648, -2147483648)`.
 const PAIR_LEN: usize = 26;
 
@@ -424,6 +440,30 @@ fn written<const N: usize>(args: fmt::Arguments<'_>) -> Option<(u8, [u8; N])> {
     Some((b.len as u8, b.buf))
 }
 
+/// `id` in decimal, as `{id}` formats it, and its length (written by hand:
+/// `core::fmt` costs a raw key's every construction several times more).
+fn decimal(id: i64) -> (u8, [u8; INT_LEN]) {
+    let mut digits = [0u8; INT_LEN];
+    let mut n = id.unsigned_abs();
+    let mut at = INT_LEN;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if id < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    let len = INT_LEN - at;
+    let mut buf = [0u8; INT_LEN];
+    buf[..len].copy_from_slice(&digits[at..]);
+    (len as u8, buf)
+}
+
 /// The text of an inline name (written from a `&str`, so always UTF-8).
 fn inline_str(buf: &[u8], len: u8) -> &str {
     std::str::from_utf8(&buf[..len as usize]).unwrap_or_default()
@@ -453,13 +493,54 @@ impl LockKey {
                 pair,
                 nul,
             },
-            Cow::Owned(name) => Repr::Owned {
-                name: name.into_boxed_str(),
-                raw,
-                pair,
-                nul,
+            Cow::Owned(name) => match Self::short(name.as_bytes(), raw, pair, nul) {
+                Some(repr) => repr,
+                None => Repr::Owned {
+                    name: name.into_boxed_str(),
+                    raw,
+                    pair,
+                    nul,
+                },
             },
         };
+        LockKey { repr }
+    }
+
+    /// A computed name kept inline, if it is short (and its number is not
+    /// a pair: [`Repr::Short`] has no room for the flag).
+    /// (`name`: the bytes of a `&str`.)
+    fn short(name: &[u8], raw: i64, pair: bool, nul: bool) -> Option<Repr> {
+        if pair || name.len() > SHORT_LEN {
+            return None;
+        }
+        let mut buf = [0; SHORT_LEN];
+        buf[..name.len()].copy_from_slice(name);
+        Some(Repr::Short {
+            raw,
+            len: name.len() as u8,
+            nul,
+            buf,
+        })
+    }
+
+    /// [`named`](Self::named) of a computed name (the attribute's key
+    /// templates): formatted into a stack buffer, then kept inline if it
+    /// is short, else copied into an allocation of its exact length; only
+    /// a name longer than the buffer is formatted into a `String`.
+    pub(crate) fn formatted(args: fmt::Arguments<'_>) -> Self {
+        let Some((len, buf)) = written::<FORMAT_LEN>(args) else {
+            return Self::named(fmt::format(args));
+        };
+        // Hashed as bytes: `key_hash` of the name they are.
+        let bytes = &buf[..len as usize];
+        let raw = hash_bytes_extended(bytes, 0) as i64;
+        let nul = bytes.contains(&0);
+        let repr = Self::short(bytes, raw, false, nul).unwrap_or_else(|| Repr::Owned {
+            name: inline_str(&buf, len).into(),
+            raw,
+            pair: false,
+            nul,
+        });
         LockKey { repr }
     }
 
@@ -511,7 +592,7 @@ impl LockKey {
     /// first.
     pub(crate) fn check(&self) -> Result<(), crate::Error> {
         let nul = match &self.repr {
-            Repr::Static { nul, .. } | Repr::Owned { nul, .. } => *nul,
+            Repr::Static { nul, .. } | Repr::Short { nul, .. } | Repr::Owned { nul, .. } => *nul,
             Repr::Int { .. } | Repr::Pair { .. } => false,
         };
         if nul {
@@ -525,12 +606,9 @@ impl LockKey {
 
     /// A raw 64-bit key, for interop with existing lock ids.
     pub fn int(id: i64) -> Self {
-        match written(format_args!("{id}")) {
-            Some((len, buf)) => LockKey {
-                repr: Repr::Int { id, len, buf },
-            },
-            // Can't happen (INT_LEN fits any i64); stay correct anyway.
-            None => Self::text(Cow::Owned(id.to_string()), KeyId::Int(id)),
+        let (len, buf) = decimal(id);
+        LockKey {
+            repr: Repr::Int { id, len, buf },
         }
     }
 
@@ -550,6 +628,7 @@ impl LockKey {
         match &self.repr {
             Repr::Static { name, .. } => name,
             Repr::Owned { name, .. } => name,
+            Repr::Short { len, buf, .. } => inline_str(buf, *len),
             Repr::Int { len, buf, .. } => inline_str(buf, *len),
             Repr::Pair { len, buf } => inline_str(buf, *len),
         }
@@ -565,12 +644,13 @@ impl LockKey {
     }
 
     /// The number PostgreSQL locks.
+    #[inline]
     pub fn id(&self) -> KeyId {
         match &self.repr {
             Repr::Static { raw, pair, .. } | Repr::Owned { raw, pair, .. } => {
                 KeyId::from_raw(*raw, *pair)
             }
-            Repr::Int { id, .. } => KeyId::Int(*id),
+            Repr::Short { raw, .. } | Repr::Int { id: raw, .. } => KeyId::Int(*raw),
             Repr::Pair { len, buf } => pair_of(inline_str(buf, *len)),
         }
     }
@@ -718,6 +798,26 @@ mod name_tests {
     }
 
     #[test]
+    fn raw_key_names_are_formatted_as_display_does() {
+        let mut k: i64 = 1;
+        let mut edges = vec![0, i64::MIN, i64::MAX, i64::MIN + 1, i64::MAX - 1];
+        for _ in 0..19 {
+            edges.extend([k - 1, k, k + 1, -k + 1, -k, -k - 1]);
+            k = k.saturating_mul(10);
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            edges.push(x as i64 >> (x % 64));
+        }
+        for id in edges {
+            assert_eq!(LockKey::int(id).name(), id.to_string());
+        }
+    }
+
+    #[test]
     fn raw_keys_read_back_their_numbers() {
         for k in [0, 1, -1, 42, i64::MIN, i64::MAX] {
             let key = LockKey::int(k);
@@ -739,6 +839,41 @@ mod name_tests {
         assert_eq!(LockKey::named("a"), LockKey::named(String::from("a")));
         assert_eq!(LockKey::named("a").static_name(), Some("a"));
         assert_eq!(LockKey::named(String::from("a")).static_name(), None);
+    }
+
+    /// Computed names are kept inline up to `SHORT_LEN` bytes; every
+    /// length, inline, boxed or formatted past the stack buffer, makes the
+    /// key `named` makes from a borrowed name.
+    #[test]
+    fn computed_names_of_every_length() {
+        for n in [
+            0,
+            1,
+            SHORT_LEN - 1,
+            SHORT_LEN,
+            SHORT_LEN + 1,
+            FORMAT_LEN,
+            FORMAT_LEN + 1,
+            300,
+        ] {
+            let name: String = "é".repeat(n / 2) + &"k".repeat(n % 2);
+            let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+            let want = LockKey::named(leaked);
+            let owned = LockKey::named(name.clone());
+            let formatted = LockKey::formatted(format_args!("{}", name));
+            for key in [&owned, &formatted] {
+                assert_eq!((key.id(), key.name()), (want.id(), want.name()), "{n}");
+                assert_eq!(key, &want);
+                assert_eq!(key.static_name(), None);
+                assert!(key.check().is_ok());
+            }
+            let inline = matches!(formatted.repr, Repr::Short { .. });
+            assert_eq!(inline, name.len() <= SHORT_LEN, "{n}");
+            assert_eq!(formatted.clone(), owned);
+        }
+        let k = LockKey::formatted(format_args!("tenant:{}:{}", 7, "x\0"));
+        assert_eq!(k.name(), "tenant:7:x\0");
+        assert!(matches!(k.check(), Err(crate::Error::InvalidKey { .. })));
     }
 
     /// A guard keeps its key inline (see `crate::LockGuard`'s size test).

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use crate::config::{LockConfig, Settings};
 use crate::local::lanes::Tenure;
 use crate::quorum::{QuorumConfig, QuorumGuard, QuorumLocker};
-use crate::server::{ServerGuard, ServerLocker};
+use crate::server::{Granted, ServerGuard, ServerLocker};
 use crate::{Error, LockKey, Mode, Stats};
 
 impl LockConfig {
@@ -146,11 +146,12 @@ impl Locker {
         let call = self.call(crate::meter::label_of(&key), mode);
         let span = call.acquire_span(&key, false);
         let clock = crate::meter::Clock::start();
+        let granted = &mut None;
         let result = if span.is_disabled() {
-            self.try_lock_unmetered(key, mode, false, Tenure::Open)
+            self.try_lock_unmetered(key, mode, false, Tenure::Open, granted)
                 .await
         } else {
-            self.try_lock_unmetered(key, mode, false, Tenure::Open)
+            self.try_lock_unmetered(key, mode, false, Tenure::Open, granted)
                 .instrument(span.clone())
                 .await
         };
@@ -167,13 +168,14 @@ impl Locker {
         notify: bool,
     ) -> Result<Option<LockGuard>, Error> {
         let label = crate::meter::label_of(&key);
-        self.try_lock_as(key, mode, notify, Tenure::Open, label)
+        self.try_lock_as(key, mode, notify, Tenure::Open, label, &mut None)
             .await
     }
 
     /// [`try_lock_notify`](Self::try_lock_notify) with a routing hint
     /// (see [`Tenure`]) and the metrics' `key` label `label` (an annotated
-    /// call's key as written).
+    /// call's key as written); the granting session and token go to
+    /// `granted` (see [`Granted`]).
     pub(crate) async fn try_lock_as(
         &self,
         key: LockKey,
@@ -181,6 +183,7 @@ impl Locker {
         notify: bool,
         tenure: Tenure,
         label: &str,
+        granted: &mut Granted,
     ) -> Result<Option<LockGuard>, Error> {
         let call = self.call(label, mode);
         let span = call.acquire_span(&key, false);
@@ -188,9 +191,10 @@ impl Locker {
         // Without a subscriber that wants the span, no wrapper (it would
         // move the whole acquisition future into itself).
         let result = if span.is_disabled() {
-            self.try_lock_unmetered(key, mode, notify, tenure).await
+            self.try_lock_unmetered(key, mode, notify, tenure, granted)
+                .await
         } else {
-            self.try_lock_unmetered(key, mode, notify, tenure)
+            self.try_lock_unmetered(key, mode, notify, tenure, granted)
                 .instrument(span.clone())
                 .await
         };
@@ -212,12 +216,13 @@ impl Locker {
         mode: Mode,
         notify: bool,
         tenure: Tenure,
+        granted: &mut Granted,
     ) -> Result<Option<LockGuard>, Error> {
         key.check()?;
         self.refuse_if_transaction_scope_only()?;
         match &self.backend {
             Backend::Server(s) => Ok(s
-                .try_lock(key, mode, notify, tenure)
+                .try_lock(key, mode, notify, tenure, granted)
                 .await?
                 .map(LockGuard::server)),
             // Boxed: the quorum's (larger) future stays out of every
@@ -441,6 +446,19 @@ impl LockGuard {
         match &self.held {
             Held::Server(g) => g.state(),
             Held::Quorum(g) => g.state(),
+        }
+    }
+
+    /// [`state`](Self::state), from what the try-lock that took the lock
+    /// left in `granted` if it did (no look-up in the table).
+    pub(crate) fn state_granted(&self, granted: Granted) -> crate::LockState {
+        match granted {
+            Some((session, token)) => crate::LockState::new(
+                self.key().clone(),
+                crate::server::loss::Holder::Session(session),
+                token,
+            ),
+            None => self.state(),
         }
     }
 

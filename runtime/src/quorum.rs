@@ -338,8 +338,14 @@ impl QuorumLocker {
             .iter()
             .map(|m| {
                 // Quorum keys are packed as any key of unknown tenure.
-                let ask = m.try_lock(key.clone(), mode, notify, Tenure::Open);
-                async move { (m, ask.await) }
+                let key = key.clone();
+                async move {
+                    let granted = &mut None;
+                    (
+                        m,
+                        m.try_lock(key, mode, notify, Tenure::Open, granted).await,
+                    )
+                }
             })
             .collect();
         let mut granted = Vec::new();

@@ -67,6 +67,12 @@ pub fn run_wait<F: Future>(spec: Spec, wait: Wait, key: LockKey, body: F) -> Run
     }
 }
 
+/// A template key (`key = "tenant:{id}"`): its name formatted without
+/// a `String` when it is short (see [`LockKey`]'s representation).
+pub fn template_key(name: std::fmt::Arguments<'_>) -> LockKey {
+    LockKey::formatted(name)
+}
+
 /// `transaction = tx`, skip mode: begin a transaction, take the
 /// transaction-level lock if free, run `body` with the transaction, commit if
 /// the body succeeded (see [`TransactionResult`](crate::TransactionResult)),

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use super::{Spec, Wait};
 use crate::local::lanes::Tenure;
 use crate::server::loss::Scope;
+use crate::server::Granted;
 use crate::transaction::{self, Busy, TransactionResult};
 use crate::{Error, LockGuard, LockKey, LockState, Locker, OnLost, Outcome, SlotGuard};
 
@@ -132,9 +133,11 @@ impl Core {
 
     /// The body is done: the lock is released.
     pub fn end(&mut self) {
-        if let State::Holding(hold) = std::mem::replace(&mut self.state, State::Done) {
+        // Finished and dropped in place: the hold is not small.
+        if let State::Holding(hold) = &self.state {
             hold.finish();
         }
+        self.state = State::Done;
     }
 }
 
@@ -147,13 +150,14 @@ async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
         // Boxed: the slot machinery's future stays out of the plain
         // path's future and stack frame.
         let slot = Box::pin(locker.try_lock_slot(&slots)).await?;
-        return Ok(slot.map(|s| Hold::new(Held::Slot(s), policy, spec.pool)));
+        return Ok(slot.map(|s| Hold::new(Held::Slot(Box::new(s)), policy, spec.pool)));
     }
     let label = crate::meter::label_of(&key);
+    let mut granted = None;
     let guard = locker
-        .try_lock_as(key, spec.mode, false, Tenure::Scoped, label)
+        .try_lock_as(key, spec.mode, false, Tenure::Scoped, label, &mut granted)
         .await?;
-    Ok(guard.map(|g| Hold::new(Held::Lock(g), policy, spec.pool)))
+    Ok(guard.map(|g| Hold::granted(Held::Lock(g), policy, spec.pool, granted)))
 }
 
 /// Wait mode: the lock, waited for (bounded by `wait`).
@@ -164,7 +168,7 @@ async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Erro
     if let Some(limit) = spec.limit {
         let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         let slot = Box::pin(locker.lock_slot(&slots, timeout)).await?;
-        return Ok(Hold::new(Held::Slot(slot), policy, spec.pool));
+        return Ok(Hold::new(Held::Slot(Box::new(slot)), policy, spec.pool));
     }
     let label = crate::meter::label_of(&key);
     let guard = locker
@@ -176,9 +180,11 @@ async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Erro
 /// The lock of an annotated call: a plain lock, or a slot of a limit
 /// (`limit = N`), which in the rate form (`per = "…"`) is kept by a
 /// background task until its period has passed when it is dropped.
+/// The slot is boxed: it is rarer and larger, and a hold is moved a few
+/// times a call.
 enum Held {
     Lock(LockGuard),
-    Slot(SlotGuard),
+    Slot(Box<SlotGuard>),
 }
 
 impl Held {
@@ -214,10 +220,15 @@ pub struct Hold {
 
 impl Hold {
     fn new(held: Held, policy: OnLost, entry: &str) -> Hold {
+        Hold::granted(held, policy, entry, None)
+    }
+
+    /// [`new`](Self::new), with what the try-lock left in `granted` (see
+    /// [`LockGuard::state_granted`]).
+    fn granted(held: Held, policy: OnLost, entry: &str, granted: Granted) -> Hold {
         let guard = held.guard();
-        // One state for both the body's `current_lock()` and the loss watch
-        // (each `state()` clones the key's name).
-        let state = guard.state();
+        // One state for both the body's `current_lock()` and the loss watch.
+        let state = guard.state_granted(granted);
         let span = crate::meter::hold_span(entry, guard.key(), guard.mode());
         Hold {
             held,

@@ -186,54 +186,64 @@ impl ServerLocker {
     /// [`crate::local::lanes`]), after waiting for any unlock of the key
     /// still on its way where that matters.
     async fn route(&self, recent: Option<&Recent>, tenure: Tenure) -> Result<usize, Arc<Session>> {
-        let slots = &self.inner.slots;
-        let index = if slots.len() == 1 {
-            // The only other home a key can have is a wait session.
-            if let Some(r) = recent.filter(|r| r.session.is_wait()) {
-                r.session.unlock_answered(r.unlock).await;
-            }
-            0
-        } else {
-            let mut buf = [None; 8];
-            let mut heap = Vec::new();
-            let loads: &mut [crate::local::lanes::Load] = if slots.len() <= buf.len() {
-                &mut buf[..slots.len()]
-            } else {
-                heap.resize(slots.len(), None);
-                &mut heap
-            };
-            for (load, slot) in loads.iter_mut().zip(slots) {
-                *load = slot.load();
-            }
-            match recent {
-                None if tenure == Tenure::Scoped => crate::local::lanes::lightest(loads),
-                None => crate::local::lanes::packed(loads),
-                Some(r) => {
-                    let light = crate::local::lanes::lightest(loads);
-                    let least = crate::local::lanes::weight(loads[light]);
-                    let home = &r.session;
-                    // A wait session is never a home: a try-lock there
-                    // could queue behind a blocking wait (crate::server::waiting).
-                    if !home.is_dead()
-                        && !home.is_wait()
-                        && !home.is_retired()
-                        && !crate::local::lanes::much_heavier(
-                            crate::local::lanes::weight(Some(Lane::of(home))),
-                            least,
-                        )
-                    {
-                        return Err(home.clone());
-                    }
-                    if home.unlock_pending(r.unlock) {
-                        // Moving to a lighter session: not before the last
-                        // unlock is answered, or this lock could overtake it.
-                        home.unlock_answered(r.unlock).await;
-                    }
-                    light
-                }
-            }
-        };
+        let (index, wait) = self.choose(recent, tenure)?;
+        if let (Some(r), true) = (recent, wait) {
+            // Boxed: rarely needed, and its future would otherwise be
+            // nested in every lock call's (and moved with it).
+            Box::pin(r.session.unlock_answered(r.unlock)).await;
+        }
         Ok(index)
+    }
+
+    /// [`route`](Self::route)'s choice: the slot, and whether the last
+    /// unlock of the key (`recent`) must be answered first; or the key's
+    /// home session.
+    fn choose(
+        &self,
+        recent: Option<&Recent>,
+        tenure: Tenure,
+    ) -> Result<(usize, bool), Arc<Session>> {
+        let slots = &self.inner.slots;
+        if slots.len() == 1 {
+            // The only other home a key can have is a wait session.
+            return Ok((0, recent.is_some_and(|r| r.session.is_wait())));
+        }
+        let mut buf = [None; 8];
+        let mut heap = Vec::new();
+        let loads: &mut [crate::local::lanes::Load] = if slots.len() <= buf.len() {
+            &mut buf[..slots.len()]
+        } else {
+            heap.resize(slots.len(), None);
+            &mut heap
+        };
+        for (load, slot) in loads.iter_mut().zip(slots) {
+            *load = slot.load();
+        }
+        let r = match recent {
+            None if tenure == Tenure::Scoped => {
+                return Ok((crate::local::lanes::lightest(loads), false))
+            }
+            None => return Ok((crate::local::lanes::packed(loads), false)),
+            Some(r) => r,
+        };
+        let light = crate::local::lanes::lightest(loads);
+        let least = crate::local::lanes::weight(loads[light]);
+        let home = &r.session;
+        // A wait session is never a home: a try-lock there
+        // could queue behind a blocking wait (crate::server::waiting).
+        if !home.is_dead()
+            && !home.is_wait()
+            && !home.is_retired()
+            && !crate::local::lanes::much_heavier(
+                crate::local::lanes::weight(Some(Lane::of(home))),
+                least,
+            )
+        {
+            return Err(home.clone());
+        }
+        // Moving to a lighter session: not before the last unlock is
+        // answered, or this lock could overtake it.
+        Ok((light, home.unlock_pending(r.unlock)))
     }
 
     /// The live session for a new lock of a key (see [`crate::local::lanes`]),
@@ -414,11 +424,14 @@ impl ServerLocker {
         mode: Mode,
         notify: bool,
         tenure: Tenure,
+        granted: &mut Granted,
     ) -> Result<Option<ServerGuard>, Error> {
         loop {
             match self.inner.table.begin(key.id(), mode) {
                 Begin::Reserved(recent) => {
-                    let got = self.ask_server(&key, mode, notify, recent, tenure).await?;
+                    let got = self
+                        .ask_server(&key, mode, notify, recent, tenure, granted)
+                        .await?;
                     if got.is_none() {
                         tracing::debug!(pool = %self.name(), key = %key.name(), "advisory-locked: skipped (busy in another session)");
                     }
@@ -538,7 +551,7 @@ impl ServerLocker {
             };
         }
         if let Some(guard) = self
-            .ask_server(key, mode, true, recent, call.tenure)
+            .ask_server(key, mode, true, recent, call.tenure, &mut None)
             .await?
         {
             call.log_waited(self.name());
@@ -596,7 +609,7 @@ impl ServerLocker {
         match self.inner.table.begin(key.id(), mode) {
             Begin::Reserved(recent) => {
                 if let Some(guard) = self
-                    .ask_server(key, mode, true, recent, call.tenure)
+                    .ask_server(key, mode, true, recent, call.tenure, &mut None)
                     .await?
                 {
                     return Ok(Some(guard));
@@ -616,7 +629,7 @@ impl ServerLocker {
     /// (shared with the holders there, or handed over by one).
     fn joined(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> ServerGuard {
         Counters::add(&self.inner.counters.local_joined, 1);
-        self.guard(key, mode, session, notify)
+        self.guard(key, mode, &session, notify)
     }
 
     /// Sends one try-lock for a key reserved in the table.
@@ -631,6 +644,7 @@ impl ServerLocker {
         notify: bool,
         recent: Option<Recent>,
         tenure: Tenure,
+        granted: &mut Granted,
     ) -> Result<Option<ServerGuard>, Error> {
         let mut reservation = Reservation {
             locker: self.clone(),
@@ -644,7 +658,9 @@ impl ServerLocker {
                 self.inner
                     .table
                     .granted(key.id(), session.clone(), token, 0);
-                Ok(Some(self.guard(key.clone(), mode, session, notify)))
+                let guard = self.guard(key.clone(), mode, &session, notify);
+                *granted = Some((session, token));
+                Ok(Some(guard))
             }
             Ok(None) => Ok(None),
             Err(e) => {
@@ -704,7 +720,7 @@ impl ServerLocker {
                     self.inner
                         .table
                         .granted(key.id(), session.clone(), None, contended);
-                    let mut guard = self.guard(key.clone(), mode, session, true);
+                    let mut guard = self.guard(key.clone(), mode, &session, true);
                     guard.waited = blocked;
                     WaitedHere::Got(guard)
                 }
@@ -773,7 +789,7 @@ impl ServerLocker {
         }
     }
 
-    fn guard(&self, key: LockKey, mode: Mode, session: Arc<Session>, notify: bool) -> ServerGuard {
+    fn guard(&self, key: LockKey, mode: Mode, session: &Session, notify: bool) -> ServerGuard {
         tracing::debug!(pool = %self.name(), key = %key.name(), id = %key.id(), mode = mode.as_str(), session = session.id(), "advisory-locked: acquired");
         // The session (and the grant's fencing token) stay in the table's
         // entry (see ServerGuard::held).
@@ -787,6 +803,12 @@ impl ServerLocker {
         }
     }
 }
+
+/// The session that granted a try-lock and the grant's fencing token, for
+/// a caller that wants the lock's [`LockState`](crate::LockState) at once
+/// ([`ServerGuard::state`] reads them from the table). Left `None` for a
+/// lock joined in this process.
+pub(crate) type Granted = Option<(Arc<Session>, Option<i64>)>;
 
 /// One of an entry's lock sessions, replaced when it dies.
 struct Slot {
