@@ -272,12 +272,27 @@ async fn calls_dropped_at_random_points_leave_no_lock_behind() {
     }
     let left = wait_until_unlocked(&client, &ids, SETTLE).await;
     assert!(left.is_empty(), "{left:?}");
-    // No connection leaked: the entry still has at most its 2 sessions.
-    let open = sessions_named(&client, &app).await;
-    println!("lock sessions open after the run: {open}");
+    // No connection leaked: at most the entry's 2 lock sessions and its wait
+    // sessions (named alike; 2 by default). A wait session can open even
+    // with no wait sent: a call that found its key busy on the server (a
+    // dropped call's grant given back a moment late) starts connecting one,
+    // and the connect finishes in its own task when that call is dropped.
+    // A session that ended leaves pg_stat_activity a moment later.
+    let most = 2 + advisory_locked::DEFAULT_WAIT_SESSIONS as i64;
+    let mut open = sessions_named(&client, &app).await;
+    let deadline = Instant::now() + SETTLE;
+    while open > most && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        open = sessions_named(&client, &app).await;
+    }
+    let stats = advisory_locked::locker("cancel_random").unwrap().stats();
+    println!(
+        "sessions open after the run: {open} ({} opened, {} waits on the server)",
+        stats.sessions_opened, stats.server_waits
+    );
     assert!(
-        (1..=2).contains(&open),
-        "{open} lock sessions open, configured 2"
+        (1..=most).contains(&open),
+        "{open} sessions open; configured 2 lock sessions and 2 wait sessions ({stats:?})"
     );
 }
 
