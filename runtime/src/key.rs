@@ -175,18 +175,16 @@ impl<V> IdMap<V> {
         &mut std::collections::HashMap<i64, V, BuildKeyIdHasher>,
         i64,
     ) {
-        match id {
-            KeyId::Int(k) => (&mut self.ints, k),
-            KeyId::Pair(a, b) => (&mut self.pairs, (i64::from(a) << 32) | i64::from(b as u32)),
+        match id.raw() {
+            (k, false) => (&mut self.ints, k),
+            (k, true) => (&mut self.pairs, k),
         }
     }
 
     pub(crate) fn get(&self, id: KeyId) -> Option<&V> {
-        match id {
-            KeyId::Int(k) => self.ints.get(&k),
-            KeyId::Pair(a, b) => self
-                .pairs
-                .get(&((i64::from(a) << 32) | i64::from(b as u32))),
+        match id.raw() {
+            (k, false) => self.ints.get(&k),
+            (k, true) => self.pairs.get(&k),
         }
     }
 
