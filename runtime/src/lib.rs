@@ -316,6 +316,7 @@ extern crate self as advisory_locked;
 #[path = "bench_support.rs"]
 pub mod __bench;
 mod backoff;
+mod boxed;
 mod config;
 mod error;
 mod features;

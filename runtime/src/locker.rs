@@ -227,7 +227,7 @@ impl Locker {
                 .map(LockGuard::server)),
             // Boxed: the quorum's (larger) future stays out of every
             // call's future and stack frame (debug builds nest deeply).
-            Backend::Quorum(q) => Ok(Box::pin(q.try_lock(key, mode, notify))
+            Backend::Quorum(q) => Ok(crate::boxed::boxed(|| q.try_lock(key, mode, notify))
                 .await?
                 .map(LockGuard::quorum)),
         }
@@ -306,7 +306,7 @@ impl Locker {
                 .lock(key, mode, timeout, tenure)
                 .await
                 .map(LockGuard::server),
-            Backend::Quorum(q) => Box::pin(q.lock(key, mode, timeout))
+            Backend::Quorum(q) => crate::boxed::boxed(|| q.lock(key, mode, timeout))
                 .await
                 .map(LockGuard::quorum),
         }

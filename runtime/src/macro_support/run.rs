@@ -149,7 +149,7 @@ async fn acquire_skip(spec: Spec, key: LockKey) -> Result<Option<Hold>, Error> {
         let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
         // Boxed: the slot machinery's future stays out of the plain
         // path's future and stack frame.
-        let slot = Box::pin(locker.try_lock_slot(&slots)).await?;
+        let slot = crate::boxed::boxed(|| locker.try_lock_slot(&slots)).await?;
         return Ok(slot.map(|s| Hold::new(Held::Slot(Box::new(s)), policy, spec.pool)));
     }
     let label = crate::meter::label_of(&key);
@@ -167,7 +167,7 @@ async fn acquire_wait(spec: Spec, wait: Wait, key: LockKey) -> Result<Hold, Erro
     let timeout = wait.timeout();
     if let Some(limit) = spec.limit {
         let slots = crate::features::limit::slots_of(key, limit, spec.mode)?;
-        let slot = Box::pin(locker.lock_slot(&slots, timeout)).await?;
+        let slot = crate::boxed::boxed(|| locker.lock_slot(&slots, timeout)).await?;
         return Ok(Hold::new(Held::Slot(Box::new(slot)), policy, spec.pool));
     }
     let label = crate::meter::label_of(&key);

@@ -37,6 +37,9 @@ pub(crate) use crate::pg::protocol::{Param, Values};
 
 pub(crate) type Answer = Result<Values, Arc<QueryError>>;
 
+/// The largest answer kept for reuse (see [`Wire::recycle`]).
+const SPARE_VALUES: usize = 64;
+
 /// A connection spoken to directly; see the module's docs.
 pub(crate) struct Wire<S> {
     stream: S,
@@ -53,6 +56,9 @@ pub(crate) struct Wire<S> {
     unflushed: bool,
     /// Server parameters reported since the hand-over (ParameterStatus).
     parameters: std::collections::HashMap<String, String>,
+    /// Emptied answers given back ([`Wire::recycle`]), for the next
+    /// requests: an answer then costs no allocation.
+    spare: Vec<Values>,
 }
 
 #[derive(Default)]
@@ -72,6 +78,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             last_status: b'I',
             unflushed: false,
             parameters: Default::default(),
+            spare: Vec::new(),
         }
     }
 
@@ -87,7 +94,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// results in binary. Sent by the next [`Wire::poll_answer`].
     pub(crate) fn execute(&mut self, name: &str, params: &[Param<'_>]) {
         protocol::execute(name, params, &mut self.write);
-        self.pending.push_back(Gathering::default());
+        let values = self.spare.pop().unwrap_or_default();
+        self.pending.push_back(Gathering {
+            values,
+            error: None,
+        });
+    }
+
+    /// Gives back an answer's values once read, to be reused by a later
+    /// request (a few, and only small ones).
+    pub(crate) fn recycle(&mut self, mut values: Values) {
+        if values.capacity() != 0 && values.capacity() <= SPARE_VALUES && self.spare.len() < 4 {
+            values.clear();
+            self.spare.push(values);
+        }
     }
 
     /// Sends what is queued, and resolves to the oldest request's answer.
@@ -471,6 +491,7 @@ mod tests {
             last_status: w.last_status,
             unflushed: false,
             parameters: w.parameters,
+            spare: w.spare,
         };
         let bound = std::time::Duration::from_secs(5);
         w.execute("t_flush", &[Param::I64(41)]);

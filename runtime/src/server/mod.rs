@@ -190,7 +190,7 @@ impl ServerLocker {
         if let (Some(r), true) = (recent, wait) {
             // Boxed: rarely needed, and its future would otherwise be
             // nested in every lock call's (and moved with it).
-            Box::pin(r.session.unlock_answered(r.unlock)).await;
+            crate::boxed::boxed(|| r.session.unlock_answered(r.unlock)).await;
         }
         Ok(index)
     }
@@ -268,8 +268,7 @@ impl ServerLocker {
         // Connecting runs in a task of its own: it finishes (and its session
         // serves the next caller) even if this caller is dropped, and its
         // deep set-up future is not nested in the caller's.
-        let locker = self.clone();
-        match tokio::spawn(async move { locker.reconnect(index).await }).await {
+        match self.spawn_reconnect(index).await {
             Ok(Ok(session)) => Ok(session),
             Ok(Err(e)) => {
                 // This slot can't connect (backing off, say at the server's
@@ -294,11 +293,25 @@ impl ServerLocker {
         }
     }
 
+    /// [`reconnect`](Self::reconnect) in a task of its own. Not inlined:
+    /// the task's future, deep and rarely built, would otherwise be built
+    /// in (and size) the stack frame of every lock call's `poll`.
+    #[inline(never)]
+    fn spawn_reconnect(
+        &self,
+        index: usize,
+    ) -> tokio::task::JoinHandle<Result<Arc<Session>, Error>> {
+        let locker = self.clone();
+        tokio::spawn(async move { locker.reconnect(index).await })
+    }
+
     /// Replaces slot `index`'s session `old`, which once held thousands of
     /// locks and now holds none (see [`Session::retirable`]), with a fresh
     /// one, in the background: `old` serves until the fresh one is in the
     /// slot, and is closed once what was routed to it before is released
     /// (it is no key's home meanwhile).
+    /// Not inlined, as [`spawn_reconnect`](Self::spawn_reconnect).
+    #[inline(never)]
     fn retire(&self, index: usize, old: &Arc<Session>) {
         let (locker, old) = (self.clone(), old.clone());
         tokio::spawn(async move {

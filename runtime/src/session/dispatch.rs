@@ -23,7 +23,9 @@
 //! [`Liveness`]).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +44,8 @@ use crate::{KeyId, Mode};
 const MAX_IN_FLIGHT: usize = 2;
 /// Requests in one statement at most.
 const MAX_BATCH: usize = 512;
+/// The largest emptied batch kept for reuse (see `Flight::recycle`).
+const SPARE_CAPACITY: usize = 64;
 
 /// What a request may fail with.
 #[derive(Debug, Clone)]
@@ -345,6 +349,9 @@ struct Flight {
     in_flight: VecDeque<Vec<Op>>,
     /// Unlocks of grants whose callers were gone, for the next statement.
     backlog: Vec<Op>,
+    /// Emptied batches, kept for the next statements: a request then costs
+    /// no allocation of its own on the dispatcher's side.
+    spare: Vec<Vec<Op>>,
     /// Every sender of requests is gone.
     closed: bool,
     /// Liveness: since when a statement has waited for its answer, and
@@ -400,7 +407,7 @@ impl Flight {
             let e = answer.err();
             for batch in self.in_flight.drain(..) {
                 let e = e.clone().unwrap_or_else(|| Arc::new(QueryError::Closed));
-                finish((batch, Err(e)), d.shared, d.weak, &mut self.backlog);
+                finish(batch, Err(e), d.shared, d.weak, &mut self.backlog);
             }
             return Step::End(e.map_or(Ok(()), Err));
         }
@@ -411,7 +418,15 @@ impl Flight {
         };
         self.last_heard = Instant::now();
         self.waiting_since = (!self.in_flight.is_empty()).then_some(self.last_heard);
-        finish((batch, answer), d.shared, d.weak, &mut self.backlog);
+        let emptied = match answer {
+            Ok(values) => {
+                let emptied = finish(batch, Ok(&values), d.shared, d.weak, &mut self.backlog);
+                d.wire.recycle(values);
+                emptied
+            }
+            Err(e) => finish(batch, Err(e), d.shared, d.weak, &mut self.backlog),
+        };
+        self.recycle(emptied);
         if d.shared.is_dead() {
             return Step::End(Ok(()));
         }
@@ -430,7 +445,11 @@ impl Flight {
             self.closed = true;
             return;
         };
-        let mut batch = std::mem::take(&mut self.backlog);
+        let mut batch = if self.backlog.is_empty() {
+            self.spare.pop().unwrap_or_default()
+        } else {
+            std::mem::take(&mut self.backlog)
+        };
         batch.push(op);
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
@@ -439,6 +458,18 @@ impl Flight {
             }
         }
         self.send(d, batch);
+    }
+
+    /// Keeps an emptied batch for reuse: a few, and only small ones (a
+    /// burst's large batches are freed).
+    fn recycle(&mut self, emptied: Vec<Op>) {
+        debug_assert!(emptied.is_empty());
+        if emptied.capacity() != 0
+            && emptied.capacity() <= SPARE_CAPACITY
+            && self.spare.len() < MAX_IN_FLIGHT + 1
+        {
+            self.spare.push(emptied);
+        }
     }
 
     /// The timer fired at `due`: a statement waited too long (the session
@@ -486,6 +517,7 @@ impl Dispatcher {
         let mut f = Flight {
             in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT + 1),
             backlog: Vec::new(),
+            spare: Vec::new(),
             closed: false,
             waiting_since: None,
             last_heard: Instant::now(),
@@ -493,25 +525,23 @@ impl Dispatcher {
         // One timer, set to whichever is next (see `Flight::due`).
         let timer = tokio::time::sleep_until(f.last_heard + liveness.interval);
         tokio::pin!(timer);
+        // Whether the timer has this task's waker for its current deadline
+        // (every poll of this task has the same one): it is then not polled
+        // again until it fires (see `sleep`), which saves a registration
+        // each time the task sleeps.
+        let mut timer_polled = false;
         let mut on_notify = |channel: &str, payload: &str| waiters.notified(channel, payload);
         loop {
             if f.closed && f.in_flight.is_empty() && f.backlog.is_empty() {
                 return Ok(());
             }
             let due = f.due(liveness);
-            // The timer is only ever moved earlier when it must fire
-            // sooner than it is set to: moving a timer earlier wakes the
-            // runtime's timer driver (often another thread, parked), which
-            // cost a thread wake-up per statement when the timer followed
-            // every answer. In steady operation each new deadline is later
-            // than the last, so the timer stays where it is, fires early at
-            // most every `interval`, and is then moved on (later: cheap).
-            if due < timer.deadline() {
-                timer.as_mut().reset(due);
-            }
+            timer_polled &= !arm(timer.as_mut(), due);
             let step = tokio::select! {
                 biased;
-                () = std::future::poll_fn(|cx| shared.poll_killed(cx)) => Step::End(Ok(())),
+                // Killed while the task ran (the waker is registered only
+                // when it is about to sleep: last branch).
+                () = std::future::poll_fn(|_| shared.killed_now()) => Step::End(Ok(())),
                 // Sends what is queued; an answer, or the connection's end.
                 answer = std::future::poll_fn(|cx| wire.poll_answer(cx, &mut on_notify)) => {
                     let mut d = Parts { wire: &mut wire, statements: &statements, shared: &shared, weak: &weak };
@@ -529,8 +559,13 @@ impl Dispatcher {
                     Step::Go
                 }
                 // Last: when an answer or a request is ready, the session is
-                // alive and busy, and the timer need not be polled.
-                () = &mut timer => {
+                // alive and busy, and neither the kill waker nor the timer
+                // need be registered.
+                killed = std::future::poll_fn(|cx| sleep(cx, &shared, timer.as_mut(), &mut timer_polled)) => {
+                    if killed {
+                        return Ok(());
+                    }
+                    timer_polled = false;
                     if Instant::now() < due {
                         // Set for an earlier deadline that has passed.
                         timer.as_mut().reset(due);
@@ -545,6 +580,43 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The dispatcher's last branch, polled when it is about to sleep:
+/// registers its waker for a kill (ready: true) and with the timer (ready:
+/// false). The timer is polled again only once it has fired (it is then
+/// marked elapsed before it wakes the task) or when `polled` says it does not
+/// have the waker for its current deadline.
+fn sleep(
+    cx: &mut std::task::Context<'_>,
+    shared: &Shared,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    polled: &mut bool,
+) -> Poll<bool> {
+    if shared.poll_killed(cx).is_ready() {
+        return Poll::Ready(true);
+    }
+    if *polled && !timer.is_elapsed() {
+        return Poll::Pending;
+    }
+    *polled = true;
+    timer.poll(cx).map(|()| false)
+}
+
+/// Sets the timer for `due` if it is set later than that. The timer is only
+/// ever moved earlier when it must fire sooner than it is set to: moving a
+/// timer earlier wakes the runtime's timer driver (often another thread,
+/// parked), which cost a thread wake-up per statement when the timer
+/// followed every answer. In steady operation each new deadline is later
+/// than the last, so the timer stays where it is, fires early at most every
+/// `interval`, and is then moved on (later: cheap).
+/// Returns true if it was moved.
+fn arm(timer: std::pin::Pin<&mut tokio::time::Sleep>, due: Instant) -> bool {
+    let earlier = due < timer.deadline();
+    if earlier {
+        timer.reset(due);
+    }
+    earlier
 }
 
 /// Splits requests into statements, in order: runs of plain requests share
@@ -718,14 +790,15 @@ fn common_pair(x: &Op, y: &Op) -> Option<(Statement, i64, i64)> {
     (exclusive && plain).then_some((Statement::Pair(x.req.action, y.req.action), xk, yk))
 }
 
-/// Hands the answers of one statement to the requests' callers.
+/// Hands the answers of one statement to the requests' callers; returns
+/// the batch emptied, for reuse.
 fn finish(
-    done: (Vec<Op>, Result<Values, Arc<QueryError>>),
+    mut batch: Vec<Op>,
+    result: Result<&[Option<i64>], Arc<QueryError>>,
     shared: &Arc<Shared>,
     weak: &mpsc::WeakUnboundedSender<Op>,
     backlog: &mut Vec<Op>,
-) {
-    let (batch, result) = done;
+) -> Vec<Op> {
     // Answered (or the session is closing): the table's unlocks in this
     // statement have taken effect on the server, if the session lives on.
     let tracked = batch.iter().filter(|op| op.tracked).count() as u64;
@@ -736,20 +809,25 @@ fn finish(
         Ok(values) if values.len() == values_for(&batch) => {
             // (Read before the batch is taken apart: one request's answer
             // may be a fenced or raise row.)
-            let single = (batch.len() == 1).then(|| row(&batch, &values, 0));
-            for (i, op) in batch.into_iter().enumerate() {
+            let single = (batch.len() == 1).then(|| row(&batch, values, 0));
+            for (i, op) in batch.drain(..).enumerate() {
                 let (yes, token) = single.unwrap_or_else(|| (values[i] == Some(1), None));
                 let (reply, answer) = answer(op, yes, token, shared, weak);
                 deliver(reply, answer, shared, backlog);
             }
+            batch
         }
         Ok(values) => {
             tracing::error!(session = shared.id, sent = batch.len(), answered = values.len(),
                 "advisory-locked: a lock statement answered the wrong number of rows; closing the session");
             shared.kill();
             fail(batch, RequestError::Ended);
+            Vec::new()
         }
-        Err(e) => failed(batch, e, shared, backlog),
+        Err(e) => {
+            failed(batch, e, shared, backlog);
+            Vec::new()
+        }
     }
 }
 

@@ -105,6 +105,15 @@ impl Shared {
         self.unlock_progress.notify_waiters();
     }
 
+    /// Ready if [`Shared::kill`] was called, without registering a waker.
+    pub(crate) fn killed_now(&self) -> std::task::Poll<()> {
+        if self.killed.load(Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
     /// Ready once [`Shared::kill`] was called; registers the session task
     /// to be woken by it.
     pub(crate) fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
