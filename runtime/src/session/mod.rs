@@ -118,11 +118,7 @@ impl Shared {
     /// to be woken by it.
     pub(crate) fn poll_killed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         self.killer.register(cx.waker());
-        if self.killed.load(Ordering::Acquire) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
+        self.killed_now()
     }
 
     /// The dispatcher has the answers to `n` more of the table's unlocks.
