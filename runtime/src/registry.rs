@@ -26,7 +26,7 @@ impl LockConfig {
     /// uses later).
     pub async fn install(self) -> Result<Locker, Error> {
         let name = self.settings().name.clone();
-        install_as(name, self.connect()).await
+        Box::pin(install_as(name, self.connect())).await
     }
 }
 
@@ -36,7 +36,7 @@ impl QuorumConfig {
     /// [`Error::AlreadyConfigured`].
     pub async fn install(self) -> Result<Locker, Error> {
         let name = self.entry_name().to_owned();
-        install_as(name, self.connect()).await
+        Box::pin(install_as(name, self.connect())).await
     }
 }
 

@@ -646,6 +646,10 @@ pub(crate) async fn open(
         let wire = hand_over(connected, waiters, role, &target).await?;
         Ok::<_, Error>((backend_pid, wire, canceller))
     };
+    // Boxed: the set-up's futures (tokio-postgres' statements, the probe
+    // of a pooler) are large, and every future that opens a session (a
+    // `connect`, an `install`, a reconnect task) would carry them inline.
+    let setting_up = Box::pin(setting_up);
     let (backend_pid, wire, canceller) = match tokio::time::timeout(after, setting_up).await {
         Ok(result) => result?,
         Err(_) => return Err(Error::ConnectTimeout { target, after }),

@@ -105,6 +105,16 @@ pub(crate) async fn exclusion(
     b: &Client,
     scopes: Scopes,
 ) -> Result<Verdict, tokio_postgres::Error> {
+    // Boxed: its statements' futures make it large (about 6 KB), and it
+    // runs once per entry or reconnect, inside futures that live long.
+    Box::pin(exclusion_unboxed(a, b, scopes)).await
+}
+
+async fn exclusion_unboxed(
+    a: &Client,
+    b: &Client,
+    scopes: Scopes,
+) -> Result<Verdict, tokio_postgres::Error> {
     let start = std::time::Instant::now();
     let (ks, kx) = (random_key(), random_key());
     let mut s = Answers::default();
