@@ -36,6 +36,11 @@ pub struct Stats {
     /// Lock sessions and wait sessions (connections) opened, the first
     /// included.
     pub sessions_opened: u64,
+    /// Lock sessions and wait sessions that ended: closed by this process,
+    /// ended on the server (a terminated backend, a restart) or cut. With
+    /// `sessions_opened`, how many are open; a count that keeps growing
+    /// means sessions are being lost, and with them their locks.
+    pub sessions_ended: u64,
     /// Heartbeats sent on idle sessions (not counted in `statements`).
     pub heartbeats: u64,
     /// Waits sent to the server on wait sessions (one per `lock_timeout`
@@ -58,6 +63,7 @@ impl Stats {
             local_busy: self.local_busy + o.local_busy,
             local_joined: self.local_joined + o.local_joined,
             sessions_opened: self.sessions_opened + o.sessions_opened,
+            sessions_ended: self.sessions_ended + o.sessions_ended,
             heartbeats: self.heartbeats + o.heartbeats,
             server_waits: self.server_waits + o.server_waits,
             keys: self.keys + o.keys,
@@ -76,6 +82,7 @@ pub(crate) struct Counters {
     pub(crate) local_busy: AtomicU64,
     pub(crate) local_joined: AtomicU64,
     pub(crate) sessions_opened: AtomicU64,
+    pub(crate) sessions_ended: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
     pub(crate) server_waits: AtomicU64,
     /// The entry's metric handles (feature `metrics`; empty without it).
@@ -95,6 +102,7 @@ impl Counters {
             local_busy: AtomicU64::default(),
             local_joined: AtomicU64::default(),
             sessions_opened: AtomicU64::default(),
+            sessions_ended: AtomicU64::default(),
             heartbeats: AtomicU64::default(),
             server_waits: AtomicU64::default(),
             metrics: crate::meter::EntryMetrics::new(entry),
@@ -108,11 +116,17 @@ impl Counters {
         self.metrics.statements(1);
     }
 
-    /// A lock or wait session opened (see also
-    /// [`EntryMetrics::session_closed`](crate::meter::EntryMetrics::session_closed)).
+    /// A lock or wait session opened (and [`session_ended`](Self::session_ended)
+    /// when it ends).
     pub(crate) fn session_opened(&self) {
         Self::add(&self.sessions_opened, 1);
         self.metrics.session_opened();
+    }
+
+    /// A lock or wait session ended (its dispatcher is done).
+    pub(crate) fn session_ended(&self) {
+        Self::add(&self.sessions_ended, 1);
+        self.metrics.session_closed();
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -130,6 +144,7 @@ impl Counters {
             local_busy: self.local_busy.load(Relaxed),
             local_joined: self.local_joined.load(Relaxed),
             sessions_opened: self.sessions_opened.load(Relaxed),
+            sessions_ended: self.sessions_ended.load(Relaxed),
             heartbeats: self.heartbeats.load(Relaxed),
             server_waits: self.server_waits.load(Relaxed),
             keys: keys as u64,

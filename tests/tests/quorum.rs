@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use advisory_locked::{Error, KeyId, LockConfig, LockKey, Locker, Mode, QuorumConfig};
 use advisory_locked_tests::workers::{fence_rounds, run_processes};
 use advisory_locked_tests::{
-    advisory_locks, pg_lock, raw_connect, unique, wait_until_unlocked, ThrowawayServer,
+    advisory_locks, pg_lock, raw_connect, unique, until, wait_until_unlocked, ThrowawayServer,
 };
 
 async fn holder_pid(admin: &tokio_postgres::Client, id: KeyId) -> Option<i32> {
@@ -247,16 +247,23 @@ async fn losing_the_majority_is_a_lock_loss_and_tokens_keep_growing() {
             "round {round}: held on {holders} of 3 members"
         );
         all_three += usize::from(holders == 3);
-        // Kill the holder's session on one member (rotating): still held.
+        // Kill the holder's session on one member (rotating): still held,
+        // once this client has seen that session end.
         let victim = round % 3;
+        let ended = locker.stats().sessions_ended;
         if let Some(pid) = holder_pid(&admins[victim], key.id()).await {
             let _: bool = admins[victim]
                 .query_one("SELECT pg_terminate_backend($1)", &[&pid])
                 .await
                 .unwrap()
                 .get(0);
+            until(
+                "the killed session's end is seen",
+                Duration::from_secs(5),
+                || locker.stats().sessions_ended > ended,
+            )
+            .await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
         if holders == 3 {
             assert!(guard.is_held(), "one member lost: still a majority");
         } else {

@@ -568,7 +568,7 @@ struct Ended(Arc<Shared>);
 impl Drop for Ended {
     fn drop(&mut self) {
         self.0.ended.store(true, Ordering::Release);
-        self.0.counters.metrics.session_closed();
+        self.0.counters.session_ended();
     }
 }
 
