@@ -19,3 +19,32 @@ pub(crate) async fn client() -> Client {
     tokio::spawn(conn);
     client
 }
+
+/// Polls (at most 500 times, 5 ms apart) until the server shows backend
+/// `pid` waiting for an advisory lock; `blocked`, that backend's wait,
+/// must stay pending meanwhile. Panics, saying `what`, otherwise.
+pub(crate) async fn until_waiting(
+    observer: &Client,
+    pid: i32,
+    blocked: &mut (impl std::future::Future + Unpin),
+    what: &str,
+) {
+    use futures_util::FutureExt;
+    for _ in 0..500 {
+        assert!(blocked.now_or_never().is_none(), "{what}: not blocked");
+        // (Other tests' waiters may be on the server too.)
+        let n: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("{what}: the waiter never showed as waiting");
+}

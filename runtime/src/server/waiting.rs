@@ -321,18 +321,11 @@ impl Drop for CancelOnDrop<'_> {
 mod tests {
     use super::*;
 
-    /// Every wait statement and every unlock after a failed wait, on the
-    /// real server, each key form and mode: a wait takes a free key at once;
-    /// a busy one ends with lock_timeout (55P03) after about that long; the
-    /// unlock releases a held key (true) and answers false, without a
-    /// warning, for one not held.
-    #[tokio::test]
-    async fn wait_statements_on_the_server() {
-        use crate::pg::test_server::client;
-        let (waiter, holder) = (client().await, client().await);
+    /// The wait statements (then the checked unlocks) for
+    /// exclusive/shared × bigint/pair keys, in that order.
+    fn wait_and_unlock_sql() -> Vec<String> {
         use crate::pg::sql::{Action, Form, Request, Statement};
-        // Waits, then checked unlocks: exclusive/shared x bigint/pair.
-        let sql: Vec<String> = [Action::Wait, Action::CheckedUnlock]
+        [Action::Wait, Action::CheckedUnlock]
             .into_iter()
             .flat_map(|action| {
                 [Form::Int8, Form::Pair].into_iter().flat_map(move |form| {
@@ -340,81 +333,117 @@ mod tests {
                         .map(|mode| Statement::One(Request { action, mode, form }).sql())
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    /// A key of a test: a bigint or a pair, with its statements' parameters.
+    #[derive(Clone, Copy)]
+    enum TestKey {
+        Int(i64),
+        Pair(i32, i32),
+    }
+
+    impl TestKey {
+        /// Takes the key by hand (exclusive).
+        fn take_sql(self) -> String {
+            match self {
+                TestKey::Int(k) => format!("SELECT pg_advisory_lock({k})"),
+                TestKey::Pair(a, b) => format!("SELECT pg_advisory_lock({a}, {b})"),
+            }
+        }
+
+        async fn wait(
+            self,
+            c: &tokio_postgres::Client,
+            stmt: &tokio_postgres::Statement,
+            ms: i64,
+        ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+            match self {
+                TestKey::Int(k) => c.query_one(stmt, &[&k, &ms]).await,
+                TestKey::Pair(a, b) => c.query_one(stmt, &[&a, &b, &ms]).await,
+            }
+        }
+
+        async fn unlock(
+            self,
+            c: &tokio_postgres::Client,
+            stmt: &tokio_postgres::Statement,
+        ) -> bool {
+            let row = match self {
+                TestKey::Int(k) => c.query_one(stmt, &[&k]).await,
+                TestKey::Pair(a, b) => c.query_one(stmt, &[&a, &b]).await,
+            };
+            row.unwrap().get(0)
+        }
+    }
+
+    /// Every wait statement and every unlock after a failed wait, on the
+    /// real server, each key form and mode: a wait takes a free key at once;
+    /// a busy one ends with lock_timeout (55P03) after about that long; the
+    /// unlock releases a held key (true) and answers false, without a
+    /// warning, for one not held.
+    #[tokio::test]
+    async fn wait_statements_on_the_server() {
+        use crate::pg::test_server::{client, until_waiting};
+        let (waiter, holder) = (client().await, client().await);
+        let waiter_pid: i32 = waiter
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let sql = wait_and_unlock_sql();
         let base = (i64::from(std::process::id()) << 24) | (1 << 62);
-        let pair = (std::process::id() as i32, -7);
+        let pair = TestKey::Pair(std::process::id() as i32, -7);
+        let free = "SELECT pg_advisory_unlock_all()";
+        let ms: i64 = 150;
         for (i, shared) in [(0, false), (1, true), (2, false), (3, true)] {
             let wait = waiter.prepare(&sql[i]).await.unwrap();
             let unlock = waiter.prepare(&sql[i + 4]).await.unwrap();
-            let k = base + i as i64;
-            let (hold, free) = if i < 2 {
-                (
-                    format!("SELECT pg_advisory_lock({k})"),
-                    "SELECT pg_advisory_unlock_all()".to_owned(),
-                )
+            let key = if i < 2 {
+                TestKey::Int(base + i as i64)
             } else {
-                (
-                    format!("SELECT pg_advisory_lock({}, {})", pair.0, pair.1),
-                    "SELECT pg_advisory_unlock_all()".to_owned(),
-                )
+                pair
             };
-            let ms: i64 = 150;
-            let run_wait = |stmt| {
-                let w = &waiter;
-                async move {
-                    if i < 2 {
-                        w.query_one(stmt, &[&k, &ms]).await
-                    } else {
-                        w.query_one(stmt, &[&pair.0, &pair.1, &ms]).await
-                    }
-                }
-            };
-            let run_unlock = |stmt| {
-                let w = &waiter;
-                async move {
-                    if i < 2 {
-                        w.query_one(stmt, &[&k]).await
-                    } else {
-                        w.query_one(stmt, &[&pair.0, &pair.1]).await
-                    }
-                }
-            };
+            let what = format!("{i} shared={shared}");
             // Free: granted at once (1).
-            let row = run_wait(&wait).await.unwrap();
-            assert_eq!(row.get::<_, i32>(0), 1, "{i}");
-            assert!(run_unlock(&unlock).await.unwrap().get::<_, bool>(0), "{i}");
-            // Busy, then released while waiting: granted after waiting (2).
-            holder.batch_execute(&hold).await.unwrap();
-            let (row, ()) = tokio::join!(run_wait(&wait), async {
-                tokio::time::sleep(Duration::from_millis(40)).await;
-                holder.batch_execute(&free).await.unwrap();
-            });
-            assert_eq!(row.unwrap().get::<_, i32>(0), 2, "{i}");
-            assert!(run_unlock(&unlock).await.unwrap().get::<_, bool>(0), "{i}");
+            let row = key.wait(&waiter, &wait, ms).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), 1, "{what}");
+            assert!(key.unlock(&waiter, &unlock).await, "{what}");
+            // Busy, then released once the server shows it waiting:
+            // granted after waiting (2).
+            holder.batch_execute(&key.take_sql()).await.unwrap();
+            let mut waiting = Box::pin(key.wait(&waiter, &wait, 10_000));
+            until_waiting(&holder, waiter_pid, &mut waiting, &what).await;
+            holder.batch_execute(free).await.unwrap();
+            assert_eq!(waiting.await.unwrap().get::<_, i32>(0), 2, "{what}");
+            assert!(key.unlock(&waiter, &unlock).await, "{what}");
             // Not held: false.
-            assert!(!run_unlock(&unlock).await.unwrap().get::<_, bool>(0), "{i}");
+            assert!(!key.unlock(&waiter, &unlock).await, "{what}");
             // Busy (held exclusively by another session): lock_timeout.
-            holder.batch_execute(&hold).await.unwrap();
+            holder.batch_execute(&key.take_sql()).await.unwrap();
             let started = Instant::now();
-            let err = run_wait(&wait).await.expect_err("busy key granted");
+            let err = key
+                .wait(&waiter, &wait, ms)
+                .await
+                .expect_err("busy key granted");
             let took = started.elapsed();
             assert_eq!(
                 err.code(),
                 Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-                "{i}: {err}"
+                "{what}: {err}"
             );
             assert!(
                 took >= Duration::from_millis(140) && took < Duration::from_secs(2),
-                "{i} shared={shared}: {took:?}"
+                "{what}: {took:?}"
             );
-            holder.batch_execute(&free).await.unwrap();
+            holder.batch_execute(free).await.unwrap();
             // The timeout lasted for the wait's statement only.
             let after: String = waiter
                 .query_one("SHOW lock_timeout", &[])
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(after, "0", "{i}: lock_timeout left set after a wait");
+            assert_eq!(after, "0", "{what}: lock_timeout left set after a wait");
         }
     }
 }

@@ -952,16 +952,11 @@ fn fail(batch: Vec<Op>, e: RequestError) {
 mod tests {
     use super::*;
 
-    /// The unlock-and-notify statements, on the real server: a release
-    /// that leaves the key free notifies; one whose key a waiter blocked on
-    /// the server gets at once does not (and still answers true).
-    #[tokio::test]
-    async fn unlock_notify_skips_the_notification_when_a_blocked_waiter_got_the_key() {
-        use crate::pg::test_server::{client as plain, connect};
-        use futures_util::FutureExt;
-        // The listener: its notifications' payloads on a channel.
-        let (listener, mut conn) = connect().await;
-        let (tx, mut notes) = mpsc::unbounded_channel::<String>();
+    /// A connection listening on the crate's channel, and the payloads of
+    /// the notifications it receives.
+    async fn listen() -> (tokio_postgres::Client, mpsc::UnboundedReceiver<String>) {
+        let (listener, mut conn) = crate::pg::test_server::connect().await;
+        let (tx, notes) = mpsc::unbounded_channel::<String>();
         tokio::spawn(async move {
             while let Some(m) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                 match m {
@@ -977,6 +972,82 @@ mod tests {
             .batch_execute("LISTEN advisory_locked")
             .await
             .unwrap();
+        (listener, notes)
+    }
+
+    /// Whether a notification with `payload` arrives within `within`
+    /// (other programs on the server may notify too).
+    async fn heard(
+        notes: &mut mpsc::UnboundedReceiver<String>,
+        payload: &str,
+        within: Duration,
+    ) -> bool {
+        let ours = async {
+            while let Some(p) = notes.recv().await {
+                if p == payload {
+                    return true;
+                }
+            }
+            false
+        };
+        tokio::time::timeout(within, ours).await == Ok(true)
+    }
+
+    /// One form of the unlock-and-notify statement, for key `k` (or the
+    /// pair `a`, `b`): how to take the key by hand and the payload its
+    /// notification carries.
+    struct NotifyCase {
+        code: String,
+        statement: String,
+        pair: bool,
+        take: String,
+        wait: String,
+        payload: String,
+    }
+
+    fn notify_case(pair: bool, shared: bool, k: i64, (a, b): (i32, i32)) -> NotifyCase {
+        let mode = if shared {
+            Mode::Shared
+        } else {
+            Mode::Exclusive
+        };
+        let form = if pair { Form::Pair } else { Form::Int8 };
+        let req = Request {
+            action: Action::UnlockNotify,
+            mode,
+            form,
+        };
+        let args = if pair {
+            format!("{a}, {b}")
+        } else {
+            k.to_string()
+        };
+        let f = if shared {
+            "pg_advisory_lock_shared"
+        } else {
+            "pg_advisory_lock"
+        };
+        NotifyCase {
+            code: format!("{req:?}"),
+            statement: Statement::One(req).sql(),
+            pair,
+            take: format!("SELECT {f}({args})"),
+            wait: format!("SELECT pg_advisory_lock({args})"),
+            payload: if pair {
+                format!("{a}:{b}")
+            } else {
+                k.to_string()
+            },
+        }
+    }
+
+    /// The unlock-and-notify statements, on the real server: a release
+    /// that leaves the key free notifies; one whose key a waiter blocked on
+    /// the server gets at once does not (and still answers true).
+    #[tokio::test]
+    async fn unlock_notify_skips_the_notification_when_a_blocked_waiter_got_the_key() {
+        use crate::pg::test_server::{client as plain, until_waiting};
+        let (_listener, mut notes) = listen().await;
         let (holder, waiter) = (plain().await, plain().await);
         let waiter_pid: i32 = waiter
             .query_one("SELECT pg_backend_pid()", &[])
@@ -986,103 +1057,34 @@ mod tests {
         let k = (i64::from(std::process::id()) << 24) | (1 << 61);
         let (a, b) = (std::process::id() as i32, -1234);
         for (pair, shared) in [(false, false), (false, true), (true, false), (true, true)] {
-            let req = Request {
-                action: Action::UnlockNotify,
-                mode: if shared {
-                    Mode::Shared
-                } else {
-                    Mode::Exclusive
-                },
-                form: if pair { Form::Pair } else { Form::Int8 },
-            };
-            let code = format!("{req:?}");
-            let statement = &Statement::One(req).sql();
-            let f = if shared {
-                "pg_advisory_lock_shared"
-            } else {
-                "pg_advisory_lock"
-            };
-            let args = if pair {
-                format!("{a}, {b}")
-            } else {
-                k.to_string()
-            };
-            let payload = if pair {
-                format!("{a}:{b}")
-            } else {
-                k.to_string()
-            };
+            let c = notify_case(pair, shared, k, (a, b));
             let release = || async {
-                let row = if pair {
-                    holder.query_one(statement, &[&a, &b]).await
+                let row = if c.pair {
+                    holder.query_one(&c.statement, &[&a, &b]).await
                 } else {
-                    holder.query_one(statement, &[&k]).await
+                    holder.query_one(&c.statement, &[&k]).await
                 };
-                assert!(row.unwrap().get::<_, bool>(0), "code {code}");
+                assert!(row.unwrap().get::<_, bool>(0), "code {}", c.code);
             };
             // Nobody waits: notified.
-            holder
-                .batch_execute(&format!("SELECT {f}({args})"))
-                .await
-                .unwrap();
+            holder.batch_execute(&c.take).await.unwrap();
             release().await;
-            // (Other programs on the server may notify too.)
-            let ours = async {
-                while let Some(p) = notes.recv().await {
-                    if p == payload {
-                        return true;
-                    }
-                }
-                false
-            };
-            let got = tokio::time::timeout(Duration::from_secs(5), ours).await;
             assert!(
-                got == Ok(true),
-                "code {code}: no notification for a release that left the key free"
+                heard(&mut notes, &c.payload, Duration::from_secs(5)).await,
+                "code {}: no notification for a release that left the key free",
+                c.code
             );
             // A waiter blocked on the server gets it: no notification.
-            holder
-                .batch_execute(&format!("SELECT {f}({args})"))
-                .await
-                .unwrap();
-            let blocked = {
-                let sql = format!("SELECT pg_advisory_lock({args})");
-                let w = &waiter;
-                async move { w.batch_execute(&sql).await }
-            };
-            let mut blocked = Box::pin(blocked);
-            // Until the server shows it waiting.
-            for _ in 0..500 {
-                assert!(
-                    (&mut blocked).now_or_never().is_none(),
-                    "code {code}: not blocked"
-                );
-                // (Other tests' waiters may be on the server too.)
-                let n: i64 = holder
-                    .query_one(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = $1",
-                        &[&waiter_pid],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if n > 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            holder.batch_execute(&c.take).await.unwrap();
+            let mut blocked = Box::pin(waiter.batch_execute(&c.wait));
+            until_waiting(&holder, waiter_pid, &mut blocked, &c.code).await;
             release().await;
             blocked.await.unwrap();
-            let ours = async {
-                while let Some(p) = notes.recv().await {
-                    if p == payload {
-                        return true;
-                    }
-                }
-                false
-            };
-            let none = tokio::time::timeout(Duration::from_millis(300), ours).await;
-            assert!(none.is_err(), "code {code}: notified anyway");
+            assert!(
+                !heard(&mut notes, &c.payload, Duration::from_millis(300)).await,
+                "code {}: notified anyway",
+                c.code
+            );
             waiter
                 .batch_execute("SELECT pg_advisory_unlock_all()")
                 .await
