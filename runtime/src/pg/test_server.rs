@@ -20,6 +20,15 @@ pub(crate) async fn client() -> Client {
     client
 }
 
+/// The server process id behind `client`.
+pub(crate) async fn backend_pid(client: &Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Polls (at most 500 times, 5 ms apart) until the server shows backend
 /// `pid` waiting for an advisory lock; `blocked`, that backend's wait,
 /// must stay pending meanwhile. Panics, saying `what`, otherwise.

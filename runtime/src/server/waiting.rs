@@ -384,13 +384,9 @@ mod tests {
     /// warning, for one not held.
     #[tokio::test]
     async fn wait_statements_on_the_server() {
-        use crate::pg::test_server::{client, until_waiting};
+        use crate::pg::test_server::{backend_pid, client, until_waiting};
         let (waiter, holder) = (client().await, client().await);
-        let waiter_pid: i32 = waiter
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let waiter_pid = backend_pid(&waiter).await;
         let sql = wait_and_unlock_sql();
         let base = (i64::from(std::process::id()) << 24) | (1 << 62);
         let pair = TestKey::Pair(std::process::id() as i32, -7);

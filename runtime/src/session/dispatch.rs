@@ -1046,14 +1046,10 @@ mod tests {
     /// the server gets at once does not (and still answers true).
     #[tokio::test]
     async fn unlock_notify_skips_the_notification_when_a_blocked_waiter_got_the_key() {
-        use crate::pg::test_server::{client as plain, until_waiting};
+        use crate::pg::test_server::{backend_pid, client as plain, until_waiting};
         let (_listener, mut notes) = listen().await;
         let (holder, waiter) = (plain().await, plain().await);
-        let waiter_pid: i32 = waiter
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let waiter_pid = backend_pid(&waiter).await;
         let k = (i64::from(std::process::id()) << 24) | (1 << 61);
         let (a, b) = (std::process::id() as i32, -1234);
         for (pair, shared) in [(false, false), (false, true), (true, false), (true, true)] {
