@@ -2,7 +2,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres` (as the integration tests).
 
 use tokio_postgres::tls::NoTlsStream;
-use tokio_postgres::{Client, Connection, NoTls, Socket};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Connection, NoTls, Row, Socket, Statement};
 
 /// A plain connection to the test server; the caller drives `Connection`.
 pub(crate) async fn connect() -> (Client, Connection<Socket, NoTlsStream>) {
@@ -56,4 +57,53 @@ pub(crate) async fn until_waiting(
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     panic!("{what}: the waiter never showed as waiting");
+}
+
+/// A key of a unit test: a bigint, or a pair of integers.
+#[derive(Clone, Copy)]
+pub(crate) enum TestKey {
+    Int(i64),
+    Pair(i32, i32),
+}
+
+impl TestKey {
+    /// The key as SQL arguments: `k`, or `a, b`.
+    pub(crate) fn args(self) -> String {
+        match self {
+            TestKey::Int(k) => k.to_string(),
+            TestKey::Pair(a, b) => format!("{a}, {b}"),
+        }
+    }
+
+    /// A statement that takes the key by hand, shared or exclusive.
+    pub(crate) fn take_sql(self, shared: bool) -> String {
+        let f = if shared {
+            "pg_advisory_lock_shared"
+        } else {
+            "pg_advisory_lock"
+        };
+        format!("SELECT {f}({})", self.args())
+    }
+
+    /// Runs `statement` with the key's parameters, then `more`.
+    pub(crate) async fn query(
+        self,
+        client: &Client,
+        statement: &Statement,
+        more: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let (k, a, b);
+        let mut params: Vec<&(dyn ToSql + Sync)> = match self {
+            TestKey::Int(int) => {
+                k = int;
+                vec![&k]
+            }
+            TestKey::Pair(x, y) => {
+                (a, b) = (x, y);
+                vec![&a, &b]
+            }
+        };
+        params.extend_from_slice(more);
+        client.query_one(statement, &params).await
+    }
 }

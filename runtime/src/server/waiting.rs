@@ -336,47 +336,6 @@ mod tests {
             .collect()
     }
 
-    /// A key of a test: a bigint or a pair, with its statements' parameters.
-    #[derive(Clone, Copy)]
-    enum TestKey {
-        Int(i64),
-        Pair(i32, i32),
-    }
-
-    impl TestKey {
-        /// Takes the key by hand (exclusive).
-        fn take_sql(self) -> String {
-            match self {
-                TestKey::Int(k) => format!("SELECT pg_advisory_lock({k})"),
-                TestKey::Pair(a, b) => format!("SELECT pg_advisory_lock({a}, {b})"),
-            }
-        }
-
-        async fn wait(
-            self,
-            c: &tokio_postgres::Client,
-            stmt: &tokio_postgres::Statement,
-            ms: i64,
-        ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
-            match self {
-                TestKey::Int(k) => c.query_one(stmt, &[&k, &ms]).await,
-                TestKey::Pair(a, b) => c.query_one(stmt, &[&a, &b, &ms]).await,
-            }
-        }
-
-        async fn unlock(
-            self,
-            c: &tokio_postgres::Client,
-            stmt: &tokio_postgres::Statement,
-        ) -> bool {
-            let row = match self {
-                TestKey::Int(k) => c.query_one(stmt, &[&k]).await,
-                TestKey::Pair(a, b) => c.query_one(stmt, &[&a, &b]).await,
-            };
-            row.unwrap().get(0)
-        }
-    }
-
     /// Every wait statement and every unlock after a failed wait, on the
     /// real server, each key form and mode: a wait takes a free key at once;
     /// a busy one ends with lock_timeout (55P03) after about that long; the
@@ -384,7 +343,7 @@ mod tests {
     /// warning, for one not held.
     #[tokio::test]
     async fn wait_statements_on_the_server() {
-        use crate::pg::test_server::{backend_pid, client, until_waiting};
+        use crate::pg::test_server::{backend_pid, client, until_waiting, TestKey};
         let (waiter, holder) = (client().await, client().await);
         let waiter_pid = backend_pid(&waiter).await;
         let sql = wait_and_unlock_sql();
@@ -402,24 +361,30 @@ mod tests {
             };
             let what = format!("{i} shared={shared}");
             // Free: granted at once (1).
-            let row = key.wait(&waiter, &wait, ms).await.unwrap();
+            let unlocked = || async {
+                key.query(&waiter, &unlock, &[])
+                    .await
+                    .unwrap()
+                    .get::<_, bool>(0)
+            };
+            let row = key.query(&waiter, &wait, &[&ms]).await.unwrap();
             assert_eq!(row.get::<_, i32>(0), 1, "{what}");
-            assert!(key.unlock(&waiter, &unlock).await, "{what}");
+            assert!(unlocked().await, "{what}");
             // Busy, then released once the server shows it waiting:
             // granted after waiting (2).
-            holder.batch_execute(&key.take_sql()).await.unwrap();
-            let mut waiting = Box::pin(key.wait(&waiter, &wait, 10_000));
+            holder.batch_execute(&key.take_sql(false)).await.unwrap();
+            let mut waiting = Box::pin(key.query(&waiter, &wait, &[&10_000_i64]));
             until_waiting(&holder, waiter_pid, &mut waiting, &what).await;
             holder.batch_execute(free).await.unwrap();
             assert_eq!(waiting.await.unwrap().get::<_, i32>(0), 2, "{what}");
-            assert!(key.unlock(&waiter, &unlock).await, "{what}");
+            assert!(unlocked().await, "{what}");
             // Not held: false.
-            assert!(!key.unlock(&waiter, &unlock).await, "{what}");
+            assert!(!unlocked().await, "{what}");
             // Busy (held exclusively by another session): lock_timeout.
-            holder.batch_execute(&key.take_sql()).await.unwrap();
+            holder.batch_execute(&key.take_sql(false)).await.unwrap();
             let started = Instant::now();
             let err = key
-                .wait(&waiter, &wait, ms)
+                .query(&waiter, &wait, &[&ms])
                 .await
                 .expect_err("busy key granted");
             let took = started.elapsed();

@@ -951,6 +951,7 @@ fn fail(batch: Vec<Op>, e: RequestError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::test_server::TestKey;
 
     /// A connection listening on the crate's channel, and the payloads of
     /// the notifications it receives.
@@ -993,51 +994,33 @@ mod tests {
         tokio::time::timeout(within, ours).await == Ok(true)
     }
 
-    /// One form of the unlock-and-notify statement, for key `k` (or the
-    /// pair `a`, `b`): how to take the key by hand and the payload its
-    /// notification carries.
+    /// One form of the unlock-and-notify statement, for `key`: its name in
+    /// the messages, its text, and the payload its notification carries.
     struct NotifyCase {
         code: String,
         statement: String,
-        pair: bool,
-        take: String,
-        wait: String,
         payload: String,
     }
 
-    fn notify_case(pair: bool, shared: bool, k: i64, (a, b): (i32, i32)) -> NotifyCase {
+    fn notify_case(key: TestKey, shared: bool) -> NotifyCase {
         let mode = if shared {
             Mode::Shared
         } else {
             Mode::Exclusive
         };
-        let form = if pair { Form::Pair } else { Form::Int8 };
+        let (form, payload) = match key {
+            TestKey::Int(k) => (Form::Int8, k.to_string()),
+            TestKey::Pair(a, b) => (Form::Pair, format!("{a}:{b}")),
+        };
         let req = Request {
             action: Action::UnlockNotify,
             mode,
             form,
         };
-        let args = if pair {
-            format!("{a}, {b}")
-        } else {
-            k.to_string()
-        };
-        let f = if shared {
-            "pg_advisory_lock_shared"
-        } else {
-            "pg_advisory_lock"
-        };
         NotifyCase {
             code: format!("{req:?}"),
             statement: Statement::One(req).sql(),
-            pair,
-            take: format!("SELECT {f}({args})"),
-            wait: format!("SELECT pg_advisory_lock({args})"),
-            payload: if pair {
-                format!("{a}:{b}")
-            } else {
-                k.to_string()
-            },
+            payload,
         }
     }
 
@@ -1050,20 +1033,18 @@ mod tests {
         let (_listener, mut notes) = listen().await;
         let (holder, waiter) = (plain().await, plain().await);
         let waiter_pid = backend_pid(&waiter).await;
-        let k = (i64::from(std::process::id()) << 24) | (1 << 61);
-        let (a, b) = (std::process::id() as i32, -1234);
-        for (pair, shared) in [(false, false), (false, true), (true, false), (true, true)] {
-            let c = notify_case(pair, shared, k, (a, b));
+        let int = TestKey::Int((i64::from(std::process::id()) << 24) | (1 << 61));
+        let pair = TestKey::Pair(std::process::id() as i32, -1234);
+        for (key, shared) in [(int, false), (int, true), (pair, false), (pair, true)] {
+            let c = notify_case(key, shared);
+            let statement = holder.prepare(&c.statement).await.unwrap();
             let release = || async {
-                let row = if c.pair {
-                    holder.query_one(&c.statement, &[&a, &b]).await
-                } else {
-                    holder.query_one(&c.statement, &[&k]).await
-                };
+                let row = key.query(&holder, &statement, &[]).await;
                 assert!(row.unwrap().get::<_, bool>(0), "code {}", c.code);
             };
+            let take = key.take_sql(shared);
             // Nobody waits: notified.
-            holder.batch_execute(&c.take).await.unwrap();
+            holder.batch_execute(&take).await.unwrap();
             release().await;
             assert!(
                 heard(&mut notes, &c.payload, Duration::from_secs(5)).await,
@@ -1071,8 +1052,9 @@ mod tests {
                 c.code
             );
             // A waiter blocked on the server gets it: no notification.
-            holder.batch_execute(&c.take).await.unwrap();
-            let mut blocked = Box::pin(waiter.batch_execute(&c.wait));
+            holder.batch_execute(&take).await.unwrap();
+            let wait = key.take_sql(false);
+            let mut blocked = Box::pin(waiter.batch_execute(&wait));
             until_waiting(&holder, waiter_pid, &mut blocked, &c.code).await;
             release().await;
             blocked.await.unwrap();
