@@ -37,8 +37,10 @@ pub(crate) use crate::pg::protocol::{Param, Values};
 
 pub(crate) type Answer = Result<Values, Arc<QueryError>>;
 
-/// The largest answer kept for reuse (see [`Wire::recycle`]).
+/// The largest answer kept for reuse, and how many are kept (see
+/// [`Wire::recycle`]).
 const SPARE_VALUES: usize = 64;
+const SPARE_ANSWERS: usize = 4;
 
 /// A connection spoken to directly; see the module's docs.
 pub(crate) struct Wire<S> {
@@ -104,7 +106,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// Gives back an answer's values once read, to be reused by a later
     /// request (a few, and only small ones).
     pub(crate) fn recycle(&mut self, mut values: Values) {
-        if values.capacity() != 0 && values.capacity() <= SPARE_VALUES && self.spare.len() < 4 {
+        if values.capacity() != 0
+            && values.capacity() <= SPARE_VALUES
+            && self.spare.len() < SPARE_ANSWERS
+        {
             values.clear();
             self.spare.push(values);
         }
