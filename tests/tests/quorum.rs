@@ -200,13 +200,63 @@ async fn five_servers_work_with_two_stopped_and_fail_closed_with_three() {
     }
 }
 
+/// Kills the session that holds `key` on `admin`'s server, if one does,
+/// and waits until `locker` has seen that session end.
+async fn kill_holder(locker: &Locker, admin: &tokio_postgres::Client, key: &LockKey) {
+    let ended = locker.stats().sessions_ended;
+    let Some(pid) = holder_pid(admin, key.id()).await else {
+        return;
+    };
+    let killed: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed, "backend {pid} was not terminated");
+    until(
+        "the killed session's end is seen",
+        Duration::from_secs(5),
+        || locker.stats().sessions_ended > ended,
+    )
+    .await;
+}
+
+/// Until `locker` (three members, one session each) has a live session on
+/// every member again. A killed session is replaced by the next call to its
+/// member, in a task of its own, so calls on `warm` are made until it is.
+async fn all_sessions_back(locker: &Locker, warm: &LockKey) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = locker.stats();
+        if s.sessions_opened - s.sessions_ended == 3 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions not back: {} opened, {} ended",
+            s.sessions_opened,
+            s.sessions_ended
+        );
+        if let Some(g) = locker
+            .try_lock(warm.clone(), Mode::Exclusive)
+            .await
+            .unwrap()
+        {
+            g.release().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_majority_is_a_lock_loss_and_tokens_keep_growing() {
     let servers = tokio::task::spawn_blocking(|| start(3)).await.unwrap();
     let members = |fencing: bool| {
         QuorumConfig::new(urls(&servers).into_iter().map(|u| {
+            // One session per member: a call to a member always uses it.
             LockConfig::from_url(&u)
                 .unwrap()
+                .sessions(1)
                 .connect_timeout(Duration::from_secs(2))
                 .loss_detection(Duration::from_millis(400))
         }))
@@ -225,7 +275,9 @@ async fn losing_the_majority_is_a_lock_loss_and_tokens_keep_growing() {
 
     let mut last_token = 0;
     let mut all_three = 0;
+    let warm = LockKey::named(unique("quorum:loss-warm"));
     for round in 0..6 {
+        all_sessions_back(&locker, &warm).await;
         let guard = locker
             .lock(key.clone(), Mode::Exclusive, Some(Duration::from_secs(10)))
             .await
@@ -250,20 +302,7 @@ async fn losing_the_majority_is_a_lock_loss_and_tokens_keep_growing() {
         // Kill the holder's session on one member (rotating): still held,
         // once this client has seen that session end.
         let victim = round % 3;
-        let ended = locker.stats().sessions_ended;
-        if let Some(pid) = holder_pid(&admins[victim], key.id()).await {
-            let _: bool = admins[victim]
-                .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-                .await
-                .unwrap()
-                .get(0);
-            until(
-                "the killed session's end is seen",
-                Duration::from_secs(5),
-                || locker.stats().sessions_ended > ended,
-            )
-            .await;
-        }
+        kill_holder(&locker, &admins[victim], &key).await;
         if holders == 3 {
             assert!(guard.is_held(), "one member lost: still a majority");
         } else {
@@ -282,13 +321,7 @@ async fn losing_the_majority_is_a_lock_loss_and_tokens_keep_growing() {
         if round % 2 == 1 {
             // A second member: the majority is gone.
             let second = (victim + 1) % 3;
-            if let Some(pid) = holder_pid(&admins[second], key.id()).await {
-                let _: bool = admins[second]
-                    .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .unwrap()
-                    .get(0);
-            }
+            kill_holder(&locker, &admins[second], &key).await;
             let t = Instant::now();
             tokio::time::timeout(Duration::from_secs(5), guard.lost())
                 .await
@@ -303,7 +336,8 @@ async fn losing_the_majority_is_a_lock_loss_and_tokens_keep_growing() {
             let t2 = g2.fencing_token().unwrap();
             assert!(t2 > last_token, "after the loss: {t2} after {last_token}");
             last_token = t2;
-            drop(g2);
+            // Given back on every member before the next round asks.
+            g2.release().await.unwrap();
         }
         drop(guard);
     }
