@@ -2,7 +2,8 @@
 //! `bench handover-child KIND URL KEY ACQUISITIONS HOLD_US PAUSE_US` (KIND:
 //! `ours` (`release().await`), `ours-drop` (the guard dropped), `sqlx`, or
 //! `raw`, the floor: tokio-postgres blocking in
-//! `pg_advisory_lock`); both
+//! `pg_advisory_lock`; `raw-sql`, the same with the crate's two statements);
+//! both
 //! children alternate on one key in wait mode and print what happened when
 //! (realtime-clock nanoseconds, comparable between processes); the parent
 //! merges the two logs.
@@ -61,7 +62,7 @@ struct Plan {
 async fn run(args: &[String]) -> Result<(), BoxErr> {
     let [kind, url, key, acquisitions, hold_us, pause_us] = args else {
         return Err(
-            "usage: bench handover-child ours|ours-drop|sqlx|raw URL KEY ACQUISITIONS HOLD_US PAUSE_US"
+            "usage: bench handover-child ours|ours-drop|sqlx|raw|raw-sql URL KEY ACQUISITIONS HOLD_US PAUSE_US"
                 .into(),
         );
     };
@@ -76,6 +77,7 @@ async fn run(args: &[String]) -> Result<(), BoxErr> {
         "ours-drop" => run_ours(url, key, plan, Release::Dropped).await?,
         "sqlx" => run_sqlx(url, key, plan).await?,
         "raw" => run_raw(url, key, plan).await?,
+        "raw-sql" => run_raw_sql(url, key, plan).await?,
         other => return Err(format!("unknown kind {other:?}").into()),
     };
     let mut out = std::io::stdout().lock();
@@ -244,6 +246,33 @@ async fn run_raw(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, Bo
         },
         |()| async {
             client.execute(&unlock, &[&key]).await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// The floor's one connection and driver, sending the crate's statements
+/// (the wait with its `lock_timeout`, the release with its notify check):
+/// what of the distance to the floor is the server's part.
+async fn run_raw_sql(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let [wait, release] = advisory_locked::__bench::handover_statements();
+    let wait = client.prepare(&wait).await?;
+    let release = client.prepare(&release).await?;
+    let millis = WAIT_TIMEOUT.as_millis() as i64;
+    client.query_one(&wait, &[&key, &millis]).await?;
+    client.query_one(&release, &[&key]).await?;
+    ready_then_go()?;
+    alternate(
+        plan,
+        || async {
+            client.query_one(&wait, &[&key, &millis]).await?;
+            Ok(())
+        },
+        |()| async {
+            client.query_one(&release, &[&key]).await?;
             Ok(())
         },
     )

@@ -199,8 +199,17 @@ fn p3(doc: &Value, s: &mut String) {
             Some("ours_drop_vs_floor"),
         ),
         ("sqlx acquire", "sqlx", Some("sqlx_vs_floor")),
+        (
+            "floor's client, crate's statements",
+            "raw_crate_sql",
+            Some("raw_crate_sql_vs_floor"),
+        ),
     ] {
         let l = &p3[key]["latency"];
+        if !l.is_object() {
+            // Results from before that contender.
+            continue;
+        }
         let r = ratio.map_or("1.00×".to_owned(), |r| spread(&p3[r]));
         let _ = writeln!(
             s,

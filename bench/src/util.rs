@@ -188,6 +188,7 @@ pub mod scn {
     pub const P6_FLOOR: u8 = 13;
     pub const P6_OTHERS: u8 = 14;
     pub const P3_OURS_DROP: u8 = 20;
+    pub const P3_RAW_SQL: u8 = 21;
 }
 
 /// Keys unique to this run: every integer key has the run's tag in its high

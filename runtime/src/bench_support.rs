@@ -32,3 +32,21 @@ impl OwnProtocol {
         self.0.unlock_and_try_lock(unlock, lock).await
     }
 }
+
+/// The two statements of a wait-mode handover of an exclusive `bigint` key,
+/// as a wait session sends them (`bench/README.md`, P3): the wait (`$1` the
+/// key, `$2` its `lock_timeout` in milliseconds; answers 1 when granted at
+/// once, 2 after waiting) and the release that may wake waiters of other
+/// processes (`$1` the key; answers whether it was held).
+pub fn handover_statements() -> [String; 2] {
+    use crate::pg::sql::{Action, Form, Request, Statement};
+    let one = |action| {
+        Statement::One(Request {
+            action,
+            mode: crate::Mode::Exclusive,
+            form: Form::Int8,
+        })
+        .sql()
+    };
+    [one(Action::Wait), one(Action::UnlockNotify)]
+}

@@ -2,7 +2,9 @@
 //! alternate on one key in wait mode; the time from one's release to the
 //! other's grant. The crate, sqlx and the raw floor (tokio-postgres blocking
 //! in `pg_advisory_lock`) run in rounds, in rotating order; each round's
-//! median is divided by the raw floor's median in the same round.
+//! median is divided by the raw floor's median in the same round. One more
+//! contender, the floor's client sending the crate's two statements, splits
+//! the crate's distance to the floor into the server's part and the rest.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +17,15 @@ use crate::report::{lat_value, Report, Verdict};
 use crate::util::{round2, scn, BoxErr, Keys, Lat, Spread};
 use crate::Opts;
 
-const KINDS: [&str; 4] = ["ours", "ours-drop", "sqlx", "raw"];
+const KINDS: [&str; 5] = ["ours", "ours-drop", "sqlx", "raw", "raw-sql"];
 /// The raw floor's index in [`KINDS`].
 const RAW: usize = 3;
+/// The floor's client with the crate's statements.
+const RAW_SQL: usize = 4;
 
 struct Measured {
     /// Per contender, per round.
-    runs: [Vec<Handover>; 4],
+    runs: [Vec<Handover>; 5],
     /// `SELECT 1` after sleeping the hold time (a handover's wake-ups).
     idle: Lat,
 }
@@ -30,8 +34,14 @@ async fn measure(o: &Opts, keys: &Keys) -> Result<Measured, BoxErr> {
     let rounds = if o.quick { 1 } else { 3 };
     let per_round = (o.p3_handovers / rounds).max(10);
     let timing = (o.p3_hold_us, o.p3_pause_us);
-    let scenarios = [scn::P3_OURS, scn::P3_OURS_DROP, scn::P3_SQLX, scn::P3_RAW];
-    let mut runs: [Vec<Handover>; 4] = Default::default();
+    let scenarios = [
+        scn::P3_OURS,
+        scn::P3_OURS_DROP,
+        scn::P3_SQLX,
+        scn::P3_RAW,
+        scn::P3_RAW_SQL,
+    ];
+    let mut runs: [Vec<Handover>; 5] = Default::default();
     for round in 0..rounds {
         for j in 0..KINDS.len() {
             let i = (round + j) % KINDS.len();
@@ -67,11 +77,12 @@ fn ratio(m: &Measured, i: usize, r: usize) -> Spread {
 pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> {
     let m = measure(o, keys).await?;
     let (r_ours, r_drop, r_sqlx) = (ratio(&m, 0, RAW), ratio(&m, 1, RAW), ratio(&m, 2, RAW));
-    let [ours, dropped, sqlx, raw] = m
+    let r_sql = ratio(&m, RAW_SQL, RAW);
+    let [ours, dropped, sqlx, raw, raw_sql] = m
         .runs
         .each_ref()
         .map(|r| Handover::pool(r.iter().map(Handover::clone_summary).collect()));
-    for (name, h) in KINDS.iter().zip([&ours, &dropped, &sqlx, &raw]) {
+    for (name, h) in KINDS.iter().zip([&ours, &dropped, &sqlx, &raw, &raw_sql]) {
         eprintln!(
             "P3: {name} {} over {} handovers ({} re-acquired by the releaser, {} not waiting)",
             lat_value(&h.lat),
@@ -122,6 +133,14 @@ pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> 
     }
     rep.row(
         "P3",
+        "the floor's client with the crate's statements (wait, release)",
+        value(&raw_sql),
+        format!("p50 {} the floor", r_sql.text()),
+        "the server's part",
+        Verdict::Info,
+    );
+    rep.row(
+        "P3",
         "sqlx PgAdvisoryLock::acquire (blocks on the server)",
         value(&sqlx),
         format!("p50 {} the floor", r_sqlx.text()),
@@ -131,8 +150,8 @@ pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> 
     rep.json.insert(
         "p3".into(),
         json!({
-            "ours": ours.json(), "ours_drop": dropped.json(), "sqlx": sqlx.json(), "raw_floor": raw.json(),
-            "ours_vs_floor": r_ours.json(), "ours_drop_vs_floor": r_drop.json(), "sqlx_vs_floor": r_sqlx.json(),
+            "ours": ours.json(), "ours_drop": dropped.json(), "sqlx": sqlx.json(), "raw_floor": raw.json(), "raw_crate_sql": raw_sql.json(),
+            "ours_vs_floor": r_ours.json(), "ours_drop_vs_floor": r_drop.json(), "sqlx_vs_floor": r_sqlx.json(), "raw_crate_sql_vs_floor": r_sql.json(),
             "select1_after_hold_asleep": m.idle.json(),
             "ours_over_asleep_select1": round2(ours.lat.median / m.idle.median),
             "hold_us": o.p3_hold_us, "pause_us": o.p3_pause_us,
