@@ -184,7 +184,7 @@ fn defaults(quick: bool) -> Opts {
             window: Duration::from_secs_f64(if quick { 0.25 } else { 0.6 }),
             rounds: q(2, 5),
         },
-        p3_handovers: q(60, 300),
+        p3_handovers: q(60, 700),
         p3_hold_us: 3_000,
         p3_pause_us: 1_000,
         p4_keys: 10_000,

@@ -31,7 +31,7 @@ struct Measured {
 }
 
 async fn measure(o: &Opts, keys: &Keys) -> Result<Measured, BoxErr> {
-    let rounds = if o.quick { 1 } else { 3 };
+    let rounds = if o.quick { 1 } else { 7 };
     let per_round = (o.p3_handovers / rounds).max(10);
     let timing = (o.p3_hold_us, o.p3_pause_us);
     let scenarios = [
