@@ -261,6 +261,8 @@ async fn run_raw_sql(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>
     let [wait, release] = advisory_locked::__bench::handover_statements();
     let wait = client.prepare(&wait).await?;
     let release = client.prepare(&release).await?;
+    // (The crate sends at most half its answer timeout; the value does not
+    // change what the statement costs.)
     let millis = WAIT_TIMEOUT.as_millis() as i64;
     client.query_one(&wait, &[&key, &millis]).await?;
     client.query_one(&release, &[&key]).await?;
