@@ -28,13 +28,14 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::QueryError;
 use crate::pg::sql::{Action, Form, Request, Statement, STATEMENTS};
 use crate::pg::wire::{Param, Transport, Values, Wire};
 
+use crate::session::reply;
 use crate::session::wakeup::Waiters;
 use crate::session::Shared;
 use crate::stats::Counters;
@@ -116,7 +117,7 @@ pub(crate) struct Op {
     /// For a [`Kind::Raise`]: the floor; for a [`Kind::Wait`]: the
     /// `lock_timeout` in milliseconds.
     floor: i64,
-    reply: Option<oneshot::Sender<Reply>>,
+    reply: Option<reply::Sender<Reply>>,
     /// An unlock sent when it is not known whether the lock was granted:
     /// "not held" is no error then.
     tolerant: bool,
@@ -155,7 +156,7 @@ impl Op {
         kind: Kind,
         key: KeyId,
         mode: Mode,
-        reply: Option<oneshot::Sender<Reply>>,
+        reply: Option<reply::Sender<Reply>>,
     ) -> Op {
         let (action, floor) = match kind {
             Kind::Lock => (Action::TryLock, 0),
@@ -839,7 +840,7 @@ fn answer(
     token: Option<i64>,
     shared: &Arc<Shared>,
     weak: &mpsc::WeakUnboundedSender<Op>,
-) -> (Option<oneshot::Sender<Reply>>, Answer) {
+) -> (Option<reply::Sender<Reply>>, Answer) {
     let answer = if op.is_raise() {
         Answer::Raised(token)
     } else if op.is_unlock() {
@@ -878,7 +879,7 @@ fn answer(
 /// Sends an answer to its caller; a grant nobody takes (the caller is gone,
 /// or never asked) is given back with the next statement.
 fn deliver(
-    reply: Option<oneshot::Sender<Reply>>,
+    reply: Option<reply::Sender<Reply>>,
     answer: Answer,
     shared: &Shared,
     backlog: &mut Vec<Op>,

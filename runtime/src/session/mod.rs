@@ -9,6 +9,7 @@
 pub(crate) mod bare;
 pub(crate) mod dispatch;
 pub(crate) mod proxy;
+pub(crate) mod reply;
 pub(crate) mod trust;
 pub(crate) mod wakeup;
 
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_postgres::{AsyncMessage, Connection};
 
 use crate::config::Settings;
@@ -352,7 +353,7 @@ impl Session {
         mode: Mode,
         notify: bool,
     ) -> impl Future<Output = Reply> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = reply::channel();
         let queued = self.queue_unlock(Op::new(unlock_kind(notify), key, mode, Some(tx)));
         Self::answer(queued, rx)
     }
@@ -544,12 +545,12 @@ impl Session {
         key: KeyId,
         mode: Mode,
     ) -> impl Future<Output = Reply> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = reply::channel();
         let queued = self.ops.send(Op::new(kind, key, mode, Some(tx))).is_ok();
         Self::answer(queued, rx)
     }
 
-    async fn answer(queued: bool, rx: oneshot::Receiver<Reply>) -> Reply {
+    async fn answer(queued: bool, rx: reply::Receiver<Reply>) -> Reply {
         if !queued {
             return Err(RequestError::Ended);
         }
