@@ -120,7 +120,16 @@ async fn out_of_lock_memory_is_a_typed_error_and_leaves_nothing_behind() {
     for e in &errors {
         // A request re-queued to a fresh session can meet the full lock
         // table in that session's set-up: its exclusion self-test takes a
-        // lock (then Connect, with the same SQLSTATE from the server).
+        // lock (then Connect, with the same SQLSTATE from the server). One
+        // that comes to that slot while it backs off after such a failure
+        // fails fast (Unavailable), naming the failure.
+        if let Error::Unavailable { cause, .. } = e {
+            assert!(
+                cause.contains("SQLSTATE 53200") && cause.contains("out of shared memory"),
+                "{e:?}"
+            );
+            continue;
+        }
         assert!(
             matches!(e, Error::Query { .. } | Error::Connect { .. }),
             "{e:?}"
