@@ -5,11 +5,10 @@
 //! *before* it wakes the receiver. The slot is allocated by the caller's
 //! thread; with tokio's channel the dispatcher (on another thread) often
 //! held the last reference once the woken caller had read the answer, so
-//! the slot was freed on the dispatcher's thread. Freed across threads, one
-//! block a call drained the caller's per-thread allocator cache, and most
-//! of its allocations took the allocator's slow path (`bench/README.md`,
-//! 2026-12-04, night). Here the caller frees the slot, except when it is
-//! gone before the answer.
+//! the slot was freed on the dispatcher's thread. Freed across threads, the
+//! blocks drained the caller's per-thread allocator cache: 0.1 to 0.3 slow
+//! allocations a lock call (`bench/README.md`, 2026-12-04, night). Here the
+//! caller frees the slot, except when it is gone before the answer.
 
 use std::future::Future;
 use std::pin::Pin;
