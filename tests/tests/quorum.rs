@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use advisory_locked::{Error, KeyId, LockConfig, LockKey, Locker, Mode, QuorumConfig};
 use advisory_locked_tests::workers::{fence_rounds, run_processes};
 use advisory_locked_tests::{
-    advisory_locks, pg_lock, raw_connect, unique, until, wait_until_unlocked, ThrowawayServer,
+    advisory_locks, pg_lock, raw_connect, terminate_backend, unique, until, wait_until_unlocked,
+    ThrowawayServer,
 };
 
 async fn holder_pid(admin: &tokio_postgres::Client, id: KeyId) -> Option<i32> {
@@ -207,12 +208,10 @@ async fn kill_holder(locker: &Locker, admin: &tokio_postgres::Client, key: &Lock
     let Some(pid) = holder_pid(admin, key.id()).await else {
         return;
     };
-    let killed: bool = admin
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(killed, "backend {pid} was not terminated");
+    assert!(
+        terminate_backend(admin, pid).await,
+        "backend {pid} was not terminated"
+    );
     until(
         "the killed session's end is seen",
         Duration::from_secs(5),
