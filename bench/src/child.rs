@@ -230,51 +230,66 @@ async fn run_sqlx(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, B
 async fn run_raw(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
     // The floor: one connection blocking on the server, as sqlx, with
     // tokio-postgres prepared statements.
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    client.batch_execute("SET lock_timeout = '10s'").await?;
-    let lock = client.prepare("SELECT pg_advisory_lock($1)").await?;
-    let unlock = client.prepare("SELECT pg_advisory_unlock($1)").await?;
-    client.execute(&lock, &[&key]).await?;
-    client.execute(&unlock, &[&key]).await?;
-    ready_then_go()?;
-    alternate(
-        plan,
-        || async {
-            client.execute(&lock, &[&key]).await?;
-            Ok(())
-        },
-        |()| async {
-            client.execute(&unlock, &[&key]).await?;
-            Ok(())
-        },
-    )
-    .await
+    let floor = Floor {
+        setup: "SET lock_timeout = '10s'",
+        wait: "SELECT pg_advisory_lock($1)",
+        wait_ms: None,
+        release: "SELECT pg_advisory_unlock($1)",
+    };
+    run_floor(url, key, plan, floor).await
 }
 
 /// The floor's one connection and driver, sending the crate's statements
 /// (the wait with its `lock_timeout`, the release with its notify check):
 /// what of the distance to the floor is the server's part.
 async fn run_raw_sql(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
+    let [wait, release] = advisory_locked::__bench::handover_statements();
+    let floor = Floor {
+        setup: "",
+        wait: &wait,
+        // (The crate sends at most half its answer timeout; the value does
+        // not change what the statement costs.)
+        wait_ms: Some(WAIT_TIMEOUT.as_millis() as i64),
+        release: &release,
+    };
+    run_floor(url, key, plan, floor).await
+}
+
+/// What a floor child sends: `setup` once, then `wait` (`$1` the key, then
+/// `wait_ms` if given) and `release` (`$1` the key) in turn.
+struct Floor<'a> {
+    setup: &'a str,
+    wait: &'a str,
+    wait_ms: Option<i64>,
+    release: &'a str,
+}
+
+async fn run_floor(
+    url: &str,
+    key: i64,
+    plan: Plan,
+    floor: Floor<'_>,
+) -> Result<Vec<(char, u64)>, BoxErr> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    let [wait, release] = advisory_locked::__bench::handover_statements();
-    let wait = client.prepare(&wait).await?;
-    let release = client.prepare(&release).await?;
-    // (The crate sends at most half its answer timeout; the value does not
-    // change what the statement costs.)
-    let millis = WAIT_TIMEOUT.as_millis() as i64;
-    client.query_one(&wait, &[&key, &millis]).await?;
-    client.query_one(&release, &[&key]).await?;
+    client.batch_execute(floor.setup).await?;
+    let wait = client.prepare(floor.wait).await?;
+    let release = client.prepare(floor.release).await?;
+    let mut wait_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&key];
+    if let Some(ms) = &floor.wait_ms {
+        wait_params.push(ms);
+    }
+    client.execute(&wait, &wait_params).await?;
+    client.execute(&release, &[&key]).await?;
     ready_then_go()?;
     alternate(
         plan,
         || async {
-            client.query_one(&wait, &[&key, &millis]).await?;
+            client.execute(&wait, &wait_params).await?;
             Ok(())
         },
         |()| async {
-            client.query_one(&release, &[&key]).await?;
+            client.execute(&release, &[&key]).await?;
             Ok(())
         },
     )
