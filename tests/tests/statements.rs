@@ -185,3 +185,38 @@ async fn wait_mode_releases_notify_from_a_shared_statement() {
     }
     check_free(&keys).await;
 }
+
+/// Each lock statement is prepared alone: the text a server session shows
+/// (and reads at every Bind and Execute) is the running statement's own
+/// `PREPARE`, not a batch of every statement of the session.
+#[tokio::test(flavor = "current_thread")]
+async fn each_statement_is_prepared_alone() {
+    let locker = one_session_locker().await;
+    let key = LockKey::named(unique("stmt:prepared-alone"));
+    let guard = locker
+        .try_lock(key, Mode::Exclusive)
+        .await
+        .unwrap()
+        .expect("a free key was busy");
+    let pid = guard.backend_pid();
+    let observer = raw_connect(&db_url()).await;
+    let row = observer
+        .query_one(
+            "SELECT query, octet_length(query) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap();
+    let (query, bytes): (String, i32) = (row.get(0), row.get(1));
+    guard.release().await.unwrap();
+    assert!(
+        query.starts_with("PREPARE ") && query.contains("pg_try_advisory_lock"),
+        "the session shows {query:?}"
+    );
+    assert_eq!(
+        query.matches("PREPARE ").count(),
+        1,
+        "more than one statement in {query:?}"
+    );
+    assert!(bytes < 1000, "the statement's text is {bytes} bytes");
+}

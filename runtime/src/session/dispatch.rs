@@ -293,18 +293,20 @@ impl Statements {
         &self.names[statement.index()]
     }
 
-    /// `PREPARE` of every statement of the session, as one simple query
-    /// (sent with the set-up, through tokio-postgres).
-    pub(crate) fn prepare_sql(&self) -> String {
-        let mut sql = String::new();
-        for &statement in &self.prepared {
-            sql.push_str("PREPARE ");
-            sql.push_str(self.name(statement));
-            sql.push_str(" AS ");
-            sql.push_str(&statement.sql());
-            sql.push_str("; ");
-        }
-        sql
+    /// `PREPARE` of every statement of the session, each a simple query
+    /// of its own (sent with the set-up, through tokio-postgres). Not one
+    /// query for all: a statement prepared by `PREPARE` keeps the whole
+    /// query text it came in as its source, and the server reads that
+    /// text to the end (and copies its first `track_activity_query_size`
+    /// bytes to `pg_stat_activity`) at every Bind and every Execute. With
+    /// all statements in one text (13–16 KB), that cost ~0.5 µs of
+    /// server CPU per statement (docs/design.md, "Lock sessions and
+    /// dispatchers").
+    pub(crate) fn prepare_sql(&self) -> Vec<String> {
+        self.prepared
+            .iter()
+            .map(|&statement| format!("PREPARE {} AS {}", self.name(statement), statement.sql()))
+            .collect()
     }
 }
 

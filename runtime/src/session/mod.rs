@@ -702,7 +702,7 @@ async fn set_up(
         tokio::join!(
             client.batch_execute(sql::NO_STATEMENT_TIMEOUT),
             client.query_one(sql::BACKEND_PID, &[]),
-            client.batch_execute(&prepare),
+            futures_util::future::try_join_all(prepare.iter().map(|sql| client.batch_execute(sql))),
             client.batch_execute(sql::SESSION_SETUP),
         )
     };
