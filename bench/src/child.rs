@@ -41,7 +41,16 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    // The loop runs on a worker thread, as a server's handlers do (and as
+    // P1's measuring task does).
+    let args = args.to_vec();
+    let result = rt.block_on(async move {
+        match tokio::spawn(async move { run(&args).await.map_err(|e| e.to_string()) }).await {
+            Ok(r) => r,
+            Err(e) => Err(format!("the child's task failed: {e}")),
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("handover-child: {e}");
