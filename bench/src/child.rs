@@ -24,7 +24,7 @@ use sqlx::postgres::{PgAdvisoryLock, PgAdvisoryLockKey, PgConnection};
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::util::{now_ns, BoxErr, Lat};
+use crate::util::{now_ns, BoxErr, Lat, Placement};
 
 /// Longest a child runs its loop; every wait inside is bounded too.
 const CHILD_DEADLINE: Duration = Duration::from_secs(40);
@@ -149,12 +149,18 @@ async fn run_ours(
         .connect()
         .await?;
     let lock_key = LockKey::int(key);
-    // Warm up: the session and its statements.
-    if let Some(g) = locker.try_lock(lock_key.clone(), Mode::Exclusive).await? {
-        g.release().await?;
+    // Warm up: the session and its statements (the other child may hold
+    // the key: then a key of this child's own tells the session).
+    let own = LockKey::int(key ^ (1 << 22) ^ i64::from(std::process::id() & 0xffff) << 8);
+    let mut lock_session = 0;
+    for k in [lock_key.clone(), own] {
+        if let Some(g) = locker.try_lock(k, Mode::Exclusive).await? {
+            lock_session = g.backend_pid();
+            g.release().await?;
+        }
     }
-    warm_wait_session(url, &locker, key).await?;
-    ready_then_go()?;
+    let wait_session = warm_wait_session(url, &locker, key).await?;
+    ready_then_go(&[lock_session, wait_session])?;
     alternate(
         plan,
         || async {
@@ -176,12 +182,13 @@ async fn run_ours(
 
 /// Opens `locker`'s wait session (the peers' connections are opened before
 /// too): a key of this child's own, held by a second entry for a few
-/// milliseconds while `locker` waits for it.
+/// milliseconds while `locker` waits for it. Returns the wait session's
+/// server process id.
 async fn warm_wait_session(
     url: &str,
     locker: &advisory_locked::Locker,
     key: i64,
-) -> Result<(), BoxErr> {
+) -> Result<i32, BoxErr> {
     let warm_key = LockKey::int(key ^ (1 << 23) ^ i64::from(std::process::id() & 0xffff) << 8);
     let holder = LockConfig::from_url(url)?
         .name("bench-handover-warm-up")
@@ -196,16 +203,16 @@ async fn warm_wait_session(
         tokio::time::sleep(Duration::from_millis(20)).await;
         held.release().await
     });
-    locker
+    let waited = locker
         .lock(warm_key, Mode::Exclusive, Some(WAIT_TIMEOUT))
-        .await?
-        .release()
         .await?;
+    let wait_session = waited.backend_pid();
+    waited.release().await?;
     release.await??;
     if locker.stats().server_waits == 0 {
         return Err("warm-up: the wait did not go to a wait session".into());
     }
-    Ok(())
+    Ok(wait_session)
 }
 
 async fn run_sqlx(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
@@ -217,7 +224,10 @@ async fn run_sqlx(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, B
     let lock = PgAdvisoryLock::with_key(PgAdvisoryLockKey::BigInt(key));
     // Warm up: the statements (sqlx caches prepared statements).
     lock.acquire(&mut conn).await?.release_now().await?;
-    ready_then_go()?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await?;
+    ready_then_go(&[backend])?;
     // sqlx's guard borrows the connection: the loop of `alternate`, inline.
     let mut events = Vec::with_capacity(plan.acquisitions * 3);
     let deadline = Instant::now() + CHILD_DEADLINE;
@@ -290,7 +300,11 @@ async fn run_floor(
     }
     client.execute(&wait, &wait_params).await?;
     client.execute(&release, &[&key]).await?;
-    ready_then_go()?;
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    ready_then_go(&[backend])?;
     alternate(
         plan,
         || async {
@@ -312,9 +326,15 @@ async fn nap(d: Duration) {
     }
 }
 
-fn ready_then_go() -> Result<(), BoxErr> {
+/// Says `ready`, with this process's id and its backends' (for the parent
+/// to pin them), and waits for `go`.
+fn ready_then_go(backends: &[i32]) -> Result<(), BoxErr> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "ready")?;
+    write!(out, "ready {}", std::process::id())?;
+    for pid in backends {
+        write!(out, " {pid}")?;
+    }
+    writeln!(out)?;
     out.flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
@@ -350,13 +370,16 @@ impl Handover {
     }
 }
 
-/// Runs the two children on `key` and measures the handovers between them.
+/// Runs the two children on `key` and measures the handovers between them,
+/// the children and their backends pinned as `placement` says (`None`:
+/// where the scheduler puts them).
 pub async fn handover(
     kind: &str,
     url: &str,
     key: i64,
     handovers: usize,
     (hold_us, pause_us): (u64, u64),
+    placement: Option<Placement>,
 ) -> Result<Handover, BoxErr> {
     let exe = std::env::current_exe()?;
     let acquisitions = handovers / 2 + 6;
@@ -379,7 +402,7 @@ pub async fn handover(
             .spawn()?;
         children.push(child);
     }
-    let (all, acq) = collect_logs(&mut children).await?;
+    let (all, acq) = collect_logs(&mut children, placement).await?;
     for mut child in children {
         let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
@@ -394,22 +417,38 @@ pub async fn handover(
 /// (time, process, event) of both children, sorted by time.
 type Events = Vec<(u64, usize, char)>;
 
-/// Waits for both children's `ready`, says `go`, reads their logs; the
-/// acquisitions of each.
+/// Waits for both children's `ready`, pins them, says `go`, reads their
+/// logs; the acquisitions of each.
 async fn collect_logs(
     children: &mut [tokio::process::Child],
+    placement: Option<Placement>,
 ) -> Result<(Events, [usize; 2]), BoxErr> {
     let mut outs = Vec::new();
+    let (mut clients, mut backends) = (Vec::new(), Vec::new());
     for child in children.iter_mut() {
         let stdout = child.stdout.take().ok_or("no child stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
             .await
             .map_err(|_| "handover child not ready within 20 s")??;
-        if first.as_deref() != Some("ready") {
+        let pids = first
+            .as_deref()
+            .and_then(|l| l.strip_prefix("ready "))
+            .map(|l| {
+                l.split_whitespace()
+                    .map(str::parse)
+                    .collect::<Result<Vec<i32>, _>>()
+            });
+        let Some(Ok(pids)) = pids else {
             return Err(format!("handover child said {first:?} instead of ready").into());
-        }
+        };
+        let (client, own) = pids.split_first().ok_or("a ready line without a pid")?;
+        clients.push(*client);
+        backends.extend_from_slice(own);
         outs.push(lines);
+    }
+    if let Some(p) = placement {
+        p.pin_processes(&clients, &backends)?;
     }
     for child in children.iter_mut() {
         let mut stdin = child.stdin.take().ok_or("no child stdin")?;

@@ -286,6 +286,22 @@ impl Placement {
         }
         Ok(())
     }
+
+    /// Pins other processes: `clients` (every thread) on CPU 0, `backends`
+    /// as [`pin`](Self::pin) does.
+    pub fn pin_processes(self, clients: &[i32], backends: &[i32]) -> Result<(), String> {
+        let backend = match self {
+            Placement::SameCpu => "0",
+            Placement::CrossCpu => "1",
+        };
+        for &pid in clients {
+            taskset("0", pid)?;
+        }
+        for &pid in backends {
+            taskset(backend, pid)?;
+        }
+        Ok(())
+    }
 }
 
 /// Lets this process run on every CPU again.

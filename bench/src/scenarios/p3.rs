@@ -9,12 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use super::{connect_raw, raw_statements};
 use crate::child::{handover, Handover};
 use crate::report::{lat_value, Report, Verdict};
-use crate::util::{round2, scn, BoxErr, Keys, Lat, Spread};
+use crate::util::{round2, scn, BoxErr, Keys, Lat, Placement, Spread};
 use crate::Opts;
 
 const KINDS: [&str; 5] = ["ours", "ours-drop", "sqlx", "raw", "raw-sql"];
@@ -30,7 +30,7 @@ struct Measured {
     idle: Lat,
 }
 
-async fn measure(o: &Opts, keys: &Keys) -> Result<Measured, BoxErr> {
+async fn measure(o: &Opts, keys: &Keys, placement: Option<Placement>) -> Result<Measured, BoxErr> {
     let rounds = if o.quick { 1 } else { 7 };
     let per_round = (o.p3_handovers / rounds).max(10);
     let timing = (o.p3_hold_us, o.p3_pause_us);
@@ -46,7 +46,8 @@ async fn measure(o: &Opts, keys: &Keys) -> Result<Measured, BoxErr> {
         for j in 0..KINDS.len() {
             let i = (round + j) % KINDS.len();
             let key = keys.int(scenarios[i], round as u32);
-            runs[i].push(handover(KINDS[i], &o.url, key, per_round, timing).await?);
+            let h = handover(KINDS[i], &o.url, key, per_round, timing, placement).await?;
+            runs[i].push(h);
         }
     }
     let client = Arc::new(connect_raw(&o.url).await?);
@@ -74,23 +75,43 @@ fn ratio(m: &Measured, i: usize, r: usize) -> Spread {
     )
 }
 
+/// The placements of the children and their backends besides the
+/// scheduler's own: both if `taskset` can pin (2 CPUs or more).
+fn pinned() -> Vec<Placement> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match crate::util::unpin() {
+        Ok(()) if cores >= 2 => vec![Placement::SameCpu, Placement::CrossCpu],
+        Ok(()) => vec![Placement::SameCpu],
+        Err(e) => {
+            eprintln!("P3: cannot pin with taskset ({e}): measured unpinned only");
+            Vec::new()
+        }
+    }
+}
+
 pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> {
-    let m = measure(o, keys).await?;
-    let (r_ours, r_drop, r_sqlx) = (ratio(&m, 0, RAW), ratio(&m, 1, RAW), ratio(&m, 2, RAW));
-    let r_sql = ratio(&m, RAW_SQL, RAW);
+    let m = measure(o, keys, None).await?;
+    let mut doc = report(o, &m, None, rep);
+    let mut placed = Map::new();
+    for p in pinned() {
+        let m = measure(o, keys, Some(p)).await?;
+        placed.insert(p.slug().to_owned(), report(o, &m, Some(p), rep));
+    }
+    doc["pinned"] = Value::Object(placed);
+    rep.json.insert("p3".into(), doc);
+    Ok(())
+}
+
+/// The rows of one placement's measurement, and its JSON.
+fn report(o: &Opts, m: &Measured, placement: Option<Placement>, rep: &mut Report) -> Value {
+    let at = placement.map_or(String::new(), |p| format!("{}: ", p.label()));
+    let (r_ours, r_drop, r_sqlx) = (ratio(m, 0, RAW), ratio(m, 1, RAW), ratio(m, 2, RAW));
+    let r_sql = ratio(m, RAW_SQL, RAW);
     let [ours, dropped, sqlx, raw, raw_sql] = m
         .runs
         .each_ref()
         .map(|r| Handover::pool(r.iter().map(Handover::clone_summary).collect()));
-    for (name, h) in KINDS.iter().zip([&ours, &dropped, &sqlx, &raw, &raw_sql]) {
-        eprintln!(
-            "P3: {name} {} over {} handovers ({} re-acquired by the releaser, {} not waiting)",
-            lat_value(&h.lat),
-            h.lat.n,
-            h.reacquired_by_releaser,
-            h.not_waiting
-        );
-    }
+    log_pooled(&at, [&ours, &dropped, &sqlx, &raw, &raw_sql]);
     let value = |h: &Handover| {
         format!(
             "{} (n={}, releaser re-took {}×)",
@@ -102,7 +123,7 @@ pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> 
     rep.row(
         "P3",
         format!(
-            "SELECT 1 after {} µs asleep (a handover's wake-ups)",
+            "{at}SELECT 1 after {} µs asleep (a handover's wake-ups)",
             o.p3_hold_us
         ),
         lat_value(&m.idle),
@@ -112,7 +133,7 @@ pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> 
     );
     rep.row(
         "P3",
-        "floor: raw tokio-postgres pg_advisory_lock / unlock, 2 processes",
+        format!("{at}floor: raw tokio-postgres pg_advisory_lock / unlock, 2 processes"),
         value(&raw),
         "1.00×",
         "floor",
@@ -124,7 +145,7 @@ pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> 
     ] {
         rep.row(
             "P3",
-            format!("Locker::lock wait mode + {name}, 2 processes"),
+            format!("{at}Locker::lock wait mode + {name}, 2 processes"),
             value(h),
             format!("p50 {} the floor", r.text()),
             "≤ 1.05× the floor",
@@ -133,7 +154,7 @@ pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> 
     }
     rep.row(
         "P3",
-        "the floor's client with the crate's statements (wait, release)",
+        format!("{at}the floor's client with the crate's statements (wait, release)"),
         value(&raw_sql),
         format!("p50 {} the floor", r_sql.text()),
         "the server's part",
@@ -141,21 +162,31 @@ pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> 
     );
     rep.row(
         "P3",
-        "sqlx PgAdvisoryLock::acquire (blocks on the server)",
+        format!("{at}sqlx PgAdvisoryLock::acquire (blocks on the server)"),
         value(&sqlx),
         format!("p50 {} the floor", r_sqlx.text()),
         "peer",
         Verdict::Info,
     );
-    rep.json.insert(
-        "p3".into(),
-        json!({
-            "ours": ours.json(), "ours_drop": dropped.json(), "sqlx": sqlx.json(), "raw_floor": raw.json(), "raw_crate_sql": raw_sql.json(),
-            "ours_vs_floor": r_ours.json(), "ours_drop_vs_floor": r_drop.json(), "sqlx_vs_floor": r_sqlx.json(), "raw_crate_sql_vs_floor": r_sql.json(),
-            "select1_after_hold_asleep": m.idle.json(),
-            "ours_over_asleep_select1": round2(ours.lat.median / m.idle.median),
-            "hold_us": o.p3_hold_us, "pause_us": o.p3_pause_us,
-        }),
-    );
-    Ok(())
+    json!({
+        "ours": ours.json(), "ours_drop": dropped.json(), "sqlx": sqlx.json(), "raw_floor": raw.json(), "raw_crate_sql": raw_sql.json(),
+        "ours_vs_floor": r_ours.json(), "ours_drop_vs_floor": r_drop.json(), "sqlx_vs_floor": r_sqlx.json(), "raw_crate_sql_vs_floor": r_sql.json(),
+        "select1_after_hold_asleep": m.idle.json(),
+        "ours_over_asleep_select1": round2(ours.lat.median / m.idle.median),
+        "hold_us": o.p3_hold_us, "pause_us": o.p3_pause_us,
+        "placement": placement.map_or("unpinned", Placement::slug),
+    })
+}
+
+/// Each contender's pooled handovers, on stderr.
+fn log_pooled(at: &str, pooled: [&Handover; 5]) {
+    for (name, h) in KINDS.iter().zip(pooled) {
+        eprintln!(
+            "P3: {at}{name} {} over {} handovers ({} re-acquired by the releaser, {} not waiting)",
+            lat_value(&h.lat),
+            h.lat.n,
+            h.reacquired_by_releaser,
+            h.not_waiting
+        );
+    }
 }
