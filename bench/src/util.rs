@@ -304,10 +304,33 @@ impl Placement {
     }
 }
 
-/// Lets this process run on every CPU again.
+/// The CPUs online as the kernel lists them (`0-1`), not this process's
+/// affinity: once a placement has pinned the process, that is one CPU.
+fn online_cpus() -> Option<String> {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    let list = list.trim();
+    (!list.is_empty()).then(|| list.to_owned())
+}
+
+/// How many CPUs the machine has online (see [`online_cpus`]; else this
+/// process's available parallelism).
+pub fn cpus() -> usize {
+    let counted = online_cpus().and_then(|list| {
+        list.split(',')
+            .map(|part| match part.split_once('-') {
+                Some((a, b)) => Some(b.parse::<usize>().ok()? + 1 - a.parse::<usize>().ok()?),
+                None => part.parse::<usize>().ok().map(|_| 1),
+            })
+            .sum::<Option<usize>>()
+    });
+    counted.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Lets this process run on every CPU again (children started after this
+/// inherit it).
 pub fn unpin() -> Result<(), String> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    taskset(&format!("0-{}", cores - 1), std::process::id() as i32)
+    let list = online_cpus().unwrap_or_else(|| format!("0-{}", cpus() - 1));
+    taskset(&list, std::process::id() as i32)
 }
 
 /// `taskset -a -p -c CPUS PID` (all threads of the process).

@@ -95,7 +95,7 @@ async fn header(o: &Opts, keys: &Keys, admin: &Client, rep: &mut Report) -> Resu
     let version = show("server_version").await?;
     let max_locks = show("max_locks_per_transaction").await?;
     let max_conns = show("max_connections").await?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::util::cpus();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load = load
         .split_whitespace()

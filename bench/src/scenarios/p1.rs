@@ -252,7 +252,7 @@ async fn epoch(
 /// The placements measured: both if `taskset` can pin (2 CPUs or more),
 /// else none (unpinned, said in the results).
 fn placements() -> Vec<Option<Placement>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::util::cpus();
     match crate::util::unpin() {
         Ok(()) if cores >= 2 => vec![Some(Placement::SameCpu), Some(Placement::CrossCpu)],
         Ok(()) => vec![Some(Placement::SameCpu)],

@@ -78,7 +78,7 @@ fn ratio(m: &Measured, i: usize, r: usize) -> Spread {
 /// The placements of the children and their backends besides the
 /// scheduler's own: both if `taskset` can pin (2 CPUs or more).
 fn pinned() -> Vec<Placement> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::util::cpus();
     match crate::util::unpin() {
         Ok(()) if cores >= 2 => vec![Placement::SameCpu, Placement::CrossCpu],
         Ok(()) => vec![Placement::SameCpu],
@@ -90,10 +90,13 @@ fn pinned() -> Vec<Placement> {
 }
 
 pub async fn run(o: &Opts, keys: &Keys, rep: &mut Report) -> Result<(), BoxErr> {
+    // First: this process may be pinned by an earlier scenario, and the
+    // children would inherit it.
+    let places = pinned();
     let m = measure(o, keys, None).await?;
     let mut doc = report(o, &m, None, rep);
     let mut placed = Map::new();
-    for p in pinned() {
+    for p in places {
         let m = measure(o, keys, Some(p)).await?;
         placed.insert(p.slug().to_owned(), report(o, &m, Some(p), rep));
     }
