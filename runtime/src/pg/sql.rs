@@ -54,12 +54,6 @@ pub(crate) enum Action {
     /// milliseconds: `(1)` if it was free, `(2)` if granted after waiting.
     /// Parameters: the key, the milliseconds.
     Wait,
-    /// [`Action::Wait`] bounded by the session's own `lock_timeout` (a wait
-    /// session's longest wait, set once at its set-up:
-    /// [`standing_lock_timeout`]). Without the `set_config` of `Wait`, the
-    /// server has no setting to restore when the statement ends, which is
-    /// on a handover's path. Parameters: the key.
-    WaitStanding,
     /// Release the lock only if `pg_locks` shows this session holding it
     /// (after a failed wait; no server warning for a key not held):
     /// `(was held)`.
@@ -88,11 +82,10 @@ pub(crate) struct Request {
 /// The plain actions, in the order of their codes (see [`Request::code`]).
 const PLAIN: [Action; 3] = [Action::TryLock, Action::Unlock, Action::UnlockNotify];
 /// The actions that always go alone, in the order of their statements.
-const ALONE: [Action; 5] = [
+const ALONE: [Action; 4] = [
     Action::FencedTryLock,
     Action::Raise,
     Action::Wait,
-    Action::WaitStanding,
     Action::CheckedUnlock,
 ];
 const MODES: [Mode; 2] = [Mode::Exclusive, Mode::Shared];
@@ -158,7 +151,7 @@ const ONE_PLAIN_AT: usize = 3;
 const PAIR_AT: usize = ONE_PLAIN_AT + 12;
 const ONE_FENCED_AT: usize = PAIR_AT + 9;
 const ONE_WAIT_AT: usize = ONE_FENCED_AT + 8;
-const BATCH_EXCLUSIVE_AT: usize = ONE_WAIT_AT + 12;
+const BATCH_EXCLUSIVE_AT: usize = ONE_WAIT_AT + 8;
 /// Every statement a session can prepare.
 pub(crate) const STATEMENTS: usize = BATCH_EXCLUSIVE_AT + 1;
 
@@ -180,8 +173,7 @@ impl Statement {
                     Action::FencedTryLock => ONE_FENCED_AT,
                     Action::Raise => ONE_FENCED_AT + 4,
                     Action::Wait => ONE_WAIT_AT,
-                    Action::WaitStanding => ONE_WAIT_AT + 4,
-                    Action::CheckedUnlock => ONE_WAIT_AT + 8,
+                    Action::CheckedUnlock => ONE_WAIT_AT + 4,
                 };
                 at + r.variant()
             }
@@ -307,8 +299,7 @@ fn one(r: Request) -> String {
     match r.action {
         Action::FencedTryLock => fenced_try_lock(r, &key),
         Action::Raise => raise(&key, next),
-        Action::Wait => wait(r.mode, &key, Some(next)),
-        Action::WaitStanding => wait(r.mode, &key, None),
+        Action::Wait => wait(r.mode, &key, next),
         Action::CheckedUnlock => checked_unlock(r, &key),
         action => format!("SELECT {}", plain(action, r.mode, &key)),
     }
@@ -422,29 +413,15 @@ fn raise(key: &Key, floor: usize) -> String {
 /// lock, run without it. 1: free, granted at once; 2: granted after
 /// waiting (`pg_advisory_lock` returns void, `num_nulls(..)` makes it a
 /// number).
-/// A blocking wait, bounded by `lock_timeout` set in the statement from
-/// parameter `$millis`, or (`None`) by the session's own.
-fn wait(mode: Mode, key: &Key, millis: Option<usize>) -> String {
+fn wait(mode: Mode, key: &Key, millis: usize) -> String {
     let args = key.args();
-    let wait = format!(
+    format!(
         "SELECT CASE WHEN {}({args}) THEN 1 \
-         ELSE pg_catalog.num_nulls({}({args})) OPERATOR(pg_catalog.+) 2 END",
+         ELSE pg_catalog.num_nulls({}({args})) OPERATOR(pg_catalog.+) 2 END \
+         FROM (SELECT pg_catalog.set_config('lock_timeout', ${millis}::bigint::pg_catalog.text, true)) AS s",
         function("try_advisory_lock", mode),
         function("advisory_lock", mode),
-    );
-    match millis {
-        Some(n) => format!(
-            "{wait} FROM (SELECT pg_catalog.set_config('lock_timeout', ${n}::bigint::pg_catalog.text, true)) AS s"
-        ),
-        None => wait,
-    }
-}
-
-/// A wait session's own `lock_timeout`, set once at its set-up (see
-/// [`Action::WaitStanding`]). An integer, not a parameter: `SET` takes
-/// none.
-pub(crate) fn standing_lock_timeout(millis: i64) -> String {
-    format!("SET lock_timeout = {millis}")
+    )
 }
 
 fn checked_unlock(r: Request, key: &Key) -> String {

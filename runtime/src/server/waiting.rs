@@ -64,10 +64,10 @@ use crate::session::{Role, Session};
 use crate::stats::Counters;
 use crate::{Error, LockKey, Mode};
 
-/// The longest single wait (see [`Liveness::longest_wait`]): a wait of
-/// this length runs under its wait session's own `lock_timeout`.
+/// The longest single wait: half the dispatcher's answer timeout.
 fn longest_slice(settings: &Settings) -> Duration {
-    Liveness::within(settings.loss_detection).longest_wait()
+    let timeout = Liveness::within(settings.loss_detection).timeout;
+    (timeout / 2).max(Duration::from_millis(1))
 }
 
 /// How a wait on a wait session ended.
@@ -167,7 +167,8 @@ impl WaitPool {
                 }
                 None => self.inner.longest,
             };
-            let millis = crate::session::dispatch::wait_millis(slice);
+            // Whole milliseconds, rounded up (lock_timeout's unit).
+            let millis = slice.as_micros().div_ceil(1000) as i64;
             Counters::add(&self.inner.counters.server_waits, 1);
             tracing::debug!(pool = %self.inner.settings.name, key = %key.name(), session = session.id(), lock_timeout_ms = millis, "advisory-locked: waiting on the server");
             let cancel = CancelOnDrop {
@@ -405,76 +406,5 @@ mod tests {
                 .get(0);
             assert_eq!(after, "0", "{what}: lock_timeout left set after a wait");
         }
-    }
-
-    /// The waits bounded by the session's own `lock_timeout`, as a wait
-    /// session sets it: granted at once (1) or after waiting (2); a busy
-    /// key ends with lock_timeout (55P03) after about that long; the
-    /// setting stays.
-    #[tokio::test]
-    async fn standing_wait_statements_on_the_server() {
-        use crate::pg::sql::{Action, Form, Request, Statement};
-        use crate::pg::test_server::{backend_pid, client, until_waiting, TestKey};
-        let (waiter, holder) = (client().await, client().await);
-        let waiter_pid = backend_pid(&waiter).await;
-        let ms = 150;
-        waiter
-            .batch_execute(&crate::pg::sql::standing_lock_timeout(ms))
-            .await
-            .unwrap();
-        let base = (i64::from(std::process::id()) << 24) | (1 << 61);
-        let pair = TestKey::Pair(std::process::id() as i32, -9);
-        let free = "SELECT pg_advisory_unlock_all()";
-        for (i, (form, mode)) in [
-            (Form::Int8, Mode::Exclusive),
-            (Form::Int8, Mode::Shared),
-            (Form::Pair, Mode::Exclusive),
-            (Form::Pair, Mode::Shared),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let action = Action::WaitStanding;
-            let sql = Statement::One(Request { action, mode, form }).sql();
-            assert!(!sql.contains("set_config"), "{sql}");
-            let wait = waiter.prepare(&sql).await.unwrap();
-            let key = match form {
-                Form::Int8 => TestKey::Int(base + i as i64),
-                Form::Pair => pair,
-            };
-            let what = format!("{form:?} {mode:?}");
-            let row = key.query(&waiter, &wait, &[]).await.unwrap();
-            assert_eq!(row.get::<_, i32>(0), 1, "{what}");
-            waiter.batch_execute(free).await.unwrap();
-            holder.batch_execute(&key.take_sql(false)).await.unwrap();
-            let mut waiting = Box::pin(key.query(&waiter, &wait, &[]));
-            until_waiting(&holder, waiter_pid, &mut waiting, &what).await;
-            holder.batch_execute(free).await.unwrap();
-            assert_eq!(waiting.await.unwrap().get::<_, i32>(0), 2, "{what}");
-            waiter.batch_execute(free).await.unwrap();
-            holder.batch_execute(&key.take_sql(false)).await.unwrap();
-            let started = Instant::now();
-            let err = key
-                .query(&waiter, &wait, &[])
-                .await
-                .expect_err("busy key granted");
-            let took = started.elapsed();
-            assert_eq!(
-                err.code(),
-                Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-                "{what}: {err}"
-            );
-            assert!(
-                took >= Duration::from_millis(140) && took < Duration::from_secs(2),
-                "{what}: {took:?}"
-            );
-            holder.batch_execute(free).await.unwrap();
-        }
-        let after: String = waiter
-            .query_one("SHOW lock_timeout", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(after, "150ms");
     }
 }
