@@ -151,7 +151,7 @@ async fn run_ours(
     let lock_key = LockKey::int(key);
     // Warm up: the session and its statements (the other child may hold
     // the key: then a key of this child's own tells the session).
-    let own = LockKey::int(key ^ (1 << 22) ^ i64::from(std::process::id() & 0xffff) << 8);
+    let own = own_key(key, 22);
     let mut lock_session = 0;
     for k in [lock_key.clone(), own] {
         if let Some(g) = locker.try_lock(k, Mode::Exclusive).await? {
@@ -180,6 +180,12 @@ async fn run_ours(
     .await
 }
 
+/// A key of this child's own, derived from the handover's `key` (bit
+/// `flag` set, this process's id in the bits above 8).
+fn own_key(key: i64, flag: u32) -> LockKey {
+    LockKey::int(key ^ (1 << flag) ^ i64::from(std::process::id() & 0xffff) << 8)
+}
+
 /// Opens `locker`'s wait session (the peers' connections are opened before
 /// too): a key of this child's own, held by a second entry for a few
 /// milliseconds while `locker` waits for it. Returns the wait session's
@@ -189,7 +195,7 @@ async fn warm_wait_session(
     locker: &advisory_locked::Locker,
     key: i64,
 ) -> Result<i32, BoxErr> {
-    let warm_key = LockKey::int(key ^ (1 << 23) ^ i64::from(std::process::id() & 0xffff) << 8);
+    let warm_key = own_key(key, 23);
     let holder = LockConfig::from_url(url)?
         .name("bench-handover-warm-up")
         .sessions(1)

@@ -276,19 +276,11 @@ impl Placement {
 
     /// Pins this process (every thread) and the backends `pids`.
     pub fn pin(self, pids: &[i32]) -> Result<(), String> {
-        let backend = match self {
-            Placement::SameCpu => "0",
-            Placement::CrossCpu => "1",
-        };
-        taskset("0", std::process::id() as i32)?;
-        for &pid in pids {
-            taskset(backend, pid)?;
-        }
-        Ok(())
+        self.pin_processes(&[std::process::id() as i32], pids)
     }
 
-    /// Pins other processes: `clients` (every thread) on CPU 0, `backends`
-    /// as [`pin`](Self::pin) does.
+    /// Pins `clients` (every thread) on CPU 0, and `backends` on CPU 0
+    /// (same CPU) or CPU 1 (cross CPU).
     pub fn pin_processes(self, clients: &[i32], backends: &[i32]) -> Result<(), String> {
         let backend = match self {
             Placement::SameCpu => "0",
@@ -324,6 +316,18 @@ pub fn cpus() -> usize {
             .sum::<Option<usize>>()
     });
     counted.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The placements this machine can pin: both with 2 CPUs or more, else
+/// same CPU; an error if `taskset` can't even unpin this process (which
+/// every scenario that pins does first).
+pub fn pinnable() -> Result<Vec<Placement>, String> {
+    unpin()?;
+    Ok(if cpus() >= 2 {
+        vec![Placement::SameCpu, Placement::CrossCpu]
+    } else {
+        vec![Placement::SameCpu]
+    })
 }
 
 /// Lets this process run on every CPU again (children started after this

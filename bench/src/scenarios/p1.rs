@@ -252,10 +252,8 @@ async fn epoch(
 /// The placements measured: both if `taskset` can pin (2 CPUs or more),
 /// else none (unpinned, said in the results).
 fn placements() -> Vec<Option<Placement>> {
-    let cores = crate::util::cpus();
-    match crate::util::unpin() {
-        Ok(()) if cores >= 2 => vec![Some(Placement::SameCpu), Some(Placement::CrossCpu)],
-        Ok(()) => vec![Some(Placement::SameCpu)],
+    match crate::util::pinnable() {
+        Ok(places) => places.into_iter().map(Some).collect(),
         Err(e) => {
             eprintln!("P1: cannot pin with taskset ({e}): measured unpinned");
             vec![None]

@@ -76,12 +76,10 @@ fn ratio(m: &Measured, i: usize, r: usize) -> Spread {
 }
 
 /// The placements of the children and their backends besides the
-/// scheduler's own: both if `taskset` can pin (2 CPUs or more).
+/// scheduler's own (see [`crate::util::pinnable`]).
 fn pinned() -> Vec<Placement> {
-    let cores = crate::util::cpus();
-    match crate::util::unpin() {
-        Ok(()) if cores >= 2 => vec![Placement::SameCpu, Placement::CrossCpu],
-        Ok(()) => vec![Placement::SameCpu],
+    match crate::util::pinnable() {
+        Ok(places) => places,
         Err(e) => {
             eprintln!("P3: cannot pin with taskset ({e}): measured unpinned only");
             Vec::new()

@@ -411,9 +411,9 @@ fn raise(key: &Key, floor: usize) -> String {
 /// implicit transaction only (`is_local`): later statements of the session,
 /// such as an unlock + notify whose commit may queue for the notification
 /// lock, run without it (a failed unlock closes the session, with every
-/// lock it holds; bench/README.md, 2026-12-05). 1: free, granted at once; 2: granted after
-/// waiting (`pg_advisory_lock` returns void, `num_nulls(..)` makes it a
-/// number).
+/// lock it holds; bench/README.md, 2026-12-05). 1: free, granted at once;
+/// 2: granted after waiting (`pg_advisory_lock` returns void,
+/// `num_nulls(..)` makes it a number).
 fn wait(mode: Mode, key: &Key, millis: usize) -> String {
     let args = key.args();
     format!(
