@@ -258,34 +258,30 @@ async fn run_raw(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, Bo
     let floor = Floor {
         setup: "SET lock_timeout = '10s'",
         wait: "SELECT pg_advisory_lock($1)",
-        wait_ms: None,
         release: "SELECT pg_advisory_unlock($1)",
     };
     run_floor(url, key, plan, floor).await
 }
 
-/// The floor's one connection and driver, sending the crate's statements
-/// (the wait with its `lock_timeout`, the release with its notify check):
-/// what of the distance to the floor is the server's part.
+/// The floor's one connection and driver, sending what a wait session
+/// sends (its own `lock_timeout`, set once; the wait bounded by it; the
+/// release with its notify check): what of the distance to the floor is
+/// the server's part.
 async fn run_raw_sql(url: &str, key: i64, plan: Plan) -> Result<Vec<(char, u64)>, BoxErr> {
-    let [wait, release] = advisory_locked::__bench::handover_statements();
+    let [setup, wait, release] = advisory_locked::__bench::handover_statements();
     let floor = Floor {
-        setup: "",
+        setup: &setup,
         wait: &wait,
-        // (The crate sends at most half its answer timeout; the value does
-        // not change what the statement costs.)
-        wait_ms: Some(WAIT_TIMEOUT.as_millis() as i64),
         release: &release,
     };
     run_floor(url, key, plan, floor).await
 }
 
-/// What a floor child sends: `setup` once, then `wait` (`$1` the key, then
-/// `wait_ms` if given) and `release` (`$1` the key) in turn.
+/// What a floor child sends: `setup` once, then `wait` and `release` (`$1`
+/// the key) in turn.
 struct Floor<'a> {
     setup: &'a str,
     wait: &'a str,
-    wait_ms: Option<i64>,
     release: &'a str,
 }
 
@@ -300,11 +296,7 @@ async fn run_floor(
     client.batch_execute(floor.setup).await?;
     let wait = client.prepare(floor.wait).await?;
     let release = client.prepare(floor.release).await?;
-    let mut wait_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&key];
-    if let Some(ms) = &floor.wait_ms {
-        wait_params.push(ms);
-    }
-    client.execute(&wait, &wait_params).await?;
+    client.execute(&wait, &[&key]).await?;
     client.execute(&release, &[&key]).await?;
     let backend: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
@@ -314,7 +306,7 @@ async fn run_floor(
     alternate(
         plan,
         || async {
-            client.execute(&wait, &wait_params).await?;
+            client.execute(&wait, &[&key]).await?;
             Ok(())
         },
         |()| async {

@@ -33,12 +33,13 @@ impl OwnProtocol {
     }
 }
 
-/// The two statements of a wait-mode handover of an exclusive `bigint` key,
-/// as a wait session sends them (`bench/README.md`, P3): the wait (`$1` the
-/// key, `$2` its `lock_timeout` in milliseconds; answers 1 when granted at
-/// once, 2 after waiting) and the release that may wake waiters of other
-/// processes (`$1` the key; answers whether it was held).
-pub fn handover_statements() -> [String; 2] {
+/// What a wait session sends in a wait-mode handover of an exclusive
+/// `bigint` key (`bench/README.md`, P3): its set-up's own `lock_timeout`
+/// (the longest wait, with the default loss-detection bound), the wait
+/// bounded by it (`$1` the key; answers 1 when granted at once, 2 after
+/// waiting), and the release that may wake waiters of other processes (`$1`
+/// the key; answers whether it was held).
+pub fn handover_statements() -> [String; 3] {
     use crate::pg::sql::{Action, Form, Request, Statement};
     let one = |action| {
         Statement::One(Request {
@@ -48,5 +49,12 @@ pub fn handover_statements() -> [String; 2] {
         })
         .sql()
     };
-    [one(Action::Wait), one(Action::UnlockNotify)]
+    let longest =
+        crate::session::dispatch::Liveness::within(crate::DEFAULT_LOSS_DETECTION).longest_wait();
+    let millis = crate::session::dispatch::wait_millis(longest);
+    [
+        crate::pg::sql::standing_lock_timeout(millis),
+        one(Action::WaitStanding),
+        one(Action::UnlockNotify),
+    ]
 }

@@ -710,3 +710,61 @@ async fn a_shared_try_lock_does_not_wait_behind_a_shared_wait_on_the_server() {
     assert_eq!(got.mode(), Mode::Shared);
     got.release().await.unwrap();
 }
+
+/// What a waiting backend of `pid` runs (`pg_stat_activity.query`).
+async fn running(client: &Client, pid: i32) -> String {
+    client
+        .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .expect("pg_stat_activity query failed")
+        .get(0)
+}
+
+/// A wait as long as the wait session's longest (an untimed wait) runs
+/// under the session's own `lock_timeout`, set once: its statement sets
+/// none. A shorter one sets its own in the statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longest_wait_uses_the_wait_sessions_own_lock_timeout() {
+    let client = raw_connect(&db_url()).await;
+    let app = unique("ws-standing");
+    let holder = locker_at(&db_url(), 2).await;
+    // The longest wait is then 3.75 s: a 2 s wait is shorter.
+    let b = LockConfig::from_url(&db_url_with_app(&app))
+        .unwrap()
+        .loss_detection(Duration::from_secs(10))
+        .wait_sessions(1)
+        .connect()
+        .await
+        .unwrap();
+    let key = LockKey::named(unique("ws:standing"));
+    let shorter = Some(Duration::from_secs(2));
+    for (wait, sets_its_own) in [(None, false), (shorter, true)] {
+        let (guard, waiting, pid) =
+            held_and_awaited(&client, &holder, &b, &app, &key, Mode::Exclusive, wait).await;
+        let query = running(&client, pid).await;
+        let timeout: String = client
+            .query_one(
+                "SELECT setting FROM pg_settings WHERE name = 'lock_timeout'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        guard.release().await.unwrap();
+        let got = tokio::time::timeout(BOUND, waiting)
+            .await
+            .expect("the waiter was not granted")
+            .unwrap()
+            .unwrap();
+        got.release().await.unwrap();
+        assert!(query.contains("pg_advisory_lock("), "{query}");
+        assert_eq!(
+            query.contains("set_config('lock_timeout'"),
+            sets_its_own,
+            "wait {wait:?}: {query}"
+        );
+        // The observer's own setting is untouched (the wait session's is
+        // its own).
+        assert_eq!(timeout, "0");
+    }
+}

@@ -54,6 +54,12 @@ pub(crate) enum Action {
     /// milliseconds: `(1)` if it was free, `(2)` if granted after waiting.
     /// Parameters: the key, the milliseconds.
     Wait,
+    /// [`Action::Wait`] bounded by the session's own `lock_timeout` (a wait
+    /// session's longest wait, set once at its set-up:
+    /// [`standing_lock_timeout`]). Without the `set_config` of `Wait`, the
+    /// server has no setting to restore when the statement ends, which is
+    /// on a handover's path. Parameters: the key.
+    WaitStanding,
     /// Release the lock only if `pg_locks` shows this session holding it
     /// (after a failed wait; no server warning for a key not held):
     /// `(was held)`.
@@ -82,10 +88,11 @@ pub(crate) struct Request {
 /// The plain actions, in the order of their codes (see [`Request::code`]).
 const PLAIN: [Action; 3] = [Action::TryLock, Action::Unlock, Action::UnlockNotify];
 /// The actions that always go alone, in the order of their statements.
-const ALONE: [Action; 4] = [
+const ALONE: [Action; 5] = [
     Action::FencedTryLock,
     Action::Raise,
     Action::Wait,
+    Action::WaitStanding,
     Action::CheckedUnlock,
 ];
 const MODES: [Mode; 2] = [Mode::Exclusive, Mode::Shared];
@@ -151,7 +158,7 @@ const ONE_PLAIN_AT: usize = 3;
 const PAIR_AT: usize = ONE_PLAIN_AT + 12;
 const ONE_FENCED_AT: usize = PAIR_AT + 9;
 const ONE_WAIT_AT: usize = ONE_FENCED_AT + 8;
-const BATCH_EXCLUSIVE_AT: usize = ONE_WAIT_AT + 8;
+const BATCH_EXCLUSIVE_AT: usize = ONE_WAIT_AT + 12;
 /// Every statement a session can prepare.
 pub(crate) const STATEMENTS: usize = BATCH_EXCLUSIVE_AT + 1;
 
@@ -173,7 +180,8 @@ impl Statement {
                     Action::FencedTryLock => ONE_FENCED_AT,
                     Action::Raise => ONE_FENCED_AT + 4,
                     Action::Wait => ONE_WAIT_AT,
-                    Action::CheckedUnlock => ONE_WAIT_AT + 4,
+                    Action::WaitStanding => ONE_WAIT_AT + 4,
+                    Action::CheckedUnlock => ONE_WAIT_AT + 8,
                 };
                 at + r.variant()
             }
@@ -279,11 +287,16 @@ fn plain(action: Action, mode: Mode, key: &Key) -> String {
         // server that was just granted the key makes a notification
         // pointless. (That try-lock needs a slot in the server's lock table:
         // with the table full, the statement fails after the unlock, and the
-        // session is closed as after any failed unlock.) pg_notify returns
-        // void: num_nulls(..) = 0 makes it a boolean.
+        // session is closed as after any failed unlock.) A notification
+        // makes the commit wait for the server's notification lock: its
+        // transaction runs with lock_timeout 0, whatever the session's or
+        // the role's (a wait session's own: Action::WaitStanding), so that
+        // the commit does not fail under heavy NOTIFY traffic. pg_notify
+        // returns void: num_nulls(..) = 0 makes it a boolean.
         _ => format!(
             "CASE WHEN {}({args}) THEN CASE WHEN pg_catalog.pg_try_advisory_lock_shared({args}) \
              THEN pg_catalog.num_nulls(pg_catalog.pg_advisory_unlock_shared({args}), \
+             pg_catalog.set_config('lock_timeout', '0', true), \
              pg_catalog.pg_notify('advisory_locked', {})) OPERATOR(pg_catalog.=) 0 \
              ELSE true END ELSE false END",
             function("advisory_unlock", mode),
@@ -299,7 +312,8 @@ fn one(r: Request) -> String {
     match r.action {
         Action::FencedTryLock => fenced_try_lock(r, &key),
         Action::Raise => raise(&key, next),
-        Action::Wait => wait(r.mode, &key, next),
+        Action::Wait => wait(r.mode, &key, Some(next)),
+        Action::WaitStanding => wait(r.mode, &key, None),
         Action::CheckedUnlock => checked_unlock(r, &key),
         action => format!("SELECT {}", plain(action, r.mode, &key)),
     }
@@ -411,18 +425,34 @@ fn raise(key: &Key, floor: usize) -> String {
 /// implicit transaction only (`is_local`): later statements of the session,
 /// such as an unlock + notify whose commit may queue for the notification
 /// lock, run without it (a failed unlock closes the session, with every
-/// lock it holds; bench/README.md, 2026-12-05). 1: free, granted at once;
-/// 2: granted after waiting (`pg_advisory_lock` returns void,
-/// `num_nulls(..)` makes it a number).
-fn wait(mode: Mode, key: &Key, millis: usize) -> String {
+/// lock it holds; bench/README.md, 2026-12-05). A wait session's own
+/// `lock_timeout` ([`Action::WaitStanding`]) is safe only because such an
+/// unlock + notify sets `lock_timeout = 0` for its own transaction (see
+/// [`plain`]). 1: free, granted at once; 2: granted after waiting
+/// (`pg_advisory_lock` returns void, `num_nulls(..)` makes it a number).
+/// `millis`: the parameter with the milliseconds, or `None` to wait under
+/// the session's own `lock_timeout`.
+fn wait(mode: Mode, key: &Key, millis: Option<usize>) -> String {
     let args = key.args();
-    format!(
+    let wait = format!(
         "SELECT CASE WHEN {}({args}) THEN 1 \
-         ELSE pg_catalog.num_nulls({}({args})) OPERATOR(pg_catalog.+) 2 END \
-         FROM (SELECT pg_catalog.set_config('lock_timeout', ${millis}::bigint::pg_catalog.text, true)) AS s",
+         ELSE pg_catalog.num_nulls({}({args})) OPERATOR(pg_catalog.+) 2 END",
         function("try_advisory_lock", mode),
         function("advisory_lock", mode),
-    )
+    );
+    match millis {
+        Some(n) => format!(
+            "{wait} FROM (SELECT pg_catalog.set_config('lock_timeout', ${n}::bigint::pg_catalog.text, true)) AS s"
+        ),
+        None => wait,
+    }
+}
+
+/// A wait session's own `lock_timeout`, set once at its set-up (see
+/// [`Action::WaitStanding`]). An integer, not a parameter: `SET` takes
+/// none.
+pub(crate) fn standing_lock_timeout(millis: i64) -> String {
+    format!("SET lock_timeout = {millis}")
 }
 
 fn checked_unlock(r: Request, key: &Key) -> String {

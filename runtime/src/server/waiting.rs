@@ -64,10 +64,10 @@ use crate::session::{Role, Session};
 use crate::stats::Counters;
 use crate::{Error, LockKey, Mode};
 
-/// The longest single wait: half the dispatcher's answer timeout.
+/// The longest single wait (see [`Liveness::longest_wait`]): a wait of
+/// this length runs under its wait session's own `lock_timeout`.
 fn longest_slice(settings: &Settings) -> Duration {
-    let timeout = Liveness::within(settings.loss_detection).timeout;
-    (timeout / 2).max(Duration::from_millis(1))
+    Liveness::within(settings.loss_detection).longest_wait()
 }
 
 /// How a wait on a wait session ended.
@@ -167,8 +167,7 @@ impl WaitPool {
                 }
                 None => self.inner.longest,
             };
-            // Whole milliseconds, rounded up (lock_timeout's unit).
-            let millis = slice.as_micros().div_ceil(1000) as i64;
+            let millis = crate::session::dispatch::wait_millis(slice);
             Counters::add(&self.inner.counters.server_waits, 1);
             tracing::debug!(pool = %self.inner.settings.name, key = %key.name(), session = session.id(), lock_timeout_ms = millis, "advisory-locked: waiting on the server");
             let cancel = CancelOnDrop {
@@ -406,5 +405,143 @@ mod tests {
                 .get(0);
             assert_eq!(after, "0", "{what}: lock_timeout left set after a wait");
         }
+    }
+
+    /// The waits bounded by the session's own `lock_timeout`, as a wait
+    /// session sets it: granted at once (1) or after waiting (2); a busy
+    /// key ends with lock_timeout (55P03) after about that long; the
+    /// setting stays.
+    #[tokio::test]
+    async fn standing_wait_statements_on_the_server() {
+        use crate::pg::sql::{Action, Form, Request, Statement};
+        use crate::pg::test_server::{backend_pid, client, until_waiting, TestKey};
+        let (waiter, holder) = (client().await, client().await);
+        let waiter_pid = backend_pid(&waiter).await;
+        let ms = 150;
+        waiter
+            .batch_execute(&crate::pg::sql::standing_lock_timeout(ms))
+            .await
+            .unwrap();
+        let base = (i64::from(std::process::id()) << 24) | (1 << 61);
+        let pair = TestKey::Pair(std::process::id() as i32, -9);
+        let free = "SELECT pg_advisory_unlock_all()";
+        for (i, (form, mode)) in [
+            (Form::Int8, Mode::Exclusive),
+            (Form::Int8, Mode::Shared),
+            (Form::Pair, Mode::Exclusive),
+            (Form::Pair, Mode::Shared),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let action = Action::WaitStanding;
+            let sql = Statement::One(Request { action, mode, form }).sql();
+            assert!(!sql.contains("set_config"), "{sql}");
+            let wait = waiter.prepare(&sql).await.unwrap();
+            let key = match form {
+                Form::Int8 => TestKey::Int(base + i as i64),
+                Form::Pair => pair,
+            };
+            let what = format!("{form:?} {mode:?}");
+            let row = key.query(&waiter, &wait, &[]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), 1, "{what}");
+            waiter.batch_execute(free).await.unwrap();
+            holder.batch_execute(&key.take_sql(false)).await.unwrap();
+            let mut waiting = Box::pin(key.query(&waiter, &wait, &[]));
+            until_waiting(&holder, waiter_pid, &mut waiting, &what).await;
+            holder.batch_execute(free).await.unwrap();
+            assert_eq!(waiting.await.unwrap().get::<_, i32>(0), 2, "{what}");
+            waiter.batch_execute(free).await.unwrap();
+            holder.batch_execute(&key.take_sql(false)).await.unwrap();
+            let started = Instant::now();
+            let err = key
+                .query(&waiter, &wait, &[])
+                .await
+                .expect_err("busy key granted");
+            let took = started.elapsed();
+            assert_eq!(
+                err.code(),
+                Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+                "{what}: {err}"
+            );
+            assert!(
+                took >= Duration::from_millis(140) && took < Duration::from_secs(2),
+                "{what}: {took:?}"
+            );
+            holder.batch_execute(free).await.unwrap();
+        }
+        let after: String = waiter
+            .query_one("SHOW lock_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(after, "150ms");
+    }
+
+    /// A wait session's own `lock_timeout` does not reach the commit of an
+    /// unlock that notifies: that commit queues for the server's
+    /// notification lock, held here by another session's commit for up to
+    /// 100 ms (`commit_delay` sleeps between taking that lock and flushing
+    /// the commit; a superuser setting), five times the session's
+    /// `lock_timeout`. The unlock succeeds, and it did wait for the lock.
+    #[tokio::test]
+    async fn a_notifying_unlock_commits_past_the_sessions_lock_timeout() {
+        use crate::pg::sql::{Action, Form, Request, Statement};
+        use crate::pg::test_server::{backend_pid, client, TestKey};
+        let (session, notifier, observer) = (client().await, client().await, client().await);
+        let notifier_pid = backend_pid(&notifier).await;
+        session
+            .batch_execute(&crate::pg::sql::standing_lock_timeout(20))
+            .await
+            .unwrap();
+        let request = Request {
+            action: Action::UnlockNotify,
+            mode: Mode::Exclusive,
+            form: Form::Int8,
+        };
+        let unlock = session
+            .prepare(&Statement::One(request).sql())
+            .await
+            .unwrap();
+        let key = TestKey::Int((i64::from(std::process::id()) << 24) | (1 << 60));
+        session.batch_execute(&key.take_sql(false)).await.unwrap();
+        notifier
+            .batch_execute(
+                "SET commit_delay = 100000; SET commit_siblings = 0; BEGIN; \
+                 SELECT pg_logical_emit_message(true, 'advisory-locked-test', ''); \
+                 NOTIFY advisory_locked_test",
+            )
+            .await
+            .expect("commit_delay needs a superuser");
+        let commit = tokio::spawn(async move { notifier.batch_execute("COMMIT").await });
+        // Until the notifier's commit holds the notification lock (bounded).
+        let holds = "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'object' \
+                     AND classid = 'pg_database'::regclass AND objid = 0 AND granted AND pid = $1)";
+        let mut polls = 0;
+        while !observer
+            .query_one(holds, &[&notifier_pid])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        {
+            polls += 1;
+            assert!(polls < 10_000, "the notifier's commit never took the lock");
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        let row = key.query(&session, &unlock, &[]).await;
+        let took = started.elapsed();
+        assert!(row.expect("the notifying unlock failed").get::<_, bool>(0));
+        assert!(
+            took >= Duration::from_millis(20),
+            "the unlock did not queue for the notification lock: {took:?}"
+        );
+        commit.await.unwrap().unwrap();
+        let after: String = session
+            .query_one("SHOW lock_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(after, "20ms", "the session's own lock_timeout changed");
     }
 }

@@ -277,16 +277,28 @@ pub(crate) struct Statements {
     prepared: Vec<Statement>,
     /// Every statement's name, by [`Statement::index`].
     names: Vec<String>,
+    /// On a wait session: its own `lock_timeout` in milliseconds (its
+    /// longest wait, set at its set-up), which a wait of that length uses
+    /// instead of setting its own ([`Action::WaitStanding`]).
+    standing: Option<i64>,
 }
 
 impl Statements {
-    /// The statements of session `id` of this process.
-    pub(crate) fn new(id: u64, fenced: bool, wait: bool) -> Statements {
+    /// The statements of session `id` of this process; `wait`: a wait
+    /// session's longest wait, in milliseconds.
+    pub(crate) fn new(id: u64, fenced: bool, wait: Option<i64>) -> Statements {
         let prefix = format!("al{}_{id}_", std::process::id());
         Statements {
-            prepared: Statement::prepared(fenced, wait),
+            prepared: Statement::prepared(fenced, wait.is_some()),
             names: (0..STATEMENTS).map(|i| format!("{prefix}{i}")).collect(),
+            standing: wait,
         }
+    }
+
+    /// The `SET` of a wait session's own `lock_timeout`, sent with its
+    /// set-up (see [`Action::WaitStanding`]).
+    pub(crate) fn standing_sql(&self) -> Option<String> {
+        self.standing.map(crate::pg::sql::standing_lock_timeout)
     }
 
     pub(crate) fn name(&self, statement: Statement) -> &str {
@@ -343,6 +355,17 @@ impl Liveness {
             timeout: bound * 3 / 4,
         }
     }
+
+    /// The longest single wait on a wait session: half the answer timeout
+    /// (a blocked statement must not be taken for a dead session).
+    pub(crate) fn longest_wait(&self) -> Duration {
+        (self.timeout / 2).max(Duration::from_millis(1))
+    }
+}
+
+/// A wait's `lock_timeout`: whole milliseconds, rounded up (its unit).
+pub(crate) fn wait_millis(wait: Duration) -> i64 {
+    wait.as_micros().div_ceil(1000) as i64
 }
 
 /// What a dispatcher keeps between its steps.
@@ -684,15 +707,19 @@ fn send(wire: &mut Wire<Transport>, statements: &Statements, shared: &Shared, ba
     }
 }
 
-/// One request alone: its key, then its floor or milliseconds if it has one.
+/// One request alone: its key, then its floor or milliseconds if it has
+/// one. A wait as long as its session's own `lock_timeout` leaves it be.
 fn send_one(wire: &mut Wire<Transport>, statements: &Statements, op: &Op) {
     let mut params = [Param::I64(0); 3];
     let mut n = key_params(op.key, &mut params);
-    if matches!(op.req.action, Action::Raise | Action::Wait) {
+    let mut req = op.req;
+    if op.is_wait() && statements.standing == Some(op.floor) {
+        req.action = Action::WaitStanding;
+    } else if matches!(op.req.action, Action::Raise | Action::Wait) {
         params[n] = Param::I64(op.floor);
         n += 1;
     }
-    wire.execute(statements.name(Statement::One(op.req)), &params[..n]);
+    wire.execute(statements.name(Statement::One(req)), &params[..n]);
 }
 
 /// Two plain requests: [`Statement::Pair`] for exclusive requests on

@@ -627,7 +627,9 @@ pub(crate) async fn open(
     );
     let after = settings.connect_timeout;
     let id = NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed);
-    let statements = Statements::new(id, settings.fencing, role == Role::Wait);
+    let longest = dispatch::Liveness::within(settings.loss_detection).longest_wait();
+    let standing = (role == Role::Wait).then(|| dispatch::wait_millis(longest));
+    let statements = Statements::new(id, settings.fencing, standing);
     let setting_up = async {
         let backend_pid = set_up(&mut connected, settings, waiters, &statements, &target).await?;
         if verify {
@@ -696,7 +698,8 @@ async fn set_up(
     target: &str,
 ) -> Result<i32, Error> {
     let err = |e| setup_error(settings, target, e);
-    let prepare = statements.prepare_sql();
+    let mut prepare = statements.prepare_sql();
+    prepare.extend(statements.standing_sql());
     let client = &c.client;
     let work = async {
         tokio::join!(
