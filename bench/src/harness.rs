@@ -34,6 +34,40 @@ type ProbeFuture = Pin<Box<dyn Future<Output = Result<Sample, BoxErr>> + Send>>;
 pub struct Probe {
     pub name: &'static str,
     call: Box<dyn Fn() -> ProbeFuture + Send + Sync>,
+    /// Untimed, after each of this contender's blocks (see
+    /// [`Probe::settled_by`]).
+    settle: Option<Box<dyn Fn() -> ProbeFuture + Send + Sync>>,
+}
+
+impl Probe {
+    /// After each block of this contender's calls, `settle` runs untimed: it
+    /// returns once what the calls left running in the background (a
+    /// dropped guard's unlock) is done. Without it, the first calls of the
+    /// next contender in the round would pay for that work (on one CPU, its
+    /// server time and the answer's wake-up) and this contender's would not.
+    /// What a background release costs others is measured apart (P1's
+    /// "seen free", P2).
+    pub fn settled_by<F, Fut>(mut self, settle: F) -> Probe
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxErr>> + Send + 'static,
+    {
+        self.settle = Some(Box::new(move || {
+            let fut = settle();
+            Box::pin(async move { fut.await.map(|()| (true, None)) })
+        }));
+        self
+    }
+
+    async fn settle(&self) -> Result<(), BoxErr> {
+        match &self.settle {
+            Some(settle) => settle()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{}: settling: {e}", self.name).into()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A contender timed from the call to its return.
@@ -48,6 +82,7 @@ where
             let fut = call();
             Box::pin(async move { fut.await.map(|ok| (ok, None)) })
         }),
+        settle: None,
     }
 }
 
@@ -63,6 +98,7 @@ where
             let fut = call();
             Box::pin(async move { fut.await.map(|d| (true, Some(d.as_nanos() as u64))) })
         }),
+        settle: None,
     }
 }
 
@@ -147,6 +183,7 @@ pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> 
         for _ in 0..r.warm {
             call(i).await?;
         }
+        probes[i].settle().await?;
     }
     let block = r.block.clamp(1, r.per_round.max(1));
     let mut out: Vec<Series> = probes
@@ -171,6 +208,7 @@ pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> 
                     this[i].push(own.unwrap_or_else(|| t.elapsed().as_nanos() as u64));
                     out[i].not_ok += usize::from(!ok);
                 }
+                probes[i].settle().await?;
             }
             done += n;
         }

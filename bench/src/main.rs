@@ -168,7 +168,7 @@ fn defaults(quick: bool) -> Opts {
         p1: Rounds {
             warm: q(50, 200),
             rounds: q(4, 6),
-            per_round: q(100, 300),
+            per_round: q(100, 1000),
             block: 10,
         },
         seen_free: Rounds {

@@ -163,13 +163,36 @@ async fn own_protocol_probe(o: &Opts, keys: &Keys, pids: &mut Vec<i32>) -> Resul
     ))
 }
 
-/// The crate's contenders: the attribute, a `Locker` whose guard is dropped,
-/// a `Locker` whose guard is `release().await`ed.
-fn crate_probes(epoch: usize, keys: &Keys, drop_l: &Locker, release_l: &Locker) -> Vec<Probe> {
+/// Waits until every unlock queued on `l`'s one session is answered: a
+/// lock of `key` released with `release().await` is answered after them
+/// (a session answers in order). For [`Probe::settled_by`].
+fn settle(l: &Locker, key: i64) -> impl Fn() -> SettleFuture + Send + Sync + 'static {
+    let l = l.clone();
+    move || {
+        let l = l.clone();
+        Box::pin(async move {
+            let g = l.try_lock(LockKey::int(key), Mode::Exclusive).await?;
+            g.ok_or("P1: a settling key was busy")?.release().await?;
+            Ok(())
+        })
+    }
+}
+
+type SettleFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxErr>> + Send>>;
+
+/// The crate's contenders: the attribute (on `attr_l`'s entry), a `Locker`
+/// whose guard is dropped, a `Locker` whose guard is `release().await`ed.
+/// The two that release in the background are settled after each block.
+fn crate_probes(
+    epoch: usize,
+    keys: &Keys,
+    [attr_l, drop_l, release_l]: [&Locker; 3],
+) -> Vec<Probe> {
     let run = keys.run;
     let attr = probe("attribute", move || async move {
         Ok(p1_attr(epoch, run).await?)
-    });
+    })
+    .settled_by(settle(attr_l, keys.int(scn::FLOOR, 201)));
     let (l, key) = (drop_l.clone(), keys.int(scn::P1_LOCKER, 0));
     let dropped = probe("Locker, guard dropped", move || {
         let l = l.clone();
@@ -177,7 +200,8 @@ fn crate_probes(epoch: usize, keys: &Keys, drop_l: &Locker, release_l: &Locker) 
             let g = l.try_lock(LockKey::int(key), Mode::Exclusive).await?;
             Ok(g.is_some())
         }
-    });
+    })
+    .settled_by(settle(drop_l, keys.int(scn::FLOOR, 202)));
     let (l, key) = (release_l.clone(), keys.int(scn::P1_RELEASE, 0));
     let released = probe("Locker, release().await", move || {
         let l = l.clone();
@@ -224,7 +248,7 @@ async fn epoch(
         pids.push(session_pid(l, keys.int(scn::FLOOR, 100 + i)).await?);
     }
     let mut probes = raw_probes(o, keys, &mut pids).await?;
-    probes.extend(crate_probes(e, keys, &drop_l, &release_l));
+    probes.extend(crate_probes(e, keys, [&attr, &drop_l, &release_l]));
     probes.push(own_protocol_probe(o, keys, &mut pids).await?);
     let obs = Arc::new(raw_conn(o, &mut pids).await?);
     let holder = raw_conn(o, &mut pids).await?;
