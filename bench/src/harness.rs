@@ -7,7 +7,8 @@
 //! different machines, and pooling every sample of a run lets one slow spell
 //! decide a ratio. So contenders run **interleaved in short rounds**: in each
 //! round every contender makes the same number of calls, in blocks of a few
-//! calls that alternate between contenders (rotating which goes first).
+//! calls that alternate between contenders (in an order drawn anew for each
+//! cycle of blocks, so that no contender always follows the same one).
 //! A ratio is computed **per round** (the contender's median in the round
 //! over the reference's median in the same round) and reported as the
 //! median over the rounds with its spread ([`Spread`]). Throughput
@@ -171,19 +172,22 @@ pub fn merge(into: &mut Vec<Series>, from: Vec<Series>) {
 
 /// `r.warm` untimed calls of each probe, then `r.rounds` rounds; in each
 /// round every probe makes `r.per_round` timed calls, in blocks of
-/// `r.block` calls that alternate between the probes (the first block's
-/// probe rotates from round to round).
+/// `r.block` calls that alternate between the probes, each probe once per
+/// cycle, in an order drawn anew for every cycle. (In a fixed order each
+/// probe would always follow the same one, and a block's first call is
+/// faster after a probe that runs the same library's code: the floor after
+/// `SELECT 1` on tokio-postgres, the crate's contenders after each other.)
 pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> {
     let call = |i: usize| async move {
         (probes[i].call)()
             .await
             .map_err(|e| -> BoxErr { format!("{}: {e}", probes[i].name).into() })
     };
-    for i in 0..probes.len() {
+    for (i, probe) in probes.iter().enumerate() {
         for _ in 0..r.warm {
             call(i).await?;
         }
-        probes[i].settle().await?;
+        probe.settle().await?;
     }
     let block = r.block.clamp(1, r.per_round.max(1));
     let mut out: Vec<Series> = probes
@@ -195,13 +199,16 @@ pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> 
             not_ok: 0,
         })
         .collect();
-    for round in 0..r.rounds {
+    // A fixed seed: the same orders in every run.
+    let mut rng = Rng::new(0x0bde_5eed);
+    let mut order: Vec<usize> = (0..probes.len()).collect();
+    for _ in 0..r.rounds {
         let mut this: Vec<Vec<u64>> = probes.iter().map(|_| Vec::new()).collect();
         let mut done = 0;
         while done < r.per_round {
             let n = block.min(r.per_round - done);
-            for j in 0..probes.len() {
-                let i = (round + j) % probes.len();
+            shuffle(&mut order, &mut rng);
+            for &i in &order {
                 for _ in 0..n {
                     let t = Instant::now();
                     let (ok, own) = call(i).await?;
@@ -218,6 +225,14 @@ pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> 
         }
     }
     Ok(out)
+}
+
+/// A uniform random permutation of `v` (Fisher–Yates).
+fn shuffle(v: &mut [usize], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u32 + 1) as usize;
+        v.swap(i, j);
+    }
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
