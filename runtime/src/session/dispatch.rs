@@ -1056,13 +1056,25 @@ mod tests {
 
     /// The unlock-and-notify statements, on the real server: a release
     /// that leaves the key free notifies; one whose key a waiter blocked on
-    /// the server gets at once does not (and still answers true).
+    /// the server gets at once does not (and still answers true); one of a
+    /// key not held answers false. None leaves the releasing session
+    /// holding anything (the test's shared lock is given back).
     #[tokio::test]
     async fn unlock_notify_skips_the_notification_when_a_blocked_waiter_got_the_key() {
         use crate::pg::test_server::{backend_pid, client as plain, until_waiting};
         let (_listener, mut notes) = listen().await;
-        let (holder, waiter) = (plain().await, plain().await);
-        let waiter_pid = backend_pid(&waiter).await;
+        let (holder, waiter, observer) = (plain().await, plain().await, plain().await);
+        let (holder_pid, waiter_pid) = (backend_pid(&holder).await, backend_pid(&waiter).await);
+        let held_by_holder = || async {
+            observer
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
+                    &[&holder_pid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        };
         let int = TestKey::Int((i64::from(std::process::id()) << 24) | (1 << 61));
         let pair = TestKey::Pair(std::process::id() as i32, -1234);
         for (key, shared) in [(int, false), (int, true), (pair, false), (pair, true)] {
@@ -1081,6 +1093,15 @@ mod tests {
                 "code {}: no notification for a release that left the key free",
                 c.code
             );
+            assert_eq!(held_by_holder().await, 0, "code {}", c.code);
+            // Not held: false, and nothing left held.
+            let row = key.query(&holder, &statement, &[]).await.unwrap();
+            assert!(
+                !row.get::<_, bool>(0),
+                "code {}: not held, yet true",
+                c.code
+            );
+            assert_eq!(held_by_holder().await, 0, "code {}", c.code);
             // A waiter blocked on the server gets it: no notification.
             holder.batch_execute(&take).await.unwrap();
             let wait = key.take_sql(false);
@@ -1093,6 +1114,7 @@ mod tests {
                 "code {}: notified anyway",
                 c.code
             );
+            assert_eq!(held_by_holder().await, 0, "code {}", c.code);
             waiter
                 .batch_execute("SELECT pg_advisory_unlock_all()")
                 .await
