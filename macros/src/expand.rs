@@ -14,7 +14,7 @@ use syn::spanned::Spanned;
 use syn::{FnArg, LitStr, Pat, Path, ReturnType, Signature, Stmt, Type};
 
 use crate::attr::{Key, OnLost, WaitMode};
-use crate::template::{Member, Root, Template};
+use crate::template::{Member, Piece, Placeholder, Root, Template};
 use crate::valid::{Limit, Options, Scope, ValidFn};
 
 /// Rewrites a checked fn.
@@ -275,6 +275,57 @@ fn body(options: &Options, krate: &Krate, ret: &BodyType, stmts: &[Stmt]) -> Tok
     }
 }
 
+/// A template whose every placeholder is an argument declared with a
+/// primitive integer type (`key = "tenant:{id}"`, `id: u64`) as
+/// `__private::KeyPart`s: its key is then written without `core::fmt`,
+/// which costs more than the rest of the key. `None` for any other
+/// template (formatted with `Display`, as before).
+fn integer_parts(
+    template: &Template,
+    sig: &Signature,
+    k: &TokenStream,
+    span: Span,
+) -> Option<Vec<TokenStream>> {
+    template
+        .pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Text(text) => {
+                let text = LitStr::new(text, span);
+                Some(quote_spanned!(span=> #k::__private::KeyPart::Text(#text)))
+            }
+            Piece::Placeholder(ph) => {
+                let arg = integer_argument(sig, ph)?;
+                Some(quote_spanned!(span=> #k::__private::KeyInt::key_part(#arg)))
+            }
+        })
+        .collect()
+}
+
+/// The argument a placeholder is, if it is one declared with a primitive
+/// integer type (by name: an alias of one is formatted).
+fn integer_argument(sig: &Signature, ph: &Placeholder) -> Option<Ident> {
+    const INTEGERS: [&str; 10] = [
+        "u8", "u16", "u32", "u64", "usize", "i8", "i16", "i32", "i64", "isize",
+    ];
+    let (Root::Arg(name), []) = (&ph.root, ph.members.as_slice()) else {
+        return None;
+    };
+    sig.inputs.iter().find_map(|arg| {
+        let FnArg::Typed(pt) = arg else { return None };
+        let (Pat::Ident(pi), Type::Path(ty)) = (&*pt.pat, &*pt.ty) else {
+            return None;
+        };
+        let integer = ty.qself.is_none()
+            && ty
+                .path
+                .get_ident()
+                .is_some_and(|t| INTEGERS.contains(&&*t.to_string()));
+        (pi.subpat.is_none() && pi.ident.unraw() == name.unraw() && integer)
+            .then(|| pi.ident.clone())
+    })
+}
+
 /// The argument (or `self`) a template placeholder names, as written in the
 /// signature: its own span makes it resolve to that argument whatever the
 /// hygiene of the key literal (e.g. a key passed into a `macro_rules!`).
@@ -409,6 +460,9 @@ fn template_key_expr(
 ) -> TokenStream {
     let span = lit.span();
     let k = krate.at(span);
+    if let Some(parts) = integer_parts(template, sig, &k, span) {
+        return quote_spanned!(span=> #k::__private::template_key_parts(&[#(#parts),*]));
+    }
     let format = LitStr::new(&template.format_string(), span);
     let mut bindings = Vec::new();
     let mut values = Vec::new();

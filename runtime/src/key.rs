@@ -402,6 +402,28 @@ impl KeyId {
     }
 }
 
+/// A piece of a key template's name whose placeholders are all integers
+/// (the attribute's expansion, through `__private::template_key_parts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPart {
+    /// Literal text.
+    Text(&'static str),
+    /// An unsigned integer argument, widened.
+    Unsigned(u64),
+    /// A signed integer argument, widened.
+    Signed(i64),
+}
+
+impl fmt::Display for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPart::Text(t) => f.write_str(t),
+            KeyPart::Unsigned(v) => write!(f, "{v}"),
+            KeyPart::Signed(v) => write!(f, "{v}"),
+        }
+    }
+}
+
 /// True if `name` holds a NUL byte (a `const fn`, for [`LockKey::with_id`]).
 const fn has_nul(name: &str) -> bool {
     let bytes = name.as_bytes();
@@ -460,6 +482,23 @@ fn decimal(id: i64) -> (u8, [u8; INT_LEN]) {
     let mut buf = [0u8; INT_LEN];
     buf[..len].copy_from_slice(&digits[at..]);
     (len as u8, buf)
+}
+
+/// Writes `v` in decimal (after a `-` if `negative`) into `buf` at `at`,
+/// as `Display` writes an integer; where it ends, or `None` if it does not
+/// fit.
+fn put_decimal(buf: &mut [u8], at: usize, mut v: u64, negative: bool) -> Option<usize> {
+    let digits = v.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let end = at + usize::from(negative) + digits;
+    let out = buf.get_mut(at..end)?;
+    if negative {
+        out[0] = b'-';
+    }
+    for d in out.iter_mut().rev().take(digits) {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    Some(end)
 }
 
 /// The text of an inline name (written from a `&str`, so always UTF-8).
@@ -529,12 +568,40 @@ impl LockKey {
         let Some((len, buf)) = written::<FORMAT_LEN>(args) else {
             return Self::named(fmt::format(args));
         };
+        Self::written(&buf, len)
+    }
+
+    /// [`formatted`](Self::formatted) of a name made of text and integers,
+    /// written without `core::fmt` (which costs more than the rest of the
+    /// key together): the same key, for the same name.
+    pub(crate) fn from_parts(parts: &[KeyPart]) -> Self {
+        let mut buf = [0u8; FORMAT_LEN];
+        let mut len = 0;
+        for part in parts {
+            let end = match *part {
+                KeyPart::Text(t) => buf.get_mut(len..len + t.len()).map(|dst| {
+                    dst.copy_from_slice(t.as_bytes());
+                    len + t.len()
+                }),
+                KeyPart::Unsigned(v) => put_decimal(&mut buf, len, v, false),
+                KeyPart::Signed(v) => put_decimal(&mut buf, len, v.unsigned_abs(), v < 0),
+            };
+            let Some(end) = end else {
+                return Self::named(parts.iter().map(KeyPart::to_string).collect::<String>());
+            };
+            len = end;
+        }
+        Self::written(&buf, len as u8)
+    }
+
+    /// The key of a name written into `buf` (its first `len` bytes).
+    fn written(buf: &[u8; FORMAT_LEN], len: u8) -> Self {
         // Hashed as bytes: `key_hash` of the name they are.
         let bytes = &buf[..len as usize];
         let raw = hash_bytes_extended(bytes, 0) as i64;
         let nul = bytes.contains(&0);
         let repr = Self::short(bytes, raw, false, nul).unwrap_or_else(|| Repr::Owned {
-            name: inline_str(&buf, len).into(),
+            name: inline_str(buf, len).into(),
             raw,
             pair: false,
             nul,
@@ -872,6 +939,53 @@ mod name_tests {
         let k = LockKey::formatted(format_args!("tenant:{}:{}", 7, "x\0"));
         assert_eq!(k.name(), "tenant:7:x\0");
         assert!(matches!(k.check(), Err(crate::Error::InvalidKey { .. })));
+    }
+
+    /// A template of text and integers written without `core::fmt` makes
+    /// the key that formatting the same name makes: every integer edge,
+    /// signed and unsigned, short and long names (past the stack buffer),
+    /// text with NUL.
+    #[test]
+    fn integer_templates_make_the_formatted_key() {
+        use KeyPart::{Signed, Text, Unsigned};
+        let long: &'static str = Box::leak("k".repeat(FORMAT_LEN - 3).into_boxed_str());
+        let texts = ["", "tenant:", ":", "é", long, "x\0"];
+        let unsigned = [
+            0,
+            1,
+            9,
+            10,
+            99,
+            u64::from(u32::MAX),
+            i64::MAX as u64,
+            u64::MAX,
+        ];
+        let signed = [0, -1, 1, -10, i64::from(i32::MIN), i64::MIN, i64::MAX];
+        let mut cases: Vec<Vec<KeyPart>> = Vec::new();
+        for t in texts {
+            for &u in &unsigned {
+                cases.push(vec![Text(t), Unsigned(u), Text(":p1")]);
+            }
+            for &v in &signed {
+                cases.push(vec![Text(t), Signed(v)]);
+                cases.push(vec![Signed(v), Text(t), Unsigned(v.unsigned_abs())]);
+            }
+        }
+        cases.push(vec![]);
+        for parts in cases {
+            let name: String = parts.iter().map(KeyPart::to_string).collect();
+            let key = LockKey::from_parts(&parts);
+            let formatted = LockKey::formatted(format_args!("{name}"));
+            assert_eq!(
+                (key.id(), key.name()),
+                (formatted.id(), formatted.name()),
+                "{parts:?}"
+            );
+            assert_eq!(key, LockKey::named(name.clone()));
+            assert_eq!(key.check().is_ok(), !name.contains('\0'), "{parts:?}");
+        }
+        assert_eq!(Signed(i64::MIN).to_string(), "-9223372036854775808");
+        assert_eq!(Unsigned(u64::MAX).to_string(), "18446744073709551615");
     }
 
     /// A guard keeps its key inline (see `crate::LockGuard`'s size test).

@@ -167,6 +167,16 @@ async fn template_key(run: &str) -> Vec<AdvisoryLock> {
     seen(KeyId::Int(key_hash(&format!("report:daily:{run}")))).await
 }
 
+/// Every placeholder an integer argument: the name is written without
+/// `core::fmt`, and must still be what `format!` writes.
+#[advisory_locked(key = "tenant:{{x}}:{tenant}:{shard}:{n}", pool = "keys_layout")]
+async fn integer_template_key(tenant: u64, shard: i32, n: usize) -> Vec<AdvisoryLock> {
+    let name = format!("tenant:{{x}}:{tenant}:{shard}:{n}");
+    let current = advisory_locked::current_lock().map(|l| l.key().name().to_owned());
+    assert_eq!(current.as_deref(), Some(&*name));
+    seen(KeyId::Int(key_hash(&name))).await
+}
+
 #[advisory_locked(key = "report:daily:{run}", pool = "keys_layout", shared)]
 async fn template_key_shared(run: &str) -> Vec<AdvisoryLock> {
     seen(KeyId::Int(key_hash(&format!("report:daily:{run}")))).await
@@ -238,6 +248,20 @@ async fn attribute_locks_show_in_pg_locks_where_psql_finds_them() {
         .unwrap()
         .get(0);
     assert_eq!(from_sql, server);
+
+    // A template of integer arguments: the same name as format! writes.
+    let name = format!("tenant:{{x}}:{}:{}:{}", u64::MAX, i32::MIN, 7);
+    let server: i64 = client
+        .query_one("SELECT hashtextextended($1, 0)", &[&name])
+        .await
+        .unwrap()
+        .get(0);
+    let locks = integer_template_key(u64::MAX, i32::MIN, 7)
+        .await
+        .expect("integer template key")
+        .ran()
+        .expect("ran");
+    assert_one_held(&locks, int_layout(server), "ExclusiveLock");
 
     // A template key: formatted at run time, then hashed the same way.
     let run = unique("keys");

@@ -73,6 +73,34 @@ pub fn template_key(name: std::fmt::Arguments<'_>) -> LockKey {
     LockKey::formatted(name)
 }
 
+/// A template key whose placeholders are all integer arguments
+/// (`key = "tenant:{id}"` with `id: u64`): the key [`template_key`] makes,
+/// written without `core::fmt`.
+pub fn template_key_parts(parts: &[KeyPart]) -> LockKey {
+    LockKey::from_parts(parts)
+}
+
+pub use crate::key::KeyPart;
+
+/// An integer placeholder's value as a [`KeyPart`] (the attribute's
+/// expansion calls it for arguments declared with these types).
+pub trait KeyInt: Copy {
+    fn key_part(self) -> KeyPart;
+}
+
+macro_rules! key_ints {
+    ($part:ident as $wide:ty: $($t:ty),*) => {
+        $(impl KeyInt for $t {
+            fn key_part(self) -> KeyPart {
+                KeyPart::$part(self as $wide)
+            }
+        })*
+    };
+}
+
+key_ints!(Unsigned as u64: u8, u16, u32, u64, usize);
+key_ints!(Signed as i64: i8, i16, i32, i64, isize);
+
 /// `transaction = tx`, skip mode: begin a transaction, take the
 /// transaction-level lock if free, run `body` with the transaction, commit if
 /// the body succeeded (see [`TransactionResult`](crate::TransactionResult)),
