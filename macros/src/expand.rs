@@ -321,8 +321,8 @@ fn integer_argument(sig: &Signature, ph: &Placeholder) -> Option<Ident> {
                 .path
                 .get_ident()
                 .is_some_and(|t| INTEGERS.contains(&&*t.to_string()));
-        (pi.subpat.is_none() && pi.ident.unraw() == name.unraw() && integer)
-            .then(|| pi.ident.clone())
+        let by_value = pi.subpat.is_none() && pi.by_ref.is_none();
+        (by_value && pi.ident.unraw() == name.unraw() && integer).then(|| pi.ident.clone())
     })
 }
 
