@@ -381,21 +381,7 @@ mod tests {
             assert!(!unlocked().await, "{what}");
             // Busy (held exclusively by another session): lock_timeout.
             holder.batch_execute(&key.take_sql(false)).await.unwrap();
-            let started = Instant::now();
-            let err = key
-                .query(&waiter, &wait, &[&ms])
-                .await
-                .expect_err("busy key granted");
-            let took = started.elapsed();
-            assert_eq!(
-                err.code(),
-                Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-                "{what}: {err}"
-            );
-            assert!(
-                took >= Duration::from_millis(140) && took < Duration::from_secs(2),
-                "{what}: {took:?}"
-            );
+            times_out(key, &waiter, &wait, &[&ms], &what).await;
             holder.batch_execute(free).await.unwrap();
             // The timeout lasted for the wait's statement only.
             let after: String = waiter
@@ -405,6 +391,32 @@ mod tests {
                 .get(0);
             assert_eq!(after, "0", "{what}: lock_timeout left set after a wait");
         }
+    }
+
+    /// `wait` on `key`, held by another session, ends with lock_timeout
+    /// (55P03) after about its 150 ms.
+    async fn times_out(
+        key: crate::pg::test_server::TestKey,
+        waiter: &tokio_postgres::Client,
+        wait: &tokio_postgres::Statement,
+        more: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        what: &str,
+    ) {
+        let started = Instant::now();
+        let err = key
+            .query(waiter, wait, more)
+            .await
+            .expect_err("busy key granted");
+        let took = started.elapsed();
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "{what}: {err}"
+        );
+        assert!(
+            took >= Duration::from_millis(140) && took < Duration::from_secs(2),
+            "{what}: {took:?}"
+        );
     }
 
     /// The waits bounded by the session's own `lock_timeout`, as a wait
@@ -453,21 +465,7 @@ mod tests {
             assert_eq!(waiting.await.unwrap().get::<_, i32>(0), 2, "{what}");
             waiter.batch_execute(free).await.unwrap();
             holder.batch_execute(&key.take_sql(false)).await.unwrap();
-            let started = Instant::now();
-            let err = key
-                .query(&waiter, &wait, &[])
-                .await
-                .expect_err("busy key granted");
-            let took = started.elapsed();
-            assert_eq!(
-                err.code(),
-                Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
-                "{what}: {err}"
-            );
-            assert!(
-                took >= Duration::from_millis(140) && took < Duration::from_secs(2),
-                "{what}: {took:?}"
-            );
+            times_out(key, &waiter, &wait, &[], &what).await;
             holder.batch_execute(free).await.unwrap();
         }
         let after: String = waiter
