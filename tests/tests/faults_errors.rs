@@ -65,7 +65,16 @@ async fn fill(
             .collect();
         *next += per_call as i64;
         let mut errors = Vec::new();
-        for r in join_all(calls).await {
+        // Every call answers (a lock, busy, or an error) well within the
+        // bound: a call that never does is a bug, reported as one.
+        let answered = tokio::time::timeout(LIMIT * 4, join_all(calls)).await;
+        let answered = answered.unwrap_or_else(|_| {
+            panic!(
+                "round {rounds} ({per_call} try-locks, {} held before): a call never answered",
+                guards.len()
+            )
+        });
+        for r in answered {
             match r {
                 Ok(Some(g)) => guards.push(g),
                 Ok(None) => panic!("a fresh key was busy"),
