@@ -557,9 +557,9 @@ impl Dispatcher {
         // each time the task sleeps.
         let mut timer_polled = false;
         let mut on_notify = |channel: &str, payload: &str| waiters.notified(channel, payload);
-        loop {
+        let result = loop {
             if f.closed && f.in_flight.is_empty() && f.backlog.is_empty() {
-                return Ok(());
+                break Ok(());
             }
             let due = f.due(liveness);
             timer_polled &= !arm(timer.as_mut(), due);
@@ -589,7 +589,7 @@ impl Dispatcher {
                 // need be registered.
                 killed = std::future::poll_fn(|cx| sleep(cx, &shared, timer.as_mut(), &mut timer_polled)) => {
                     if killed {
-                        return Ok(());
+                        break Ok(());
                     }
                     timer_polled = false;
                     if Instant::now() < due {
@@ -602,9 +602,20 @@ impl Dispatcher {
                 }
             };
             if let Step::End(result) = step {
-                return result;
+                break result;
             }
+        };
+        // No request may be left in the channel unanswered: a send that
+        // raced with the receiver's drop would stay there (and its caller
+        // wait) for as long as anything holds the session. Closed, the
+        // channel refuses new requests (their callers hear "ended"), and
+        // `recv` returns `None` only once every send already under way has
+        // arrived; each request dropped here tells its caller "ended".
+        ops.close();
+        while let Some(op) = ops.recv().await {
+            drop(op);
         }
+        result
     }
 }
 
