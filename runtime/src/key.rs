@@ -463,24 +463,9 @@ fn written<const N: usize>(args: fmt::Arguments<'_>) -> Option<(u8, [u8; N])> {
 /// `id` in decimal, as `{id}` formats it, and its length (written by hand:
 /// `core::fmt` costs a raw key's every construction several times more).
 fn decimal(id: i64) -> (u8, [u8; INT_LEN]) {
-    let mut digits = [0u8; INT_LEN];
-    let mut n = id.unsigned_abs();
-    let mut at = INT_LEN;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    if id < 0 {
-        at -= 1;
-        digits[at] = b'-';
-    }
-    let len = INT_LEN - at;
     let mut buf = [0u8; INT_LEN];
-    buf[..len].copy_from_slice(&digits[at..]);
+    // Always fits: `i64::MIN` is 20 bytes.
+    let len = put_decimal(&mut buf, 0, id.unsigned_abs(), id < 0).unwrap_or(0);
     (len as u8, buf)
 }
 

@@ -342,13 +342,12 @@ mod tests {
     /// warning, for one not held.
     #[tokio::test]
     async fn wait_statements_on_the_server() {
-        use crate::pg::test_server::{backend_pid, client, until_waiting, TestKey};
+        use crate::pg::test_server::{backend_pid, client, TestKey};
         let (waiter, holder) = (client().await, client().await);
         let waiter_pid = backend_pid(&waiter).await;
         let sql = wait_and_unlock_sql();
         let base = (i64::from(std::process::id()) << 24) | (1 << 62);
         let pair = TestKey::Pair(std::process::id() as i32, -7);
-        let free = "SELECT pg_advisory_unlock_all()";
         let ms: i64 = 150;
         for (i, shared) in [(0, false), (1, true), (2, false), (3, true)] {
             let wait = waiter.prepare(&sql[i]).await.unwrap();
@@ -371,37 +370,49 @@ mod tests {
             assert!(unlocked().await, "{what}");
             // Busy, then released once the server shows it waiting:
             // granted after waiting (2).
-            holder.batch_execute(&key.take_sql(false)).await.unwrap();
-            let mut waiting = Box::pin(key.query(&waiter, &wait, &[&10_000_i64]));
-            until_waiting(&holder, waiter_pid, &mut waiting, &what).await;
-            holder.batch_execute(free).await.unwrap();
-            assert_eq!(waiting.await.unwrap().get::<_, i32>(0), 2, "{what}");
+            let sessions = (&waiter, waiter_pid, &holder);
+            granted_after_waiting(key, sessions, &wait, &[&10_000_i64], &what).await;
             assert!(unlocked().await, "{what}");
             // Not held: false.
             assert!(!unlocked().await, "{what}");
             // Busy (held exclusively by another session): lock_timeout.
-            holder.batch_execute(&key.take_sql(false)).await.unwrap();
-            times_out(key, &waiter, &wait, &[&ms], &what).await;
-            holder.batch_execute(free).await.unwrap();
+            times_out(key, (&waiter, &holder), &wait, &[&ms], &what).await;
             // The timeout lasted for the wait's statement only.
-            let after: String = waiter
-                .query_one("SHOW lock_timeout", &[])
-                .await
-                .unwrap()
-                .get(0);
+            let after = lock_timeout_of(&waiter).await;
             assert_eq!(after, "0", "{what}: lock_timeout left set after a wait");
         }
     }
 
-    /// `wait` on `key`, held by another session, ends with lock_timeout
-    /// (55P03) after about its 150 ms.
-    async fn times_out(
+    /// Frees every advisory lock of the session it runs on.
+    const FREE: &str = "SELECT pg_advisory_unlock_all()";
+
+    /// `wait` on `key`, held by `holder`, is granted once the server shows
+    /// the waiter waiting and the holder frees it: answer 2.
+    async fn granted_after_waiting(
         key: crate::pg::test_server::TestKey,
-        waiter: &tokio_postgres::Client,
+        (waiter, waiter_pid, holder): (&tokio_postgres::Client, i32, &tokio_postgres::Client),
         wait: &tokio_postgres::Statement,
         more: &[&(dyn tokio_postgres::types::ToSql + Sync)],
         what: &str,
     ) {
+        use crate::pg::test_server::until_waiting;
+        holder.batch_execute(&key.take_sql(false)).await.unwrap();
+        let mut waiting = Box::pin(key.query(waiter, wait, more));
+        until_waiting(holder, waiter_pid, &mut waiting, what).await;
+        holder.batch_execute(FREE).await.unwrap();
+        assert_eq!(waiting.await.unwrap().get::<_, i32>(0), 2, "{what}");
+    }
+
+    /// `wait` on `key`, held by `holder` (exclusively), ends with
+    /// lock_timeout (55P03) after about its 150 ms; the holder frees it.
+    async fn times_out(
+        key: crate::pg::test_server::TestKey,
+        (waiter, holder): (&tokio_postgres::Client, &tokio_postgres::Client),
+        wait: &tokio_postgres::Statement,
+        more: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        what: &str,
+    ) {
+        holder.batch_execute(&key.take_sql(false)).await.unwrap();
         let started = Instant::now();
         let err = key
             .query(waiter, wait, more)
@@ -417,6 +428,16 @@ mod tests {
             took >= Duration::from_millis(140) && took < Duration::from_secs(2),
             "{what}: {took:?}"
         );
+        holder.batch_execute(FREE).await.unwrap();
+    }
+
+    /// The session's `lock_timeout`, as `SHOW` says it.
+    async fn lock_timeout_of(client: &tokio_postgres::Client) -> String {
+        client
+            .query_one("SHOW lock_timeout", &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// The waits bounded by the session's own `lock_timeout`, as a wait
@@ -426,7 +447,7 @@ mod tests {
     #[tokio::test]
     async fn standing_wait_statements_on_the_server() {
         use crate::pg::sql::{Action, Form, Request, Statement};
-        use crate::pg::test_server::{backend_pid, client, until_waiting, TestKey};
+        use crate::pg::test_server::{backend_pid, client, TestKey};
         let (waiter, holder) = (client().await, client().await);
         let waiter_pid = backend_pid(&waiter).await;
         let ms = 150;
@@ -436,7 +457,6 @@ mod tests {
             .unwrap();
         let base = (i64::from(std::process::id()) << 24) | (1 << 61);
         let pair = TestKey::Pair(std::process::id() as i32, -9);
-        let free = "SELECT pg_advisory_unlock_all()";
         for (i, (form, mode)) in [
             (Form::Int8, Mode::Exclusive),
             (Form::Int8, Mode::Shared),
@@ -457,23 +477,13 @@ mod tests {
             let what = format!("{form:?} {mode:?}");
             let row = key.query(&waiter, &wait, &[]).await.unwrap();
             assert_eq!(row.get::<_, i32>(0), 1, "{what}");
-            waiter.batch_execute(free).await.unwrap();
-            holder.batch_execute(&key.take_sql(false)).await.unwrap();
-            let mut waiting = Box::pin(key.query(&waiter, &wait, &[]));
-            until_waiting(&holder, waiter_pid, &mut waiting, &what).await;
-            holder.batch_execute(free).await.unwrap();
-            assert_eq!(waiting.await.unwrap().get::<_, i32>(0), 2, "{what}");
-            waiter.batch_execute(free).await.unwrap();
-            holder.batch_execute(&key.take_sql(false)).await.unwrap();
-            times_out(key, &waiter, &wait, &[], &what).await;
-            holder.batch_execute(free).await.unwrap();
+            waiter.batch_execute(FREE).await.unwrap();
+            let sessions = (&waiter, waiter_pid, &holder);
+            granted_after_waiting(key, sessions, &wait, &[], &what).await;
+            waiter.batch_execute(FREE).await.unwrap();
+            times_out(key, (&waiter, &holder), &wait, &[], &what).await;
         }
-        let after: String = waiter
-            .query_one("SHOW lock_timeout", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(after, "150ms");
+        assert_eq!(lock_timeout_of(&waiter).await, "150ms");
     }
 
     /// A wait session's own `lock_timeout` does not reach the commit of an
@@ -535,11 +545,7 @@ mod tests {
             "the unlock did not queue for the notification lock: {took:?}"
         );
         commit.await.unwrap().unwrap();
-        let after: String = session
-            .query_one("SHOW lock_timeout", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let after = lock_timeout_of(&session).await;
         assert_eq!(after, "20ms", "the session's own lock_timeout changed");
     }
 }
