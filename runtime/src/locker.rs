@@ -2,9 +2,8 @@
 //! locks, served by one server ([`crate::server`]) or by a quorum of
 //! independent servers ([`crate::quorum`]).
 
+use std::pin::pin;
 use std::time::Duration;
-
-use tracing::Instrument;
 
 use crate::config::{LockConfig, Settings};
 use crate::local::lanes::Tenure;
@@ -155,14 +154,8 @@ impl Locker {
         let span = call.acquire_span(&key, false);
         let clock = crate::meter::Clock::start();
         let granted = &mut None;
-        let result = if span.is_disabled() {
-            self.try_lock_unmetered(key, mode, false, Tenure::Open, granted)
-                .await
-        } else {
-            self.try_lock_unmetered(key, mode, false, Tenure::Open, granted)
-                .instrument(span.clone())
-                .await
-        };
+        let acquiring = pin!(self.try_lock_unmetered(key, mode, false, Tenure::Open, granted));
+        let result = crate::meter::in_span(&span, acquiring).await;
         call.try_locked(result, &span, clock)
     }
 
@@ -196,16 +189,8 @@ impl Locker {
         let call = self.call(label, mode);
         let span = call.acquire_span(&key, false);
         let clock = crate::meter::Clock::start();
-        // Without a subscriber that wants the span, no wrapper (it would
-        // move the whole acquisition future into itself).
-        let result = if span.is_disabled() {
-            self.try_lock_unmetered(key, mode, notify, tenure, granted)
-                .await
-        } else {
-            self.try_lock_unmetered(key, mode, notify, tenure, granted)
-                .instrument(span.clone())
-                .await
-        };
+        let acquiring = pin!(self.try_lock_unmetered(key, mode, notify, tenure, granted));
+        let result = crate::meter::in_span(&span, acquiring).await;
         call.try_locked(result, &span, clock)
     }
 
@@ -281,13 +266,8 @@ impl Locker {
         let call = self.call(label, mode);
         let span = call.acquire_span(&key, true);
         let clock = crate::meter::Clock::start();
-        let result = if span.is_disabled() {
-            self.lock_unmetered(key, mode, timeout, tenure).await
-        } else {
-            self.lock_unmetered(key, mode, timeout, tenure)
-                .instrument(span.clone())
-                .await
-        };
+        let acquiring = pin!(self.lock_unmetered(key, mode, timeout, tenure));
+        let result = crate::meter::in_span(&span, acquiring).await;
         match result {
             Ok(mut guard) => {
                 guard.meter(&call, &span, clock);

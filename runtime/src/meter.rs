@@ -14,6 +14,9 @@
 //! there (`tracing` is a dependency anyway); a span no subscriber wants
 //! costs a check of the callsite's interest.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::{Error, LockKey, Mode};
 
 /// The `key` label of a key whose name is not known to be bounded (made at
@@ -100,6 +103,24 @@ pub(crate) fn error_kind(e: &Error) -> &'static str {
         Error::TransactionScopeOnly { .. } => "transaction_scope_only",
         Error::TransactionConnectionsBusy { .. } => "transaction_connections_busy",
     }
+}
+
+/// Polls an acquisition with its span entered around each poll, in place.
+///
+/// One future type whether or not a subscriber wants the span: awaiting
+/// the acquisition either bare or under `Instrument` would compile it (and
+/// everything it inlines) twice, and `Instrument` would also move the whole
+/// future into its wrapper. Entering a disabled span is a branch. (An
+/// acquisition dropped before it ends is dropped outside the span: none of
+/// its drops records an event.)
+pub(crate) fn in_span<'a, F: Future>(
+    span: &'a tracing::Span,
+    mut acquiring: Pin<&'a mut F>,
+) -> impl Future<Output = F::Output> + 'a {
+    std::future::poll_fn(move |cx| {
+        let _entered = span.enter();
+        acquiring.as_mut().poll(cx)
+    })
 }
 
 impl Call<'_> {
