@@ -174,9 +174,16 @@ pub fn merge(into: &mut Vec<Series>, from: Vec<Series>) {
 /// round every probe makes `r.per_round` timed calls, in blocks of
 /// `r.block` calls that alternate between the probes, each probe once per
 /// cycle, in an order drawn anew for every cycle. (In a fixed order each
-/// probe would always follow the same one, and a block's first call is
-/// faster after a probe that runs the same library's code: the floor after
-/// `SELECT 1` on tokio-postgres, the crate's contenders after each other.)
+/// probe would always follow the same one.)
+///
+/// Each block opens with one untimed call. Without it, a block's first
+/// call runs with whatever the blocks before it left in the CPU's caches,
+/// and its cost depends on which contenders ran before and what code they
+/// share with it: the floor after `SELECT 1` (both tokio-postgres), a
+/// crate's `Locker` after any settle (the same `try_lock`). Those first
+/// calls are a tenth of a round's calls, so they made its p99. The cost of
+/// a call from cold caches is measured apart, the same for every contender
+/// ([`cold`]).
 pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> {
     let call = |i: usize| async move {
         (probes[i].call)()
@@ -209,6 +216,7 @@ pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> 
             let n = block.min(r.per_round - done);
             shuffle(&mut order, &mut rng);
             for &i in &order {
+                call(i).await?;
                 for _ in 0..n {
                     let t = Instant::now();
                     let (ok, own) = call(i).await?;
@@ -225,6 +233,58 @@ pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> 
         }
     }
     Ok(out)
+}
+
+/// Calls from cold caches: `cycles` cycles, each probe once per cycle in an
+/// order drawn anew for every cycle; before each call the CPU's caches are
+/// filled with other data ([`evict_caches`]), then the call is timed and
+/// the probe settled. One round per run of this: a ratio over rounds pairs
+/// each contender with the reference measured in the same run.
+pub async fn cold(probes: &[Probe], cycles: usize) -> Result<Vec<Series>, BoxErr> {
+    let mut this: Vec<Vec<u64>> = probes.iter().map(|_| Vec::new()).collect();
+    let mut not_ok = vec![0; probes.len()];
+    let mut rng = Rng::new(0xc01d);
+    let mut order: Vec<usize> = (0..probes.len()).collect();
+    for _ in 0..cycles {
+        shuffle(&mut order, &mut rng);
+        for &i in &order {
+            evict_caches();
+            let t = Instant::now();
+            let (ok, own) = (probes[i].call)()
+                .await
+                .map_err(|e| -> BoxErr { format!("{} (cold): {e}", probes[i].name).into() })?;
+            this[i].push(own.unwrap_or_else(|| t.elapsed().as_nanos() as u64));
+            not_ok[i] += usize::from(!ok);
+            probes[i].settle().await?;
+        }
+    }
+    Ok(probes
+        .iter()
+        .zip(this)
+        .zip(not_ok)
+        .map(|((p, v), not_ok)| Series {
+            name: p.name,
+            samples: v.clone(),
+            rounds: vec![Lat::from_nanos(v)],
+            not_ok,
+        })
+        .collect())
+}
+
+/// Writes one byte in every cache line of 16 MiB, more than the L2 cache
+/// of one core of common servers (this VM's: 4 MiB): the code and data of
+/// what ran before (this process's and, on the same CPU, the server's) are
+/// then out of the L1 and L2 caches. About a millisecond.
+fn evict_caches() {
+    static BUF: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+    let mut buf = BUF.lock().unwrap_or_else(|e| e.into_inner());
+    if buf.is_empty() {
+        buf.resize(16 << 20, 0);
+    }
+    for line in buf.chunks_mut(64) {
+        line[0] = line[0].wrapping_add(1);
+    }
+    std::hint::black_box(&*buf);
 }
 
 /// A uniform random permutation of `v` (Fisher–Yates).

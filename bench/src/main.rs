@@ -70,6 +70,8 @@ pub struct Opts {
     /// each epoch.
     pub p1_epochs: usize,
     pub p1: Rounds,
+    /// P1's calls from cold caches: cycles per epoch.
+    pub p1_cold: usize,
     /// P1's "until another connection sees the key free".
     pub seen_free: Rounds,
     pub p2: Load,
@@ -171,6 +173,7 @@ fn defaults(quick: bool) -> Opts {
             per_round: q(100, 1000),
             block: 10,
         },
+        p1_cold: q(5, 30),
         seen_free: Rounds {
             warm: q(10, 30),
             rounds: q(2, 5),

@@ -118,6 +118,7 @@ fn p1_placement(pl: &Value, s: &mut String) {
             f(&c["latency"]["p99_us"])
         );
     }
+    p1_cold(pl, label, s);
     let _ = writeln!(s, "\nFrom the release until another connection's try-lock gets the key ({label}):\n\n![P1 seen free, {label}](p1-seen-free-{slug}.svg)\n");
     let _ = writeln!(
         s,
@@ -141,6 +142,33 @@ fn p1_placement(pl: &Value, s: &mut String) {
         );
     }
     s.push('\n');
+}
+
+/// One call from cold caches (16 MiB written before each), per contender
+/// against its floor from cold caches too.
+fn p1_cold(pl: &Value, label: &str, s: &mut String) {
+    let cold = &pl["cold"];
+    if !cold.is_object() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nOne call from cold caches ({label}; 16 MiB written before each call, median per epoch):\n\n\
+         | contender | p50 µs | p50 vs floor | floor |\n|---|---|---|---|"
+    );
+    for c in list(&cold["contenders"]) {
+        let r = &cold["ratios"][name(c)]["vs_floor"];
+        let (r50, floor) = match r["reference"].as_str() {
+            Some(fl) => (spread(&r["p50"]), fl),
+            None => (String::new(), ""),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {r50} | {floor} |",
+            name(c),
+            f(&c["latency"]["median_us"])
+        );
+    }
 }
 
 fn p2(doc: &Value, s: &mut String) {

@@ -31,7 +31,7 @@ use serde_json::{json, Map, Value};
 use tokio_postgres::Client;
 
 use super::{connect_raw, raw_statements, series_json, RawStatements};
-use crate::harness::{merge, paired, probe, timed_probe, Probe, Series};
+use crate::harness::{cold, merge, paired, probe, timed_probe, Probe, Series};
 use crate::report::{lat_value, Report, Verdict};
 use crate::util::{scn, BoxErr, Keys, Placement};
 use crate::Opts;
@@ -222,13 +222,16 @@ fn crate_probes(
 #[derive(Default)]
 pub struct Measured {
     pub latency: Vec<Series>,
+    /// Calls from cold caches (see [`cold`]): one round per epoch.
+    pub cold: Vec<Series>,
     pub free: SeenFree,
     /// Per epoch, every contender's p50 (µs).
     pub per_epoch: Vec<Vec<f64>>,
 }
 
 /// One epoch: fresh connections for every contender, pinned as
-/// `placement` says; the paired latency rounds, then the seen-free rounds.
+/// `placement` says; the paired latency rounds, the calls from cold
+/// caches, then the seen-free rounds.
 async fn epoch(
     o: &Opts,
     keys: &Keys,
@@ -256,6 +259,7 @@ async fn epoch(
         p.pin(&pids)?;
     }
     let m = paired(&probes, o.p1).await?;
+    let c = cold(&probes, o.p1_cold).await?;
     drop(probes);
     let free = seen_free(o, keys, (obs, holder), &drop_l, &release_l).await?;
     into.per_epoch.push(
@@ -265,6 +269,7 @@ async fn epoch(
             .collect(),
     );
     merge(&mut into.latency, m);
+    merge(&mut into.cold, c);
     merge(&mut into.free.series, free.series);
     into.free.first_try_busy.resize(3, 0);
     for (a, b) in into.free.first_try_busy.iter_mut().zip(free.first_try_busy) {
@@ -307,6 +312,7 @@ pub async fn run(o: &Opts, keys: &Keys, admin: &Client, rep: &mut Report) -> Res
     for (p, m) in places.iter().zip(&all) {
         let label = p.map_or("unpinned", Placement::label);
         report_latency(label, per, o, &m.latency, rep)?;
+        report_cold(label, &m.cold, rep);
         report_seen_free(label, &m.free, rep);
         js.push(placement_json(
             label,
@@ -342,6 +348,10 @@ fn placement_json(label: &str, slug: &str, epochs: usize, m: &Measured) -> Value
     j.insert("epochs".into(), json!(epochs));
     j.insert("contenders".into(), series_json(&m.latency));
     j.insert("ratios".into(), ratios_json(&m.latency));
+    j.insert(
+        "cold".into(),
+        json!({ "contenders": series_json(&m.cold), "ratios": ratios_json(&m.cold) }),
+    );
     j.insert("seen_free".into(), seen_free_json(&m.free));
     j.insert(
         "p50_us_per_epoch".into(),
@@ -538,6 +548,35 @@ async fn seen_free(
         series,
         first_try_busy,
     })
+}
+
+/// One call from cold caches, each contender against its floor from cold
+/// caches too: the median per epoch, then over the epochs.
+fn report_cold(label: &str, m: &[Series], rep: &mut Report) {
+    for f in [1, 2] {
+        rep.row(
+            "P1",
+            format!("{label}: from cold caches: floor: {}", m[f].name),
+            lat_value(&m[f].pooled()),
+            format!("p50 {} SELECT 1", m[f].ratio(&m[0], |l| l.median).text()),
+            "reference",
+            Verdict::Info,
+        );
+    }
+    for (c, f) in FLOORS {
+        rep.row(
+            "P1",
+            format!("{label}: from cold caches: {}", m[c].name),
+            lat_value(&m[c].pooled()),
+            format!(
+                "p50 {} {}",
+                m[c].ratio(&m[f], |l| l.median).text(),
+                m[f].name
+            ),
+            "what a first call costs",
+            Verdict::Info,
+        );
+    }
 }
 
 fn report_seen_free(label: &str, f: &SeenFree, rep: &mut Report) {
