@@ -350,7 +350,7 @@ fn placement_json(label: &str, slug: &str, epochs: usize, m: &Measured) -> Value
     j.insert("ratios".into(), ratios_json(&m.latency));
     j.insert(
         "cold".into(),
-        json!({ "contenders": series_json(&m.cold), "ratios": ratios_json(&m.cold) }),
+        json!({ "contenders": series_json(&m.cold), "ratios": cold_ratios_json(&m.cold) }),
     );
     j.insert("seen_free".into(), seen_free_json(&m.free));
     j.insert(
@@ -379,6 +379,19 @@ fn ratios_json(m: &[Series]) -> Value {
         j.insert(
             m[f].name.to_owned(),
             json!({ "vs_select1": m[f].ratios_json(&m[0]) }),
+        );
+    }
+    Value::Object(j)
+}
+
+/// The cold calls' p50 ratios to their floors (30 calls an epoch: no p99).
+fn cold_ratios_json(m: &[Series]) -> Value {
+    let mut j = Map::new();
+    for (c, f) in FLOORS {
+        let p50 = m[c].ratio(&m[f], |l| l.median).json();
+        j.insert(
+            m[c].name.to_owned(),
+            json!({ "vs_floor": { "reference": m[f].name, "p50": p50 } }),
         );
     }
     Value::Object(j)
