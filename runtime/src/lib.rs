@@ -296,8 +296,8 @@
 //!
 //! # Features
 //!
-//! - `tls-rustls`: TLS for the lock sessions ([`LockConfig::tls_root_certificates_pem`],
-//!   [`LockConfig::tls_config`]).
+//! - `tls-rustls`: TLS for the lock sessions (`LockConfig::tls_root_certificates_pem`,
+//!   `LockConfig::tls_config`; they exist only with this feature).
 //! - `metrics`: counters, histograms and gauges through the `metrics` crate.
 //! - `sqlx`, `deadpool-postgres`: locks on those libraries' connections and
 //!   transactions ([`external`]).
