@@ -22,10 +22,19 @@ fn with_params(params: &str) -> String {
     format!("{url}{sep}{params}")
 }
 
-/// The timer of the local TCP socket on `port` (established): its kind
-/// (`tr`: 0 none, 1 retransmit, 2 keepalive, ...) and when it fires, in
-/// clock ticks (USER_HZ, 100 a second).
-fn timer_of(port: u16) -> Option<(u8, u64)> {
+/// The timer of the established TCP socket from local port `port` to
+/// remote port `server_port`: its kind (`tr`: 0 none, 1 retransmit, 2
+/// keepalive, ...) and when it fires, in clock ticks (USER_HZ, 100 a
+/// second). Both ports: the kernel gives one local port to connections to
+/// different servers, so another connection of this machine (to another
+/// test's server, say) can have the same local port.
+fn timer_of(port: u16, server_port: u16) -> Option<(u8, u64)> {
+    let port_of = |field: &str| {
+        field
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -35,11 +44,7 @@ fn timer_of(port: u16) -> Option<(u8, u64)> {
             if f.len() < 6 || f[3] != "01" {
                 continue;
             }
-            let local_port = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port != Some(port) {
+            if port_of(f[1]) != Some(port) || port_of(f[2]) != Some(server_port) {
                 continue;
             }
             let (tr, when) = f[5].split_once(':')?;
@@ -70,15 +75,18 @@ async fn keepalive_timer(params: &str) -> Option<u64> {
         .await
         .unwrap()
         .expect("a fresh key was busy");
-    let port: Option<i32> = admin
+    // The admin connection reaches the same server: its server port is the
+    // lock session's.
+    let row = admin
         .query_one(
-            "SELECT client_port FROM pg_stat_activity WHERE pid = $1",
+            "SELECT client_port, inet_server_port() FROM pg_stat_activity WHERE pid = $1",
             &[&guard.backend_pid()],
         )
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let (port, server_port): (Option<i32>, Option<i32>) = (row.get(0), row.get(1));
     let port = port.expect("the lock session has no client port (not TCP?)");
+    let server_port = u16::try_from(server_port.expect("the server has no TCP port")).unwrap();
     assert!(
         port > 0,
         "the lock session is not on TCP (client_port {port}): this test needs a TCP DATABASE_URL"
@@ -87,8 +95,9 @@ async fn keepalive_timer(params: &str) -> Option<u64> {
     let start = Instant::now();
     let mut seen = Vec::new();
     for _ in 0..40 {
-        let t =
-            timer_of(port).unwrap_or_else(|| panic!("no established socket on local port {port}"));
+        let t = timer_of(port, server_port).unwrap_or_else(|| {
+            panic!("no established socket from local port {port} to port {server_port}")
+        });
         if t.0 == 2 {
             return Some(t.1);
         }
