@@ -60,6 +60,21 @@ impl Probe {
         self
     }
 
+    /// One call, untimed; an error names the probe.
+    async fn once(&self) -> Result<Sample, BoxErr> {
+        (self.call)()
+            .await
+            .map_err(|e| format!("{}: {e}", self.name).into())
+    }
+
+    /// One timed call: whether it did what it should, and its nanoseconds
+    /// (its own, for a probe that times itself).
+    async fn timed(&self) -> Result<(bool, u64), BoxErr> {
+        let t = Instant::now();
+        let (ok, own) = self.once().await?;
+        Ok((ok, own.unwrap_or_else(|| t.elapsed().as_nanos() as u64)))
+    }
+
     async fn settle(&self) -> Result<(), BoxErr> {
         match &self.settle {
             Some(settle) => settle()
@@ -185,14 +200,9 @@ pub fn merge(into: &mut Vec<Series>, from: Vec<Series>) {
 /// a call from cold caches is measured apart, the same for every contender
 /// ([`cold`]).
 pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> {
-    let call = |i: usize| async move {
-        (probes[i].call)()
-            .await
-            .map_err(|e| -> BoxErr { format!("{}: {e}", probes[i].name).into() })
-    };
-    for (i, probe) in probes.iter().enumerate() {
+    for probe in probes {
         for _ in 0..r.warm {
-            call(i).await?;
+            probe.once().await?;
         }
         probe.settle().await?;
     }
@@ -216,11 +226,10 @@ pub async fn paired(probes: &[Probe], r: Rounds) -> Result<Vec<Series>, BoxErr> 
             let n = block.min(r.per_round - done);
             shuffle(&mut order, &mut rng);
             for &i in &order {
-                call(i).await?;
+                probes[i].once().await?;
                 for _ in 0..n {
-                    let t = Instant::now();
-                    let (ok, own) = call(i).await?;
-                    this[i].push(own.unwrap_or_else(|| t.elapsed().as_nanos() as u64));
+                    let (ok, ns) = probes[i].timed().await?;
+                    this[i].push(ns);
                     out[i].not_ok += usize::from(!ok);
                 }
                 probes[i].settle().await?;
@@ -249,11 +258,11 @@ pub async fn cold(probes: &[Probe], cycles: usize) -> Result<Vec<Series>, BoxErr
         shuffle(&mut order, &mut rng);
         for &i in &order {
             evict_caches();
-            let t = Instant::now();
-            let (ok, own) = (probes[i].call)()
+            let (ok, ns) = probes[i]
+                .timed()
                 .await
-                .map_err(|e| -> BoxErr { format!("{} (cold): {e}", probes[i].name).into() })?;
-            this[i].push(own.unwrap_or_else(|| t.elapsed().as_nanos() as u64));
+                .map_err(|e| -> BoxErr { format!("cold calls: {e}").into() })?;
+            this[i].push(ns);
             not_ok[i] += usize::from(!ok);
             probes[i].settle().await?;
         }
